@@ -1,0 +1,124 @@
+"""The built-in real-text corpus: CPython's own documentation, so nothing is downloaded.
+
+* ``corpus("pydoc")``: paragraphs of ``pydoc_data.topics`` (the Python language reference topics,
+  ~465k characters); label = the topic the paragraph comes from (e.g. ``"assignment"``).
+* ``corpus("docstrings")``: first paragraphs of the docstrings of standard-library modules, their
+  classes and functions; label = the module (e.g. ``"json"``). Labels no one wrote by hand give a real
+  retrieval / kNN classification task.
+
+Both are deterministic for a given Python version.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+CORPORA = ("pydoc", "docstrings")
+
+# Standard-library modules with substantial docstrings, present on every CPython >= 3.10 build.
+DOCSTRING_MODULES = (
+    "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "configparser", "contextlib",
+    "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fractions", "functools",
+    "gzip", "hashlib", "heapq", "html", "http.client", "inspect", "io", "ipaddress", "itertools", "json",
+    "logging", "mailbox", "math", "multiprocessing", "os", "pathlib", "pickle", "pprint", "queue", "random",
+    "re", "shutil", "socket", "sqlite3", "statistics", "string", "subprocess", "tarfile", "tempfile",
+    "textwrap", "threading", "typing", "unittest", "urllib.parse", "uuid", "xml.etree.ElementTree", "zipfile",
+)
+
+
+@dataclass
+class Corpus:
+    """Real text with a label per item: ``texts[i]`` comes from ``labels[i]``."""
+
+    name: str
+    texts: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        return self.texts[i]
+
+    def __iter__(self):
+        return iter(self.texts)
+
+    def subset(self, n: int, seed: int = 0) -> "Corpus":
+        """``n`` items drawn without replacement (deterministic for a seed), order kept."""
+        import random
+
+        idx = sorted(random.Random(seed).sample(range(len(self)), min(n, len(self))))
+        return Corpus(self.name, [self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _first_paragraph(doc: str) -> str:
+    return _clean(inspect.cleandoc(doc).split("\n\n")[0])
+
+
+@lru_cache(maxsize=None)
+def _pydoc(min_chars: int) -> Corpus:
+    from pydoc_data.topics import topics
+
+    c = Corpus("pydoc")
+    for topic in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[topic]):
+            text = _clean(para)
+            # skip code samples and rules: keep prose paragraphs
+            if len(text) >= min_chars and sum(ch.isalpha() for ch in text) > 0.6 * len(text):
+                c.texts.append(text)
+                c.labels.append(topic)
+    return c
+
+
+@lru_cache(maxsize=None)
+def _docstrings(min_chars: int) -> Corpus:
+    with warnings.catch_warnings():  # touching deprecated aliases (typing.io, ...) warns
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _collect_docstrings(min_chars)
+
+
+def _collect_docstrings(min_chars: int) -> Corpus:
+    c = Corpus("docstrings")
+    for modname in DOCSTRING_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:  # e.g. a build without sqlite3
+            continue
+        seen = set()
+        objs = [mod] + [getattr(mod, n) for n in sorted(dir(mod)) if not n.startswith("_")]
+        for obj in objs:
+            if not (obj is mod or inspect.isclass(obj) or inspect.isroutine(obj)):
+                continue
+            if obj is not mod and (getattr(obj, "__module__", None) or "").lstrip("_").split(".")[0] != modname.split(".")[0]:
+                continue  # re-exported from another module
+            members = [obj] + ([v for n, v in sorted(vars(obj).items()) if not n.startswith("_")]
+                               if inspect.isclass(obj) else [])
+            for m in members:
+                doc = getattr(m, "__doc__", None)
+                if not isinstance(doc, str):
+                    continue
+                text = _first_paragraph(doc)
+                if len(text) >= min_chars and text not in seen:
+                    seen.add(text)
+                    c.texts.append(text)
+                    c.labels.append(modname)
+    return c
+
+
+def corpus(name: str = "pydoc", min_chars: int = 60) -> Corpus:
+    """Real text from CPython's documentation; see the module docstring. Returns a fresh :class:`Corpus`."""
+    if name == "pydoc":
+        c = _pydoc(min_chars)
+    elif name == "docstrings":
+        c = _docstrings(min_chars)
+    else:
+        raise ValueError(f"corpus name {name!r} is unknown; expected one of {CORPORA}")
+    return Corpus(c.name, list(c.texts), list(c.labels))

@@ -1,0 +1,30 @@
+"""Test configuration. Triton kernels run under the interpreter on CPU tensors unless a GPU is present:
+TRITON_INTERPRET must be set before anything imports triton, so it is set here, first."""
+import os
+
+import pytest
+
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if _HAS_CUDA:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a lent GPU)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def triton_device():
+    """Where Triton tests put their tensors: CUDA when present, else CPU under the interpreter."""
+    return "cuda" if _HAS_CUDA else "cpu"
