@@ -9,7 +9,7 @@ import glob
 import os
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
 
@@ -23,15 +23,7 @@ ext = Pybind11Extension(
 )
 
 setup(
-    packages=[
-        "bertsilicon",
-        "bertsilicon.ops",
-        "bertsilicon.models",
-        "bertsilicon.profiler",
-        "bertsilicon.precision",
-        "bertsilicon.distill",
-        "bertsilicon.kernels",
-    ],
+    packages=find_packages(include=["bertsilicon", "bertsilicon.*"]) + ["bertsilicon.kernels"],
     # kernels/ at the top of the repo is the subpackage bertsilicon.kernels: there must never be a
     # top-level module called `kernels` (a PyPI package of that name exists and transformers probes it).
     package_dir={"bertsilicon.kernels": "kernels"},

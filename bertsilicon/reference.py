@@ -56,6 +56,21 @@ def attention(q, k, v, attention_mask=None, scale=None):
     return torch.matmul(p, v.to(acc)).to(q.dtype)
 
 
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale=None):
+    """Attention on packed tokens (no padding anywhere): q, k, v ``[T, H, D]`` hold B sequences back to
+    back; sequence ``i`` is tokens ``cu_seqlens[i]:cu_seqlens[i+1]`` and attends only to itself.
+    ``cu_seqlens`` int32 ``[B + 1]`` (0 first, T last, non-decreasing); ``max_seqlen`` its largest gap
+    (a hint for kernels). Returns ``[T, H, D]`` in q's dtype; fp32 softmax and accumulation.
+    """
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e > s:  # [L, H, D] -> [1, H, L, D]
+            seq = [t[s:e].transpose(0, 1).unsqueeze(0) for t in (q, k, v)]
+            out[s:e] = attention(*seq, None, scale)[0].transpose(0, 1)
+    return out
+
+
 def bias_gelu(x, bias, approximate="none"):
     """gelu(x + bias), exact erf form (``"none"``) or the tanh approximation (``"tanh"``)."""
     acc = _acc(x.dtype)

@@ -15,6 +15,9 @@ void add_layernorm_f32(const float* x, const float* residual, const float* weigh
                        float* out, int64_t rows, int64_t n, float eps, int threads);
 }
 
+// GEMM-family kernels (linear, quantize, int8_linear) bind themselves in gemm_bindings.cpp.
+void bind_gemm(py::module_& m);
+
 template <class T>
 static T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
@@ -57,4 +60,6 @@ PYBIND11_MODULE(_C, m) {
         py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("out"),
         py::arg("rows"), py::arg("n"), py::arg("eps"), py::arg("threads"),
         py::call_guard<py::gil_scoped_release>());
+
+  bind_gemm(m);
 }

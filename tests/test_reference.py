@@ -136,3 +136,22 @@ def test_nan_propagates():
     assert bool(torch.isnan(y[1]).all()) and not bool(torch.isnan(y[[0, 2, 3]]).any())
     z = ops.bias_gelu(x, b, backend="reference")
     assert bool(torch.isnan(z[1, 5])) and int(torch.isnan(z).sum()) == 1
+
+
+def test_attention_varlen_equals_padded_attention_at_real_positions():
+    g = _gen(21)
+    lengths = [77, 1, 0, 30]
+    H, D = 3, 26
+    L = max(lengths)
+    B = len(lengths)
+    q, k, v = (torch.randn(B, H, L, D, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = (torch.arange(L)[None] < torch.tensor(lengths)[:, None]).long()
+    padded = ops.attention(q, k, v, mask, backend="reference")
+    pack = lambda t: torch.cat([t[b, :, :n].transpose(0, 1) for b, n in enumerate(lengths)])  # noqa: E731
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    out = ops.attention_varlen(pack(q), pack(k), pack(v), cu, L, backend="reference")
+    torch.testing.assert_close(out, pack(padded), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
+        ops.attention_varlen(pack(q), pack(k), pack(v), cu + 1, L)
+    with pytest.raises(ValueError, match="max_seqlen"):
+        ops.attention_varlen(pack(q), pack(k), pack(v), cu, 10)

@@ -19,7 +19,7 @@ from .. import reference as _ref
 from . import _validate as V
 from ._dispatch import BACKENDS, available, backend_status, resolve
 
-__all__ = ["attention", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to",
+__all__ = ["attention", "attention_varlen", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to",
            "BACKENDS", "available", "backend_status", "which_backend"]
 
 _F = V.FLOAT_DTYPES
@@ -61,6 +61,36 @@ def attention(q, k, v, attention_mask=None, scale: Optional[float] = None, *, ba
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     device = V.same_device(q=q, k=k, v=v, attention_mask=attention_mask)
     return _run("attention", backend, device, q, k, v, attention_mask, None if scale is None else float(scale))
+
+
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, scale: Optional[float] = None, *,
+                     backend: Optional[str] = None):
+    """Padding-free attention on packed tokens: q/k/v ``[T, H, D]``, ``cu_seqlens`` int32 ``[B + 1]``
+    (sequence i = tokens ``cu_seqlens[i]:cu_seqlens[i+1]``, attending only within itself), ``max_seqlen``
+    the longest sequence. What the model wrapper's unpadded path runs; see :func:`bertsilicon.reference.attention_varlen`."""
+    V.tensor("q", q, dtypes=_F, ndim=3)
+    V.tensor("k", k, dtypes=_F, ndim=3)
+    V.tensor("v", v, dtypes=_F, ndim=3)
+    V.same_dtype(q=q, k=k, v=v)
+    V.shape("k", k, q.shape, "(must match q: [T, H, D])")
+    V.shape("v", v, q.shape, "(must match q: [T, H, D])")
+    V.tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
+    if cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens must hold at least [0]; expected int32 [B + 1] prefix sums")
+    if not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a non-negative int, got {max_seqlen!r}")
+    if not torch.compiler.is_compiling():
+        cu = cu_seqlens.cpu()
+        gaps = cu[1:] - cu[:-1]
+        if int(cu[0]) != 0 or int(cu[-1]) != q.shape[0] or bool((gaps < 0).any()):
+            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={q.shape[0]}; got {cu.tolist()[:8]}...")
+        if gaps.numel() and int(gaps.max()) > max_seqlen:
+            raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({int(gaps.max())})")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    device = V.same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
+    return _run("attention_varlen", backend, device, q, k, v, cu_seqlens, max_seqlen,
+                None if scale is None else float(scale))
 
 
 def bias_gelu(x, bias, approximate: str = "none", *, backend: Optional[str] = None):

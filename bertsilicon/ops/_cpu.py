@@ -63,3 +63,6 @@ def add_layernorm(x, residual, weight, bias, eps):
     _C.add_layernorm_f32(x.data_ptr(), residual.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(),
                          x.numel() // n, n, eps, threads())
     return out
+
+
+from . import _cpu_gemm  # noqa: E402,F401  (registers linear / quantize / int8_linear)

@@ -28,6 +28,17 @@ def _(q, k, v, attention_mask, scale, backend):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
+@torch.library.custom_op("bertsilicon::attention_varlen", mutates_args=())
+def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: Optional[float],
+                     backend: str) -> Tensor:
+    return _call("attention_varlen", backend, q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+@attention_varlen.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, scale, backend):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
 @torch.library.custom_op("bertsilicon::bias_gelu", mutates_args=())
 def bias_gelu(x: Tensor, bias: Tensor, approximate: str, backend: str) -> Tensor:
     return _call("bias_gelu", backend, x, bias, approximate)

@@ -2,5 +2,5 @@
 from .. import reference as R
 from ._dispatch import register
 
-for _name in ("attention", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to"):
+for _name in ("attention", "attention_varlen", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to"):
     register(_name, "reference")(getattr(R, _name))
