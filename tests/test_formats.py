@@ -12,6 +12,15 @@ if hasattr(torch, "float8_e4m3fn"):
     TORCH_DTYPE.update({"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2})
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Elementwise int64 work on a shared 2-core machine: one intra-op thread is ~10x faster under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _wide_fp32(n, seed):
     """fp32 values over a wide exponent range, both signs, with subnormals, ties and exact values."""
     g = torch.Generator().manual_seed(seed)
@@ -115,3 +124,95 @@ def test_round_to_bad_arguments(bad):
         ops.round_to(torch.randn(4), **bad)
     with pytest.raises(ValueError, match="dtype"):
         ops.round_to(torch.randn(4, dtype=torch.float64), "bf16")
+
+
+# ------------------------------------------------------------------------------------------------ #
+# Integer formats with a scale, fixed point, custom floats, bad input                              #
+# ------------------------------------------------------------------------------------------------ #
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel", "per_token"])
+def test_int8_nearest_matches_reference_quantize(granularity):
+    from bertsilicon import reference
+
+    x = torch.randn(37, 77, generator=torch.Generator().manual_seed(3)) * torch.logspace(-2, 2, 77)
+    q, s = formats.quantize(x, "int8", granularity)
+    q_ref, s_ref = reference.quantize(x, "int8", granularity)
+    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+    y = formats.round_to(x, "int8", granularity=granularity)
+    assert torch.equal(y, q_ref.float() * s_ref)
+
+
+def test_int4_per_group_against_float64_model():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 96, generator=g)
+    x[2, 32:64] = 0.0  # an all-zero group gets scale 1
+    q, s = formats.quantize(x, "int4", "per_group", group_size=32)
+    assert q.dtype == torch.int8 and s.shape == (6, 3)
+    amax = x.double().reshape(6, 3, 32).abs().amax(-1)
+    s64 = torch.where(amax == 0, torch.ones_like(amax), amax / 7)
+    assert torch.equal(s, s64.float())
+    y = x.double() / s.double().repeat_interleave(32, -1)
+    expect = torch.round(y.float().double()).clamp(-7, 7)  # x / scale formed in fp32, then round-half-even
+    assert torch.equal(q.double(), expect) and int(q.abs().max()) == 7
+    deq = formats.round_to(x, "int4", granularity="per_group", group_size=32)
+    assert torch.equal(deq, formats.dequantize(q, s, group_size=32))
+
+
+def test_int8_stochastic_is_unbiased_with_explicit_scale():
+    n = 40_000
+    x = torch.full((n,), 0.3)
+    scale = torch.tensor(0.25)
+    y = formats.round_to(x, "int8", "stochastic", seed=11, scale=scale)  # 0.3 / 0.25 = 1.2 steps: P(up) = 0.2
+    assert set(torch.unique(y).tolist()) == {0.25, 0.5}
+    p_up = float((y == 0.5).double().mean())
+    assert abs(p_up - 0.2) < 5 * math.sqrt(0.2 * 0.8 / n)
+    sat = formats.round_to(torch.tensor([1e3, -1e3, float("nan")]), "int8", scale=scale)
+    assert sat[:2].tolist() == [127 * 0.25, -127 * 0.25] and bool(torch.isnan(sat[2]))
+
+
+def test_fixed_point_grid_and_two_complement_saturation():
+    f = formats.get_format("q3.4")
+    assert (f.int_bits, f.frac_bits, f.max_finite, f.min_value) == (3, 4, 8 - 1 / 16, -8.0)
+    x = torch.randn(5000, generator=torch.Generator().manual_seed(2)) * 6
+    y = formats.round_to(x, "q3.4")
+    expect = torch.round(x.double() * 16).clamp(-128, 127) / 16
+    assert torch.equal(y.double(), expect)
+    tz = formats.round_to(x, "q3.4", "toward_zero")
+    assert torch.equal(tz.double(), torch.trunc(x.double() * 16).clamp(-128, 127) / 16)
+    assert formats.round_to(torch.tensor([100.0, -100.0, float("inf")]), "q3.4").tolist() == [8 - 1 / 16, -8.0, 8 - 1 / 16]
+    sr = formats.round_to(torch.full((20000,), 0.5 + 1 / 64), "q3.4", "stochastic", seed=1)
+    assert abs(float(sr.double().mean()) - (0.5 + 1 / 64)) < 5 * (1 / 16) * 0.5 / math.sqrt(20000)
+
+
+def test_custom_float_matches_named_and_subnormals_off():
+    x = torch.randn(4000, generator=torch.Generator().manual_seed(4)) * 1e-3
+    for name, (e, m) in {"bf16": (8, 7), "fp16": (5, 10), "e5m2": (5, 2)}.items():
+        assert torch.equal(formats.round_to(x, formats.float_format(e, m)), formats.round_to(x, name))
+    assert formats.get_format("e4m3fn") == formats.float_format(4, 3, ieee=False)
+    assert torch.equal(formats.round_to(x, "e4m3fn"), formats.round_to(x, "e4m3"))
+    nosub = formats.get_format("e5m10-nosub")
+    assert nosub.smallest_subnormal == 2.0 ** -14
+    tiny = torch.tensor([2.0 ** -15, 2.0 ** -15 + 2.0 ** -20, 2.0 ** -16, -3 * 2.0 ** -16, 2.0 ** -14 + 2.0 ** -24])
+    assert formats.round_to(tiny, nosub).tolist() == [0.0, 2.0 ** -14, 0.0, -(2.0 ** -14), 2.0 ** -14 + 2.0 ** -24]
+    assert formats.round_to(tiny, "fp16").tolist() == tiny.half().float().tolist()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: formats.round_to(torch.randn(4), "fp7"), "fmt='fp7' is unknown"),
+    (lambda: formats.round_to(torch.randn(4), "e9m2"), "ebits=9 is out of range"),
+    (lambda: formats.round_to(torch.randn(4), "e4m24"), "mbits=24 is out of range"),
+    (lambda: formats.float_format(1, 3), "ebits=1 is out of range"),
+    (lambda: formats.float_format(8, 3, ieee=False), "beyond float32's range"),
+    (lambda: formats.round_to(torch.randn(4), "q20.10"), "int_bits \\+ frac_bits = 30"),
+    (lambda: formats.round_to(torch.randn(4), "int8"), "int8 needs a scale"),
+    (lambda: formats.round_to(torch.randn(4), "int4", granularity="per_row"), "granularity='per_row'"),
+    (lambda: formats.round_to(torch.randn(4, 6), "int4", granularity="per_group", group_size=4), "must divide"),
+    (lambda: formats.round_to(torch.randn(4, 6), "int4", granularity="per_group"), "needs group_size"),
+    (lambda: formats.round_to(torch.randn(4, 6), "int8", scale=torch.ones(5)), "scale has shape"),
+    (lambda: formats.round_to(torch.randn(4), "bf16", scale=torch.ones(1)), "integer formats only"),
+    (lambda: formats.round_to(torch.randn(4), "q3.4", overflow="inf"), "has no inf"),
+    (lambda: formats.round_to(torch.randn(4), "bf16", overflow="wrap"), "overflow='wrap'"),
+    (lambda: formats.int_format(1), "bits=1 is out of range"),
+])
+def test_bad_format_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
