@@ -1,0 +1,196 @@
+"""Measure this machine (``bertsilicon profile --calibrate``) so ``hardware="local"`` predicts from
+measurements, not a datasheet.
+
+What is measured (PyTorch eager, ``torch.get_num_threads()`` threads, medians of timed repeats):
+
+* GEMM rate curves, FLOP/s against GEMM size, per precision: ``fp32`` and ``bf16`` with
+  ``F.linear`` (weight ``[N, K]``, bias) and ``int8`` with ``torch._int_mm`` (int8 x int8 -> int32);
+  shapes are the GEMMs of BERT students (K, N in 128..3072; M = tokens in 64..4096).
+* the batched attention products (``[b, S, d] @ [b, d, S]``, fp32),
+* element-wise throughput (add, GELU, softmax, LayerNorm) as FLOP/s in the counting convention of
+  :data:`.counts.FLOPS_PER_ELEMENT`, and memory bandwidth from ``c = a + b`` on tensors far larger than
+  the caches (3 x 4 bytes per element moved),
+* the per-op overhead: the time of an ``nn.Linear`` call on a 1 x 8 input (module call + dispatch).
+
+The record is stored as JSON in ``$BERTSILICON_CALIBRATION`` or ``~/.cache/bertsilicon/calibration.json``
+(``$XDG_CACHE_HOME`` respected), keyed by ``cpu:<threads>``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+from .counts import FLOPS_PER_ELEMENT
+from .hardware import Hardware
+
+ENV = "BERTSILICON_CALIBRATION"
+
+_GEMMS_FULL = [(64, 128, 128), (128, 312, 312), (128, 384, 384), (128, 384, 1536), (128, 768, 768),
+               (512, 768, 768), (1024, 384, 1536), (1024, 768, 3072), (4096, 384, 1536), (4096, 768, 3072)]
+_GEMMS_QUICK = [(64, 128, 128), (256, 256, 256), (512, 384, 512)]
+_ATTN_FULL = [(12, 128, 26), (12, 128, 32), (12, 128, 64), (96, 128, 32), (384, 128, 32), (384, 128, 64)]
+_ATTN_QUICK = [(4, 64, 32), (12, 128, 32)]
+
+
+def calibration_path() -> Path:
+    env = os.environ.get(ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bertsilicon" / "calibration.json"
+
+
+def _key(threads: int) -> str:
+    return f"cpu:{threads}"
+
+
+def _time(fn: Callable[[], object], min_time: float, repeats: int) -> float:
+    """Median seconds per call over ``repeats`` timed groups, each at least ``min_time`` long."""
+    fn()
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_time / one))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, progress: bool = True) -> dict:
+    """Measure this CPU and store the record; returns it. ``quick``: small shapes and few repeats (a few
+    seconds; for tests — the curves then cover only small GEMMs)."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    threads = torch.get_num_threads()
+    min_time, repeats = (0.002, 3) if quick else (0.05, 5)
+    gemms, attns = (_GEMMS_QUICK, _ATTN_QUICK) if quick else (_GEMMS_FULL, _ATTN_FULL)
+    n_elem = 1 << 20 if quick else 1 << 24
+    gen = torch.Generator().manual_seed(0)
+    steps = 3 * len(gemms) + len(attns) + 6
+    bar = tqdm(total=steps, desc="calibrating", disable=not progress)
+    curves = {"fp32": [], "bf16": [], "int8": []}
+    with torch.inference_mode():
+        for M, K, N in gemms:
+            flops = 2.0 * M * K * N
+            x = torch.randn(M, K, generator=gen)
+            w = torch.randn(N, K, generator=gen)
+            b = torch.randn(N, generator=gen)
+            for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
+                curves[prec].append((flops, flops / _time(lambda: F.linear(xd, wd, bd), min_time, repeats)))
+                bar.update()
+            xi = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=gen)
+            wi = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=gen)
+            curves["int8"].append((flops, flops / _time(lambda: torch._int_mm(xi, wi), min_time, repeats)))
+            bar.update()
+        attention = []
+        for bsz, S, d in attns:
+            q = torch.randn(bsz, S, d, generator=gen)
+            k = torch.randn(bsz, d, S, generator=gen)
+            flops = 2.0 * bsz * S * S * d
+            attention.append((flops, flops / _time(lambda: torch.matmul(q, k), min_time, repeats)))
+            bar.update()
+        a = torch.randn(n_elem, generator=gen)
+        b = torch.randn(n_elem, generator=gen)
+        c = torch.empty_like(a)
+        t_add = _time(lambda: torch.add(a, b, out=c), min_time, repeats)
+        bandwidth = 3 * 4 * n_elem / t_add
+        bar.update()
+        rates = {"add": n_elem * FLOPS_PER_ELEMENT["add"] / t_add}
+        rates["gelu"] = n_elem * FLOPS_PER_ELEMENT["gelu"] / _time(lambda: F.gelu(a), min_time, repeats)
+        bar.update()
+        rows = a.view(-1, 128)
+        rates["softmax"] = n_elem * FLOPS_PER_ELEMENT["softmax"] / _time(lambda: torch.softmax(rows, -1),
+                                                                         min_time, repeats)
+        bar.update()
+        h = a[: (n_elem // 384) * 384].view(-1, 384)
+        g, beta = torch.ones(384), torch.zeros(384)
+        rates["layernorm"] = h.numel() * FLOPS_PER_ELEMENT["layernorm"] / _time(
+            lambda: F.layer_norm(h, (384,), g, beta), min_time, repeats)
+        bar.update()
+        rates["relu"] = n_elem * FLOPS_PER_ELEMENT["relu"] / _time(lambda: torch.relu(a), min_time, repeats)
+        bar.update()
+        tiny = torch.nn.Linear(8, 8)
+        xt = torch.randn(1, 8, generator=gen)
+        overhead = _time(lambda: tiny(xt), 0.01 if quick else 0.05, repeats)
+        bar.update()
+    bar.close()
+    record = {
+        "device": "cpu", "threads": threads, "quick": quick, "cpu": _cpu_name(),
+        "torch": torch.__version__, "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "gemm_curve": {p: sorted(v) for p, v in curves.items()}, "attention_curve": sorted(attention),
+        "elementwise_rate": rates, "bandwidth": bandwidth, "launch_overhead_s": overhead,
+    }
+    path = Path(path) if path else calibration_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = _load(path)
+    store.setdefault("records", {})[_key(threads)] = record
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(store, indent=1))
+    tmp.replace(path)
+    return record
+
+
+def _load(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_calibration(threads: Optional[int] = None, path=None) -> Optional[dict]:
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    return _load(Path(path) if path else calibration_path()).get("records", {}).get(_key(threads))
+
+
+def hardware_from_record(rec: dict) -> Hardware:
+    curves = {p: [tuple(x) for x in v] for p, v in rec["gemm_curve"].items() if v}
+    peak = {p: max(r for _, r in v) for p, v in curves.items()}
+    peak.setdefault("fp16", 0.0)
+    rates = rec["elementwise_rate"]
+    return Hardware(
+        name="local", kind="cpu", peak=peak, vector_flops=max(rates.values()), bandwidth=rec["bandwidth"],
+        launch_overhead_s=rec["launch_overhead_s"], tdp_w=None, process="unknown",
+        source=(f"measured by `bertsilicon profile --calibrate` at {rec['measured_at']} on {rec['cpu']}, "
+                f"{rec['threads']} threads, torch {rec['torch']}{' (quick)' if rec.get('quick') else ''}"),
+        int8_float="fp32", static_w=0.0, gemm_curve=curves,
+        attention_curve=[tuple(x) for x in rec.get("attention_curve", [])], elementwise_rate=dict(rates))
+
+
+def local_hardware(threads: Optional[int] = None) -> Hardware:
+    """The calibrated local CPU (at the current torch thread count); calibrates now if never done."""
+    rec = load_calibration(threads)
+    if rec is None:
+        warnings.warn(f"no calibration of this machine in {calibration_path()}; measuring now "
+                      "(run `bertsilicon profile --calibrate` once to do it ahead)", stacklevel=3)
+        rec = calibrate(threads=threads, progress=False)
+    return hardware_from_record(rec)

@@ -1,0 +1,145 @@
+"""``bertsilicon profile`` and ``bertsilicon design``.
+
+    bertsilicon profile minilm-l6 --hardware t4 --precision int8 --seq-len 128 --json out.json
+    bertsilicon profile --calibrate                 # measure this CPU -> hardware "local"
+    bertsilicon profile --list-hardware
+    bertsilicon design --hardware t4 --precision int8 --latency-budget 2 --plot front.png
+"""
+from __future__ import annotations
+
+import sys
+
+
+def _ints(s: str):
+    try:
+        return tuple(int(x) for x in s.split(",") if x)
+    except ValueError as exc:
+        raise SystemExit(f"error: expected comma-separated integers, got {s!r}") from exc
+
+
+def _floats(s: str):
+    try:
+        return tuple(float(x) for x in s.split(",") if x)
+    except ValueError as exc:
+        raise SystemExit(f"error: expected comma-separated numbers, got {s!r}") from exc
+
+
+def _config(model: str):
+    """A student name, or a local folder / config.json of a Hugging Face model (config only)."""
+    from pathlib import Path
+
+    from ..models.students import STUDENTS
+
+    if model in STUDENTS:
+        return model
+    p = Path(model)
+    if p.exists():
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(p), local_files_only=True)
+    raise ValueError(f"model {model!r} is neither a student ({', '.join(STUDENTS)}) nor a local model folder")
+
+
+def run_profile(args) -> int:
+    from . import calibration as cal
+    from .core import profile
+    from .hardware import hardware_table_markdown
+
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.list_hardware:
+        print(hardware_table_markdown())
+        return 0
+    if args.calibrate:
+        rec = cal.calibrate(quick=args.quick)
+        print(f"calibrated {rec['cpu']} ({rec['threads']} threads) -> {cal.calibration_path()}")
+        for p, curve in rec["gemm_curve"].items():
+            print(f"  {p:5s} GEMM: {min(r for _, r in curve) / 1e9:8.1f} .. {max(r for _, r in curve) / 1e9:8.1f} GFLOP/s")
+        print(f"  memory bandwidth {rec['bandwidth'] / 1e9:.1f} GB/s, per-op overhead "
+              f"{rec['launch_overhead_s'] * 1e6:.1f} us")
+        if not args.model:
+            return 0
+    if not args.model:
+        print("error: give a model (a student name or a local model folder), --calibrate or --list-hardware",
+              file=sys.stderr)
+        return 2
+    try:
+        report = profile(_config(args.model), batch_size=args.batch_size, seq_len=args.seq_len,
+                         precision=args.precision, hardware=args.hardware, measure=args.measure,
+                         repeats=args.repeats)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.to_markdown(per_op=args.per_op))
+    if args.json:
+        report.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.markdown:
+        report.to_markdown(args.markdown)
+        print(f"wrote {args.markdown}")
+    if args.plot:
+        report.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def run_design(args) -> int:
+    from . import design
+
+    kw = {}
+    for name in ("layers", "hidden", "heads"):
+        if getattr(args, name):
+            kw[name] = _ints(getattr(args, name))
+    if args.ffn_ratios:
+        kw["ffn_ratios"] = _floats(args.ffn_ratios)
+    try:
+        res = design.explore(hardware=args.hardware, seq_len=args.seq_len, latency_budget=args.latency_budget,
+                             energy_budget=args.energy_budget, batch_size=args.batch_size, precision=args.precision,
+                             **kw)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(res.to_markdown())
+    for flag, fn in ((args.json, res.to_json), (args.markdown, res.to_markdown), (args.plot, res.plot)):
+        if flag:
+            fn(flag)
+            print(f"wrote {flag}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("profile", help="FLOPs, bytes, roofline latency and energy per op per layer",
+                              description=__doc__)
+    p.add_argument("model", nargs="?", help="student name (bertsilicon.STUDENTS) or a local HF model folder")
+    p.add_argument("--hardware", default="h100", help="device name (see --list-hardware) or 'local'")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | int8")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--json", help="write the report as JSON")
+    p.add_argument("--markdown", help="write the report as Markdown")
+    p.add_argument("--plot", help="write the roofline + per-layer PNG")
+    p.add_argument("--per-op", action="store_true", help="print the per-op table too")
+    p.add_argument("--measure", action="store_true", help="time each layer here and compare with the prediction")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--calibrate", action="store_true", help="measure this CPU (GEMM rates, bandwidth) for 'local'")
+    p.add_argument("--quick", action="store_true", help="with --calibrate: small shapes, a few seconds")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (calibration is per thread count)")
+    p.add_argument("--list-hardware", action="store_true", help="print the hardware table with sources")
+    p.set_defaults(func=run_profile)
+
+    d = subparsers.add_parser("design", help="sweep student shapes; Pareto front of capacity vs latency/energy")
+    d.add_argument("--hardware", default="h100")
+    d.add_argument("--precision", default="fp32")
+    d.add_argument("--seq-len", type=int, default=128)
+    d.add_argument("--batch-size", type=int, default=1)
+    d.add_argument("--latency-budget", type=float, help="milliseconds per batch")
+    d.add_argument("--energy-budget", type=float, help="millijoules per batch")
+    d.add_argument("--layers", help="comma-separated, e.g. 2,4,6")
+    d.add_argument("--hidden", help="comma-separated, e.g. 256,384,512")
+    d.add_argument("--heads", help="comma-separated, e.g. 4,8,12")
+    d.add_argument("--ffn-ratios", help="FFN width / hidden, comma-separated, e.g. 2,4")
+    d.add_argument("--json")
+    d.add_argument("--markdown")
+    d.add_argument("--plot")
+    d.set_defaults(func=run_design)

@@ -1,0 +1,92 @@
+"""Price an op list at a precision on a device: bytes, roofline latency and energy per op.
+
+For each op (counts in :mod:`.counts`):
+
+    bytes     = weights x b_w + (biases, norms, gathered table rows, activations) x b_f
+                (+ GEMM inputs x 1 byte at int8)
+    t_compute = matmul FLOPs / R_gemm(precision, GEMM size) + element-wise FLOPs / R_vector
+    t_memory  = bytes / bandwidth
+    latency   = max(t_compute, t_memory) + kernels x launch overhead
+    energy    = MACs x E_mac + element-wise FLOPs x E_flop + bytes x E_dram + P_static x latency
+
+``b_w`` / ``b_f``: bytes per weight / float element — fp32 4/4, bf16 and fp16 2/2, int8 1 (weights and
+GEMM inputs) with activations in ``hardware.int8_float``. The attention products run in the float
+format (int8 quantises only the weight GEMMs, DESIGN.md). On a datasheet device R_gemm is the dense peak
+(so the latency is a lower bound plus overhead); on ``"local"`` it is the measured rate at that GEMM size.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+from .counts import ATTENTION, GEMM, Op
+from .energy import EnergyTable
+from .hardware import BYTES, Hardware
+
+
+def _ew_class(op: Op) -> str:
+    name = op.op.lower()
+    for cls in ("softmax", "gelu", "relu"):
+        if cls in name:
+            return cls
+    if "norm" in name or op.kind == "gather":
+        return "layernorm"
+    return "add"
+
+
+def price(ops: Sequence[Op], hw: Hardware, precision: str, energy: EnergyTable) -> List[Dict]:
+    fp = hw.int8_float if precision == "int8" else precision
+    b_f = BYTES[fp]
+    b_w = BYTES[precision]
+    b_in = 1 if precision == "int8" else b_f
+    rows = []
+    for o in ops:
+        weight_bytes = o.weight_elems * b_w + (o.params - o.weight_elems) * b_f
+        moved = (o.weight_elems * b_w + (o.vector_param_elems + o.table_elems_read + o.act_in_elems
+                                         + o.act_out_elems) * b_f + o.gemm_in_elems * b_in)
+        ew_rate = hw.elementwise_rate.get(_ew_class(o), hw.vector_flops)
+        per_kernel = o.matmul_flops / max(o.gemm_kernels, 1)
+        if o.kind == GEMM:
+            t_compute = o.matmul_flops / hw.gemm_rate(precision, per_kernel)
+            mac_pj = energy.mac_pj[precision]
+        elif o.kind == ATTENTION:
+            t_compute = o.matmul_flops / hw.attention_rate(fp, per_kernel) + o.other_flops / ew_rate
+            mac_pj = energy.mac_pj[fp]
+        else:
+            t_compute = o.other_flops / ew_rate
+            mac_pj = 0.0
+        t_memory = moved / hw.bandwidth
+        t_overhead = o.kernels * hw.launch_overhead_s
+        latency = max(t_compute, t_memory) + t_overhead
+        if t_overhead > max(t_compute, t_memory):
+            bound = "overhead"
+        else:
+            bound = "compute" if t_compute >= t_memory else "memory"
+        e_compute = (o.macs * mac_pj + o.other_flops * energy.flop_pj[fp]) * 1e-12
+        e_memory = moved * energy.dram_pj_per_byte * 1e-12
+        e_static = hw.static_power_w * latency
+        rows.append({
+            "layer": o.layer, "op": o.op, "kind": o.kind, "tokens": o.tokens, "macs": o.macs,
+            "matmul_flops": o.matmul_flops, "flops": o.flops, "params": o.params, "weight_bytes": weight_bytes,
+            "activation_bytes": o.act_out_elems * b_f, "bytes": moved,
+            "intensity": o.flops / moved if moved else float("inf"), "kernels": o.kernels, "bound": bound,
+            "t_compute_s": t_compute, "t_memory_s": t_memory, "t_overhead_s": t_overhead, "latency_s": latency,
+            "energy_compute_j": e_compute, "energy_memory_j": e_memory, "energy_static_j": e_static,
+            "energy_j": e_compute + e_memory + e_static,
+        })
+    return rows
+
+
+SUMMED = ("macs", "matmul_flops", "flops", "params", "weight_bytes", "activation_bytes", "bytes", "kernels",
+          "t_compute_s", "t_memory_s", "t_overhead_s", "latency_s", "energy_compute_j", "energy_memory_j",
+          "energy_static_j", "energy_j")
+
+
+def totals(rows: Sequence[Dict]) -> Dict:
+    t = {k: sum(r[k] for r in rows) for k in SUMMED}
+    t["intensity"] = t["flops"] / t["bytes"] if t["bytes"] else float("inf")
+    t["bound"] = "compute" if t["t_compute_s"] >= t["t_memory_s"] else "memory"
+    by_bound = {}
+    for r in rows:
+        by_bound[r["bound"]] = by_bound.get(r["bound"], 0.0) + r["latency_s"]
+    t["latency_by_bound_s"] = by_bound
+    return t
