@@ -7,13 +7,9 @@
 #include <stdexcept>
 
 #include "common.h"
+#include "kernels.h"
 
 namespace py = pybind11;
-
-namespace bs {
-void add_layernorm_f32(const float* x, const float* residual, const float* weight, const float* bias,
-                       float* out, int64_t rows, int64_t n, float eps, int threads);
-}
 
 // GEMM-family kernels (linear, quantize, int8_linear) bind themselves in gemm_bindings.cpp.
 void bind_gemm(py::module_& m);
@@ -51,15 +47,61 @@ PYBIND11_MODULE(_C, m) {
     bs::set_isa(isa);
   }, py::arg("isa"), "Force a kernel path no wider than the CPU supports (tests run every path).");
 
-  m.def("add_layernorm_f32",
-        [](uintptr_t x, uintptr_t res, uintptr_t w, uintptr_t b, uintptr_t out, int64_t rows, int64_t n,
+  // dtype codes: 0 float32, 1 bfloat16, 2 float16 (bs::DType)
+  m.def("add_layernorm",
+        [](int dtype, uintptr_t x, uintptr_t res, uintptr_t w, uintptr_t b, uintptr_t out, int64_t rows, int64_t n,
            float eps, int threads) {
-          bs::add_layernorm_f32(ptr<const float>(x), ptr<const float>(res), ptr<const float>(w),
-                                ptr<const float>(b), ptr<float>(out), rows, n, eps, threads);
+          bs::add_layernorm(bs::DType(dtype), ptr<const void>(x), ptr<const void>(res), ptr<const float>(w),
+                            ptr<const float>(b), ptr<void>(out), rows, n, eps, threads);
         },
-        py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("out"),
-        py::arg("rows"), py::arg("n"), py::arg("eps"), py::arg("threads"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("dtype"), py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("out"),
+        py::arg("rows"), py::arg("n"), py::arg("eps"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+
+  m.def("bias_gelu",
+        [](int dtype, bool tanh_form, uintptr_t x, uintptr_t bias, uintptr_t out, int64_t rows, int64_t n, int threads) {
+          bs::bias_gelu(bs::DType(dtype), tanh_form, ptr<const void>(x), ptr<const float>(bias), ptr<void>(out), rows, n,
+                        threads);
+        },
+        py::arg("dtype"), py::arg("tanh_form"), py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("rows"),
+        py::arg("n"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+
+  m.def("eval_math",
+        [](int which, uintptr_t x, uintptr_t out, int64_t n) { bs::eval_math(which, ptr<const float>(x), ptr<float>(out), n); },
+        py::arg("which"), py::arg("x"), py::arg("out"), py::arg("n"), py::call_guard<py::gil_scoped_release>(),
+        "The kernels' vector math on fp32 arrays (0 erf, 1 exp, 2 exp2, 3 gelu, 4 gelu tanh), for accuracy tests.");
+
+  // strides: (q_sb, q_sh, q_sl, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, o_sb, o_sh, o_sl), in elements
+  m.def("attention",
+        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, int64_t B, int64_t H, int64_t Lq, int64_t Lk,
+           int64_t D, const std::vector<int64_t>& strides, uintptr_t keep, uintptr_t cu_seqlens, float scale, int threads) {
+          if (strides.size() != 12) throw std::invalid_argument("attention: expected 12 strides");
+          bs::AttnArgs a{bs::DType(dtype), ptr<const void>(q), ptr<const void>(k), ptr<const void>(v), ptr<void>(out),
+                         B, H, Lq, Lk, D,
+                         strides[0], strides[1], strides[2], strides[3], strides[4], strides[5],
+                         strides[6], strides[7], strides[8], strides[9], strides[10], strides[11],
+                         ptr<const uint8_t>(keep), ptr<const int32_t>(cu_seqlens), scale, threads};
+          py::gil_scoped_release release;
+          bs::attention(a);
+        },
+        py::arg("dtype"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("B"), py::arg("H"),
+        py::arg("Lq"), py::arg("Lk"), py::arg("D"), py::arg("strides"), py::arg("keep"), py::arg("cu_seqlens"),
+        py::arg("scale"), py::arg("threads"));
+
+  m.def("round_to",
+        [](int dtype, uintptr_t x, uintptr_t out, int64_t n, int mbits, int emin, double max_finite, bool ieee,
+           bool stochastic, uint64_t seed, bool saturate, int threads) {
+          bs::RoundArgs a{bs::DType(dtype), ptr<const void>(x), ptr<void>(out), n, mbits, emin, max_finite,
+                          ieee, stochastic, saturate, seed, threads};
+          bs::round_to(a);
+        },
+        py::arg("dtype"), py::arg("x"), py::arg("out"), py::arg("n"), py::arg("mbits"), py::arg("emin"),
+        py::arg("max_finite"), py::arg("ieee"), py::arg("stochastic"), py::arg("seed"), py::arg("saturate"),
+        py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+
+  m.def("philox_bits",
+        [](uint64_t seed, uint64_t start, uintptr_t out, int64_t n) { bs::philox_bits(seed, start, ptr<uint32_t>(out), n); },
+        py::arg("seed"), py::arg("start"), py::arg("out"), py::arg("n"), py::call_guard<py::gil_scoped_release>(),
+        "First word of Philox4x32-10 for counters start..start+n-1 (uint32 into out), for tests.");
 
   bind_gemm(m);
 }

@@ -6,26 +6,9 @@ from bertsilicon import ops
 from bertsilicon.ops import _dispatch
 from numerics import assert_numerics, poison_allocator
 
+from cpu_isa import cpu_isas, isa  # noqa: F401  (isa is a fixture)
+
 HIDDEN = [128, 312, 384, 512, 768, 77, 1]
-
-
-def _cpu_isas():
-    if _dispatch._load("cpu") is not None:
-        return []
-    from bertsilicon import _C
-
-    order = ["scalar", "avx2", "avx512"]
-    return order[: order.index(_C.best_isa()) + 1]
-
-
-@pytest.fixture
-def isa(request):
-    from bertsilicon.ops import _cpu
-
-    before = _cpu._C.active_isa()
-    _cpu.set_isa(request.param)
-    yield request.param
-    _cpu.set_isa(before)
 
 
 def _inputs(rows, n, dtype, seed, device="cpu"):
@@ -47,16 +30,24 @@ def _check(backend, rows, n, dtype, seed, device="cpu"):
     assert_numerics(out.cpu(), ref64.cpu(), torch_out.cpu(), f"add_layernorm[{backend}] rows={rows} n={n}")
 
 
-@pytest.mark.parametrize("isa", _cpu_isas(), indirect=True)
+@pytest.mark.parametrize("isa", cpu_isas(), indirect=True)
 @pytest.mark.parametrize("n", HIDDEN)
 @pytest.mark.parametrize("rows", [1, 7, 1024])
 def test_cpu_add_layernorm(isa, rows, n):
     _check("cpu", rows, n, torch.float32, seed=rows * 31 + n)
 
 
-@pytest.mark.parametrize("isa", _cpu_isas(), indirect=True)
-def test_cpu_add_layernorm_nan_row(isa):
-    x, r, w, b = _inputs(6, 384, torch.float32, 1)
+@pytest.mark.parametrize("isa", cpu_isas(), indirect=True)
+@pytest.mark.parametrize("n", [384, 768, 77, 16, 1])
+@pytest.mark.parametrize("rows", [3, 130])
+def test_cpu_add_layernorm_bf16(isa, rows, n):
+    _check("cpu", rows, n, torch.bfloat16, seed=rows * 7 + n)
+
+
+@pytest.mark.parametrize("isa", cpu_isas(), indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_add_layernorm_nan_row(isa, dtype):
+    x, r, w, b = _inputs(6, 384, dtype, 1)
     x[2, 100] = float("nan")
     x[4, 7] = float("inf")
     out = ops.add_layernorm(x, r, w, b, backend="cpu")
@@ -91,6 +82,8 @@ def test_cpu_refuses_what_it_cannot_do():
     x, r, w, b = _inputs(4, 64, torch.float64, 0)
     with pytest.raises(ValueError, match="backend='cpu'.*dtype torch.float64"):
         ops.add_layernorm(x, r, w, b, backend="cpu")
+    with pytest.raises(ValueError, match="backend='cpu'.*dtype torch.float16"):
+        ops.add_layernorm(x.half(), r.half(), w, b, backend="cpu")
     x32, r32, w32, b32 = _inputs(4, 64, torch.float32, 0)
     with pytest.raises(ValueError, match="not contiguous"):
         ops.add_layernorm(x32.t().contiguous().t(), r32, w32, b32, backend="cpu")

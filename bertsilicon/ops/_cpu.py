@@ -1,8 +1,16 @@
 """The ``cpu`` backend: C++ kernels from ``bertsilicon._C`` (csrc/), wrapped with the checks C++ relies on.
 
 C++ trusts its caller, so every check that protects memory happens here: dtype, device, contiguity and
-sizes; the C++ side gets raw pointers. ``BERTSILICON_ISA=avx512|avx2|scalar`` (read at import) or
-:func:`set_isa` forces a kernel path no wider than the CPU supports, so every path is testable anywhere.
+sizes; the C++ side gets raw pointers (and element strides where views are allowed). Each ``_check_*``
+returns ``None`` or the reason this backend cannot serve the input, so ``backend="cpu"`` raises a
+``ValueError`` naming it and ``backend=None`` falls back to the reference. The kernels release the GIL
+and use torch's intra-op thread count.
+
+``BERTSILICON_ISA=avx512|avx2|scalar`` (read at import) or :func:`set_isa` forces a kernel path no wider
+than the CPU supports, so every path is testable anywhere.
+
+Dtypes: attention, bias_gelu and add_layernorm take float32 or bfloat16 (fp32 math); round_to takes
+float32, bfloat16 or float16.
 """
 from __future__ import annotations
 
@@ -12,10 +20,15 @@ from typing import Optional
 import torch
 
 from .. import _C  # ImportError here marks the backend unavailable (see _dispatch._load)
+from .. import formats as _formats
 from ._dispatch import register
 from ._validate import contiguous, first_reason
 
 ISAS = ("avx512", "avx2", "scalar")
+
+# dtype codes of the C++ side (bs::DType in csrc/kernels.h)
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+F32_BF16 = (torch.float32, torch.bfloat16)
 
 
 def set_isa(isa: str) -> None:
@@ -44,24 +57,120 @@ def _dtype_reason(name: str, t: Optional[torch.Tensor], dtypes) -> Optional[str]
     return None
 
 
+def _last_dim_reason(name: str, t: torch.Tensor) -> Optional[str]:
+    if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+        return f"{name} must have a contiguous last dim (strides {t.stride()}); call .contiguous() first"
+    return None
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """A small per-feature vector (weight, bias) as contiguous fp32 for the kernel."""
+    return t.to(torch.float32).contiguous()
+
+
 # ---------------------------------------------------------------------------------------------- #
-# add_layernorm                                                                                   #
+# add_layernorm, bias_gelu                                                                        #
 # ---------------------------------------------------------------------------------------------- #
 def _check_add_layernorm(x, residual, weight, bias, eps) -> Optional[str]:
-    return first_reason(_dtype_reason("x", x, (torch.float32,)),
-                        contiguous("x", x), contiguous("residual", residual))
+    return first_reason(_dtype_reason("x", x, F32_BF16), contiguous("x", x), contiguous("residual", residual))
 
 
 @register("add_layernorm", "cpu", check=_check_add_layernorm)
 def add_layernorm(x, residual, weight, bias, eps):
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     n = x.shape[-1]
+    if x.numel() == 0:
+        return out
+    w, b = _f32(weight), _f32(bias)
+    _C.add_layernorm(_DTYPE_CODE[x.dtype], x.data_ptr(), residual.data_ptr(), w.data_ptr(), b.data_ptr(),
+                     out.data_ptr(), x.numel() // n, n, float(eps), threads())
+    return out
+
+
+def _check_bias_gelu(x, bias, approximate) -> Optional[str]:
+    return first_reason(_dtype_reason("x", x, F32_BF16), contiguous("x", x))
+
+
+@register("bias_gelu", "cpu", check=_check_bias_gelu)
+def bias_gelu(x, bias, approximate):
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    n = x.shape[-1]
+    if x.numel() == 0:
+        return out
+    b = _f32(bias)
+    _C.bias_gelu(_DTYPE_CODE[x.dtype], approximate == "tanh", x.data_ptr(), b.data_ptr(), out.data_ptr(),
+                 x.numel() // n, n, threads())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- #
+# attention, attention_varlen                                                                     #
+# ---------------------------------------------------------------------------------------------- #
+def _check_attention(q, k, v, attention_mask, scale) -> Optional[str]:
+    return first_reason(_dtype_reason("q", q, F32_BF16),
+                        _last_dim_reason("q", q), _last_dim_reason("k", k), _last_dim_reason("v", v))
+
+
+def _strides(*tensors: torch.Tensor) -> list[int]:
+    """(batch, head, row) element strides of each 4-D tensor, in order."""
+    return [s for t in tensors for s in t.stride()[:3]]
+
+
+@register("attention", "cpu", check=_check_attention)
+def attention(q, k, v, attention_mask, scale):
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    out = torch.empty((B, H, Lq, D), dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    keep = None if attention_mask is None else attention_mask.ne(0).to(torch.uint8).contiguous()
+    _C.attention(_DTYPE_CODE[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H, Lq, Lk, D,
+                 _strides(q, k, v, out), 0 if keep is None else keep.data_ptr(), 0,
+                 D ** -0.5 if scale is None else float(scale), threads())
+    return out
+
+
+def _check_attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale) -> Optional[str]:
+    return _check_attention(q, k, v, None, scale)
+
+
+@register("attention_varlen", "cpu", check=_check_attention_varlen)
+def attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale):
+    T, H, D = q.shape
+    out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    cu = cu_seqlens.to(torch.int32).contiguous()
+    B = cu.numel() - 1
+    # [T, H, D] seen as B sequences: batch stride unused, head stride, row (token) stride
+    strides = [0, q.stride(1), q.stride(0), 0, k.stride(1), k.stride(0), 0, v.stride(1), v.stride(0),
+               0, out.stride(1), out.stride(0)]
+    _C.attention(_DTYPE_CODE[q.dtype], q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), B, H,
+                 max_seqlen, max_seqlen, D, strides, 0, cu.data_ptr(),
+                 D ** -0.5 if scale is None else float(scale), threads())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- #
+# round_to                                                                                        #
+# ---------------------------------------------------------------------------------------------- #
+def _check_round_to(x, fmt, rounding, seed) -> Optional[str]:
+    reason = first_reason(_dtype_reason("x", x, _formats.INPUT_DTYPES), contiguous("x", x))
+    if reason is None and rounding not in ("nearest", "stochastic"):
+        reason = f"rounding={rounding!r}: the cpu kernel does 'nearest' and 'stochastic'"
+    return reason
+
+
+@register("round_to", "cpu", check=_check_round_to)
+def round_to(x, fmt, rounding, seed):
+    f = _formats.get_format(fmt)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out
-    w = weight.to(torch.float32).contiguous()
-    b = bias.to(torch.float32).contiguous()
-    _C.add_layernorm_f32(x.data_ptr(), residual.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(),
-                         x.numel() // n, n, eps, threads())
+    saturate = _formats.DEFAULT_OVERFLOW.get(f.name, "inf") == "saturate"
+    stochastic = rounding == "stochastic"
+    _C.round_to(_DTYPE_CODE[x.dtype], x.data_ptr(), out.data_ptr(), x.numel(), f.mbits, f.emin, f.max_finite,
+                f.ieee, stochastic, (int(seed) & 0xFFFFFFFFFFFFFFFF) if stochastic else 0, saturate, threads())
     return out
 
 
