@@ -1,0 +1,109 @@
+"""Shared pieces of the Triton kernels: epilogue activations, shape buckets, autotuning settings and
+the fp32 matrix-unit precision.
+
+Autotuning rule (issue 4): every autotuned kernel is keyed on a *bucketed* token count
+(:func:`token_bucket`, the next power of two) instead of the exact length, and its length arguments are
+``do_not_specialize``, so a new sequence length neither re-tunes nor recompiles. Config lists come from
+:func:`hardware_class`: ``"hopper"`` (compute capability 9.x and newer), ``"ampere"`` (8.x: A100 class),
+``"turing"`` (7.x: T4 class, 64 KB shared memory) and ``"interpreter"`` (``TRITON_INTERPRET=1``: one
+small config, no tuning, so CI is fast).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Epilogue activation codes (a constexpr in every kernel that applies one).
+ACT_NONE, ACT_GELU, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
+ACTIVATION_CODE = {None: ACT_NONE, "gelu": ACT_GELU, "gelu_tanh": ACT_GELU_TANH, "relu": ACT_RELU}
+
+
+def interpreting() -> bool:
+    """True when kernels run under the Triton interpreter (CPU tensors, no GPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def hardware_class() -> str:
+    """``"interpreter" | "hopper" | "ampere" | "turing"``: which autotuning config list to use."""
+    if interpreting() or not torch.cuda.is_available():
+        return "interpreter"
+    major, _ = torch.cuda.get_device_capability()
+    if major >= 9:
+        return "hopper"
+    return "ampere" if major == 8 else "turing"
+
+
+def token_bucket(n: int) -> int:
+    """The autotuning key for a token / row count: the next power of two (at least 16)."""
+    return max(16, triton.next_power_of_2(max(int(n), 1)))
+
+
+def fp32_dot_precision() -> str:
+    """``input_precision`` of ``tl.dot`` on float32 operands.
+
+    Under the interpreter: ``"ieee"`` (numpy float32). On a GPU: ``"tf32"`` exactly when torch's own
+    float32 matmuls use TF32 (``torch.backends.cuda.matmul.allow_tf32``, False by default), so the
+    kernels and the torch they are compared with are in the same precision class; the environment
+    variable ``BERTSILICON_TF32=1|0`` overrides it. fp16/bf16/int8 operands ignore it.
+    """
+    if interpreting():
+        return "ieee"
+    env = os.environ.get("BERTSILICON_TF32")
+    if env is not None:
+        return "tf32" if env == "1" else "ieee"
+    try:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    except RuntimeError:  # a torch that refuses the legacy flag after the new fp32_precision API was used
+        return "tf32" if torch.backends.cuda.matmul.fp32_precision == "tf32" else "ieee"
+
+
+@triton.jit
+def gelu_erf(x):
+    """0.5 x (1 + erf(x / sqrt 2)) in fp32; gelu(-inf) = 0 (the formula alone gives -inf * 0 = NaN)."""
+    y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    return tl.where(x == float("-inf"), 0.0, y)
+
+
+@triton.jit
+def gelu_tanh(x):
+    """0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), written as x * sigmoid(2u)
+    (1 + tanh(u) = 2 sigmoid(2u)): no cancellation for negative x, and no tanh in triton.language."""
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    t = -2.0 * u
+    y = x / (1.0 + tl.exp(tl.minimum(t, 80.0)))
+    return tl.where((t > 80.0) | (x == float("-inf")), 0.0, y)  # |gelu| < |x| e^-80 there: 0 in fp32
+
+
+@triton.jit
+def activate(y, ACTIVATION: tl.constexpr):
+    """The epilogue activation selected by the constexpr code (ACT_*); y is fp32."""
+    if ACTIVATION == 1:
+        y = gelu_erf(y)
+    elif ACTIVATION == 2:
+        y = gelu_tanh(y)
+    elif ACTIVATION == 3:
+        y = tl.where(y < 0, 0.0, y)  # relu; NaN stays NaN (NaN < 0 is False)
+    return y
+
+
+def upcast_bf16_dots(dtype: torch.dtype) -> bool:
+    """Whether ``tl.dot`` on bf16 operands must be widened to fp32 first: only under the interpreter,
+    whose ``create_dot`` (triton 3.9) multiplies the raw uint16 storage of bf16 tensors. Widening bf16
+    to fp32 is exact and the products of bf16 values are exact in fp32, so the result is the same
+    bf16 x bf16 -> fp32 product a GPU computes."""
+    return interpreting() and dtype == torch.bfloat16
+
+
+@triton.jit
+def mma(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b on the matrix units (fp32 accumulator); UPCAST: see :func:`upcast_bf16_dots`."""
+    if UPCAST:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc

@@ -1,0 +1,208 @@
+"""Element-wise and row-wise kernels: bias_gelu, quantize (int8, one scale per row), round_to.
+
+All three are memory bound (a few FLOPs per element), so each reads every input element once and
+writes every output element once:
+
+* ``bias_gelu``  out = gelu(x + bias):     bytes = 2 * rows * N * itemsize + N * itemsize; ~20 FLOP/elem.
+* ``quantize``   per row r: scale = amax|x_r| / 127 (1 if amax = 0), q = rne(x / scale) in [-127, 127]:
+                 bytes = rows * N * (itemsize + 1) + 4 * rows (the second pass re-reads the row from L1/L2).
+* ``round_to``   out = the value of ``fmt`` nearest to x (ties to even) or stochastically rounded with
+                 32 Philox bits per element: bytes = 2 * numel * itemsize; ~60 integer ops/elem + Philox
+                 (10 rounds of 2 32x32->64 multiplies) when stochastic.
+
+Launchers take already-validated tensors (see :mod:`bertsilicon.ops`).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from bertsilicon import formats as _formats
+
+from ._common import ACT_GELU, ACT_GELU_TANH, activate
+
+# ---------------------------------------------------------------------------------------------- #
+# bias_gelu                                                                                       #
+# ---------------------------------------------------------------------------------------------- #
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _bias_act_kernel(x_ptr, bias_ptr, out_ptr, rows, N, stride_x, ACTIVATION: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[r, n] = act(x[r, n] + bias[n]) in fp32, stored in out's dtype. x ``[rows, N]``, row stride given."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    mask = (r < rows) & (n < N)
+    x = tl.load(x_ptr + r.to(tl.int64) * stride_x + n, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)
+    y = activate(x + b, ACTIVATION)
+    tl.store(out_ptr + r.to(tl.int64) * N + n, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    """Launcher: gelu(x + bias), x ``[..., N]`` with a contiguous last dim; out contiguous, x's dtype."""
+    N = x.shape[-1]
+    x2 = x.reshape(-1, N)
+    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    rows = x2.shape[0]
+    if out.numel():
+        BLOCK_N = min(triton.next_power_of_2(N), 1024)
+        BLOCK_R = max(1, min(64, 4096 // BLOCK_N))
+        grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(N, BLOCK_N))
+        _bias_act_kernel[grid](x2, bias.contiguous(), out, rows, N, x2.stride(0),
+                               ACTIVATION=ACT_GELU_TANH if approximate == "tanh" else ACT_GELU,
+                               BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, num_warps=4)
+    return out.view(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# quantize                                                                                        #
+# ---------------------------------------------------------------------------------------------- #
+_RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (y + M) - M rounds |y| < 2^22 to the nearest integer, ties to even
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, rows, N, stride_x, BLOCK_N: tl.constexpr):
+    """One program per row: scale = amax / 127 (1 when amax == 0, NaN when the row has NaN),
+    q = round_half_even(x / scale) clamped to [-127, 127], NaN -> 0. Divisions are IEEE (div_rn), so
+    q and scale are bit-identical to :func:`bertsilicon.reference.quantize` in fp32."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_x
+    cols = tl.arange(0, BLOCK_N)
+    amax = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        x = tl.load(x_row + n0 + cols, mask=n0 + cols < N, other=0.0).to(tl.float32)
+        a = tl.abs(x)
+        amax = tl.where(a != a, a, tl.maximum(amax, a))  # keep NaN sticky: tl.maximum may drop it
+    has_nan = tl.sum((amax != amax).to(tl.int32), axis=0) > 0
+    row_amax = tl.max(amax, axis=0)
+    row_amax = tl.where(has_nan, float("nan"), row_amax)
+    scale = tl.where(row_amax == 0.0, 1.0, tl.math.div_rn(row_amax, 127.0))
+    tl.store(scale_ptr + row, scale)
+    for n0 in range(0, N, BLOCK_N):
+        mask = n0 + cols < N
+        x = tl.load(x_row + n0 + cols, mask=mask, other=0.0).to(tl.float32)
+        y = tl.math.div_rn(x, tl.zeros_like(x) + scale)
+        y = tl.where(y != y, 0.0, y)  # NaN -> 0 before the clamp (min/max may drop NaN either way)
+        y = tl.minimum(tl.maximum(y, -127.0), 127.0)
+        y = (y + _RNE_MAGIC) - _RNE_MAGIC
+        tl.store(q_ptr + row * N + n0 + cols, y.to(tl.int8), mask=mask)
+
+
+def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher: int8 quantization with one scale per row of x2 ``[rows, N]`` (last dim contiguous).
+    Returns ``(q [rows, N] int8, scale [rows] float32)``."""
+    rows, N = x2.shape
+    q = torch.empty((rows, N), dtype=torch.int8, device=x2.device)
+    scale = torch.empty((rows,), dtype=torch.float32, device=x2.device)
+    if rows:
+        BLOCK_N = min(triton.next_power_of_2(max(N, 1)), 4096)
+        _quantize_rows_kernel[(rows,)](x2, q, scale, rows, N, x2.stride(0), BLOCK_N=BLOCK_N,
+                                       num_warps=4 if BLOCK_N <= 2048 else 8)
+    return q, scale
+
+
+def quantize(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher for every granularity, each as rows of one kernel: ``per_token`` rows = tokens (last
+    dim), ``per_channel`` rows = dim 0 (a weight's output channels), ``per_tensor`` one row (a single
+    program: fine for weights and calibration, not for large activations)."""
+    if granularity == "per_token":
+        q, s = quantize_rows(x.reshape(-1, x.shape[-1]))
+        return q.view(x.shape), s.view(*x.shape[:-1], 1)
+    x = x.contiguous()  # per_channel / per_tensor rows span several dims: flatten them densely
+    if granularity == "per_channel":
+        q, s = quantize_rows(x.reshape(x.shape[0], -1))
+        return q.view(x.shape), s.view(x.shape[0], *([1] * (x.dim() - 1)))
+    q, s = quantize_rows(x.reshape(1, -1))
+    return q.view(x.shape), s.view(*([1] * x.dim()))
+
+
+# ---------------------------------------------------------------------------------------------- #
+# round_to                                                                                        #
+# ---------------------------------------------------------------------------------------------- #
+
+
+@triton.jit
+def _pow2(e):
+    """2^e as fp32 for integer e in [-126, 127] (built from its bits: exact, no exp2 rounding)."""
+    return ((e + 127).to(tl.int32) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit(do_not_specialize=["n", "seed"])
+def _round_to_kernel(x_ptr, out_ptr, n, seed, MBITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr,
+                     SATURATE: tl.constexpr, HAS_INF: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
+    """The integer rounding of :mod:`bertsilicon.formats` (see its docstring), element by element:
+
+        x = sig * 2^(E - 23);  d = 23 - MBITS + max(0, EMIN - E);  q = sig >> d;  rem = sig mod 2^d
+        nearest: q += rem > 2^(d-1) or (rem == 2^(d-1) and q odd)
+        stochastic: q += r < rem * 2^(32 - d)   (r = tl.randint(seed, flat index): Philox4x32-10 word 0)
+        result = q * 2^(d + E - 23), overflow policy, sign of x, NaN kept.
+    """
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    bits = x.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    mag = bits & 0x7FFFFFFF
+    ex = mag >> 23
+    man = mag & 0x7FFFFF
+    sig = tl.where(ex > 0, man | 0x800000, man)
+    E = tl.where(ex > 0, ex - 127, -126)
+    d = (23 - MBITS) + tl.maximum(EMIN - E, 0)
+    d_c = tl.minimum(d, 62)
+    q = sig >> d_c
+    rem = sig - (q << d_c)
+    if STOCHASTIC:
+        r = tl.randint(seed, offs.to(tl.int32)).to(tl.int64) & 0xFFFFFFFF  # counter = index mod 2^32
+        t = tl.where(d <= 32, rem << tl.maximum(32 - d, 0), rem >> tl.minimum(tl.maximum(d - 32, 0), 62))
+        up = r < t
+    else:
+        half = tl.where(d > 0, tl.full(d.shape, 1, tl.int64) << tl.maximum(d_c - 1, 0), 1 << 62)
+        up = (rem > half) | ((rem == half) & ((q & 1) == 1))
+    q = q + up.to(tl.int64)
+
+    # value = q * 2^s (s >= -149). Two normal power-of-two factors keep every product exact and normal;
+    # results below 2^-125 are written as fp32 bits directly (q << (s + 149)), so a GPU that flushes
+    # subnormal products to zero cannot change them.
+    s = d + E - 23
+    qf = q.to(tl.float32)
+    big_s = tl.minimum(tl.maximum(s, -126), 127)
+    small_s = tl.minimum(tl.maximum(s + 32, -126), 127)
+    value = tl.where(s >= -126, qf * _pow2(big_s), (qf * _pow2(small_s)) * 2.3283064365386963e-10)
+    tiny_bits = q << tl.minimum(tl.maximum(s + 149, 0), 40)
+    tiny = (s < -126) & (tiny_bits < (1 << 24))
+    value = tl.where(tiny, tiny_bits.to(tl.int32).to(tl.float32, bitcast=True), value)
+
+    too_big = (value > MAX_FINITE) | (tl.abs(x) == float("inf"))
+    if SATURATE:
+        value = tl.where(too_big, MAX_FINITE, value)
+    elif HAS_INF:
+        value = tl.where(too_big, float("inf"), value)
+    else:
+        value = tl.where(too_big, float("nan"), value)
+    # copysign(value, x): value >= 0 here (or NaN), so OR in x's sign bit.
+    out_bits = value.to(tl.int32, bitcast=True) | (bits & 0x80000000).to(tl.int32)
+    value = out_bits.to(tl.float32, bitcast=True)
+    value = tl.where(x != x, x, value)
+    tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def round_to(x: torch.Tensor, fmt: str, rounding: str, seed) -> torch.Tensor:
+    """Launcher: bit-identical to :func:`bertsilicon.formats.round_to` (default overflow policy).
+    Element i of the flattened (contiguous) tensor uses Philox counter i, as the reference does."""
+    f = _formats.get_format(fmt)
+    xc = x.contiguous()
+    out = torch.empty_like(xc)
+    n = xc.numel()
+    if n == 0:
+        return out.view(x.shape)
+    policy = _formats.DEFAULT_OVERFLOW.get(f.name, "inf")
+    seed64 = int(seed or 0) & 0xFFFFFFFFFFFFFFFF
+    if seed64 >= 1 << 63:  # pass as a signed int64 with the same bits (tl.randint splits it into two words)
+        seed64 -= 1 << 64
+    BLOCK = 1024
+    _round_to_kernel[(triton.cdiv(n, BLOCK),)](
+        xc, out, n, seed64, MBITS=f.mbits, EMIN=f.emin, MAX_FINITE=float(f.max_finite),
+        SATURATE=policy == "saturate", HAS_INF=f.ieee, STOCHASTIC=rounding == "stochastic", BLOCK=BLOCK,
+        num_warps=4)
+    return out.view(x.shape)
