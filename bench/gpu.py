@@ -158,8 +158,11 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- attention (padded + packed)
     def attention_jobs():
         B = 2 if small else 16
-        for L, H, D in ([(77, 2, 26)] if small else [(128, 12, 64), (512, 12, 64), (128, 12, 32), (128, 12, 26)]):
-            for dtype in ([torch.float16] if small else [torch.float16, torch.bfloat16]):
+        fp16, both = [torch.float16], [torch.float16, torch.bfloat16]
+        shapes = ([(77, 2, 26, fp16)] if small else
+                  [(128, 12, 64, both), (512, 12, 64, both), (128, 12, 32, fp16), (128, 12, 26, fp16)])
+        for L, H, D, dtypes in shapes:
+            for dtype in dtypes:
                 def job(L=L, H=H, D=D, dtype=dtype):
                     qkv = rand(B, L, 3, H, D, dtype=dtype)
                     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))   # the wrapper's views
@@ -194,8 +197,9 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- add_layernorm
     def layernorm_jobs():
-        for M, N in ([(77, 96)] if small else [(4096, 384), (4096, 768), (16384, 768)]):
-            for dtype in ([torch.float16] if small else [torch.float16, torch.bfloat16]):
+        fp16, both = [torch.float16], [torch.float16, torch.bfloat16]
+        for M, N, dtypes in ([(77, 96, fp16)] if small else [(4096, 384, fp16), (4096, 768, both), (16384, 768, fp16)]):
+            for dtype in dtypes:
                 def job(M=M, N=N, dtype=dtype):
                     x, r = rand(M, N, dtype=dtype, scale=2), rand(M, N, dtype=dtype)
                     w, b = rand(N, dtype=dtype, scale=0.1) + 1, rand(N, dtype=dtype, scale=0.1)
@@ -208,9 +212,10 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- linear + bias + GELU, int8_linear
     def gemm_jobs():
-        shapes = [(77, 64, 96)] if small else [(4096, 768, 3072), (4096, 3072, 768), (4096, 384, 1536)]
-        for M, K, N in shapes:
-            for dtype in ([torch.float16] if small else [torch.float16, torch.bfloat16]):
+        fp16, both = [torch.float16], [torch.float16, torch.bfloat16]
+        shapes = [(77, 64, 96, fp16)] if small else [(4096, 768, 3072, both), (4096, 3072, 768, fp16), (4096, 384, 1536, fp16)]
+        for M, K, N, dtypes in shapes:
+            for dtype in dtypes:
                 def job(M=M, K=K, N=N, dtype=dtype):
                     x, w, b = rand(M, K, dtype=dtype), rand(N, K, dtype=dtype, scale=K ** -0.5), rand(N, dtype=dtype)
                     case = Case("linear+bias+gelu", f"M{M} K{K} N{N}", str(dtype).split(".")[-1], flops=2 * M * N * K,
