@@ -174,9 +174,26 @@ def test_roofline_and_energy_arithmetic(hw, precision):
         e_mac = mac[precision] if r["kind"] == "gemm" else mac[fp]
         e = (r["macs"] * e_mac + other * flop[fp] + r["bytes"] * dram) * 1e-12 + static * lat
         assert math.isclose(r["energy_j"], e, rel_tol=1e-12)
-        assert math.isclose(r["intensity"], r["flops"] / r["bytes"], rel_tol=1e-12)
+        if r["bytes"]:
+            assert math.isclose(r["intensity"], r["flops"] / r["bytes"], rel_tol=1e-12)
+        else:  # fused into a neighbour (SDPA's softmax): work but no traffic of its own
+            assert r["op"] == "softmax" and r["kernels"] == 0 and r["intensity"] == math.inf
     t = rep.totals
     assert math.isclose(t["latency_s"], sum(r["latency_s"] for r in rep.rows), rel_tol=1e-12)
+
+
+def test_attention_implementation_changes_traffic_not_flops():
+    eager = profile("minilm-l6", batch_size=4, hardware="l4", attn_implementation="eager")
+    sdpa = profile("minilm-l6", batch_size=4, hardware="l4")  # HF's default for a config
+    assert "sdpa" in " ".join(sdpa.notes["model"]) and "'eager'" in " ".join(eager.notes["model"])
+    assert eager.totals["flops"] == sdpa.totals["flops"]
+    score_bytes = 3 * 4 * 12 * 128 * 128 * 4  # eager writes the [B, A, S, S] fp32 scores 3 times per layer
+    s_e = next(r for r in eager.rows if r["op"] == "attention scores")
+    s_f = next(r for r in sdpa.rows if r["op"] == "attention scores")
+    assert s_e["bytes"] - s_f["bytes"] == score_bytes + 2 * score_bytes // 3  # (+ reads of scale and mask)
+    assert eager.totals["kernels"] - sdpa.totals["kernels"] == 6 * (3 + 1 + 2 - 1)
+    model = _meta_model(bs.student_config("minilm-l6"))  # built with eager attention: read from its config
+    assert profile(model, batch_size=4, hardware="l4").totals["bytes"] == eager.totals["bytes"]
 
 
 def test_precision_prices_bytes():

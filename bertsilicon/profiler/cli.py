@@ -67,7 +67,7 @@ def run_profile(args) -> int:
     try:
         report = profile(_config(args.model), batch_size=args.batch_size, seq_len=args.seq_len,
                          precision=args.precision, hardware=args.hardware, measure=args.measure,
-                         repeats=args.repeats)
+                         repeats=args.repeats, attn_implementation=args.attn_implementation)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -96,7 +96,7 @@ def run_design(args) -> int:
     try:
         res = design.explore(hardware=args.hardware, seq_len=args.seq_len, latency_budget=args.latency_budget,
                              energy_budget=args.energy_budget, batch_size=args.batch_size, precision=args.precision,
-                             **kw)
+                             fused=args.fused, **kw)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -116,6 +116,8 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | int8")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--attn-implementation", default=None,
+                   help="eager | sdpa (default: sdpa, HF's default): kernels and bytes of attention")
     p.add_argument("--json", help="write the report as JSON")
     p.add_argument("--markdown", help="write the report as Markdown")
     p.add_argument("--plot", help="write the roofline + per-layer PNG")
@@ -139,6 +141,7 @@ def register(subparsers) -> None:
     d.add_argument("--hidden", help="comma-separated, e.g. 256,384,512")
     d.add_argument("--heads", help="comma-separated, e.g. 4,8,12")
     d.add_argument("--ffn-ratios", help="FFN width / hidden, comma-separated, e.g. 2,4")
+    d.add_argument("--fused", action="store_true", help="price the fused kernels of bertsilicon.optimize")
     d.add_argument("--json")
     d.add_argument("--markdown")
     d.add_argument("--plot")

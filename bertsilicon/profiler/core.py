@@ -68,6 +68,17 @@ def resolve(model_or_config) -> Tuple[Arch, str, bool, List[Tuple[str, int, int]
                     f"{type(model_or_config).__name__}")
 
 
+def _attention_impl(model, attn_implementation: Optional[str]) -> str:
+    """"eager" or a fused implementation ("sdpa", "flash_attention_2", ...): an explicit argument wins, then
+    the model's config, then HF's default for these models ("sdpa")."""
+    if attn_implementation is not None:
+        if not isinstance(attn_implementation, str):
+            raise TypeError(f"attn_implementation must be a str, got {type(attn_implementation).__name__}")
+        return attn_implementation
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) if model is not None else None
+    return impl or "sdpa"
+
+
 def _positive_int(name, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -89,13 +100,16 @@ def _lengths(attention_mask, batch_size, seq_len) -> Tuple[int, int, Optional[Li
     return B, S, [int(x) for x in (m != 0).sum(1).tolist()]
 
 
-def model_notes(hw, precision: str, fused: bool, energy: EnergyTable) -> List[str]:
+def model_notes(hw, precision: str, fused: bool, energy: EnergyTable, attn: str) -> List[str]:
     notes = [
         "latency per op = max(compute time, memory time) + kernels x per-kernel overhead "
         f"({hw.launch_overhead_s * 1e6:.1f} us on {hw.name}); compute time uses "
         + ("measured GEMM-rate curves, attention-matmul rates and element-wise rates of this machine"
            if hw.gemm_curve else "the datasheet dense peak (so compute and memory times are lower bounds)"),
-        f"kernels: {'the fused kernels of bertsilicon.optimize' if fused else 'HF eager execution'}",
+        "kernels: " + ("the fused kernels of bertsilicon.optimize" if fused else
+                       f"HF eager execution with attn_implementation={attn!r}"
+                       + (" (scores, softmax, context as separate kernels; S x S scores in memory)"
+                          if attn == "eager" else " (attention as one fused kernel)")),
         f"energy: {energy.node} — MAC {energy.mac_pj[precision]:.2f} pJ at {precision}, element-wise FLOP "
         f"{energy.flop_pj[hw.int8_float if precision == 'int8' else precision]:.2f} pJ, DRAM "
         f"{energy.dram_pj_per_byte:.2f} pJ/byte (bf16 taken as fp16); the devices are 4-12 nm, so the dynamic "
@@ -109,7 +123,7 @@ def model_notes(hw, precision: str, fused: bool, energy: EnergyTable) -> List[st
 
 def profile(model_or_config, batch_size: int = 1, seq_len: int = 128, precision: Optional[str] = None,
             hardware="h100", attention_mask=None, measure: bool = False, repeats: int = 5,
-            energy_table: EnergyTable = HOROWITZ) -> Report:
+            energy_table: EnergyTable = HOROWITZ, attn_implementation: Optional[str] = None) -> Report:
     """Profile a BERT-family encoder: one row per op per layer, totals, roofline latency and energy.
 
     ``model_or_config``: a student name (``bertsilicon.STUDENTS``), a ``BertConfig`` /
@@ -121,6 +135,9 @@ def profile(model_or_config, batch_size: int = 1, seq_len: int = 128, precision:
     ``[batch, seq]``: count real tokens only (the padded figures are kept in ``report.padded_totals``).
     ``measure=True``: also time each layer on the current device (the model's, else CUDA if present,
     else CPU) and compare with the prediction (and read NVML energy on a GPU).
+    ``attn_implementation``: ``"eager"`` (scores, softmax and context as separate kernels, the score
+    matrix in memory) or a fused one (``"sdpa"``...); default: the model's, else HF's default ``"sdpa"``.
+    FLOPs do not depend on it; bytes, kernels and latency do.
     """
     arch, name, fused, head, opt_precision, model = resolve(model_or_config)
     hw = get_hardware(hardware)
@@ -130,13 +147,14 @@ def profile(model_or_config, batch_size: int = 1, seq_len: int = 128, precision:
     B, S, lengths = _lengths(attention_mask, batch_size, seq_len)
     if S > arch.max_positions:
         raise ValueError(f"seq_len={S} exceeds the model's max_position_embeddings={arch.max_positions}")
-    ops = count_ops(arch, B, S, lengths, fused=fused, head=head)
-    rows = price(ops, hw, precision, energy_table)
+    attn = _attention_impl(model, attn_implementation)
+    kw = dict(fused=fused, head=head, fused_attention=attn != "eager")
+    rows = price(count_ops(arch, B, S, lengths, **kw), hw, precision, energy_table)
     padded_totals = None
     if lengths is not None:
-        padded_totals = totals(price(count_ops(arch, B, S, None, fused=fused, head=head), hw, precision,
-                                     energy_table))
-    notes = {"counted": COUNTED, "not_counted": NOT_COUNTED, "model": model_notes(hw, precision, fused, energy_table),
+        padded_totals = totals(price(count_ops(arch, B, S, None, **kw), hw, precision, energy_table))
+    notes = {"counted": COUNTED, "not_counted": NOT_COUNTED,
+             "model": model_notes(hw, precision, fused, energy_table, attn),
              "paper_figures": paper_figures()}
     report = Report(model=name, arch=arch, batch_size=B, seq_len=S, precision=precision, hardware=hw, fused=fused,
                     tokens=sum(lengths) if lengths is not None else B * S, padded_tokens=B * S, rows=rows,

@@ -16,7 +16,7 @@ Element counts of the tensors each op reads and writes are recorded without a dt
 execution (QKV as three GEMMs, scale/mask/softmax as separate kernels, the ``S x S`` score matrix in
 memory, add and LayerNorm separate); ``fused=True`` describes ``bertsilicon.optimize`` (one QKV GEMM,
 a fused attention kernel that never writes the scores, bias+GELU in the FFN-up epilogue, fused
-add+LayerNorm).
+add+LayerNorm). ``fused_attention=True`` alone describes HF with ``attn_implementation="sdpa"``.
 """
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def _attention(layer: str, a: Arch, T: int, pairs: int, fused: bool) -> List[Op]
     return [scores, softmax, context]
 
 
-def _layer(i: int, a: Arch, T: int, pairs: int, fused: bool) -> List[Op]:
+def _layer(i: int, a: Arch, T: int, pairs: int, fused: bool, fused_attention: bool) -> List[Op]:
     L = f"layer {i}"
     H, W, F = a.hidden, a.inner, a.intermediate
     norm = "nonorm" if a.norm == "nonorm" else "layernorm"
@@ -188,7 +188,7 @@ def _layer(i: int, a: Arch, T: int, pairs: int, fused: bool) -> List[Op]:
     else:  # MobileBERT: Q, K from the bottleneck, V from the layer input
         qkv = _merge(_gemm(L, "qkv", T, q_in, W, launches=1 if fused else 2, copies=2), _gemm(L, "qkv", T, v_in, W))
     ops.append(qkv)
-    ops += _attention(L, a, T, pairs, fused)
+    ops += _attention(L, a, T, pairs, fused or fused_attention)
     ops.append(_gemm(L, "output projection", T, W, W))
     ops.append(_add_norm(L, "add+norm (attention)" if norm == "nonorm" else "add+layernorm (attention)", T, W,
                          norm, fused))
@@ -208,12 +208,14 @@ def _layer(i: int, a: Arch, T: int, pairs: int, fused: bool) -> List[Op]:
 
 
 def count_ops(a: Arch, batch_size: int, seq_len: int, lengths: Optional[Sequence[int]] = None,
-              fused: bool = False, head: Optional[Sequence[tuple]] = None) -> List[Op]:
+              fused: bool = False, head: Optional[Sequence[tuple]] = None,
+              fused_attention: bool = False) -> List[Op]:
     """Every op of a forward pass of ``a`` on ``batch_size`` sequences of ``seq_len`` tokens.
 
     ``lengths``: real tokens per sequence (from an attention mask); ``None`` means all ``seq_len``.
     ``head``: ``(name, in_features, out_features)`` linear layers applied to the pooled output (one token
-    per sequence), e.g. a sequence-classification head.
+    per sequence), e.g. a sequence-classification head. ``fused_attention``: the attention of an otherwise
+    eager model runs as one kernel (PyTorch SDPA / flash attention: scores never written to memory).
     """
     if lengths is None:
         lengths = [seq_len] * batch_size
@@ -221,7 +223,7 @@ def count_ops(a: Arch, batch_size: int, seq_len: int, lengths: Optional[Sequence
     pairs = int(sum(n * n for n in lengths))
     ops = _embeddings(a, T, fused)
     for i in range(a.layers):
-        ops += _layer(i, a, T, pairs, fused)
+        ops += _layer(i, a, T, pairs, fused, fused_attention)
     B = batch_size
     if a.pooler:  # dense + tanh on the first token of every sequence
         p = _gemm("pooler", "pooler", B, a.hidden, a.hidden)

@@ -99,8 +99,10 @@ def _key(a: Arch):
             a.type_vocab)
 
 
-def evaluate(a: Arch, hw, precision: str, batch_size: int, seq_len: int) -> Candidate:
-    ops = count_ops(a, batch_size, seq_len)
+def evaluate(a: Arch, hw, precision: str, batch_size: int, seq_len: int, attn_implementation: str = "sdpa",
+             fused: bool = False) -> Candidate:
+    """The profile of one shape, as ``profile(a, ...)`` computes it, reduced to a :class:`Candidate`."""
+    ops = count_ops(a, batch_size, seq_len, fused=fused, fused_attention=attn_implementation != "eager")
     t = totals(price(ops, hw, precision, HOROWITZ))
     emb = sum(o.params for o in ops if o.layer == "embeddings")
     return Candidate(a.name, a.family, a.layers, a.hidden, a.heads, a.intermediate, a.head_dim, t["params"],
@@ -190,6 +192,7 @@ class DesignResult:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
 
         fig, axes = plt.subplots(1, 2, figsize=(14, 6))
         for ax, attr, unit, budget in ((axes[0], "latency_s", "latency (ms)", self.latency_budget_ms),
@@ -208,6 +211,7 @@ class DesignResult:
                 ax.axvline(budget, color="C0", ls="--", label="budget")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(f"predicted {unit}")
             ax.set_ylabel("non-embedding parameters (M)")
             ax.grid(True, which="both", alpha=0.3)
@@ -232,13 +236,15 @@ def explore(hardware="h100", seq_len: int = 128, latency_budget: Optional[float]
             energy_budget: Optional[float] = None, batch_size: int = 1, precision: str = "fp32",
             layers: Iterable[int] = LAYERS, hidden: Iterable[int] = HIDDEN, heads: Iterable[int] = HEADS,
             ffn_ratios: Iterable[float] = FFN_RATIOS, head_dims: tuple = HEAD_DIMS,
-            include_named: bool = True) -> DesignResult:
+            include_named: bool = True, attn_implementation: str = "sdpa", fused: bool = False) -> DesignResult:
     """Sweep student shapes on ``hardware`` and return the Pareto front within the budget.
 
     ``latency_budget``: milliseconds per batch; ``energy_budget``: millijoules per batch (either, both or
     neither). Grid: ``layers x hidden x heads x ffn_ratios`` (FFN = ratio x hidden; heads must divide
     hidden with ``head_dims[0] <= head dim <= head_dims[1]``), plus every published student when
     ``include_named``. Heads change cost (score matrices: heads x S^2) but not the capacity proxy.
+    ``attn_implementation`` / ``fused``: the kernels priced, as in :func:`bertsilicon.profile` (``fused=True``:
+    the student will run under ``bertsilicon.optimize``).
     """
     hw = get_hardware(hardware)
     precision = check_precision(hw, precision)
@@ -263,7 +269,7 @@ def explore(hardware="h100", seq_len: int = 128, latency_budget: Optional[float]
     for k, a in shapes.items():
         if seq_len > a.max_positions:
             continue
-        c = evaluate(a, hw, precision, batch_size, seq_len)
+        c = evaluate(a, hw, precision, batch_size, seq_len, attn_implementation, fused)
         c.name = " / ".join(labels[k])
         c.named = k in named_keys
         cands.append(c)
