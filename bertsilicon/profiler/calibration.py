@@ -4,7 +4,8 @@ measurements, not a datasheet.
 What is measured (PyTorch eager, ``torch.get_num_threads()`` threads, medians of timed repeats):
 
 * GEMM rate curves, FLOP/s against GEMM size, per precision: ``fp32`` and ``bf16`` with
-  ``F.linear`` (weight ``[N, K]``, bias) and ``int8`` with ``torch._int_mm`` (int8 x int8 -> int32);
+  ``F.linear`` (weight ``[N, K]``, bias) and ``int8`` with ``torch._int_mm`` (int8 x int8 -> int32;
+  PyTorch's dynamic int8 linear where the build lacks it);
   shapes are the GEMMs of BERT students (K, N in 128..3072; M = tokens in 64..4096).
 * the batched attention products (``[b, S, d] @ [b, d, S]``, fp32),
 * element-wise throughput (add, GELU, softmax, LayerNorm) as FLOP/s in the counting convention of
@@ -78,6 +79,22 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _int8_gemm(M: int, K: int, N: int, gen) -> Callable[[], object]:
+    """An int8 GEMM ``[M, K] x [K, N] -> int32``: ``torch._int_mm``, or where this torch build has no CPU
+    kernel for it, PyTorch's dynamic int8 linear (which also quantises the activations per call)."""
+    import torch
+
+    xi = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=gen)
+    wi = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=gen)
+    try:
+        torch._int_mm(xi, wi)
+        return lambda: torch._int_mm(xi, wi)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        lin = torch.ao.nn.quantized.dynamic.Linear(K, N, dtype=torch.qint8)
+        x = torch.randn(M, K, generator=gen)
+        return lambda: lin(x)
+
+
 def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, progress: bool = True) -> dict:
     """Measure this CPU and store the record; returns it. ``quick``: small shapes and few repeats (a few
     seconds; for tests — the curves then cover only small GEMMs)."""
@@ -105,9 +122,7 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
                 xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
                 curves[prec].append((flops, flops / _time(lambda: F.linear(xd, wd, bd), min_time, repeats)))
                 bar.update()
-            xi = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=gen)
-            wi = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=gen)
-            curves["int8"].append((flops, flops / _time(lambda: torch._int_mm(xi, wi), min_time, repeats)))
+            curves["int8"].append((flops, flops / _time(_int8_gemm(M, K, N, gen), min_time, repeats)))
             bar.update()
         attention = []
         for bsz, S, d in attns:

@@ -130,7 +130,9 @@ def _embeddings(a: Arch, T: int, fused: bool) -> List[Op]:
     if fused:
         act_in, act_out, kernels = 0, T * H, 1
     else:  # gathers write their rows; each add reads 2 writes 1; norm reads 1 writes 1
-        act_in, act_out, kernels = T * H * (2 * adds + 1), T * (E + (tables - 1) * H) + T * H * (adds + 1), tables + adds + 1
+        act_in = T * H * (2 * adds + 1)
+        act_out = T * (E + (tables - 1) * H) + T * H * (adds + 1)
+        kernels = tables + adds + 1
     gather = Op("embeddings", "embeddings (gather + add + norm)", GATHER, other_flops=ew, params=params,
                 vector_param_elems=2 * H, table_elems_read=table_read, act_in_elems=act_in, act_out_elems=act_out,
                 kernels=kernels, tokens=T)

@@ -57,7 +57,9 @@ def price(ops: Sequence[Op], hw: Hardware, precision: str, energy: EnergyTable) 
         t_memory = moved / hw.bandwidth
         t_overhead = o.kernels * hw.launch_overhead_s
         latency = max(t_compute, t_memory) + t_overhead
-        if t_overhead > max(t_compute, t_memory):
+        if o.kernels == 0:  # runs inside a neighbour's kernel (fused softmax, GELU epilogue)
+            bound = "fused"
+        elif t_overhead > max(t_compute, t_memory):
             bound = "overhead"
         else:
             bound = "compute" if t_compute >= t_memory else "memory"
