@@ -30,9 +30,12 @@ test: install
 demo: install
 	$(VENV)/bin/bertsilicon demo
 
+# Full CPU end-to-end suite (students x batch x precision x provider; ~30-60 min on 2 cores), then the README
+# table. Extra arguments: make bench BENCH_ARGS="--threads 2 --note 'final, quiet machine'"
 bench: install
-	$(PIP) install -q -e ".[bench]"
-	$(VENV)/bin/bertsilicon bench --out bench/results
+	$(PIP) install -q --no-build-isolation -e ".[bench]"
+	$(VENV)/bin/bertsilicon bench --out bench/results/cpu $(BENCH_ARGS)
+	$(PY) bench/update_readme.py
 
 clean:
 	rm -rf build *.egg-info bertsilicon/*.so $(VENV)/.ext

@@ -1,0 +1,270 @@
+"""The engines an end-to-end run compares: what a user would otherwise pick, and bertsilicon.
+
+A *provider* is one engine at one precision (``"torch-sdpa" bf16``, ``"onnxruntime" int8``, ...). Its
+``build(ctx)`` returns a *runner*: ``runner(batch) -> last_hidden_state`` (a torch tensor ``[B, L, H]``),
+called under ``torch.inference_mode()``. Every build starts from a deep copy of the same Hugging Face fp32
+model, so no provider sees another's changes. A provider that cannot run here raises
+:class:`ProviderUnavailable` with the reason, which the report prints instead of crashing.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+BASELINE = ("torch-sdpa", "fp32")  # speed-ups are quoted against this provider, measured in the same run
+
+
+class ProviderUnavailable(Exception):
+    """The provider cannot run on this machine / install. ``status`` is ``"skipped"`` (missing optional
+    dependency, unsupported here) or ``"not built yet"`` (a bertsilicon part that has not landed)."""
+
+    def __init__(self, reason: str, status: str = "skipped"):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass
+class Batch:
+    """One tokenized batch of real text, padded (``attention_mask`` 0 on padding), int64 CPU tensors."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.input_ids.shape)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+@dataclass
+class BuildContext:
+    """What a provider's ``build`` gets: the fp32 model (never to be modified: copy it), a ragged example
+    batch (for ONNX export and compile warm-up), the thread count, and a scratch folder. ``cache`` lets
+    providers share work (the fp32 ONNX export is reused by the int8 one)."""
+
+    model: torch.nn.Module
+    model_name: str
+    example: Batch
+    threads: int
+    workdir: str
+    cache: dict = field(default_factory=dict)
+
+    def fresh_model(self) -> torch.nn.Module:
+        return copy.deepcopy(self.model).eval()
+
+
+Runner = Callable[[Batch], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    precision: str
+    description: str
+    build: Callable[[BuildContext], Runner]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name} {self.precision}"
+
+
+# ------------------------------------------------------------------------------------------------ #
+# PyTorch                                                                                            #
+# ------------------------------------------------------------------------------------------------ #
+def _hf_runner(model) -> Runner:
+    def run(b: Batch) -> torch.Tensor:
+        return model(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state
+    return run
+
+
+def _torch_eager(ctx: BuildContext) -> Runner:
+    m = ctx.fresh_model()
+    m.set_attn_implementation("eager")
+    return _hf_runner(m)
+
+
+def _torch_sdpa(dtype: torch.dtype):
+    def build(ctx: BuildContext) -> Runner:
+        return _hf_runner(ctx.fresh_model().to(dtype))
+    return build
+
+
+def _torch_int8(ctx: BuildContext) -> Runner:
+    with warnings.catch_warnings():  # quantized-tensor constructors are deprecated in torch >= 2.12
+        warnings.simplefilter("ignore")
+        m = torch.ao.quantization.quantize_dynamic(ctx.fresh_model(), {torch.nn.Linear}, dtype=torch.qint8)
+    return _hf_runner(m)
+
+
+def _torch_compile(ctx: BuildContext) -> Runner:
+    m = ctx.fresh_model()
+    compiled = torch.compile(m)
+    run = _hf_runner(compiled)
+    try:  # compile now, so a machine without a working C++ toolchain skips cleanly here
+        with torch.inference_mode():
+            run(ctx.example)
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means "does not work here"
+        raise ProviderUnavailable(f"torch.compile failed on this machine: {type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ #
+# ONNX Runtime                                                                                       #
+# ------------------------------------------------------------------------------------------------ #
+class _LastHidden(torch.nn.Module):
+    """(input_ids, attention_mask) -> last_hidden_state: the graph ONNX export traces."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _import_onnxruntime():
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+        import onnxruntime
+    except ImportError as exc:
+        raise ProviderUnavailable(f"{exc.name} is not installed (pip install -e '.[bench]')") from exc
+    return onnxruntime
+
+
+def export_onnx(ctx: BuildContext) -> str:
+    """fp32 ONNX file of the model (cached in ``ctx``). TorchScript exporter (``dynamo=False``): the dynamo
+    exporter needs ``onnxscript``, which the bench extra does not install. Traced on a *ragged* batch so
+    the attention-mask path is kept (a batch without padding lets transformers drop the mask)."""
+    if "onnx_fp32" in ctx.cache:
+        return ctx.cache["onnx_fp32"]
+    _import_onnxruntime()
+    path = os.path.join(ctx.workdir, f"{ctx.model_name}-fp32.onnx")
+    # .eval() on the wrapper too: the exporter restores the wrapper's mode recursively afterwards.
+    wrapper = _LastHidden(ctx.fresh_model()).eval()
+    axes = {0: "batch", 1: "length"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about data-dependent branches in transformers
+        torch.onnx.export(wrapper, (ctx.example.input_ids, ctx.example.attention_mask), path,
+                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+                          opset_version=17, dynamo=False)
+    ctx.cache["onnx_fp32"] = path
+    return path
+
+
+def _ort_runner(path: str, threads: int) -> Runner:
+    ort = _import_onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+    def run(b: Batch) -> torch.Tensor:
+        feeds = {"input_ids": b.input_ids.numpy(), "attention_mask": b.attention_mask.numpy()}
+        return torch.from_numpy(session.run(None, feeds)[0])
+    return run
+
+
+def _ort_fp32(ctx: BuildContext) -> Runner:
+    return _ort_runner(export_onnx(ctx), ctx.threads)
+
+
+def _ort_int8(ctx: BuildContext) -> Runner:
+    fp32 = export_onnx(ctx)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = os.path.join(ctx.workdir, f"{ctx.model_name}-int8.onnx")
+    import logging
+
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" advice on every call
+    try:
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().setLevel(level)
+    return _ort_runner(path, ctx.threads)
+
+
+# ------------------------------------------------------------------------------------------------ #
+# bertsilicon                                                                                        #
+# ------------------------------------------------------------------------------------------------ #
+def _bertsilicon(precision: str):
+    def build(ctx: BuildContext) -> Runner:
+        try:
+            from bertsilicon.models.optimize import optimize
+        except ModuleNotFoundError as exc:
+            if exc.name == "bertsilicon.models.optimize":
+                raise ProviderUnavailable("bertsilicon.optimize is not built yet (issue 5)", "not built yet") from exc
+            raise
+        except ImportError as exc:
+            if "optimize" in str(exc) and "cannot import name" in str(exc):
+                raise ProviderUnavailable("bertsilicon.optimize is not built yet (issue 5)", "not built yet") from exc
+            raise
+        try:
+            model = optimize(ctx.fresh_model(), precision=precision)
+        except NotImplementedError as exc:
+            raise ProviderUnavailable(f"bertsilicon.optimize(precision={precision!r}): {exc}", "not built yet") from exc
+        return _hf_runner(model)
+    return build
+
+
+PROVIDERS: tuple[Provider, ...] = (
+    Provider("torch-eager", "fp32", "HF model, attn_implementation='eager' (matmul + softmax attention)", _torch_eager),
+    Provider("torch-sdpa", "fp32", "HF model, attn_implementation='sdpa' (the transformers default)", _torch_sdpa(torch.float32)),
+    Provider("torch-sdpa", "bf16", "HF model cast to bfloat16, SDPA attention", _torch_sdpa(torch.bfloat16)),
+    Provider("torch-int8", "int8", "torch.ao.quantization.quantize_dynamic on nn.Linear (qint8 weights per tensor, "
+             "dynamic per-tensor activations)", _torch_int8),
+    Provider("torch-compile", "fp32", "torch.compile(HF SDPA model), default inductor mode", _torch_compile),
+    Provider("onnxruntime", "fp32", "torch.onnx.export (TorchScript, opset 17) + ORT CPU, ORT_ENABLE_ALL", _ort_fp32),
+    Provider("onnxruntime", "int8", "onnxruntime.quantization.quantize_dynamic (QInt8 weights per tensor, "
+             "dynamic uint8 activations) of the fp32 export", _ort_int8),
+    *(Provider("bertsilicon", p, f"bertsilicon.optimize(model, precision={p!r})", _bertsilicon(p)) for p in PRECISIONS),
+)
+PROVIDER_NAMES = tuple(dict.fromkeys(p.name for p in PROVIDERS))
+
+
+def select_providers(names: Optional[list[str]] = None, precisions: Optional[list[str]] = None) -> list[Provider]:
+    """The providers matching ``names`` x ``precisions`` (None = all), in the canonical order; the baseline
+    (torch-sdpa fp32) is always included, since every speed-up is quoted against it. Unknown names raise
+    ``ValueError`` listing the valid ones."""
+    names = list(PROVIDER_NAMES) if names is None else list(names)
+    precisions = list(PRECISIONS) if precisions is None else list(precisions)
+    bad = [n for n in names if n not in PROVIDER_NAMES]
+    if bad:
+        raise ValueError(f"providers: unknown {', '.join(map(repr, bad))}; expected any of: {', '.join(PROVIDER_NAMES)}")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"precisions: unknown {', '.join(map(repr, bad))}; expected any of: {', '.join(PRECISIONS)}")
+    chosen = [p for p in PROVIDERS if p.name in names and p.precision in precisions]
+    if not chosen:
+        offered = ", ".join(p.key for p in PROVIDERS if p.name in names)
+        raise ValueError(f"providers {names} offer no precision among {precisions}; they offer: {offered}")
+    return [p for p in PROVIDERS if p in chosen or (p.name, p.precision) == BASELINE]
+
+
+def build_runner(provider: Provider, ctx: BuildContext) -> tuple[Optional[Runner], float, str, str]:
+    """Build one provider: ``(runner or None, seconds, status, reason)``; status is ``"ok"``,
+    ``"skipped"``, ``"not built yet"`` or ``"failed"`` (an unexpected error, reported, not raised)."""
+    t0 = time.perf_counter()
+    try:
+        runner = provider.build(ctx)
+        return runner, time.perf_counter() - t0, "ok", ""
+    except ProviderUnavailable as exc:
+        return None, time.perf_counter() - t0, exc.status, exc.reason
+    except Exception as exc:  # noqa: BLE001 - a broken provider is a row in the table, not a crashed run
+        return None, time.perf_counter() - t0, "failed", f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -1,0 +1,286 @@
+"""The end-to-end benchmark harness (bertsilicon.benchmark): argument validation, a tiny real run that writes
+JSON/Markdown/PNG, skipped-provider reporting, interleaving order, target ratios, README regeneration.
+No timer is asserted: only structure, call order and accuracy figures."""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertsilicon.benchmark import BenchConfig, run_bench, select_providers
+from bertsilicon.benchmark import cli as bench_cli
+from bertsilicon.benchmark import providers as prov
+from bertsilicon.benchmark import report, runner
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"num_hidden_layers": 1, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 96}
+
+
+def _tiny_config(**kw):
+    base = dict(models=["bert-L2-H128"], model_overrides={"bert-L2-H128": TINY}, batches=[3], seqs=[24],
+                providers=["torch-sdpa", "torch-int8", "onnxruntime", "bertsilicon"], precisions=["fp32", "int8"],
+                threads=1, repeats=1, warmup=0, min_sample_s=0.0, accuracy_texts=5, accuracy_batch=2,
+                note="test run")
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------------ #
+# bad input                                                                                          #
+# ------------------------------------------------------------------------------------------------ #
+@pytest.mark.parametrize("field, value, named, listed", [
+    ("models", ["minilm-l6", "bert-huge"], "models: unknown 'bert-huge'", "tinybert4"),
+    ("providers", ["torch", "onnxruntime"], "providers: unknown 'torch'", "torch-compile"),
+    ("precisions", ["fp32", "int4"], "precisions: unknown 'int4'", "bf16"),
+    ("batches", [8, 0], "batch:", "positive integers"),
+    ("seqs", [1024], "seq:", "512"),
+    ("padding", "right", "padding: unknown 'right'", "max_length"),
+    ("corpus", "wikipedia", "corpus: unknown 'wikipedia'", "docstrings"),
+])
+def test_unknown_choices_list_the_valid_ones(field, value, named, listed):
+    with pytest.raises(ValueError) as err:
+        BenchConfig(**{field: value}).validate()
+    assert named in str(err.value) and listed in str(err.value)
+
+
+def test_provider_precision_combination_without_any_match():
+    with pytest.raises(ValueError, match="torch-int8 int8"):
+        select_providers(["torch-int8"], ["fp32"])
+
+
+def test_selection_keeps_the_baseline_and_canonical_order():
+    chosen = [p.key for p in select_providers(["onnxruntime", "bertsilicon"], ["int8"])]
+    assert chosen == ["torch-sdpa fp32", "onnxruntime int8", "bertsilicon int8"]
+    assert len(select_providers()) == 11
+
+
+def test_cli_rejects_unknown_model_with_the_list(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_cli.main(["--models", "minilm-l6,nope", "--out", "unused"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "distilbert" in err and "bert-base" in err
+
+
+def test_cli_rejects_malformed_batch(capsys):
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--batch", "1,eight"])
+    assert "integers" in capsys.readouterr().err
+
+
+def test_quick_defaults_and_explicit_overrides():
+    args = bench_cli.build_parser().parse_args(["--quick", "--batch", "4", "--threads", "1"])
+    cfg = bench_cli.config_from_args(args)
+    assert cfg.quick and cfg.models == ["minilm-l6"] and cfg.batches == [4] and cfg.threads == 1
+    assert cfg.repeats < BenchConfig().repeats
+    full = bench_cli.config_from_args(bench_cli.build_parser().parse_args([]))
+    assert full.models == ["minilm-l6", "tinybert4", "distilbert", "bert-base"] and full.batches == [1, 8, 32]
+
+
+# ------------------------------------------------------------------------------------------------ #
+# method                                                                                             #
+# ------------------------------------------------------------------------------------------------ #
+def test_rounds_are_interleaved_and_rotated():
+    calls = []
+    runners = {k: (lambda b, k=k: calls.append(k)) for k in "ABC"}
+    cfg = BenchConfig(repeats=3, warmup=1, min_sample_s=0.0)
+    timed = runner.time_interleaved(runners, batch=None, cfg=cfg)
+    # warm-up + probe per provider, then rounds A B C / B C A / C A B
+    assert calls == list("AABBCC") + list("ABC") + list("BCA") + list("CAB")
+    assert all(len(t["samples"]) == 3 and t["inner"] == 1 for t in timed.values())
+
+
+def test_a_runner_that_raises_is_reported_not_fatal():
+    def broken(b):
+        raise RuntimeError("kernel exploded")
+    calls = []
+
+    def breaks_in_round_two(b):
+        calls.append(b)
+        if len(calls) == 3:  # probe, round 1, then round 2 fails
+            raise RuntimeError("out of memory")
+    timed = runner.time_interleaved({"ok": lambda b: None, "bad": broken, "late": breaks_in_round_two}, None,
+                                    BenchConfig(repeats=4, warmup=0, min_sample_s=0.0))
+    assert "kernel exploded" in timed["bad"]["error"] and "out of memory" in timed["late"]["error"]
+    assert len(timed["ok"]["samples"]) == 4 and len(calls) == 3
+
+
+def test_embedding_cosine_matches_a_float64_hand_computation():
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 7, 26, generator=g)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6])
+    batch = prov.Batch(torch.ones(3, 7, dtype=torch.int64), mask)
+    noisy = hidden + 0.3 * torch.randn(3, 7, 26, generator=g)
+    emb, ref = runner.embed(lambda b: noisy, [batch]), runner.embed(lambda b: hidden, [batch])
+    want = []
+    for i, n in enumerate(mask.sum(1).tolist()):
+        a, b = noisy[i, :n].double().mean(0), hidden[i, :n].double().mean(0)
+        want.append(float(a @ b / (a.norm() * b.norm())))
+    mean, low = runner.cosine_stats(emb, ref)
+    assert mean == pytest.approx(sum(want) / 3, abs=1e-6) and low == pytest.approx(min(want), abs=1e-6)
+    assert low < 0.999  # the padded positions (huge noise there too) must not count
+
+
+def test_target_ratios_and_verdicts():
+    def row(provider, precision, ms, status="ok", cos=0.9999, batch=8):
+        return {"model": "minilm-l6", "batch": batch, "seq": 128, "provider": provider, "precision": precision,
+                "status": status, "latency_ms": {"median": ms} if ms else None, "cos_mean": cos}
+    result = {"config": {"threads": 2}, "rows": [
+        row("torch-sdpa", "fp32", 100.0), row("bertsilicon", "fp32", 80.0),
+        row("torch-sdpa", "bf16", 200.0), row("bertsilicon", "bf16", 190.0),
+        row("onnxruntime", "int8", None, "skipped"), row("bertsilicon", "int8", 30.0),
+        row("torch-sdpa", "bf16", 200.0, batch=1), row("bertsilicon", "bf16", 50.0, cos=0.2, batch=1)]}
+    targets = runner.target_ratios(result)
+    t = {x["ours"]: x for x in targets if x["batch"] == 8}
+    assert t["bertsilicon fp32"]["ratio"] == pytest.approx(0.8) and t["bertsilicon fp32"]["verdict"] == "meets"
+    assert t["bertsilicon bf16"]["ratio"] == pytest.approx(0.95) and t["bertsilicon bf16"]["verdict"] == "misses"
+    assert t["bertsilicon int8"]["ratio"] is None and "onnxruntime int8: skipped" in t["bertsilicon int8"]["verdict"]
+    assert all(x["headline"] for x in t.values())
+    fast_but_wrong = next(x for x in targets if x["batch"] == 1 and x["ours"] == "bertsilicon bf16")
+    assert fast_but_wrong["ratio"] == pytest.approx(0.25) and "output wrong" in fast_but_wrong["verdict"]
+    assert not fast_but_wrong["headline"]
+
+
+# ------------------------------------------------------------------------------------------------ #
+# skipped providers                                                                                  #
+# ------------------------------------------------------------------------------------------------ #
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    import bertsilicon
+
+    model = bertsilicon.load_student("bert-L2-H128", **TINY)
+    example = runner.example_batch(bertsilicon.load_tokenizer(), 24)
+    return prov.BuildContext(model, "tiny", example, 1, str(tmp_path_factory.mktemp("onnx")))
+
+
+def _provider(key):
+    return next(p for p in prov.PROVIDERS if p.key == key)
+
+
+def test_onnxruntime_missing_is_skipped_with_the_reason(ctx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    for key in ("onnxruntime fp32", "onnxruntime int8"):
+        run, _, status, reason = prov.build_runner(_provider(key), ctx)
+        assert run is None and status == "skipped"
+        assert "onnxruntime is not installed" in reason and "[bench]" in reason
+
+
+def test_torch_compile_failure_is_skipped_with_the_reason(ctx, monkeypatch):
+    def no_compiler(model, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no working C++ compiler")
+        return fail
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    run, _, status, reason = prov.build_runner(_provider("torch-compile fp32"), ctx)
+    assert run is None and status == "skipped"
+    assert reason.startswith("torch.compile failed on this machine") and "no working C++ compiler" in reason
+
+
+def test_missing_optimize_is_not_built_yet(ctx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bertsilicon.models.optimize", None)
+    run, _, status, reason = prov.build_runner(_provider("bertsilicon bf16"), ctx)
+    assert run is None and status == "not built yet" and "issue 5" in reason
+
+
+# ------------------------------------------------------------------------------------------------ #
+# a tiny real run                                                                                    #
+# ------------------------------------------------------------------------------------------------ #
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "bertsilicon.models.optimize", None)  # exercise the "not built yet" rows
+        result = run_bench(_tiny_config(), quiet=True)
+    assert torch.get_num_threads() == threads  # the run restores the caller's thread count
+    out = tmp_path_factory.mktemp("bench")
+    return result, report.write_results(result, out), out
+
+
+def test_tiny_run_rows(tiny_run):
+    result, _, _ = tiny_run
+    rows = {f"{r['provider']} {r['precision']}": r for r in result["rows"]}
+    assert list(rows) == ["torch-sdpa fp32", "torch-int8 int8", "onnxruntime fp32", "onnxruntime int8",
+                          "bertsilicon fp32", "bertsilicon int8"]
+    for r in result["rows"]:
+        assert r["model"] == "bert-L2-H128" and r["batch"] == 3 and r["threads"] == 1
+        assert r["padded_shape"][0] == 3 and 1 <= r["padded_shape"][1] <= 24
+        assert 0 < r["real_tokens"] <= 3 * r["padded_shape"][1]
+    base = rows["torch-sdpa fp32"]
+    assert base["status"] == "ok" and base["speedup"] == 1.0 and base["cos_min"] == pytest.approx(1.0, abs=1e-12)
+    assert base["latency_ms"]["n"] == 1 and base["latency_ms"]["min"] <= base["latency_ms"]["median"] <= base["latency_ms"]["max"]
+    # ONNX export of the fp32 graph matches HF fp32; int8 rounding moves the embeddings a little, not a lot
+    assert rows["onnxruntime fp32"]["cos_min"] > 1 - 1e-6
+    for key in ("torch-int8 int8", "onnxruntime int8"):
+        assert rows[key]["status"] == "ok", rows[key]["reason"]
+        assert 0.9 < rows[key]["cos_min"] < 1 - 1e-7 and rows[key]["cos_min"] <= rows[key]["cos_mean"]
+        assert rows[key]["seq_per_s"] > 0 and rows[key]["speedup"] > 0
+    for key in ("bertsilicon fp32", "bertsilicon int8"):
+        assert rows[key]["status"] == "not built yet" and rows[key]["latency_ms"] is None
+    verdicts = {t["ours"]: t["verdict"] for t in result["targets"]}
+    assert "bertsilicon fp32: not built yet" in verdicts["bertsilicon fp32"]
+    assert "torch-sdpa bf16: not run" in verdicts["bertsilicon bf16"]
+
+
+def test_tiny_run_files(tiny_run):
+    result, paths, out = tiny_run
+    assert sorted(p.name for p in out.iterdir()) == ["e2e-latency.png", "e2e-speedup.png", "e2e.json", "e2e.md"]
+    saved = json.loads(paths["json"].read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    m = saved["machine"]
+    assert m["threads"] == 1 and m["versions"]["torch"] == torch.__version__
+    assert {"model", "flags", "simd_flags", "usable_cores"} <= set(m["cpu"]) and "onnxruntime" in m["versions"]
+    assert "commit" in m["git"] and "gpu" in m and saved["note"] == "test run"
+    md = paths["md"].read_text()
+    for needle in ("> **test run**", "threads fixed at 1", "## Issue-5 speed targets", "bertsilicon fp32",
+                   "not built yet: bertsilicon.optimize is not built yet (issue 5)", "## Method", "onnxruntime | int8"):
+        assert needle in md, needle
+    for png in paths["png"]:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# ------------------------------------------------------------------------------------------------ #
+# README                                                                                             #
+# ------------------------------------------------------------------------------------------------ #
+def test_readme_table_regenerated_between_markers_only(tiny_run, tmp_path):
+    result, paths, out = tiny_run
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    before = readme.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(before) if line.startswith(report.README_START))
+    end = next(i for i, line in enumerate(before) if line.strip() == report.README_END)
+
+    used = report.update_readme(readme, paths["json"])
+    after = readme.read_text().splitlines(keepends=True)
+    assert used == paths["json"]
+    assert after[:start + 1] == before[:start + 1] and after[-(len(before) - end):] == before[end:]
+    table = "".join(after[start + 1:len(after) - (len(before) - end)])
+    assert "| provider | precision | bert-L2-H128 |" in table and "| onnxruntime | int8 |" in table
+    assert "(1.00x)" in table and "not built yet" in table and "**test run.**" in table
+    report.update_readme(readme, paths["json"])
+    assert readme.read_text().splitlines(keepends=True) == after  # idempotent
+
+
+def test_readme_without_markers_is_an_error(tiny_run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no table here\n")
+    with pytest.raises(ValueError, match="perf-table"):
+        report.update_readme(readme, tiny_run[1]["json"])
+
+
+def test_latest_results_prefers_the_newest_full_run(tiny_run, tmp_path):
+    result = json.loads(tiny_run[1]["json"].read_text())
+
+    def save(name, quick, date):
+        data = dict(result, quick=quick, machine=dict(result["machine"], date_utc=date))
+        (tmp_path / name).write_text(json.dumps(data))
+    save("e2e.json", False, "2026-01-01T00:00:00+00:00")
+    save("e2e-quick.json", True, "2026-06-01T00:00:00+00:00")
+    assert report.latest_results(tmp_path).name == "e2e.json"
+    (tmp_path / "e2e.json").unlink()
+    assert report.latest_results(tmp_path).name == "e2e-quick.json"
+    (tmp_path / "e2e-quick.json").unlink()
+    with pytest.raises(FileNotFoundError, match="bertsilicon bench"):
+        report.latest_results(tmp_path)
