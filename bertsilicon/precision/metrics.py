@@ -1,0 +1,76 @@
+"""Drift metrics of a model run in an emulated format against its fp32 self, per item (so they can be
+bootstrapped over the texts).
+
+* :func:`sqnr_db` — signal-to-quantization-noise ratio ``10 log10(sum ref^2 / sum (ref - x)^2)``.
+* :func:`topk_overlap` — per query, ``|top-k(x) ∩ top-k(ref)| / k`` of cosine neighbours (self excluded).
+* :func:`knn_correct` — per item, whether leave-one-out kNN classification is right; the same rule as
+  :func:`bertsilicon.models.eval.knn_accuracy` (its mean), which only returns the mean.
+* :func:`bootstrap_ci` — percentile bootstrap interval of the mean of per-item values.
+
+Pooled cosines come from :func:`bertsilicon.models.eval.pooled_cosines`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from ..models.eval import pooled_cosines  # noqa: F401  (re-exported: the per-text cosine)
+
+
+def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
+    """``10 log10(sum ref^2 / sum (ref - x)^2)`` in float64; ``inf`` when x == ref."""
+    ref, x = ref.double(), x.double()
+    noise = float(((ref - x) ** 2).sum())
+    signal = float((ref ** 2).sum())
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _cosine_neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
+    e = torch.nn.functional.normalize(emb.double(), dim=-1)
+    sims = e @ e.t()
+    sims.fill_diagonal_(float("-inf"))
+    return sims.topk(k, dim=1)
+
+
+def topk_overlap(emb: torch.Tensor, ref_emb: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """Per query: the fraction of its ``k`` nearest neighbours under ``ref_emb`` that it keeps under
+    ``emb`` (cosine similarity, the query itself excluded). ``[N, H]`` x2 -> ``[N]`` float64."""
+    if emb.shape != ref_emb.shape:
+        raise ValueError(f"emb and ref_emb must have one shape, got {tuple(emb.shape)} and {tuple(ref_emb.shape)}")
+    if not 1 <= k < emb.shape[0]:
+        raise ValueError(f"k must be in [1, N-1] = [1, {emb.shape[0] - 1}], got {k}")
+    _, a = _cosine_neighbours(emb, k)
+    _, b = _cosine_neighbours(ref_emb, k)
+    return (a[:, :, None] == b[:, None, :]).any(-1).sum(-1).double() / k
+
+
+def knn_correct(emb: torch.Tensor, labels: Sequence, k: int = 5) -> torch.Tensor:
+    """Per item: leave-one-out kNN (cosine) predicts its label — majority of the k most similar other
+    items, ties broken by summed similarity (``models.eval.knn_accuracy``'s rule). -> ``[N]`` bool."""
+    n = emb.shape[0]
+    if len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} items; expected one per embedding ({n})")
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
+    classes = {c: i for i, c in enumerate(sorted(set(labels), key=str))}
+    y = torch.tensor([classes[c] for c in labels])
+    top_sims, top_idx = _cosine_neighbours(emb, k)
+    votes = torch.zeros(n, len(classes), dtype=torch.float64)
+    votes.scatter_add_(1, y[top_idx], 1.0 + 1e-6 * top_sims)
+    return votes.argmax(1) == y
+
+
+def bootstrap_ci(values: torch.Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-item ``values`` (resampling items)."""
+    v = values.double().flatten()
+    if v.numel() == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)
+    means = v[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return lo, hi
