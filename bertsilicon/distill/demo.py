@@ -1,0 +1,379 @@
+"""Distil the real MiniLM-L6 into a 3-layer student on CPython's documentation, optimize it, measure it.
+
+    python -m bertsilicon.distill.demo [--steps 100] [--seeds 0 1 2] [--out bench/results/distill]
+
+1. Teacher: all-MiniLM-L6-v2 (real weights). Student: ``bert-L3-H384`` (3 layers of the teacher's width),
+   initialised from teacher layers [1, 3, 5] (TinyBERT's uniform map) + the teacher's embeddings.
+2. Train text: ``corpus("pydoc")`` (paragraphs of the Python reference). Distilled student: sentence
+   embedding distillation (MSE + cosine between mean-pooled student and teacher embeddings).
+   Undistilled student, the baseline: the SAME init, data, steps, batch, learning rate, schedule and seeds,
+   trained with unsupervised SimCSE (a teacher-free sentence-embedding objective) — so the only difference
+   is the teacher's signal. The untrained init ("truncated teacher") is reported too.
+3. Evaluation on ``corpus("docstrings")`` (standard-library docstrings, label = module; never trained on):
+   retrieval top-10 overlap with the teacher's neighbours, and leave-one-out kNN module classification.
+4. Speed: teacher vs student (plain and ``bertsilicon.optimize``-d) measured on the docstrings, and the
+   profiler's predicted speed-up (``bertsilicon.profile``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+STUDENT_SPEC = "bert-L3-H384"
+DISTILLED = {"sentence_mse": 1.0, "sentence_cosine": 1.0}
+UNDISTILLED = {"simcse": 1.0}
+
+
+# ------------------------------------------------------------------------------------------------ #
+# evaluation: embeddings, retrieval overlap, kNN                                                       #
+# ------------------------------------------------------------------------------------------------ #
+def length_batches(tokenizer, texts, batch_size=64, max_length=128):
+    """(order, batches): texts sorted by length and tokenized in batches (little padding)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    batches = [dict(tokenizer([texts[i] for i in order[c:c + batch_size]], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")) for c in range(0, len(order), batch_size)]
+    return order, batches
+
+
+def embed(model, order, batches) -> torch.Tensor:
+    """L2-normalised mean-pooled embeddings [N, D], in the original text order."""
+    from ..cli import _embed
+
+    emb = torch.nn.functional.normalize(_embed(model, batches), dim=-1)
+    out = torch.empty_like(emb)
+    out[torch.tensor(order)] = emb
+    return out
+
+
+def neighbours(emb: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, indices) of the k nearest other items by cosine (self excluded)."""
+    sim = emb @ emb.T
+    sim.fill_diagonal_(float("-inf"))
+    return sim.topk(k, dim=-1)
+
+
+def retrieval_overlap(emb: torch.Tensor, teacher_emb: torch.Tensor, k: int = 10) -> float:
+    """Mean over queries of |top-k(student) ∩ top-k(teacher)| / k (self excluded)."""
+    _, s = neighbours(emb, k)
+    _, t = neighbours(teacher_emb, k)
+    hits = (s[:, :, None] == t[:, None, :]).any(-1).sum(-1).double()
+    return float(hits.mean() / k)
+
+
+def metrics(model, order, batches, teacher_emb, labels) -> dict:
+    """Top-10 retrieval overlap with the teacher and leave-one-out 5-NN module accuracy
+    (:func:`bertsilicon.models.eval.knn_accuracy`: majority vote, ties broken by similarity)."""
+    from ..models.eval import knn_accuracy
+
+    emb = embed(model, order, batches)
+    return {"top10_overlap": retrieval_overlap(emb, teacher_emb), "knn_accuracy": knn_accuracy(emb, labels)}
+
+
+# ------------------------------------------------------------------------------------------------ #
+# optimize / profile, whichever exists yet                                                            #
+# ------------------------------------------------------------------------------------------------ #
+def try_optimize(model, precision):
+    """(model, note): ``bertsilicon.optimize(copy, precision)``, or the plain model and why."""
+    try:
+        from ..models.optimize import optimize
+    except ImportError as exc:
+        return model, f"bertsilicon.optimize not importable ({exc}); the plain student is measured"
+    try:
+        return optimize(copy.deepcopy(model), precision=precision), f"bertsilicon.optimize(precision={precision!r})"
+    except Exception as exc:  # report, do not hide: the plain student is measured instead
+        return model, f"bertsilicon.optimize(precision={precision!r}) failed: {type(exc).__name__}: {exc}"
+
+
+def profiler_hardware(threads: int, cpu_flags: str) -> str:
+    """``"local"`` when this machine has a stored calibration at ``threads`` (no measuring now: that is
+    ``bertsilicon profile --calibrate``), else the table's CPU matching this one's vector flags."""
+    try:
+        from ..profiler.calibration import load_calibration
+
+        if load_calibration(threads) is not None:
+            return "local"
+    except (ImportError, OSError, ValueError):
+        pass
+    return "avx512" if "avx512f" in cpu_flags else "avx2"
+
+
+def predicted_speedup(teacher_cfg, student_cfg, batches, precision, hardware) -> dict:
+    """Σ teacher latency / Σ student latency over the timed batches (real tokens, from their attention
+    masks) from ``bertsilicon.profile``'s roofline model, or why not."""
+    try:
+        from ..profiler import profile
+    except ImportError as exc:
+        return {"value": None, "note": f"bertsilicon.profile not available ({exc})"}
+    try:
+        lat = [sum(profile(c, precision=precision, hardware=hardware, attention_mask=b["attention_mask"])
+                   .totals["latency_s"] for b in batches) for c in (teacher_cfg, student_cfg)]
+    except Exception as exc:  # report it: the demo's other figures stand without it
+        return {"value": None, "note": f"bertsilicon.profile failed: {type(exc).__name__}: {exc}"}
+    return {"value": lat[0] / lat[1], "teacher_latency_s": lat[0], "student_latency_s": lat[1],
+            "hardware": hardware, "note": f"bertsilicon.profile(config, precision={precision!r}, "
+                                          f"hardware={hardware!r}, attention_mask=<each timed batch>), roofline"}
+
+
+# ------------------------------------------------------------------------------------------------ #
+# conditions                                                                                          #
+# ------------------------------------------------------------------------------------------------ #
+def conditions(threads: int, note: str) -> dict:
+    import transformers
+
+    flags = ""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().split("\n")
+        line = next((x for x in cpuinfo if x.startswith("flags")), "")
+        model = next((x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name")), platform.processor())
+        flags = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+                         if f" {f}" in line)
+    except OSError:
+        model = platform.processor()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": model, "cpu_flags": flags,
+            "torch_threads": threads, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "commit": commit, "note": note}
+
+
+def _mean_spread(values):
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+            "spread": max(values) - min(values), "values": list(values)}
+
+
+# ------------------------------------------------------------------------------------------------ #
+# the demo                                                                                            #
+# ------------------------------------------------------------------------------------------------ #
+def run(steps=100, seeds=(0, 1, 2), batch_size=32, max_length=64, lr=2e-4, threads=2, precision="fp32",
+        train_precision="fp32", eval_every=0, out=None, note="", progress=True, max_texts=None,
+        eval_texts=None) -> dict:
+    from transformers import BertModel
+
+    import bertsilicon as bs
+
+    from ..cli import _time
+    from .distiller import DistillConfig, Distiller
+    from .layer_maps import init_student_from_teacher, layer_map, student_from_spec
+
+    torch.set_num_threads(threads)
+    t_start = time.perf_counter()
+    tok = bs.load_tokenizer()
+    teacher = bs.load_student("minilm-l6")
+    train = bs.data.corpus("pydoc").texts[:max_texts]
+    evalset = bs.data.corpus("docstrings")
+    if eval_texts:
+        evalset = evalset.subset(eval_texts, seed=0)
+    order, batches = length_batches(tok, evalset.texts, 64, 128)
+    teacher_emb = embed(teacher, order, batches)
+    teacher_metrics = metrics(teacher, order, batches, teacher_emb, evalset.labels)
+    student_cfg = student_from_spec(STUDENT_SPEC, teacher.config)
+    layers = layer_map("uniform", student_cfg.num_hidden_layers, teacher.config.num_hidden_layers)
+
+    def fresh_student():
+        return init_student_from_teacher(BertModel(student_cfg, add_pooling_layer=False), teacher, layers).eval()
+
+    def eval_fn(model):
+        return metrics(model, order, batches, teacher_emb, evalset.labels)
+
+    print(f"teacher all-MiniLM-L6-v2 (6 layers, real weights) -> student {STUDENT_SPEC} from teacher layers {layers}; "
+          f"train {len(train)} pydoc paragraphs, eval {len(evalset)} docstrings of {len(set(evalset.labels))} "
+          f"modules; {steps} steps x batch {batch_size}, max length {max_length}, lr {lr}, seeds {list(seeds)}, "
+          f"{threads} threads", flush=True)
+    init_metrics = eval_fn(fresh_student())
+    runs = {"distilled": [], "undistilled": []}
+    cache = None
+    last = {}
+    for seed in seeds:
+        for kind, losses in (("distilled", DISTILLED), ("undistilled", UNDISTILLED)):
+            cfg = DistillConfig(losses=dict(losses), layer_map=layers, lr=lr, steps=steps, batch_size=batch_size,
+                                max_length=max_length, seed=seed, precision=train_precision, eval_every=eval_every,
+                                warmup_steps=max(1, steps // 10), progress=progress)
+            torch.manual_seed(seed)  # dropout
+            student = fresh_student()
+            d = Distiller(teacher if kind == "distilled" else None, student, tok, cfg, eval_fn=eval_fn)
+            d._teacher_cache = cache if kind == "distilled" else None
+            t0 = time.perf_counter()
+            hist = d.fit(train)
+            if kind == "distilled":
+                cache = d._teacher_cache  # teacher embeddings of the train set: computed once
+            final = hist["eval"][-1]
+            runs[kind].append({"seed": seed, "loss": hist["loss"], "evals": hist["eval"],
+                               "train_s": time.perf_counter() - t0, **{k: final[k] for k in init_metrics}})
+            print(f"  seed {seed} {kind:<11}: top-10 overlap {final['top10_overlap']:.4f}, kNN accuracy "
+                  f"{final['knn_accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            last[kind] = student.eval()
+
+    summary = {kind: {m: _mean_spread([r[m] for r in rs]) for m in init_metrics} for kind, rs in runs.items()}
+    beats = {m: summary["distilled"][m]["mean"] - summary["undistilled"][m]["mean"]
+             > max(summary["distilled"][m]["spread"], summary["undistilled"][m]["spread"]) for m in init_metrics}
+    beats_init = {m: summary["distilled"][m]["mean"] - init_metrics[m] > summary["distilled"][m]["spread"]
+                  for m in init_metrics}
+
+    # speed: teacher vs the distilled student (last seed), plain and optimized, on the same docstring batches
+    opt_student, opt_note = try_optimize(last["distilled"], precision)
+    timing_batches = [b for b in batches[::max(1, len(batches) // 6)]][:6]
+    ms = {"teacher": _time(teacher, timing_batches, 5), "student": _time(last["distilled"], timing_batches, 5)}
+    if opt_student is not last["distilled"]:
+        ms["student_optimized"] = _time(opt_student, timing_batches, 5)
+        opt_metrics = eval_fn(opt_student)
+    else:
+        opt_metrics = None
+    mean_len = statistics.fmean(float(b["attention_mask"].shape[1]) for b in timing_batches)
+    cond = conditions(threads, note)
+    predicted = predicted_speedup(teacher.config, student_cfg, timing_batches, precision,
+                                  profiler_hardware(threads, cond["cpu_flags"]))
+    result = {
+        "conditions": cond,
+        "setup": {"teacher": "all-MiniLM-L6-v2 (minilm-l6, real weights)", "student": STUDENT_SPEC,
+                  "student_layers_from_teacher": layers, "distilled_losses": DISTILLED,
+                  "undistilled_losses": UNDISTILLED, "steps": steps, "batch_size": batch_size,
+                  "max_length": max_length, "lr": lr, "precision": train_precision,
+                  "optimize_precision": precision, "seeds": list(seeds),
+                  "train": f"corpus('pydoc'), {len(train)} paragraphs",
+                  "eval": f"corpus('docstrings'), {len(evalset)} texts, {len(set(evalset.labels))} modules",
+                  "metrics": "top10_overlap: mean |top-10 student ∩ top-10 teacher| / 10 (cosine, self excluded); "
+                             "knn_accuracy: leave-one-out 5-NN majority vote of the module (ties: similarity)"},
+        "teacher": teacher_metrics, "init_no_training": init_metrics, "summary": summary,
+        "distilled_beats_undistilled_by_more_than_spread": beats,
+        "distilled_beats_untrained_init_by_more_than_spread": beats_init,
+        "speed": {"ms_per_batch": ms, "batches": len(timing_batches), "batch_size": 64,
+                  "mean_padded_length": mean_len, "measured_speedup_plain": ms["teacher"] / ms["student"],
+                  "measured_speedup_optimized": (ms["teacher"] / ms["student_optimized"]
+                                                 if "student_optimized" in ms else None),
+                  "optimize": opt_note, "optimized_student_metrics": opt_metrics,
+                  "predicted_speedup": predicted},
+        "runs": runs, "wall_s": time.perf_counter() - t_start,
+    }
+    print(to_markdown(result))
+    if out:
+        write(result, Path(out))
+    return result
+
+
+def to_markdown(r: dict) -> str:
+    c, s, sp = r["conditions"], r["setup"], r["speed"]
+    lines = [
+        "# Distillation demo: all-MiniLM-L6-v2 -> 3-layer student on CPython's docs",
+        "",
+        f"Conditions: {c['date']}, {c['cpu']} ({c['cpu_flags']}), {c['torch_threads']} torch threads, Python "
+        f"{c['python']}, torch {c['torch']}, transformers {c['transformers']}, commit {c['commit']}. {c['note']}",
+        "",
+        f"Student {s['student']} initialised from teacher layers {s['student_layers_from_teacher']} + embeddings; "
+        f"{s['steps']} steps x batch {s['batch_size']} (max length {s['max_length']}, lr {s['lr']}, weights "
+        f"{s['precision']}) on {s['train']}; evaluated on {s['eval']}. Seeds {s['seeds']}: mean [min, max].",
+        "",
+        "| model | top-10 overlap with teacher | kNN module accuracy |",
+        "|---|---|---|",
+        f"| teacher (6 layers) | 1 | {r['teacher']['knn_accuracy']:.4f} |",
+        f"| student, teacher layers, no training | {r['init_no_training']['top10_overlap']:.4f} | "
+        f"{r['init_no_training']['knn_accuracy']:.4f} |",
+    ]
+    for kind, label in (("undistilled", "student, undistilled (SimCSE, same data/steps)"),
+                        ("distilled", "student, distilled (sentence MSE + cosine)")):
+        cells = [f"{v['mean']:.4f} [{v['min']:.4f}, {v['max']:.4f}]" for v in r["summary"][kind].values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    b = r["distilled_beats_undistilled_by_more_than_spread"]
+    lines += ["", "Distilled beats undistilled by more than the seed spread: "
+              + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in b.items()) + ".", ""]
+    ms = sp["ms_per_batch"]
+    lines.append(f"Speed ({sp['batches']} docstring batches of {sp['batch_size']}, mean padded length "
+                 f"{sp['mean_padded_length']:.0f}, median of 5): teacher {ms['teacher']:.1f} ms/batch, student "
+                 f"{ms['student']:.1f} ms/batch -> measured speed-up {sp['measured_speedup_plain']:.2f}x (plain HF).")
+    if sp["measured_speedup_optimized"] is not None:
+        lines.append(f"Optimized student: {ms['student_optimized']:.1f} ms/batch -> "
+                     f"{sp['measured_speedup_optimized']:.2f}x over the teacher ({sp['optimize']}).")
+    else:
+        lines.append(f"Optimized student: not measured — {sp['optimize']}.")
+    pr = sp["predicted_speedup"]
+    lines.append(f"Profiler's predicted speed-up: {pr['value']:.2f}x ({pr['note']})." if pr["value"] is not None
+                 else f"Profiler's predicted speed-up: unavailable — {pr['note']}.")
+    lines.append(f"\nWall time of the demo: {r['wall_s']:.0f} s.")
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, kind, title in ((axes[0], "distilled", "distilled: sentence MSE + cosine"),
+                            (axes[1], "undistilled", "undistilled: SimCSE loss")):
+        for run in r["runs"][kind]:
+            ax.plot(range(1, len(run["loss"]) + 1), run["loss"], label=f"seed {run['seed']}", lw=1)
+        ax.set(title=title, xlabel="step", ylabel="training loss")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    names = ["teacher", "init", "undistilled", "distilled"]
+    for ax, metric, title in ((axes[2], "top10_overlap", "retrieval top-10 overlap with teacher"),
+                              (axes[3], "knn_accuracy", "kNN module accuracy (docstrings)")):
+        means = [r["teacher"][metric], r["init_no_training"][metric],
+                 r["summary"]["undistilled"][metric]["mean"], r["summary"]["distilled"][metric]["mean"]]
+        lo = [0, 0] + [r["summary"][k][metric]["mean"] - r["summary"][k][metric]["min"] for k in names[2:]]
+        hi = [0, 0] + [r["summary"][k][metric]["max"] - r["summary"][k][metric]["mean"] for k in names[2:]]
+        ax.bar(names, means, yerr=[lo, hi], capsize=4, color=["grey", "silver", "tab:orange", "tab:blue"])
+        ax.set(title=title, ylim=(min(means) * 0.9, 1.0 if metric == "top10_overlap" else max(means) * 1.05))
+    c = r["conditions"]
+    fig.suptitle(f"{c['date']} · {c['cpu']} · {c['torch_threads']} threads · commit {c['commit']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(r: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.json").write_text(json.dumps(r, indent=1))
+    (out / "demo.md").write_text(to_markdown(r) + "\n")
+    plot(r, out / "demo.png")
+    print(f"wrote {out / 'demo.json'}, {out / 'demo.md'}, {out / 'demo.png'}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="fp32", help="bertsilicon.optimize precision of the measured student")
+    p.add_argument("--train-precision", default="fp32", help="student weights while training (fp32, bf16-nearest, "
+                   "bf16-stochastic)")
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--max-texts", type=int, default=None, help="train on the first N pydoc paragraphs only")
+    p.add_argument("--eval-texts", type=int, default=None, help="evaluate on N docstrings (a fixed random subset)")
+    p.add_argument("--out", default=None, help="folder for demo.json, demo.md and demo.png")
+    p.add_argument("--note", default="", help="a line about the conditions, stored with the figures")
+
+
+def demo_from_args(args) -> int:
+    if len(args.seeds) < 1:
+        raise ValueError("--seeds needs at least one seed")
+    run(steps=args.steps, seeds=tuple(args.seeds), batch_size=args.batch_size, max_length=args.max_length, lr=args.lr,
+        threads=args.threads, precision=args.precision,
+        train_precision=args.train_precision, eval_every=args.eval_every, out=args.out, note=args.note,
+        max_texts=args.max_texts, eval_texts=args.eval_texts)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bertsilicon.distill.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return demo_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""The distiller: trains a student against a teacher on raw text with any weighted mix of the papers' losses.
+
+    loss = Σ_name weight[name] · loss_name(student, teacher, batch)
+
+Loss names (``DistillConfig.losses``), each computed from one forward pass of each model
+(``output_hidden_states=True``); attention scores and values are recomputed from the hidden state that
+enters the layer (``Q = h W_q + b_q``, ...), so any attention backend (SDPA included) works:
+
+=================  =========================================================================  =============
+name                what                                                                       layers
+=================  =========================================================================  =============
+sentence_mse        MSE of mean-pooled sentence embeddings (Reimers & Gurevych 2020)          output
+sentence_cosine     1 - cos of mean-pooled sentence embeddings                                 output
+hidden_cosine       DistilBERT's masked cosine on the last hidden states                       last
+hidden_mse          TinyBERT's MSE(h_S W_h, h_T) summed over the mapped layers                 layer map
+embedding_mse       TinyBERT's MSE(E_S W_e, E_T) on the embedding outputs                      embeddings
+attention_mse       TinyBERT's pre-softmax score MSE summed over the mapped layers            layer map
+attention_kl        MiniLM's attention-distribution KL                                         last
+value_kl            MiniLM's value-relation KL                                                 last
+patient             BERT-PKD's loss on normalised [CLS] states of the mapped layers            layer map
+soft_target         Hinton's KL at ``temperature`` (models with ``.logits``)                   output
+logit_mse           Tang et al.'s logit MSE (models with ``.logits``)                          output
+simcse              unsupervised SimCSE (no teacher): the non-distillation baseline            output
+=================  =========================================================================  =============
+
+Precision of the student's weights: ``"fp32"``; ``"bf16-nearest"`` / ``"bf16-stochastic"`` keep the
+weights in bf16 values only (no fp32 master copy): after every optimizer step each parameter is
+rounded to bf16 with :func:`bertsilicon.ops.round_to` (Philox stochastic rounding keyed on
+``(seed, step, parameter index)``, bit-identical on every backend), so updates smaller than half a
+bf16 ulp survive in expectation instead of being rounded away.
+
+Checkpoints are safetensors files holding the student, the projections, the AdamW state and the RNG
+state; :meth:`Distiller.fit` with ``resume_from`` continues bit-identically (the batch order is a pure
+function of ``(seed, step)``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from . import losses as L
+from .layer_maps import bert_body, init_student_from_teacher, layer_map
+
+SENTENCE_LOSSES = ("sentence_mse", "sentence_cosine", "simcse")
+LAYER_LOSSES = ("hidden_cosine", "hidden_mse", "embedding_mse", "attention_mse", "attention_kl", "value_kl", "patient")
+LOGIT_LOSSES = ("soft_target", "logit_mse")
+LOSS_NAMES = SENTENCE_LOSSES + LAYER_LOSSES + LOGIT_LOSSES
+PRECISIONS = ("fp32", "bf16-nearest", "bf16-stochastic")
+_SR_SEED_MASK = (1 << 63) - 1
+
+
+@dataclass
+class DistillConfig:
+    """What to train and how. ``losses`` maps loss names (:data:`LOSS_NAMES`) to weights."""
+
+    losses: dict = field(default_factory=lambda: {"sentence_mse": 1.0})
+    layer_map: Union[str, list] = "uniform"      # see bertsilicon.distill.layer_maps
+    init_from_teacher: bool = True               # copy embeddings + mapped layers (same widths only)
+    temperature: float = 2.0                     # soft_target
+    t2_scale: bool = True                        # soft_target: multiply by T^2 (Hinton, DistilBERT)
+    simcse_temperature: float = 0.05
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    schedule: str = "linear"                     # "linear" decay to 0 at `steps`, or "constant"
+    steps: int = 100
+    batch_size: int = 32
+    max_length: int = 128
+    precision: str = "fp32"                      # "fp32" | "bf16-nearest" | "bf16-stochastic"
+    seed: int = 0
+    freeze_embeddings: bool = False
+    grad_clip: Optional[float] = 1.0
+    eval_every: int = 0                          # 0: only at the end (when an eval_fn is given)
+    checkpoint_every: int = 0                    # 0: only at the end (when checkpoint_dir is set)
+    checkpoint_dir: Optional[str] = None
+    progress: bool = True
+
+    def validate(self) -> "DistillConfig":
+        if not isinstance(self.losses, dict) or not self.losses:
+            raise ValueError(f"losses must be a non-empty dict name -> weight, got {self.losses!r}")
+        unknown = [k for k in self.losses if k not in LOSS_NAMES]
+        if unknown:
+            raise ValueError(f"unknown loss names {unknown}; expected some of {LOSS_NAMES}")
+        for k, w in self.losses.items():
+            if not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise ValueError(f"losses[{k!r}] must be a finite number, got {w!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is unknown; expected one of {PRECISIONS}")
+        if self.schedule not in ("linear", "constant"):
+            raise ValueError(f"schedule={self.schedule!r} is unknown; expected 'linear' or 'constant'")
+        for name in ("steps", "batch_size", "max_length"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("eval_every", "checkpoint_every", "warmup_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if not (self.lr > 0 and self.temperature > 0):
+            raise ValueError(f"lr and temperature must be positive, got lr={self.lr}, temperature={self.temperature}")
+        return self
+
+    @property
+    def teacher_free(self) -> bool:
+        return all(k == "simcse" for k in self.losses)
+
+    @property
+    def sentence_only(self) -> bool:
+        return all(k in SENTENCE_LOSSES for k in self.losses)
+
+
+def _mean_pool(hidden, mask):
+    from ..models.eval import mean_pool  # one definition of mean pooling (sentence-transformers' recipe)
+
+    return mean_pool(hidden, mask)
+
+
+def _heads(layer, h: torch.Tensor):
+    """(scores [B, H, S, S] = QKᵀ/√dk without the padding mask, values [B, H, S, dk]) of a BertLayer
+    whose input hidden state is ``h`` [B, S, D]."""
+    sa = layer.attention.self
+    B, S, _ = h.shape
+    nh, dk = sa.num_attention_heads, sa.attention_head_size
+
+    def split(x):
+        return x.view(B, S, nh, dk).transpose(1, 2)
+
+    q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
+    return q @ k.transpose(-1, -2) / math.sqrt(dk), v
+
+
+class Distiller:
+    """Train ``student`` against ``teacher`` (Hugging Face BERT-family models) on raw texts.
+
+    ``eval_fn(student) -> dict[str, float]`` is called every ``eval_every`` steps and at the end (the
+    student in eval mode). ``fit`` returns the history: per-step losses and the evaluations.
+    """
+
+    def __init__(self, teacher, student, tokenizer, config: Optional[DistillConfig] = None,
+                 eval_fn: Optional[Callable] = None):
+        self.config = (config or DistillConfig()).validate()
+        cfg = self.config
+        if teacher is None and not cfg.teacher_free:
+            raise ValueError(f"teacher is None but the losses {sorted(cfg.losses)} need one")
+        self.teacher, self.student, self.tokenizer, self.eval_fn = teacher, student, tokenizer, eval_fn
+        self.step = 0
+        self.history = {"step": [], "loss": [], "parts": [], "eval": []}
+        self._teacher_cache = None
+        s_body = bert_body(student)
+        n_s = len(s_body.encoder.layer)
+        self.layers: list[int] = []
+        if teacher is not None:
+            t_body = bert_body(teacher)
+            self.layers = layer_map(cfg.layer_map, n_s, len(t_body.encoder.layer))
+            if cfg.init_from_teacher:
+                init_student_from_teacher(student, teacher, self.layers)
+            teacher.eval().requires_grad_(False)
+        # TinyBERT's W_h (hidden layers, shared) and W_e (embeddings) when the widths differ
+        self.projections = torch.nn.ModuleDict()
+        if teacher is not None:
+            d_s, d_t = s_body.config.hidden_size, bert_body(teacher).config.hidden_size
+            if d_s != d_t:
+                for name in ("hidden_mse", "embedding_mse"):
+                    if name in cfg.losses:
+                        self.projections[name] = L.HiddenProjection(d_s, d_t)
+                if any(k in cfg.losses for k in SENTENCE_LOSSES if k != "simcse"):
+                    self.projections["sentence"] = L.HiddenProjection(d_s, d_t)
+                bad = [k for k in ("hidden_cosine", "patient") if k in cfg.losses]
+                if bad:
+                    raise ValueError(f"losses {bad} compare hidden states directly and need equal widths "
+                                     f"(student {d_s}, teacher {d_t})")
+        if cfg.freeze_embeddings:
+            if "embedding_mse" in cfg.losses and "embedding_mse" not in self.projections:
+                raise ValueError("freeze_embeddings=True with the 'embedding_mse' loss and equal widths leaves "
+                                 "that loss nothing to train; unfreeze the embeddings or drop the loss")
+            s_body.embeddings.requires_grad_(False)
+        self._params = [p for p in student.parameters() if p.requires_grad] + list(self.projections.parameters())
+        self.optimizer = torch.optim.AdamW(self._params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.precision != "fp32":
+            self._round_weights(stochastic=False)  # start from bf16 values
+
+    # -------------------------------------------------------------------------------------------- #
+    def _round_weights(self, stochastic: bool) -> None:
+        from .. import ops
+
+        with torch.no_grad():
+            for i, p in enumerate(self._params):
+                if stochastic:
+                    seed = (self.config.seed * 1_000_003 + self.step * 10_007 + i) & _SR_SEED_MASK
+                    p.copy_(ops.round_to(p.data, "bf16", "stochastic", seed=seed))
+                else:
+                    p.copy_(ops.round_to(p.data, "bf16", "nearest"))
+
+    def _lr(self, step: int) -> float:
+        cfg = self.config
+        scale = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.schedule == "linear":
+            scale *= max(0.0, 1.0 - step / cfg.steps)
+        return cfg.lr * scale
+
+    def batch_indices(self, step: int, n: int) -> list[int]:
+        """Indices of the texts in batch ``step``: a fresh permutation per epoch, seeded by
+        ``(seed, epoch)``, so the order depends on nothing but the step (this is what makes resume exact)."""
+        bs = self.config.batch_size
+        out, perms = [], {}
+        for j in range(step * bs, (step + 1) * bs):
+            epoch = j // n
+            if epoch not in perms:
+                g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+                perms[epoch] = torch.randperm(n, generator=g).tolist()
+            out.append(perms[epoch][j % n])
+        return out
+
+    def _tokenize(self, texts: Sequence[str]) -> dict:
+        return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
+                                   return_tensors="pt"))
+
+    @torch.no_grad()
+    def teacher_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Mean-pooled teacher embeddings of ``texts`` [N, D] (batched by length; teacher in eval mode)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), bert_body(self.teacher).config.hidden_size)
+        chunks = range(0, len(order), batch_size)
+        for c in self._bar(chunks, "teacher embeddings"):
+            idx = order[c:c + batch_size]
+            b = self._tokenize([texts[i] for i in idx])
+            h = self.teacher(**b, output_hidden_states=True).hidden_states[-1]
+            out[idx] = _mean_pool(h.float(), b["attention_mask"])
+        return out
+
+    def _bar(self, iterable, desc, **kw):
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=desc, file=sys.stderr, disable=not self.config.progress, leave=False, **kw)
+
+    # -------------------------------------------------------------------------------------------- #
+    def compute_loss(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None):
+        """(total loss, {name: unweighted value}) for one tokenized batch."""
+        cfg = self.config
+        mask = batch["attention_mask"]
+        s_out = self.student(**batch, output_hidden_states=True)
+        s_hid = s_out.hidden_states
+        need_teacher_pass = not cfg.teacher_free and not (cfg.sentence_only and teacher_sentences is not None)
+        t_out = None
+        if need_teacher_pass:
+            with torch.no_grad():
+                t_out = self.teacher(**batch, output_hidden_states=True)
+        t_hid = t_out.hidden_states if t_out is not None else None
+        parts = {}
+        s_sent = None
+        if any(k in cfg.losses for k in SENTENCE_LOSSES):
+            s_sent = _mean_pool(s_hid[-1], mask)
+        if "sentence_mse" in cfg.losses or "sentence_cosine" in cfg.losses:
+            t_sent = teacher_sentences if teacher_sentences is not None else _mean_pool(t_hid[-1], mask)
+            proj = self.projections["sentence"](s_sent) if "sentence" in self.projections else s_sent
+            if "sentence_mse" in cfg.losses:
+                parts["sentence_mse"] = L.hidden_mse_loss(proj, t_sent)
+            if "sentence_cosine" in cfg.losses:
+                parts["sentence_cosine"] = L.hidden_cosine_loss(proj, t_sent)
+        if "simcse" in cfg.losses:  # a second pass: different dropout = the second view
+            s_sent2 = _mean_pool(self.student(**batch).last_hidden_state, mask)
+            parts["simcse"] = L.contrastive_loss(s_sent, s_sent2, cfg.simcse_temperature)
+        if "hidden_cosine" in cfg.losses:
+            parts["hidden_cosine"] = L.hidden_cosine_loss(s_hid[-1], t_hid[-1], mask)
+        if "embedding_mse" in cfg.losses:
+            parts["embedding_mse"] = L.embedding_mse_loss(s_hid[0], t_hid[0], self.projections["embedding_mse"]
+                                                          if "embedding_mse" in self.projections else None, mask)
+        if "hidden_mse" in cfg.losses:
+            proj = self.projections["hidden_mse"] if "hidden_mse" in self.projections else None
+            parts["hidden_mse"] = sum(L.hidden_mse_loss(s_hid[i + 1], t_hid[t + 1], proj, mask)
+                                      for i, t in enumerate(self.layers))
+        if "patient" in cfg.losses:
+            parts["patient"] = L.patient_loss([s_hid[i + 1][:, 0] for i in range(len(self.layers))],
+                                              [t_hid[t + 1][:, 0] for t in self.layers])
+        if any(k in cfg.losses for k in ("attention_mse", "attention_kl", "value_kl")):
+            s_layers, t_layers = bert_body(self.student).encoder.layer, bert_body(self.teacher).encoder.layer
+            if "attention_mse" in cfg.losses:
+                total = 0
+                for i, t in enumerate(self.layers):
+                    with torch.no_grad():
+                        t_scores, _ = _heads(t_layers[t], t_hid[t])
+                    s_scores, _ = _heads(s_layers[i], s_hid[i])
+                    total = total + L.attention_score_mse(s_scores, t_scores, mask)
+                parts["attention_mse"] = total
+            if "attention_kl" in cfg.losses or "value_kl" in cfg.losses:
+                with torch.no_grad():
+                    t_scores, t_values = _heads(t_layers[-1], t_hid[-2])
+                s_scores, s_values = _heads(s_layers[-1], s_hid[-2])
+                if "attention_kl" in cfg.losses:
+                    parts["attention_kl"] = L.attention_kl(s_scores, t_scores, mask)
+                if "value_kl" in cfg.losses:
+                    parts["value_kl"] = L.value_relation_kl(s_values, t_values, mask)
+        if any(k in cfg.losses for k in LOGIT_LOSSES):
+            if getattr(s_out, "logits", None) is None or getattr(t_out, "logits", None) is None:
+                raise ValueError(f"losses {[k for k in LOGIT_LOSSES if k in cfg.losses]} need models with logits "
+                                 "(a task head, e.g. BertForSequenceClassification)")
+            if "soft_target" in cfg.losses:
+                parts["soft_target"] = L.soft_target_loss(s_out.logits, t_out.logits, cfg.temperature,
+                                                           t2_scale=cfg.t2_scale)
+            if "logit_mse" in cfg.losses:
+                parts["logit_mse"] = L.logit_mse(s_out.logits, t_out.logits)
+        total = sum(cfg.losses[k] * v for k, v in parts.items())
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def train_step(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None) -> float:
+        """One optimizer step (+ bf16 rounding of the weights when asked); returns the loss."""
+        cfg = self.config
+        self.student.train()
+        self.projections.train()
+        for g in self.optimizer.param_groups:
+            g["lr"] = self._lr(self.step)
+        total, parts = self.compute_loss(batch, teacher_sentences)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
+        self.optimizer.step()
+        if cfg.precision != "fp32":
+            self._round_weights(stochastic=cfg.precision == "bf16-stochastic")
+        self.step += 1
+        self.history["step"].append(self.step)
+        loss = float(total.detach())
+        self.history["loss"].append(loss)
+        self.history["parts"].append(parts)
+        return loss
+
+    def evaluate(self) -> dict:
+        if self.eval_fn is None:
+            return {}
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            result = {k: float(v) for k, v in self.eval_fn(self.student).items()}
+        finally:
+            self.student.train(was_training)
+        self.history["eval"].append({"step": self.step, **result})
+        return result
+
+    def fit(self, texts: Sequence[str], resume_from: Optional[Union[str, os.PathLike]] = None,
+            stop_at: Optional[int] = None) -> dict:
+        """Train until ``config.steps`` (or ``stop_at`` steps, for a partial run); returns the history."""
+        cfg = self.config
+        texts = list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a non-empty sequence of str")
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        if cfg.sentence_only and not cfg.teacher_free and self._teacher_cache is None:
+            self._teacher_cache = self.teacher_embeddings(texts)
+        bar = self._bar(range(self.step, end), "distill", initial=0)
+        for _ in bar:
+            idx = self.batch_indices(self.step, len(texts))
+            batch = self._tokenize([texts[i] for i in idx])
+            cached = self._teacher_cache[idx] if self._teacher_cache is not None else None
+            loss = self.train_step(batch, cached)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < end:
+                self.evaluate()
+            if cfg.checkpoint_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint(Path(cfg.checkpoint_dir) / f"step-{self.step:06d}.safetensors")
+        if self.eval_fn is not None and (not self.history["eval"] or self.history["eval"][-1]["step"] != self.step):
+            self.evaluate()
+        if cfg.checkpoint_dir:
+            self.save_checkpoint(Path(cfg.checkpoint_dir) / f"step-{self.step:06d}.safetensors")
+        return self.history
+
+    # -------------------------------------------------------------------------------------------- #
+    def save_checkpoint(self, path: Union[str, os.PathLike]) -> Path:
+        """Student, projections, AdamW state and RNG state in one safetensors file; step, config and
+        history in its metadata."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"student.{k}": v.detach().clone().contiguous() for k, v in self.student.state_dict().items()}
+        tensors.update({f"projections.{k}": v.detach().clone().contiguous()
+                        for k, v in self.projections.state_dict().items()})
+        opt = self.optimizer.state_dict()
+        for pid, state in opt["state"].items():
+            for k, v in state.items():
+                tensors[f"optim.{pid}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"step": self.step, "param_groups": opt["param_groups"], "config": asdict(self.config),
+                "history": self.history}
+        save_file(tensors, str(path), metadata={"bertsilicon.distill": json.dumps(meta)})
+        return path
+
+    def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("bertsilicon.distill")
+        if raw is None:
+            raise ValueError(f"{str(path)!r} is not a bertsilicon.distill checkpoint (no metadata)")
+        meta = json.loads(raw)
+        tensors = load_file(str(path))
+
+        def section(prefix):
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.student.load_state_dict(section("student."))
+        self.projections.load_state_dict(section("projections."))
+        state: dict = {}
+        for k, v in section("optim.").items():
+            pid, name = k.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step = int(meta["step"])
+        self.history = meta["history"]
+
+
+__all__ = ["DistillConfig", "Distiller", "LOSS_NAMES", "PRECISIONS"]
