@@ -46,6 +46,18 @@ def test_backend_conforms(backend, fmt, rounding):
     _assert_all_pass(_backend_round_fn(backend), fmt, rounding, quick)
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("fmt", ["e3m4", "e2m1", "e3m2fn"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_conforms_on_custom_floats(backend, fmt, rounding):
+    fn = _backend_round_fn(backend)
+    probe = torch.ones(4)
+    if not _dispatch.available("round_to", backend, probe, fmt, rounding, 0):
+        pytest.skip(f"{backend} does not serve fmt={fmt!r}: "
+                    f"{_dispatch._unavailable('round_to', backend, probe.device, (probe, fmt, rounding, 0), {})}")
+    _assert_all_pass(fn, fmt, rounding, quick=backend == "triton" and _dispatch.triton_interpreter())
+
+
 @pytest.mark.parametrize("fmt", FLOATS)
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_same_seed_bit_identical_across_backends(backend, fmt):
