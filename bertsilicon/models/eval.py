@@ -1,0 +1,73 @@
+"""Accuracy measures shared by the model wrapper's tests, the benchmarks and the precision experiments.
+
+* :func:`embed` — mean-pooled sentence embeddings of texts (the sentence-transformers recipe for MiniLM).
+* :func:`pooled_cosines` — per-sentence cosine between two embedding sets (e.g. int8 vs fp32).
+* :func:`knn_accuracy` — leave-one-out kNN classification accuracy (cosine similarity), e.g. which
+  standard-library module a docstring comes from (``bertsilicon.data.corpus("docstrings")``).
+* :func:`knn_module_accuracy` — the two together on the docstring corpus.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+__all__ = ["mean_pool", "embed", "pooled_cosines", "knn_accuracy", "knn_module_accuracy"]
+
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the real tokens' vectors: ``[B, L, H]``, mask ``[B, L]`` -> ``[B, H]`` in fp32
+    (a fully padded row gives zeros)."""
+    m = attention_mask.to(torch.float32).unsqueeze(-1)
+    return (last_hidden_state.to(torch.float32) * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+@torch.inference_mode()
+def embed(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 128,
+          device: Optional[torch.device] = None) -> torch.Tensor:
+    """Mean-pooled last hidden states of ``texts`` -> ``[N, H]`` fp32 on CPU. ``model`` is any HF
+    encoder (or head model: its base model is used) returning ``last_hidden_state``."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not one string")
+    base = getattr(model, "base_model", model)
+    device = device or next(base.parameters()).device
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        h = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        out.append(mean_pool(h, mask).cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def pooled_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each row of ``a`` with the same row of ``b`` (``[N, H]`` -> ``[N]``, float64)."""
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def knn_accuracy(embeddings: torch.Tensor, labels: Sequence, k: int = 5) -> float:
+    """Leave-one-out k-nearest-neighbour accuracy with cosine similarity.
+
+    Each item is classified by the majority label of its ``k`` most similar other items (ties broken by
+    the summed similarity); returns the fraction classified correctly. ``embeddings [N, H]``, ``labels``
+    N hashable labels."""
+    from ..precision.metrics import knn_correct  # the per-item rule (precision experiments bootstrap it)
+
+    return float(knn_correct(embeddings, labels, k).double().mean())
+
+
+def knn_module_accuracy(model, tokenizer=None, n: Optional[int] = None, k: int = 5, seed: int = 0,
+                        max_length: int = 128, batch_size: int = 16) -> float:
+    """kNN accuracy of ``model``'s mean-pooled embeddings at telling which standard-library module a
+    docstring comes from (``bertsilicon.data.corpus("docstrings")``, ``n`` items drawn with ``seed``, or all)."""
+    from .. import data
+    from .students import load_tokenizer
+
+    c = data.corpus("docstrings")
+    if n is not None:
+        c = c.subset(n, seed=seed)
+    emb = embed(model, tokenizer or load_tokenizer(), c.texts, batch_size=batch_size, max_length=max_length)
+    return knn_accuracy(emb, c.labels, k=k)

@@ -1,0 +1,188 @@
+"""The fused post-LayerNorm transformer encoder layer (BERT, DistilBERT, TinyBERT, MiniLM, ...).
+
+One layer, hidden size H, heads n (head dim d = H / n), FFN width F, on tokens x ``[T, H]`` (packed,
+padding-free) or ``[B, L, H]`` (padded, with a key-padding mask)::
+
+    qkv = x W_qkv^T + b_qkv                    W_qkv [3H, H]: Q, K, V weights concatenated once
+    ctx = attention(q, k, v)                    softmax(q k^T / sqrt(d)) v per head, fp32 softmax
+    h   = LayerNorm(ctx W_o^T + b_o + x)        ops.linear, then ops.add_layernorm (fp32 statistics)
+    u   = gelu(h W_1^T + b_1)                   bias + GELU fused in the GEMM epilogue
+    y   = LayerNorm(u W_2^T + b_2 + h)
+
+GEMMs per token: 2 * (3H^2 + H^2 + 2HF) FLOPs (+ 4 L H FLOPs of attention): all weights are prepared
+once (concatenated, cast to bf16/fp16 or quantized to int8 per output channel) and never touched again
+per forward. Every op goes through :mod:`bertsilicon.ops` with the layer's ``backend``.
+
+The layer keeps the original layer's sub-modules registered under their original names (so
+``state_dict()`` keys, ``parameters()`` and ``.to()`` are those of the original model); the prepared
+weights are non-persistent buffers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import ops, quant
+
+GEMMS = ("qkv", "o", "up", "down")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
+
+
+@dataclass
+class LayerParts:
+    """The pieces of one HF encoder layer the fused layer needs (found by a model adapter)."""
+
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    ln1: nn.LayerNorm
+    up: nn.Linear
+    down: nn.Linear
+    ln2: nn.LayerNorm
+    activation: str  # "gelu" | "gelu_tanh" | "relu" (an ops epilogue)
+    num_heads: int
+
+
+class PreparedLinear(nn.Module):
+    """One GEMM of the fused layer, its weight prepared once in its precision.
+
+    * float (``fp32 | bf16 | fp16``): ``ops.linear(x, W, b, activation)``. When the wanted dtype is the
+      source weight's own dtype and no concatenation is needed, the source ``nn.Linear`` is read directly
+      (no copy, always in sync with the model's parameters).
+    * ``int8``: per-channel int8 weight (``W * s`` when SmoothQuant factors ``s`` are given), per-token
+      dynamic activations, :func:`bertsilicon.quant.int8_matmul`.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], precision: str, *,
+                 source: Optional[nn.Linear] = None, smooth: Optional[torch.Tensor] = None,
+                 backend: Optional[str] = None):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r} is unknown; expected one of {tuple(PRECISIONS)}")
+        self.precision = precision
+        self.backend = backend
+        self.out_features, self.in_features = weight.shape
+        self.__dict__["source"] = None  # plain attribute: the shared nn.Linear stays registered where it was
+        dtype = PRECISIONS[precision]
+        if precision == "int8":
+            w_q, w_scale = quant.quantize_weight(weight, smooth, backend=backend)
+            self.register_buffer("w_q", w_q, persistent=False)
+            self.register_buffer("w_scale", w_scale, persistent=False)
+            self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
+            self.register_buffer("inv_smooth", None if smooth is None else (1.0 / smooth.float()).contiguous(),
+                                 persistent=False)
+        elif source is not None and source.weight.dtype == dtype:
+            self.__dict__["source"] = source
+        else:
+            self.register_buffer("weight", weight.detach().to(dtype).contiguous(), persistent=False)
+            self.register_buffer("bias", None if bias is None else bias.detach().to(dtype).contiguous(),
+                                 persistent=False)
+
+    def forward(self, x: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
+        if self.precision == "int8":
+            return quant.int8_matmul(x, self.w_q, self.w_scale, self.bias, activation, self.inv_smooth,
+                                     backend=self.backend)
+        src = self.__dict__["source"]
+        w, b = (src.weight, src.bias) if src is not None else (self.weight, self.bias)
+        return ops.linear(x, w, b, activation, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        smooth = self.precision == "int8" and self.inv_smooth is not None
+        return f"{self.in_features} -> {self.out_features}, {self.precision}{', smoothed' if smooth else ''}"
+
+
+class FusedEncoderLayer(nn.Module):
+    """A drop-in for one HF encoder layer, run on the fused ops (see the module docstring).
+
+    ``gemm_precision``: ``{"qkv" | "o" | "up" | "down": "fp32" | "bf16" | "fp16" | "int8"}``;
+    ``compute_dtype``: the dtype of activations between GEMMs (residual stream, attention inputs);
+    ``smooth``: optional SmoothQuant factors per GEMM (int8 GEMMs only).
+    """
+
+    def __init__(self, original: nn.Module, parts: LayerParts, gemm_precision: dict, compute_dtype: torch.dtype,
+                 smooth: Optional[dict] = None, backend: Optional[str] = None):
+        super().__init__()
+        for name, child in original.named_children():  # same state_dict keys as the original layer
+            self.add_module(name, child)
+        self.__dict__["original"] = original
+        self.__dict__["parts"] = parts
+        self.num_heads = parts.num_heads
+        self.hidden = parts.q.in_features
+        if self.hidden % self.num_heads:
+            raise ValueError(f"hidden size {self.hidden} is not a multiple of {self.num_heads} heads")
+        self.head_dim = self.hidden // self.num_heads
+        self.scale = self.head_dim ** -0.5
+        self.activation = parts.activation
+        self.compute_dtype = compute_dtype
+        self.backend = backend
+        self.gemm_precision = dict(gemm_precision)
+        smooth = smooth or {}
+
+        def prep(name, w, b, source=None):
+            p = self.gemm_precision[name]
+            return PreparedLinear(w, b, p, source=source, smooth=smooth.get(name) if p == "int8" else None,
+                                  backend=backend)
+
+        w_qkv = torch.cat([parts.q.weight, parts.k.weight, parts.v.weight], dim=0).detach()
+        b_qkv = torch.cat([parts.q.bias, parts.k.bias, parts.v.bias], dim=0).detach()
+        self.qkv = prep("qkv", w_qkv, b_qkv)
+        self.o = prep("o", parts.o.weight, parts.o.bias, parts.o)
+        self.up = prep("up", parts.up.weight, parts.up.bias, parts.up)
+        self.down = prep("down", parts.down.weight, parts.down.bias, parts.down)
+
+    # ------------------------------------------------------------------------------------------ #
+    def _add_ln(self, x, residual, ln: nn.LayerNorm):
+        return ops.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=self.backend)
+
+    def _block(self, x, attend, stats: Optional[dict] = None):
+        """The layer on tokens ``x [..., H]`` with ``attend(qkv) -> ctx [..., H]``; ``stats`` (calibration)
+        collects the per-channel max |input| of every GEMM."""
+        parts = self.__dict__["parts"]
+        if stats is not None:
+            stats.setdefault("qkv", quant.ChannelAbsMax()).update(x)
+        ctx = attend(self.qkv(x))
+        if stats is not None:
+            stats.setdefault("o", quant.ChannelAbsMax()).update(ctx)
+        h = self._add_ln(self.o(ctx), x, parts.ln1)
+        if stats is not None:
+            stats.setdefault("up", quant.ChannelAbsMax()).update(h)
+        u = self.up(h, self.activation)
+        if stats is not None:
+            stats.setdefault("down", quant.ChannelAbsMax()).update(u)
+        return self._add_ln(self.down(u), h, parts.ln2)
+
+    def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                       stats: Optional[dict] = None) -> torch.Tensor:
+        """Padding-free: ``x [T, H]`` real tokens of B sequences back to back (``cu_seqlens`` int32
+        ``[B + 1]``); attention via ``ops.attention_varlen``. Returns ``[T, H]``."""
+        n, d = self.num_heads, self.head_dim
+
+        def attend(qkv):
+            T = qkv.shape[0]
+            q, k, v = (t.contiguous() for t in qkv.view(T, 3, n, d).unbind(1))
+            ctx = ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, self.scale, backend=self.backend)
+            return ctx.reshape(T, n * d)
+
+        return self._block(x, attend, stats)
+
+    def forward_padded(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
+                       stats: Optional[dict] = None) -> torch.Tensor:
+        """Padded: ``x [B, L, H]``, ``key_mask [B, L]`` (1 = real token) or None; padded query positions
+        are computed as Hugging Face computes them (they attend to the real keys). Returns ``[B, L, H]``."""
+        n, d = self.num_heads, self.head_dim
+
+        def attend(qkv):
+            B, L = qkv.shape[:2]
+            q, k, v = (t.contiguous() for t in qkv.view(B, L, 3, n, d).permute(2, 0, 3, 1, 4).unbind(0))
+            ctx = ops.attention(q, k, v, key_mask, self.scale, backend=self.backend)  # [B, n, L, d]
+            return ctx.transpose(1, 2).reshape(B, L, n * d)
+
+        return self._block(x, attend, stats)
+
+    def extra_repr(self) -> str:
+        p = ", ".join(f"{k}={v}" for k, v in self.gemm_precision.items())
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, act={self.activation}, {p}"

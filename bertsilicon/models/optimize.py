@@ -1,0 +1,614 @@
+"""``bertsilicon.optimize(model)``: run a Hugging Face BERT-family model on the fused ops; ``restore`` undoes it.
+
+The model object, its class and its ``forward`` signature stay the same; only the encoder (the module
+holding ``layer``: ``BertModel.encoder``, ``DistilBertModel.transformer``) is swapped for a
+:class:`FusedEncoder` whose layers are :class:`~bertsilicon.models.fused_layer.FusedEncoderLayer`.
+The fused layers keep the original sub-modules under their original names, so ``state_dict()`` keys,
+``parameters()``, ``.to()`` and ``save_pretrained`` see the original model.
+
+Per call, the encoder:
+
+1. turns HF's attention mask (2-D, or the 4-D bool/additive mask HF builds) into a key-padding mask;
+2. ``unpad=True``: gathers the real tokens once (``[T, H]``), runs every layer on them with
+   ``ops.attention_varlen``, and scatters back into ``[B, L, H]``; padded positions of the output are
+   **0** (HF computes values there from the padding tokens; no head reads them; reproducing them would
+   cost the GEMMs unpadding saves — use ``unpad=False`` to get them). Without padding, or with
+   ``unpad=False``, the padded path runs (``ops.attention`` with the mask; padded positions as HF);
+3. runs the original layers instead (exactly HF) when a call needs what the fused layer does not do:
+   training mode, ``output_attentions``, cross-attention / cache inputs, or a 4-D mask that is not a
+   key-padding mask. ``model.bertsilicon_report.runtime_fallbacks`` counts such calls by reason.
+
+``output_hidden_states`` works on both paths (the encoder hands HF's output collector its states).
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Mapping
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .. import ops, quant
+from . import bert, distilbert, mobilebert
+from .fused_layer import GEMMS, PRECISIONS, FusedEncoderLayer
+from .report import LayerReport, OptimizeReport
+
+__all__ = ["optimize", "restore", "FusedEncoder", "supported_classes", "DEFAULT_INT8_BUDGET"]
+
+ADAPTERS = (bert.ADAPTER, distilbert.ADAPTER)
+COMPUTE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
+# int8 per-layer budget: a layer whose relative output error (alone, on the calibration batch) exceeds
+# it moves its most sensitive int8 GEMMs to fp32 until it fits.
+DEFAULT_INT8_BUDGET = 2e-2
+CALIBRATION_SENTENCES = 8
+CALIBRATION_MAX_LENGTH = 128
+GRAPH_BUCKETS = (16, 32, 64, 128, 256, 512)
+GRAPH_MAX_BATCH = 8
+_STATE = "_bertsilicon_state"
+
+
+def supported_classes() -> list[str]:
+    """Names of the model classes :func:`optimize` accepts (MobileBERT ones are accepted and refused)."""
+    import transformers
+
+    names = []
+    for module, base in ((bert.hf, bert.hf.BertPreTrainedModel), (distilbert.hf, distilbert.hf.DistilBertPreTrainedModel),
+                         (mobilebert.hf, mobilebert.PRETRAINED_CLASS)):
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, base) and obj is not base and hasattr(transformers, name):
+                names.append(name)
+    return sorted(set(names))
+
+
+# ---------------------------------------------------------------------------------------------- #
+# HF output collector (output_hidden_states / output_attentions in transformers 5.x)              #
+# ---------------------------------------------------------------------------------------------- #
+def _collector() -> Optional[dict]:
+    """The dict HF's ``capture_outputs`` collects requested outputs into for this call, or None."""
+    for mod in ("transformers.utils.output_capturing", "transformers.utils.generic"):
+        try:
+            var = getattr(__import__(mod, fromlist=["_active_collector"]), "_active_collector")
+        except (ImportError, AttributeError):
+            continue
+        return var.get()
+    return None
+
+
+def _append_hidden(collected: dict, h: torch.Tensor) -> None:
+    states = collected["hidden_states"]
+    selection = collected.get("_hidden_states_layers")
+    states.append(h if selection is None or len(states) in selection else None)
+
+
+def _hf_hooked(module: nn.Module) -> bool:
+    return any(getattr(h, "__name__", "") == "output_capturing_hook" for h in module._forward_hooks.values())
+
+
+class _NotKeyPadding(Exception):
+    pass
+
+
+def key_padding_mask(mask: Optional[torch.Tensor], batch: int, length: int) -> Optional[torch.Tensor]:
+    """``[B, L]`` bool (True = real token) from HF's encoder mask, or None when every token is real.
+
+    Accepts a 2-D 0/1 mask, HF's 4-D bool mask (True = attend) or 4-D additive float mask (0 = attend,
+    dtype-min = masked). Raises :class:`_NotKeyPadding` for a 4-D mask that is not a key-padding mask."""
+    if mask is None:
+        return None
+    if mask.dim() == 2:
+        if tuple(mask.shape) != (batch, length):
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; expected [batch, length] = [{batch}, {length}]")
+        real = mask != 0
+    elif mask.dim() == 4 and mask.shape[0] == batch and mask.shape[-1] == length:
+        if mask.dtype == torch.bool:
+            attend = mask
+        else:
+            attend = mask == 0
+            if not bool((attend | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
+                raise _NotKeyPadding
+        real = attend[:, 0].all(dim=1)
+        if not bool((attend == real[:, None, None, :]).all()):
+            raise _NotKeyPadding
+    else:
+        raise _NotKeyPadding
+    return None if bool(real.all()) else real
+
+
+# ---------------------------------------------------------------------------------------------- #
+# the fused encoder                                                                              #
+# ---------------------------------------------------------------------------------------------- #
+class FusedEncoder(nn.Module):
+    """Replaces an HF encoder (``BertEncoder`` / DistilBERT ``Transformer``); see the module docstring."""
+
+    def __init__(self, original: nn.Module, layers: Sequence[FusedEncoderLayer], adapter, report: OptimizeReport,
+                 compute_dtype: torch.dtype, unpad: bool, cuda_graphs: bool):
+        super().__init__()
+        self.layer = nn.ModuleList(layers)  # same name as the original: state_dict keys unchanged
+        self.__dict__["original"] = original
+        self.__dict__["adapter"] = adapter
+        self.__dict__["report"] = report
+        for attr in ("config", "n_layers", "gradient_checkpointing"):
+            if attr in original.__dict__:
+                self.__dict__[attr] = original.__dict__[attr]
+        self.compute_dtype = compute_dtype
+        self.unpad = unpad
+        self.cuda_graphs = cuda_graphs
+        self.__dict__["_graphs"] = {}
+        self.train(original.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.__dict__["original"].train(mode)
+        return self
+
+    # -- why a call must run on the original layers -------------------------------------------- #
+    def _runtime_fallback(self, args, kwargs, collected) -> Optional[str]:
+        if self.training:
+            return "training mode (fused layers are inference-only)"
+        if kwargs.get("output_attentions") or (collected is not None and
+                                               ("attentions" in collected or "cross_attentions" in collected)):
+            return "output_attentions requested"
+        if kwargs.get("head_mask") is not None:
+            return "head_mask given"
+        if kwargs.get("encoder_hidden_states") is not None or (args and args[0] is not None):
+            return "cross-attention inputs (encoder_hidden_states)"
+        if kwargs.get("past_key_values") is not None or kwargs.get("use_cache"):
+            return "past_key_values / use_cache"
+        return None
+
+    def _run_original(self, hidden_states, attention_mask, args, kwargs, collected):
+        original = self.__dict__["original"]
+        hooks = []
+        if collected is not None and "hidden_states" in collected and not any(map(_hf_hooked, original.layer)):
+            _append_hidden(collected, hidden_states)
+            for layer in original.layer:
+                hooks.append(layer.register_forward_hook(
+                    lambda m, a, out: _append_hidden(collected, out[0] if isinstance(out, tuple) else out)))
+        try:
+            return original(hidden_states, attention_mask, *args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
+        collected = _collector()
+        reason = self._runtime_fallback(args, kwargs, collected)
+        B, L = hidden_states.shape[:2]
+        key_mask = None
+        if reason is None:
+            try:
+                key_mask = key_padding_mask(attention_mask, B, L)
+            except _NotKeyPadding:
+                reason = "attention mask is not a key-padding mask (custom 4-D mask)"
+        if reason is not None:
+            self.__dict__["report"].runtime_fallbacks[reason] += 1
+            return self._run_original(hidden_states, attention_mask, args, kwargs, collected)
+        want_states = collected is not None and "hidden_states" in collected
+        if want_states:
+            _append_hidden(collected, hidden_states)
+        out = self.run(hidden_states, key_mask,
+                       (lambda h: _append_hidden(collected, h)) if want_states else None)
+        return self.__dict__["adapter"].encoder_output(out)
+
+    def run(self, hidden_states: torch.Tensor, key_mask: Optional[torch.Tensor], on_layer=None) -> torch.Tensor:
+        """The fused layers on ``hidden_states [B, L, H]`` with ``key_mask [B, L]`` bool (or None: no
+        padding); ``on_layer(h [B, L, H])`` is called after each layer. Returns ``[B, L, H]`` in the
+        input's dtype."""
+        in_dtype = hidden_states.dtype
+        x = hidden_states.to(self.compute_dtype)
+        B, L, H = x.shape
+        if (self.cuda_graphs and on_layer is None and x.is_cuda and B <= GRAPH_MAX_BATCH and L <= GRAPH_BUCKETS[-1]
+                and not torch.is_grad_enabled()):
+            return self._graph_run(x, key_mask).to(in_dtype)
+        if key_mask is not None and self.unpad:
+            index = key_mask.reshape(-1).nonzero().squeeze(1)
+            cu_seqlens, max_seqlen = _pack(key_mask)
+            packed = x.reshape(B * L, H).index_select(0, index)
+
+            def repad(t):
+                return t.new_zeros(B * L, H).index_copy_(0, index, t).view(B, L, H)
+
+            for layer in self.layer:
+                packed = layer.forward_packed(packed, cu_seqlens, max_seqlen)
+                if on_layer is not None:
+                    on_layer(repad(packed).to(in_dtype))
+            return repad(packed).to(in_dtype)
+        for layer in self.layer:
+            x = layer.forward_padded(x, key_mask)
+            if on_layer is not None:
+                on_layer(x.to(in_dtype))
+        return x.to(in_dtype)
+
+    # -- CUDA graphs: small batches replay one captured graph per (batch, length bucket) -------- #
+    def _padded_stack(self, x, key_mask):
+        for layer in self.layer:
+            x = layer.forward_padded(x, key_mask)
+        return x
+
+    def _graph_run(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Pad ``x [B, L, H]`` to the next length bucket, copy into the static inputs of the graph captured
+        for ``(B, bucket)`` (captured on first use), replay, and return the first L positions. Bucket
+        padding is masked, so real positions are unchanged; with ``unpad=True`` padded positions are
+        zeroed as the padding-free path leaves them."""
+        B, L, H = x.shape
+        bucket = next(b for b in GRAPH_BUCKETS if b >= L)
+        key = (B, bucket, x.dtype, x.device)
+        graphs = self.__dict__["_graphs"]
+        if key not in graphs:
+            static_x = torch.zeros(B, bucket, H, dtype=x.dtype, device=x.device)
+            static_mask = torch.zeros(B, bucket, dtype=torch.bool, device=x.device)
+            static_mask[:, :L] = True
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):  # warm up: Triton compiles, allocator settles
+                for _ in range(2):
+                    self._padded_stack(static_x, static_mask)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            pool = graphs.setdefault("pool", torch.cuda.graph_pool_handle())
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                static_out = self._padded_stack(static_x, static_mask)
+            graphs[key] = (graph, static_x, static_mask, static_out)
+        graph, static_x, static_mask, static_out = graphs[key]
+        static_x.zero_()
+        static_x[:, :L].copy_(x)
+        static_mask.zero_()
+        if key_mask is None:
+            static_mask[:, :L] = True
+        else:
+            static_mask[:, :L].copy_(key_mask)
+        graph.replay()
+        out = static_out[:, :L].clone()
+        if self.unpad and key_mask is not None:
+            out = out * key_mask[..., None].to(out.dtype)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- #
+# optimize / restore                                                                             #
+# ---------------------------------------------------------------------------------------------- #
+def _adapter_for(model: nn.Module):
+    for adapter in ADAPTERS:
+        if isinstance(model, adapter.pretrained_class):
+            return adapter
+    if isinstance(model, mobilebert.PRETRAINED_CLASS):
+        return "mobilebert"
+    return None
+
+
+def _inner_model(model: nn.Module) -> Optional[nn.Module]:
+    """A supported HF model inside a wrapper (e.g. a ``SentenceTransformer``), if there is exactly one."""
+    found = [m for m in model.modules() if m is not model and _adapter_for(m) is not None]
+    top = [m for m in found if not any(m is not o and any(m is s for s in o.modules()) for o in found)]
+    return top[0] if len(top) == 1 else None
+
+
+def _calibration_batch(config, calibration, tokenizer, device):
+    """``(input_ids, attention_mask, description)`` for the optimize-time measurements."""
+    if isinstance(calibration, Mapping):
+        ids = calibration["input_ids"]
+        mask = calibration.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        return ids.to(device), mask.to(device), f"given batch {tuple(ids.shape)}"
+    if calibration is None:
+        from .. import data
+
+        texts, what = data.corpus("pydoc").subset(CALIBRATION_SENTENCES, seed=0).texts, "pydoc"
+    elif isinstance(calibration, str):
+        texts, what = [calibration], "given text"
+    elif isinstance(calibration, Sequence) and calibration and all(isinstance(t, str) for t in calibration):
+        texts, what = list(calibration), "given texts"
+    else:
+        raise TypeError("calibration must be None, a list of strings, or a mapping with 'input_ids' "
+                        f"(and 'attention_mask'); got {type(calibration).__name__}")
+    if tokenizer is None:
+        from .students import load_tokenizer
+
+        if config.vocab_size != 30522:
+            if calibration is not None:
+                raise ValueError(f"calibration texts need tokenizer=...: the model's vocabulary ({config.vocab_size}) "
+                                 "is not the built-in uncased WordPiece (30522)")
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(min(1000, config.vocab_size // 2), config.vocab_size, (8, 64), generator=g)
+            mask = (torch.arange(64)[None] < torch.tensor([64, 50, 33, 17, 64, 9, 40, 2])[:, None]).long()
+            return ids.to(device), mask.to(device), "random token ids (vocabulary is not the built-in one)"
+        tokenizer = load_tokenizer()
+    max_len = min(CALIBRATION_MAX_LENGTH, getattr(config, "max_position_embeddings", CALIBRATION_MAX_LENGTH))
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), f"{len(texts)} {what} sentences"
+
+
+def _capture_layers(base, layers, ids, mask):
+    """Run the original model; return the inputs and outputs of every encoder layer and the final states."""
+    inputs, outputs, hooks = [], [], []
+
+    def hook(module, args, kwargs, out):
+        inputs.append((args[0] if args else kwargs["hidden_states"]).detach())
+        outputs.append((out[0] if isinstance(out, tuple) else out).detach())
+
+    for layer in layers:
+        hooks.append(layer.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            final = base(input_ids=ids, attention_mask=mask).last_hidden_state.detach()
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs, outputs, final
+
+
+def _pack(real: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(cu_seqlens int32 [B + 1], max_seqlen)`` of a key-padding mask ``[B, L]``."""
+    lengths = real.sum(1, dtype=torch.int32)
+    cu = torch.zeros(real.shape[0] + 1, dtype=torch.int32, device=real.device)
+    cu[1:] = torch.cumsum(lengths, 0)
+    return cu, int(lengths.max()) if real.shape[0] else 0
+
+
+def _layer_error(layer: FusedEncoderLayer, x, y, real, unpad) -> tuple[float, float]:
+    """Relative and max-abs error of the fused layer on real tokens, input ``x`` and reference ``y``."""
+    with torch.no_grad():
+        xc = x.to(layer.compute_dtype)
+        if unpad:
+            out = layer.forward_packed(xc[real], *_pack(real))
+        else:
+            out = layer.forward_padded(xc, real)[real]
+    ref = y[real]
+    return quant.relative_error(out, ref), float((out.double() - ref.double()).abs().max())
+
+
+def _validate_inputs_hook(max_positions: Optional[int]):
+    def hook(module, args, kwargs):
+        try:
+            bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            return None  # let the model raise its own error
+        ids, embeds, mask = bound.get("input_ids"), bound.get("inputs_embeds"), bound.get("attention_mask")
+        length = None
+        if ids is not None:
+            if not isinstance(ids, torch.Tensor):
+                raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(ids).__name__}")
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+                raise TypeError(f"input_ids must hold integer token ids (torch.long), got dtype {ids.dtype}")
+            length = ids.shape[-1]
+        elif embeds is not None:
+            if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point():
+                raise TypeError("inputs_embeds must be a floating-point torch.Tensor [batch, length, hidden]")
+            length = embeds.shape[-2]
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"attention_mask must be a torch.Tensor, got {type(mask).__name__}")
+            if mask.is_complex():
+                raise TypeError(f"attention_mask must be bool, integer or float (1 = real token), got {mask.dtype}")
+            if mask.dim() == 2 and length is not None and mask.shape[-1] != length:
+                raise ValueError(f"attention_mask has length {mask.shape[-1]}; the input has length {length}")
+        if length is not None and max_positions is not None and length > max_positions:
+            raise ValueError(f"input length {length} exceeds the model's position table "
+                             f"(max_position_embeddings={max_positions}); truncate it, e.g. "
+                             f"tokenizer(..., truncation=True, max_length={max_positions})")
+        return None
+
+    return hook
+
+
+def _check_device(base: nn.Module, backend: Optional[str]) -> torch.device:
+    device = next(base.parameters()).device
+    if device.type == "meta":
+        raise ValueError("the model's weights are on the 'meta' device (not loaded): no backend can run it")
+    if backend is not None:
+        if backend not in ops.BACKENDS:
+            raise ValueError(f"backend={backend!r} is unknown; expected one of {ops.BACKENDS} or None")
+        reason = ops.backend_status()[backend]
+        if reason is not None:
+            raise ValueError(f"backend={backend!r} is not available on this machine: {reason}")
+        from ..ops._dispatch import triton_interpreter
+
+        if backend == "cpu" and device.type != "cpu":
+            raise ValueError(f"backend='cpu' serves CPU models; the model is on {device}")
+        if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and triton_interpreter()):
+            raise ValueError(f"backend='triton' serves CUDA models (or CPU under TRITON_INTERPRET=1); the model is on {device}")
+    return device
+
+
+def _backends_used(layer: FusedEncoderLayer, x: torch.Tensor, backend: Optional[str]) -> dict:
+    """Which backend served each op for these tensors (for the report)."""
+    t, h = x.shape[0], x.shape[1]
+    n, d = layer.num_heads, layer.head_dim
+    q = x.new_empty(t, n, d)
+    cu = torch.tensor([0, t], dtype=torch.int32, device=x.device)
+    ln = layer.__dict__["parts"].ln1
+    used = {"attention_varlen": ops.which_backend("attention_varlen", q, q, q, cu, t, None, backend=backend),
+            "attention": ops.which_backend("attention", q[None].transpose(1, 2).contiguous(), q[None].transpose(1, 2).contiguous(),
+                                           q[None].transpose(1, 2).contiguous(), None, None, backend=backend),
+            "add_layernorm": ops.which_backend("add_layernorm", x, x, ln.weight, ln.bias, ln.eps, backend=backend)}
+    for name in GEMMS:
+        g = getattr(layer, name)
+        if g.precision == "int8":
+            xq, xs = quant.quantize_activations(x[:, :g.in_features] if x.shape[1] >= g.in_features else
+                                                x.new_ones(t, g.in_features), backend=backend)
+            used["quantize"] = ops.which_backend("quantize", x, "int8", "per_token", backend=backend)
+            used["int8_linear"] = ops.which_backend("int8_linear", xq, xs, g.w_q, g.w_scale, g.bias, None, x.dtype,
+                                                    backend=backend)
+        else:
+            src = g.__dict__["source"]
+            w = src.weight if src is not None else g.weight
+            xi = x.new_ones(t, g.in_features, dtype=w.dtype)
+            used[f"linear[{g.precision}]"] = ops.which_backend("linear", xi, w, None, None, backend=backend)
+    return used
+
+
+def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] = None, unpad: bool = True,
+             calibration: Union[None, Sequence[str], Mapping] = None, smooth: Optional[float] = None, *,
+             tokenizer=None, error_budget: Optional[float] = None, cuda_graphs: Optional[bool] = None) -> nn.Module:
+    """Run a Hugging Face BERT-family model's encoder on bertsilicon's fused ops; returns the same object.
+
+    Args:
+        model: ``BertModel`` or any ``BertFor*`` head, ``DistilBertModel`` or a head (MobileBERT is
+            refused with a reason in the report), or a wrapper holding one (e.g. a ``SentenceTransformer``).
+        precision: ``"fp32" | "bf16" | "fp16" | "int8"`` for the encoder's GEMMs (LayerNorm statistics,
+            softmax and accumulation stay fp32; int8 keeps the residual stream in fp32). Outputs come back
+            in the model's own dtype.
+        backend: ``None`` (best available per op) or ``"reference" | "cpu" | "triton"``, passed to every op.
+        unpad: strip padding once after the embeddings (padded output positions are 0, see module doc).
+        calibration: texts (or a tokenized batch) for the optimize-time error measurement and the int8
+            statistics; default: 16 paragraphs of the built-in Python documentation corpus.
+        smooth: SmoothQuant alpha in [0, 1] for int8 (None: no migration).
+        tokenizer: to tokenize ``calibration`` texts (default: the built-in uncased WordPiece).
+        error_budget: int8 per-layer relative-error budget (default ``DEFAULT_INT8_BUDGET``); a layer over
+            it moves its most sensitive GEMMs to fp32, and the report says which.
+        cuda_graphs: replay captured CUDA graphs for batches <= 8 (None: on for CUDA models; must be
+            off for CPU models).
+
+    ``model.bertsilicon_report`` describes what happened; ``bertsilicon.restore(model)`` undoes it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a Hugging Face model), got {type(model).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown; expected one of {tuple(PRECISIONS)}")
+    if backend is not None and backend not in ops.BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; expected one of {ops.BACKENDS} or None")
+    if not isinstance(unpad, bool):
+        raise TypeError(f"unpad must be a bool, got {type(unpad).__name__}")
+    if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth <= 1):
+        raise ValueError(f"smooth must be None or a SmoothQuant alpha in [0, 1], got {smooth!r}")
+    if smooth is not None and precision != "int8":
+        raise ValueError(f"smooth={smooth} only applies to precision='int8' (got precision={precision!r})")
+    if error_budget is not None and not (isinstance(error_budget, (int, float)) and error_budget > 0):
+        raise ValueError(f"error_budget must be a positive float, got {error_budget!r}")
+    if getattr(model, _STATE, None) is not None:
+        warnings.warn("optimize: this model is already optimized; returning it unchanged "
+                      "(call bertsilicon.restore(model) first to re-optimize)", stacklevel=2)
+        return model
+
+    adapter = _adapter_for(model)
+    if adapter is None:
+        inner = _inner_model(model)
+        if inner is None:
+            raise TypeError(f"optimize does not support {type(model).__name__}; supported: "
+                            f"{', '.join(supported_classes())} (or a wrapper such as SentenceTransformer holding one)")
+        optimize(inner, precision, backend, unpad, calibration, smooth, tokenizer=tokenizer,
+                 error_budget=error_budget, cuda_graphs=cuda_graphs)
+        model.__dict__[_STATE] = {"inner": inner}
+        model.__dict__["bertsilicon_report"] = inner.bertsilicon_report
+        return model
+
+    report = OptimizeReport(model_class=type(model).__name__, family="MobileBERT" if adapter == "mobilebert" else adapter.family,
+                            precision=precision, backend=backend, unpad=unpad, smooth=smooth)
+    if adapter == "mobilebert":
+        report.refused = mobilebert.REASON
+        warnings.warn(f"optimize: {type(model).__name__} kept unchanged: {mobilebert.REASON}", stacklevel=2)
+        model.__dict__[_STATE] = {"refused": True}
+        model.bertsilicon_report = report
+        return model
+
+    base = adapter.base_model(model)
+    config = base.config
+    encoder = getattr(base, adapter.encoder_attr)
+    why_not = adapter.unsupported_reason(config)
+    if why_not is not None:
+        report.refused = why_not
+        report.layers = [LayerReport(i, "kept", why_not) for i in range(len(encoder.layer))]
+        warnings.warn(f"optimize: {type(model).__name__} encoder layers kept: {why_not}", stacklevel=2)
+        model.__dict__[_STATE] = {"refused": True}
+        model.bertsilicon_report = report
+        return model
+
+    device = _check_device(base, backend)
+    if cuda_graphs is None:
+        cuda_graphs = device.type == "cuda"
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs a CUDA model; the model is on {device}")
+    report.cuda_graphs = bool(cuda_graphs)
+    compute_dtype = COMPUTE_DTYPE[precision]
+    budget = (error_budget or DEFAULT_INT8_BUDGET) if precision == "int8" else None
+    report.error_budget = budget
+
+    was_training = base.training
+    base.eval()
+    try:
+        ids, mask, report.calibration = _calibration_batch(config, calibration, tokenizer, device)
+        inputs, outputs, final_ref = _capture_layers(base, encoder.layer, ids, mask)
+        real = mask.bool()
+        fused = []
+        for i, layer in enumerate(encoder.layer):
+            fused_layer, entry = _build_layer(i, layer, adapter, config, precision, compute_dtype, backend, unpad,
+                                              inputs[i], outputs[i], real, smooth, budget)
+            fused.append(fused_layer)
+            report.layers.append(entry)
+        report.backends_used = _backends_used(fused[0], inputs[0][real][:4].to(compute_dtype).contiguous(), backend)
+        new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, unpad, bool(cuda_graphs))
+        setattr(base, adapter.encoder_attr, new_encoder)
+        handle = base.register_forward_pre_hook(_validate_inputs_hook(adapter.max_positions(config)), with_kwargs=True)
+        model.__dict__[_STATE] = {"base": base, "attr": adapter.encoder_attr, "original": encoder, "hook": handle}
+        with torch.no_grad():
+            got = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        from .eval import mean_pool, pooled_cosines
+
+        report.end_to_end = {"rel_error": quant.relative_error(got[real], final_ref[real]),
+                             "min_pooled_cosine": float(pooled_cosines(mean_pool(got, mask), mean_pool(final_ref, mask)).min()),
+                             "sentences": int(ids.shape[0])}
+    except Exception:
+        if getattr(base, adapter.encoder_attr) is not encoder:
+            setattr(base, adapter.encoder_attr, encoder)
+        state = model.__dict__.pop(_STATE, None)
+        if state and "hook" in state:
+            state["hook"].remove()
+        raise
+    finally:
+        base.train(was_training)
+    model.bertsilicon_report = report
+    return model
+
+
+def _build_layer(i, layer, adapter, config, precision, compute_dtype, backend, unpad, x, y, real, smooth, budget):
+    parts = adapter.layer_parts(layer, config)
+    entry = LayerReport(i, "fused")
+    factors = None
+    if precision == "int8" and smooth is not None:
+        probe = FusedEncoderLayer(layer, parts, dict.fromkeys(GEMMS, "fp32"), torch.float32, backend=backend)
+        stats: dict = {}
+        with torch.no_grad():
+            probe.forward_packed(x.float()[real], *_pack(real), stats=stats)
+        weights = {"qkv": probe.qkv.weight, "o": parts.o.weight, "up": parts.up.weight, "down": parts.down.weight}
+        factors = {g: quant.smoothing_factors(stats[g].value, weights[g], smooth) for g in GEMMS}
+
+    def build(gemms):
+        return FusedEncoderLayer(layer, parts, gemms, compute_dtype, smooth=factors, backend=backend)
+
+    gemms = dict.fromkeys(GEMMS, precision)
+    fused = build(gemms)
+    err, max_err = _layer_error(fused, x, y, real, unpad)
+    if budget is not None and err > budget:
+        # sensitivity of each GEMM alone in int8 (others fp32); move the worst to fp32 until within budget
+        sens = {g: _layer_error(build({k: ("int8" if k == g else "fp32") for k in GEMMS}), x, y, real, unpad)[0]
+                for g in GEMMS}
+        for g in sorted(GEMMS, key=sens.get, reverse=True):
+            gemms[g] = "fp32"
+            entry.fallbacks.append(f"{g}: int8 -> fp32 (int8 alone: {sens[g]:.1e})")
+            fused = build(gemms)
+            err, max_err = _layer_error(fused, x, y, real, unpad)
+            if err <= budget:
+                break
+    entry.gemms = dict(gemms)
+    entry.rel_error, entry.max_abs_error = err, max_err
+    return fused, entry
+
+
+def restore(model: nn.Module) -> nn.Module:
+    """Undo :func:`optimize`: put the original encoder back (same weights, same objects), remove the input
+    checks and the report. ValueError if the model was not optimized."""
+    state = getattr(model, _STATE, None) if isinstance(model, nn.Module) else None
+    if state is None:
+        raise ValueError("restore: this model was not optimized by bertsilicon.optimize (nothing to restore)")
+    if "inner" in state:
+        restore(state["inner"])
+    elif "base" in state:
+        fused = getattr(state["base"], state["attr"])
+        state["original"].train(fused.training)
+        setattr(state["base"], state["attr"], state["original"])
+        state["hook"].remove()
+    model.__dict__.pop(_STATE, None)
+    model.__dict__.pop("bertsilicon_report", None)
+    return model

@@ -1,0 +1,189 @@
+"""bertsilicon.optimize mechanics on small random BERT / DistilBERT / MobileBERT models: every head, odd
+shapes (head dim 26, length 77, ragged padding with a fully padded row), fallbacks, refusals, bad input."""
+import copy
+import warnings
+
+import pytest
+import torch
+import transformers
+
+import bertsilicon
+from bertsilicon.models.optimize import supported_classes
+from numerics import ragged_mask
+
+B, L = 4, 77
+SMALL_BERT = dict(num_hidden_layers=2, hidden_size=78, num_attention_heads=3, intermediate_size=100,
+                  max_position_embeddings=128)
+SMALL_DISTIL = dict(n_layers=2, dim=78, n_heads=3, hidden_dim=100, max_position_embeddings=128)
+
+
+def _build(cls_name, seed=0, **overrides):
+    cls = getattr(transformers, cls_name)
+    family = "distilbert" if cls_name.startswith("DistilBert") else "bert-base"
+    small = SMALL_DISTIL if family == "distilbert" else SMALL_BERT
+    cfg = bertsilicon.student_config(family, **{**small, **overrides})
+    torch.manual_seed(seed)
+    return cls(cfg).eval()
+
+
+def _inputs(cls_name, seed=1, fully_padded_row=True):
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, 2, L) if "MultipleChoice" in cls_name else (B, L)
+    mask = ragged_mask(shape[0] * (shape[1] if len(shape) == 3 else 1), L, g, fully_padded_row).reshape(shape)
+    ids = torch.randint(1000, 30000, shape, generator=g)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _compare(got, want, mask, padded_positions_too):
+    """Relative error on what HF defines: real tokens of token-level outputs; rows with a real token."""
+    rows = mask.reshape(-1, L).any(-1).reshape(mask.shape[:-1])
+    if got.shape[:mask.dim()] == mask.shape:  # token-level output [..., L, ...]
+        sel = rows[..., None].expand_as(mask) if padded_positions_too else mask.bool()
+    else:
+        sel = rows
+    g, w = got[sel].double(), want[sel].double()
+    return float((g - w).norm() / w.norm())
+
+
+HEADS = [n for n in supported_classes() if not n.startswith("MobileBert")]
+
+
+@pytest.mark.parametrize("cls_name", HEADS)
+@pytest.mark.parametrize("unpad", [True, False])
+def test_every_head_fp32(cls_name, unpad):
+    m = _build(cls_name)
+    ref = copy.deepcopy(m)
+    inputs = _inputs(cls_name)
+    keys = list(m.state_dict())
+    assert bertsilicon.optimize(m, "fp32", unpad=unpad, calibration=None) is m
+    assert type(m).__name__ == cls_name and list(m.state_dict()) == keys
+    assert m.bertsilicon_report.replaced == [0, 1]
+    with torch.no_grad():
+        got, want = m(**inputs), ref(**inputs)
+    assert _compare(got[0], want[0], inputs["attention_mask"], padded_positions_too=not unpad) <= 1e-5
+    bertsilicon.restore(m)
+    with torch.no_grad():
+        assert torch.equal(m(**inputs)[0], want[0])
+
+
+@pytest.mark.parametrize("cls_name", ["BertModel", "DistilBertModel"])
+def test_unpad_equals_padded_path_at_real_positions(cls_name):
+    inputs = _inputs(cls_name, seed=5)
+    outs = {}
+    for unpad in (True, False):
+        m = bertsilicon.optimize(_build(cls_name), "fp32", unpad=unpad)
+        with torch.no_grad():
+            outs[unpad] = m(**inputs).last_hidden_state
+    real = inputs["attention_mask"].bool()
+    assert torch.allclose(outs[True][real], outs[False][real], rtol=1e-5, atol=1e-5)
+    assert not torch.isnan(outs[True]).any() and torch.equal(outs[True][~real], torch.zeros_like(outs[True][~real]))
+    assert not real[-1].any()  # the fully padded row is all zeros on the padding-free path
+
+
+def test_no_padding_and_explicit_reference_backend():
+    m = _build("BertModel")
+    ref = copy.deepcopy(m)
+    bertsilicon.optimize(m, "bf16", backend="reference")
+    assert set(m.bertsilicon_report.backends_used.values()) == {"reference"}
+    ids = _inputs("BertModel")["input_ids"]
+    with torch.no_grad():
+        got, want = m(input_ids=ids).last_hidden_state, ref(input_ids=ids).last_hidden_state
+    assert got.dtype == torch.float32
+    assert float((got - want).norm() / want.norm()) < 2e-2  # bf16 GEMMs
+
+
+def test_int8_fallback_rule_moves_gemms_to_fp32():
+    m = _build("BertModel", hidden_act="relu")
+    ref = copy.deepcopy(m)
+    bertsilicon.optimize(m, "int8", error_budget=1e-9)  # nothing fits: every GEMM falls back
+    for layer in m.bertsilicon_report.layers:
+        assert set(layer.gemms.values()) == {"fp32"} and len(layer.fallbacks) == 4
+        assert layer.rel_error < 1e-5
+    assert "int8 -> fp32" in str(m.bertsilicon_report)
+    inputs = _inputs("BertModel")
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        got, want = m(**inputs).last_hidden_state, ref(**inputs).last_hidden_state
+    assert float((got[real] - want[real]).norm() / want[real].norm()) <= 1e-5
+
+
+def test_int8_smooth_on_random_distilbert_with_odd_vocab():
+    m = _build("DistilBertModel", vocab_size=997)  # not the built-in tokenizer: random-id calibration
+    bertsilicon.optimize(m, "int8", smooth=0.5, error_budget=1.0)
+    rep = m.bertsilicon_report
+    assert "random token ids" in rep.calibration
+    assert all(set(r.gemms.values()) == {"int8"} for r in rep.layers)
+    assert rep.end_to_end["min_pooled_cosine"] > 0.99
+    assert all(0 < r.rel_error < 0.1 for r in rep.layers)
+
+
+def test_training_mode_runs_original_layers():
+    m = _build("BertModel", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ref = copy.deepcopy(m)
+    bertsilicon.optimize(m, "fp32")
+    m.train()
+    ref.train()
+    inputs = _inputs("BertModel")
+    assert torch.equal(m(**inputs).last_hidden_state, ref(**inputs).last_hidden_state)
+    assert m.bertsilicon_report.runtime_fallbacks["training mode (fused layers are inference-only)"] == 1
+    m.eval()
+    bertsilicon.restore(m)
+    assert not m.training and not m.encoder.training
+
+
+def test_mobilebert_is_refused_with_a_reason():
+    cfg = bertsilicon.student_config("mobilebert", num_hidden_layers=2)
+    m = transformers.MobileBertModel(cfg).eval()
+    inputs = _inputs("MobileBertModel")
+    with torch.no_grad():
+        want = m(**inputs).last_hidden_state
+    with pytest.warns(UserWarning, match="NoNorm"):
+        bertsilicon.optimize(m, "fp32")
+    assert "NoNorm" in m.bertsilicon_report.refused and "NOT optimized" in str(m.bertsilicon_report)
+    with torch.no_grad():
+        assert torch.equal(m(**inputs).last_hidden_state, want)
+    bertsilicon.restore(m)
+
+
+@pytest.mark.parametrize("overrides,cls_name,match", [
+    (dict(hidden_act="silu"), "BertModel", "unsupported activation"),
+    (dict(is_decoder=True), "BertLMHeadModel", "decoder"),
+])
+def test_unsupported_layers_are_kept_with_reason(overrides, cls_name, match):
+    m = _build(cls_name, **overrides)
+    with pytest.warns(UserWarning, match=match):
+        bertsilicon.optimize(m, "fp32")
+    rep = m.bertsilicon_report
+    assert rep.replaced == [] and len(rep.kept) == 2 and all(match in why for _, why in rep.kept)
+    assert type(m.base_model.encoder.layer[0]).__name__ == "BertLayer"
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="BertModel.*DistilBertModel"):
+        bertsilicon.optimize(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+    with pytest.raises(ValueError, match="not optimized"):
+        bertsilicon.restore(_build("BertModel"))
+    for kwargs, match in [(dict(precision="int4"), "precision"), (dict(backend="gpu"), "backend"),
+                          (dict(smooth=0.5), "smooth"), (dict(precision="int8", smooth=1.5), "smooth"),
+                          (dict(cuda_graphs=True), "cuda_graphs"), (dict(error_budget=-1.0), "error_budget")]:
+        m = _build("BertModel")
+        with pytest.raises(ValueError, match=match):
+            bertsilicon.optimize(m, **kwargs)
+        assert not hasattr(m, "bertsilicon_report") and type(m.encoder.layer[0]).__name__ == "BertLayer"
+    with torch.device("meta"):
+        meta = transformers.BertModel(bertsilicon.student_config("bert-base", **SMALL_BERT))
+    with pytest.raises(ValueError, match="meta"):
+        bertsilicon.optimize(meta)
+
+    m = bertsilicon.optimize(_build("BertModel"), "fp32")
+    report = m.bertsilicon_report
+    with pytest.warns(UserWarning, match="already optimized"):
+        assert bertsilicon.optimize(m, "int8") is m
+    assert m.bertsilicon_report is report and report.precision == "fp32"
+    too_long = torch.randint(1000, 2000, (1, 129))
+    with pytest.raises(ValueError, match="max_position_embeddings=128"):
+        m(input_ids=too_long)
+    with pytest.raises(TypeError, match="input_ids must hold integer token ids"):
+        m(input_ids=too_long[:, :10].float())
+    with pytest.raises(ValueError, match="attention_mask has length"):
+        m(input_ids=too_long[:, :10], attention_mask=torch.ones(1, 9, dtype=torch.long))
