@@ -129,32 +129,54 @@ def _pow2(e):
     return ((e + 127).to(tl.int32) << 23).to(tl.float32, bitcast=True)
 
 
+GRID_FLOAT, GRID_FLOAT_NO_SUBNORMALS, GRID_FIXED = 0, 1, 2
+
+
 @triton.jit(do_not_specialize=["n", "seed"])
-def _round_to_kernel(x_ptr, out_ptr, n, seed, MBITS: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl.constexpr,
-                     SATURATE: tl.constexpr, HAS_INF: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
+def _round_to_kernel(x_ptr, out_ptr, n, seed, GRID: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+                     FRAC_BITS: tl.constexpr, MAX_FINITE: tl.constexpr, NEG_LIMIT: tl.constexpr,
+                     SATURATE: tl.constexpr, HAS_INF: tl.constexpr, STOCHASTIC: tl.constexpr, BF16_BITS: tl.constexpr,
+                     BLOCK: tl.constexpr):
     """The integer rounding of :mod:`bertsilicon.formats` (see its docstring), element by element:
 
-        x = sig * 2^(E - 23);  d = 23 - MBITS + max(0, EMIN - E);  q = sig >> d;  rem = sig mod 2^d
+        |x| = sig * 2^(E - 23);  d = qexp - E + 23 clamped to [0, 62];  q = sig >> d;  rem = sig mod 2^d
+        qexp: float max(E, EMIN) - MBITS | float without subnormals: E - MBITS if normal else EMIN
+              | fixed point: -FRAC_BITS
         nearest: q += rem > 2^(d-1) or (rem == 2^(d-1) and q odd)
         stochastic: q += r < rem * 2^(32 - d)   (r = tl.randint(seed, flat index): Philox4x32-10 word 0)
-        result = q * 2^(d + E - 23), overflow policy, sign of x, NaN kept.
+        result = q * 2^(d + E - 23), overflow policy (fixed point: saturate at MAX_FINITE / -NEG_LIMIT),
+        sign of x, NaN kept.
+
+    BF16_BITS: x and out are bf16 tensors viewed as int16; widening (bits << 16) and the final
+    round-to-nearest-even narrowing are done on the bits, exactly, subnormals included (the triton 3.9
+    interpreter's bf16 casts flush subnormals and round ties away from zero).
     """
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    bits = x.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    if BF16_BITS:
+        bits = (tl.load(x_ptr + offs, mask=mask, other=0).to(tl.int64) & 0xFFFF) << 16
+        x = bits.to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        bits = x.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
     mag = bits & 0x7FFFFFFF
     ex = mag >> 23
     man = mag & 0x7FFFFF
     sig = tl.where(ex > 0, man | 0x800000, man)
     E = tl.where(ex > 0, ex - 127, -126)
-    d = (23 - MBITS) + tl.maximum(EMIN - E, 0)
-    d_c = tl.minimum(d, 62)
+    if GRID == 0:
+        qexp = tl.maximum(E, EMIN) - MBITS
+    elif GRID == 1:
+        qexp = tl.where((E >= EMIN) & (sig >= 0x800000), E - MBITS, EMIN)
+    else:
+        qexp = tl.zeros_like(E) - FRAC_BITS
+    d = qexp - E + 23
+    d_c = tl.minimum(tl.maximum(d, 0), 62)
     q = sig >> d_c
     rem = sig - (q << d_c)
     if STOCHASTIC:
         r = tl.randint(seed, offs.to(tl.int32)).to(tl.int64) & 0xFFFFFFFF  # counter = index mod 2^32
-        t = tl.where(d <= 32, rem << tl.maximum(32 - d, 0), rem >> tl.minimum(tl.maximum(d - 32, 0), 62))
+        t = tl.where(d <= 32, rem << tl.minimum(tl.maximum(32 - d, 0), 62), rem >> tl.minimum(tl.maximum(d - 32, 0), 62))
         up = r < t
     else:
         half = tl.where(d > 0, tl.full(d.shape, 1, tl.int64) << tl.maximum(d_c - 1, 0), 1 << 62)
@@ -164,7 +186,7 @@ def _round_to_kernel(x_ptr, out_ptr, n, seed, MBITS: tl.constexpr, EMIN: tl.cons
     # value = q * 2^s (s >= -149). Two normal power-of-two factors keep every product exact and normal;
     # results below 2^-125 are written as fp32 bits directly (q << (s + 149)), so a GPU that flushes
     # subnormal products to zero cannot change them.
-    s = d + E - 23
+    s = d_c + E - 23
     qf = q.to(tl.float32)
     big_s = tl.minimum(tl.maximum(s, -126), 127)
     small_s = tl.minimum(tl.maximum(s + 32, -126), 127)
@@ -173,36 +195,54 @@ def _round_to_kernel(x_ptr, out_ptr, n, seed, MBITS: tl.constexpr, EMIN: tl.cons
     tiny = (s < -126) & (tiny_bits < (1 << 24))
     value = tl.where(tiny, tiny_bits.to(tl.int32).to(tl.float32, bitcast=True), value)
 
-    too_big = (value > MAX_FINITE) | (tl.abs(x) == float("inf"))
-    if SATURATE:
-        value = tl.where(too_big, MAX_FINITE, value)
-    elif HAS_INF:
-        value = tl.where(too_big, float("inf"), value)
+    if GRID == 2:  # two's complement fixed point: saturate, the negative side reaching NEG_LIMIT
+        limit = tl.where(x < 0, NEG_LIMIT, MAX_FINITE)
+        value = tl.where((value > limit) | (tl.abs(x) == float("inf")), limit, value)
     else:
-        value = tl.where(too_big, float("nan"), value)
+        too_big = (value > MAX_FINITE) | (tl.abs(x) == float("inf"))
+        if SATURATE:
+            value = tl.where(too_big, MAX_FINITE, value)
+        elif HAS_INF:
+            value = tl.where(too_big, float("inf"), value)
+        else:
+            value = tl.where(too_big, float("nan"), value)
     # copysign(value, x): value >= 0 here (or NaN), so OR in x's sign bit.
     out_bits = value.to(tl.int32, bitcast=True) | (bits & 0x80000000).to(tl.int32)
     value = out_bits.to(tl.float32, bitcast=True)
     value = tl.where(x != x, x, value)
-    tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
+    if BF16_BITS:  # fp32 -> bf16 bits, round to nearest even (NaN: its top half, which stays NaN)
+        u = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+        rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        tl.store(out_ptr + offs, tl.where(value != value, u >> 16, rounded).to(tl.int16), mask=mask)
+    else:
+        tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def round_to(x: torch.Tensor, fmt: str, rounding: str, seed) -> torch.Tensor:
-    """Launcher: bit-identical to :func:`bertsilicon.formats.round_to` (default overflow policy).
-    Element i of the flattened (contiguous) tensor uses Philox counter i, as the reference does."""
+def round_to(x: torch.Tensor, fmt, rounding: str, seed) -> torch.Tensor:
+    """Launcher: bit-identical to :func:`bertsilicon.formats.round_to` (default overflow policy) for
+    float formats (with or without subnormals) and fixed point; integer formats (which need a scale) are
+    not served here. Element i of the flattened (contiguous) tensor uses Philox counter i, as the
+    reference does."""
     f = _formats.get_format(fmt)
     xc = x.contiguous()
     out = torch.empty_like(xc)
     n = xc.numel()
     if n == 0:
         return out.view(x.shape)
-    policy = _formats.DEFAULT_OVERFLOW.get(f.name, "inf")
+    bf16 = x.dtype == torch.bfloat16
+    if isinstance(f, _formats.FixedFormat):
+        grid_kind, mbits, emin, frac = GRID_FIXED, 0, 0, f.frac_bits
+        neg_limit, saturate, has_inf = -f.min_value, True, False
+    else:
+        grid_kind = GRID_FLOAT if f.subnormals else GRID_FLOAT_NO_SUBNORMALS
+        mbits, emin, frac = f.mbits, f.emin, 0
+        neg_limit, saturate, has_inf = f.max_finite, _formats.default_overflow(f) == "saturate", f.ieee
     seed64 = int(seed or 0) & 0xFFFFFFFFFFFFFFFF
     if seed64 >= 1 << 63:  # pass as a signed int64 with the same bits (tl.randint splits it into two words)
         seed64 -= 1 << 64
     BLOCK = 1024
     _round_to_kernel[(triton.cdiv(n, BLOCK),)](
-        xc, out, n, seed64, MBITS=f.mbits, EMIN=f.emin, MAX_FINITE=float(f.max_finite),
-        SATURATE=policy == "saturate", HAS_INF=f.ieee, STOCHASTIC=rounding == "stochastic", BLOCK=BLOCK,
-        num_warps=4)
+        xc.view(torch.int16) if bf16 else xc, out.view(torch.int16) if bf16 else out, n, seed64, GRID=grid_kind, MBITS=mbits, EMIN=emin, FRAC_BITS=frac,
+        MAX_FINITE=float(f.max_finite), NEG_LIMIT=float(neg_limit), SATURATE=saturate, HAS_INF=has_inf,
+        STOCHASTIC=rounding == "stochastic", BF16_BITS=bf16, BLOCK=BLOCK, num_warps=4)
     return out.view(x.shape)

@@ -102,9 +102,8 @@ def quantize(x, dtype, granularity):
 def _check_round_to(x, fmt, rounding, seed) -> Optional[str]:
     if rounding not in ("nearest", "stochastic"):
         return f"rounding={rounding!r}: the triton kernel does 'nearest' and 'stochastic'"
-    f = _formats.get_format(fmt)
-    if f.ebits > 8 or f.mbits > 23:
-        return f"format {f.name} is wider than float32"
+    if isinstance(_formats.get_format(fmt), _formats.IntFormat):
+        return f"fmt={fmt!r} is an integer format (it needs a scale); the triton kernel does float and fixed-point formats"
     return _float_dtype("x", x)
 
 
