@@ -300,6 +300,7 @@ def calibrated(tmp_path, monkeypatch):
 def test_calibration_drives_local_predictions(calibrated, tmp_path):
     stored = json.loads((tmp_path / "cal.json").read_text())
     assert list(stored["records"]) == [f"cpu:{torch.get_num_threads()}"]
+    assert calibration.load_calibration() == json.loads(json.dumps(calibrated))
     hw = get_hardware("local")
     assert hw.name == "local" and "measured" in hw.source
     for p in ("fp32", "bf16", "int8"):
@@ -313,6 +314,19 @@ def test_calibration_drives_local_predictions(calibrated, tmp_path):
     gemm = next(r for r in rep.rows if r["op"] == "ffn up")
     per_kernel = gemm["matmul_flops"]
     assert math.isclose(gemm["t_compute_s"], per_kernel / hw.gemm_rate("int8", per_kernel), rel_tol=1e-12)
+    gelu = next(r for r in rep.rows if r["op"] == "gelu")
+    assert math.isclose(gelu["t_compute_s"], gelu["flops"] / hw.elementwise_rate("gelu", gelu["flops"]),
+                        rel_tol=1e-12)
+    assert len(calibrated["elementwise_curve"]["softmax"]) == 2
+    # SDPA attention (HF's default) is one kernel priced at the measured fused-attention rate
+    att = [r for r in rep.rows if r["layer"] == "layer 0" and r["op"] in ("attention scores", "softmax", "context")]
+    both = 2 * att[0]["matmul_flops"]
+    assert math.isclose(att[0]["t_compute_s"], both / hw.fused_attention_rate(both), rel_tol=1e-12)
+    assert att[1]["t_compute_s"] == att[2]["t_compute_s"] == 0.0 and att[1]["bound"] == "fused"
+    eager = profile("tinybert4", hardware="local", precision="int8", attn_implementation="eager")
+    att_e = next(r for r in eager.rows if r["op"] == "attention scores")
+    assert math.isclose(att_e["t_compute_s"], att_e["matmul_flops"] / hw.attention_rate("fp32", att_e["matmul_flops"])
+                        + 2 * 12 * 128 * 128 / hw.elementwise_rate("add", 2 * 12 * 128 * 128), rel_tol=1e-12)
     assert hw.launch_overhead_s == calibrated["launch_overhead_s"] and hw.bandwidth == calibrated["bandwidth"]
     with pytest.raises(ValueError, match="local.*supports"):
         profile("tinybert4", hardware="local", precision="fp16")

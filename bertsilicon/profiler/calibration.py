@@ -7,10 +7,11 @@ What is measured (PyTorch eager, ``torch.get_num_threads()`` threads, medians of
   ``F.linear`` (weight ``[N, K]``, bias) and ``int8`` with ``torch._int_mm`` (int8 x int8 -> int32;
   PyTorch's dynamic int8 linear where the build lacks it);
   shapes are the GEMMs of BERT students (K, N in 128..3072; M = tokens in 64..4096).
-* the batched attention products (``[b, S, d] @ [b, d, S]``, fp32),
-* element-wise throughput (add, GELU, softmax, LayerNorm) as FLOP/s in the counting convention of
-  :data:`.counts.FLOPS_PER_ELEMENT`, and memory bandwidth from ``c = a + b`` on tensors far larger than
-  the caches (3 x 4 bytes per element moved),
+* the batched attention products (``[b, S, d] @ [b, d, S]``, fp32) and the fused attention
+  ``F.scaled_dot_product_attention`` (what HF runs with ``attn_implementation="sdpa"``),
+* element-wise throughput (add, GELU, softmax, LayerNorm, ReLU) at activation sizes from 24k to 12.6M
+  elements, as FLOP/s in the counting convention of :data:`.counts.FLOPS_PER_ELEMENT`,
+* memory bandwidth from ``c = a + b`` on tensors far larger than the caches (3 x 4 bytes per element),
 * the per-op overhead: the time of an ``nn.Linear`` call on a 1 x 8 input (module call + dispatch).
 
 The record is stored as JSON in ``$BERTSILICON_CALIBRATION`` or ``~/.cache/bertsilicon/calibration.json``
@@ -32,12 +33,17 @@ from .counts import FLOPS_PER_ELEMENT
 from .hardware import Hardware
 
 ENV = "BERTSILICON_CALIBRATION"
+VERSION = 2  # records of another version are measured again
 
 _GEMMS_FULL = [(64, 128, 128), (128, 312, 312), (128, 384, 384), (128, 384, 1536), (128, 768, 768),
                (512, 768, 768), (1024, 384, 1536), (1024, 768, 3072), (4096, 384, 1536), (4096, 768, 3072)]
 _GEMMS_QUICK = [(64, 128, 128), (256, 256, 256), (512, 384, 512)]
 _ATTN_FULL = [(12, 128, 26), (12, 128, 32), (12, 128, 64), (96, 128, 32), (384, 128, 32), (384, 128, 64)]
 _ATTN_QUICK = [(4, 64, 32), (12, 128, 32)]
+_SDPA_FULL = [(1, 12, 128, 26), (1, 12, 128, 32), (1, 12, 128, 64), (8, 12, 128, 32), (32, 12, 128, 64)]
+_SDPA_QUICK = [(1, 4, 64, 32), (2, 12, 128, 32)]
+_EW_FULL = [3 << 13, 3 << 16, 3 << 19, 3 << 22]  # elements: 24k .. 12.6M (multiples of 384)
+_EW_QUICK = [3 << 10, 3 << 16]
 
 
 def calibration_path() -> Path:
@@ -107,9 +113,11 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
     threads = torch.get_num_threads()
     min_time, repeats = (0.002, 3) if quick else (0.05, 5)
     gemms, attns = (_GEMMS_QUICK, _ATTN_QUICK) if quick else (_GEMMS_FULL, _ATTN_FULL)
-    n_elem = 1 << 20 if quick else 1 << 24
+    sdpas = _SDPA_QUICK if quick else _SDPA_FULL
+    ew_sizes = _EW_QUICK if quick else _EW_FULL
+    n_big = 1 << 20 if quick else 1 << 24  # bandwidth: far larger than the caches (3 x 64 MB)
     gen = torch.Generator().manual_seed(0)
-    steps = 3 * len(gemms) + len(attns) + 6
+    steps = 3 * len(gemms) + len(attns) + len(sdpas) + 5 * len(ew_sizes) + 2
     bar = tqdm(total=steps, desc="calibrating", disable=not progress)
     curves = {"fp32": [], "bf16": [], "int8": []}
     with torch.inference_mode():
@@ -131,36 +139,41 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
             flops = 2.0 * bsz * S * S * d
             attention.append((flops, flops / _time(lambda: torch.matmul(q, k), min_time, repeats)))
             bar.update()
-        a = torch.randn(n_elem, generator=gen)
-        b = torch.randn(n_elem, generator=gen)
+        fused_attention = []
+        for bsz, heads, S, d in sdpas:
+            q, k, v = (torch.randn(bsz, heads, S, d, generator=gen) for _ in range(3))
+            flops = 4.0 * bsz * heads * S * S * d  # both matmuls
+            fused_attention.append((flops, flops / _time(lambda: F.scaled_dot_product_attention(q, k, v),
+                                                         min_time, repeats)))
+            bar.update()
+        a = torch.randn(n_big, generator=gen)
+        b = torch.randn(n_big, generator=gen)
         c = torch.empty_like(a)
-        t_add = _time(lambda: torch.add(a, b, out=c), min_time, repeats)
-        bandwidth = 3 * 4 * n_elem / t_add
+        bandwidth = 3 * 4 * n_big / _time(lambda: torch.add(a, b, out=c), min_time, repeats)
         bar.update()
-        rates = {"add": n_elem * FLOPS_PER_ELEMENT["add"] / t_add}
-        rates["gelu"] = n_elem * FLOPS_PER_ELEMENT["gelu"] / _time(lambda: F.gelu(a), min_time, repeats)
-        bar.update()
-        rows = a.view(-1, 128)
-        rates["softmax"] = n_elem * FLOPS_PER_ELEMENT["softmax"] / _time(lambda: torch.softmax(rows, -1),
-                                                                         min_time, repeats)
-        bar.update()
-        h = a[: (n_elem // 384) * 384].view(-1, 384)
+        elementwise = {cls: [] for cls in ("add", "gelu", "softmax", "layernorm", "relu")}
         g, beta = torch.ones(384), torch.zeros(384)
-        rates["layernorm"] = h.numel() * FLOPS_PER_ELEMENT["layernorm"] / _time(
-            lambda: F.layer_norm(h, (384,), g, beta), min_time, repeats)
-        bar.update()
-        rates["relu"] = n_elem * FLOPS_PER_ELEMENT["relu"] / _time(lambda: torch.relu(a), min_time, repeats)
-        bar.update()
+        for n in ew_sizes:  # activation sizes of BERT students: cache-resident to DRAM-sized
+            x, y, z = a[:n], b[:n], c[:n]
+            rows, h = x.view(-1, 128), x.view(-1, 384)
+            for cls, fn in (("add", lambda: torch.add(x, y, out=z)), ("gelu", lambda: F.gelu(x)),
+                            ("softmax", lambda: torch.softmax(rows, -1)),
+                            ("layernorm", lambda: F.layer_norm(h, (384,), g, beta)), ("relu", lambda: torch.relu(x))):
+                flops = n * FLOPS_PER_ELEMENT[cls]
+                elementwise[cls].append((flops, flops / _time(fn, min_time, repeats)))
+                bar.update()
         tiny = torch.nn.Linear(8, 8)
         xt = torch.randn(1, 8, generator=gen)
         overhead = _time(lambda: tiny(xt), 0.01 if quick else 0.05, repeats)
         bar.update()
     bar.close()
     record = {
-        "device": "cpu", "threads": threads, "quick": quick, "cpu": _cpu_name(),
+        "version": VERSION, "device": "cpu", "threads": threads, "quick": quick, "cpu": _cpu_name(),
         "torch": torch.__version__, "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "gemm_curve": {p: sorted(v) for p, v in curves.items()}, "attention_curve": sorted(attention),
-        "elementwise_rate": rates, "bandwidth": bandwidth, "launch_overhead_s": overhead,
+        "fused_attention_curve": sorted(fused_attention),
+        "elementwise_curve": {k: sorted(v) for k, v in elementwise.items()}, "bandwidth": bandwidth,
+        "launch_overhead_s": overhead,
     }
     path = Path(path) if path else calibration_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,21 +197,24 @@ def load_calibration(threads: Optional[int] = None, path=None) -> Optional[dict]
     import torch
 
     threads = threads or torch.get_num_threads()
-    return _load(Path(path) if path else calibration_path()).get("records", {}).get(_key(threads))
+    rec = _load(Path(path) if path else calibration_path()).get("records", {}).get(_key(threads))
+    return rec if isinstance(rec, dict) and rec.get("version") == VERSION else None
 
 
 def hardware_from_record(rec: dict) -> Hardware:
     curves = {p: [tuple(x) for x in v] for p, v in rec["gemm_curve"].items() if v}
     peak = {p: max(r for _, r in v) for p, v in curves.items()}
     peak.setdefault("fp16", 0.0)
-    rates = rec["elementwise_rate"]
+    elementwise = {k: [tuple(x) for x in v] for k, v in rec["elementwise_curve"].items()}
     return Hardware(
-        name="local", kind="cpu", peak=peak, vector_flops=max(rates.values()), bandwidth=rec["bandwidth"],
+        name="local", kind="cpu", peak=peak, vector_flops=max(r for v in elementwise.values() for _, r in v),
+        bandwidth=rec["bandwidth"],
         launch_overhead_s=rec["launch_overhead_s"], tdp_w=None, process="unknown",
         source=(f"measured by `bertsilicon profile --calibrate` at {rec['measured_at']} on {rec['cpu']}, "
                 f"{rec['threads']} threads, torch {rec['torch']}{' (quick)' if rec.get('quick') else ''}"),
         int8_float="fp32", static_w=0.0, gemm_curve=curves,
-        attention_curve=[tuple(x) for x in rec.get("attention_curve", [])], elementwise_rate=dict(rates))
+        attention_curve=[tuple(x) for x in rec["attention_curve"]],
+        fused_attention_curve=[tuple(x) for x in rec["fused_attention_curve"]], elementwise_curve=elementwise)
 
 
 def local_hardware(threads: Optional[int] = None) -> Hardware:

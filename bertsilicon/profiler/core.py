@@ -1,6 +1,7 @@
 """``bertsilicon.profile``: counts -> priced rows -> :class:`~.report.Report` (optionally measured)."""
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Tuple
 
 from .arch import Arch, arch_from_config
@@ -55,6 +56,8 @@ def resolve(model_or_config) -> Tuple[Arch, str, bool, List[Tuple[str, int, int]
         pooler = getattr(base, "pooler", None)
         has_pooler = pooler is not None and (getattr(pooler, "dense", None) is not None)
         name = getattr(config, "name_or_path", "") or type(model).__name__
+        if os.sep in name:  # a local folder: its last two parts are enough to recognise it
+            name = "/".join(name.rstrip(os.sep).split(os.sep)[-2:])
         arch = arch_from_config(config, pooler=has_pooler, name=name)
         fused = hasattr(model, "bertsilicon_report")
         return arch, name, fused, _model_head(model), _optimized_precision(model), model

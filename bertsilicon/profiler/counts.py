@@ -57,6 +57,7 @@ class Op:
     kernels: int = 0             # kernel launches / framework dispatches
     gemm_kernels: int = 0        # of which matrix products (sets the GEMM size used for a rate curve)
     tokens: int = 0              # tokens this op ran on
+    group: str = ""              # "attention": scores/softmax/context run as one fused kernel
 
     @property
     def matmul_flops(self) -> int:
@@ -143,11 +144,13 @@ def _attention(layer: str, a: Arch, T: int, pairs: int, fused: bool) -> List[Op]
     """scores = Q K^T * scale + mask; P = softmax(scores); ctx = P V. ``pairs`` = sum_i n_i^2."""
     A, d, W = a.heads, a.head_dim, a.inner
     sp = A * pairs  # score elements
-    if fused:
+    if fused:  # one kernel (flash-style): reads Q, K, V, writes the context; the scores stay on chip
+        g = "attention"
         scores = Op(layer, "attention scores", ATTENTION, macs=sp * d, other_flops=2 * sp, act_in_elems=2 * T * W,
-                    kernels=1, gemm_kernels=1, tokens=T)
-        softmax = Op(layer, "softmax", ELEMENTWISE, other_flops=FLOPS_PER_ELEMENT["softmax"] * sp, tokens=T)
-        context = Op(layer, "context", ATTENTION, macs=sp * d, act_in_elems=T * W, act_out_elems=T * W, tokens=T)
+                    kernels=1, gemm_kernels=1, tokens=T, group=g)
+        softmax = Op(layer, "softmax", ELEMENTWISE, other_flops=FLOPS_PER_ELEMENT["softmax"] * sp, tokens=T, group=g)
+        context = Op(layer, "context", ATTENTION, macs=sp * d, act_in_elems=T * W, act_out_elems=T * W, tokens=T,
+                     group=g)
     else:  # matmul writes S; *scale reads/writes; +mask reads/writes; softmax reads/writes; PV; transpose copy
         scores = Op(layer, "attention scores", ATTENTION, macs=sp * d, other_flops=2 * sp,
                     act_in_elems=2 * T * W + 2 * sp, act_out_elems=3 * sp, kernels=3, gemm_kernels=1, tokens=T)

@@ -39,8 +39,9 @@ class Hardware:
     static_w: Optional[float] = None  # static/idle power; None -> 0.3 x TDP (stated assumption)
     # measured GEMM rates: precision -> [(flops of one GEMM, FLOP/s)], ascending; only for "local"
     gemm_curve: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)
-    attention_curve: List[Tuple[float, float]] = field(default_factory=list)
-    elementwise_rate: Dict[str, float] = field(default_factory=dict)  # op class -> FLOP/s (measured)
+    attention_curve: List[Tuple[float, float]] = field(default_factory=list)  # batched Q K^T / P V
+    fused_attention_curve: List[Tuple[float, float]] = field(default_factory=list)  # SDPA: both matmuls
+    elementwise_curve: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)  # op class -> curve
     aliases: Tuple[str, ...] = ()
 
     @property
@@ -64,6 +65,16 @@ class Hardware:
         if self.attention_curve and precision == "fp32":
             return _interp(self.attention_curve, flops)
         return self.gemm_rate(precision, flops)
+
+    def fused_attention_rate(self, flops: float) -> Optional[float]:
+        """Matmul FLOP/s of a whole fused attention kernel (softmax included), measured; None if not."""
+        return _interp(self.fused_attention_curve, flops) if self.fused_attention_curve else None
+
+    def elementwise_rate(self, op_class: str, flops: float) -> float:
+        """FLOP/s of an element-wise op (``add``, ``gelu``, ``softmax``, ``layernorm``, ``relu``) of ``flops``
+        FLOPs: measured curve when calibrated, else the fp32 vector peak."""
+        curve = self.elementwise_curve.get(op_class)
+        return _interp(curve, flops) if curve else self.vector_flops
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -16,7 +16,8 @@ COUNTED = [
     + " (a transcendental counts as 1); all FLOPs = matmul FLOPs + element-wise FLOPs",
     "parameters: every parameter of the model (embedding tables, LayerNorm/NoNorm, biases, pooler, head)",
     "bytes moved: each kernel reads its inputs and weights from DRAM and writes its outputs (no reuse between "
-    "kernels through caches); eager decomposition for a plain model, fused kernels for an optimized one",
+    "kernels through caches); HF eager kernels for a plain model (attention as separate kernels with "
+    "attn_implementation='eager', as one kernel with 'sdpa'), the fused kernels for an optimized one",
     "activation bytes: every activation tensor written (a sum over ops, not a peak)",
     "real-token counts with an attention mask: padding stripped after the embeddings; attention scales with "
     "the sum of squared real lengths",

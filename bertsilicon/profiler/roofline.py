@@ -4,7 +4,7 @@ For each op (counts in :mod:`.counts`):
 
     bytes     = weights x b_w + (biases, norms, gathered table rows, activations) x b_f
                 (+ GEMM inputs x 1 byte at int8)
-    t_compute = matmul FLOPs / R_gemm(precision, GEMM size) + element-wise FLOPs / R_vector
+    t_compute = matmul FLOPs / R_gemm(precision, GEMM size) + element-wise FLOPs / R_vector(op, size)
     t_memory  = bytes / bandwidth
     latency   = max(t_compute, t_memory) + kernels x launch overhead
     energy    = MACs x E_mac + element-wise FLOPs x E_flop + bytes x E_dram + P_static x latency
@@ -12,7 +12,9 @@ For each op (counts in :mod:`.counts`):
 ``b_w`` / ``b_f``: bytes per weight / float element — fp32 4/4, bf16 and fp16 2/2, int8 1 (weights and
 GEMM inputs) with activations in ``hardware.int8_float``. The attention products run in the float
 format (int8 quantises only the weight GEMMs, DESIGN.md). On a datasheet device R_gemm is the dense peak
-(so the latency is a lower bound plus overhead); on ``"local"`` it is the measured rate at that GEMM size.
+(so the latency is a lower bound plus overhead); on ``"local"`` it is the measured rate at that GEMM size,
+R_vector the measured rate of that element-wise op at that size, and a fused attention (SDPA) is priced
+as one kernel at the measured SDPA rate (both matmuls; its softmax included).
 """
 from __future__ import annotations
 
@@ -43,16 +45,20 @@ def price(ops: Sequence[Op], hw: Hardware, precision: str, energy: EnergyTable) 
         weight_bytes = o.weight_elems * b_w + (o.params - o.weight_elems) * b_f
         moved = (o.weight_elems * b_w + (o.vector_param_elems + o.table_elems_read + o.act_in_elems
                                          + o.act_out_elems) * b_f + o.gemm_in_elems * b_in)
-        ew_rate = hw.elementwise_rate.get(_ew_class(o), hw.vector_flops)
         per_kernel = o.matmul_flops / max(o.gemm_kernels, 1)
-        if o.kind == GEMM:
+        fused_rate = hw.fused_attention_rate(2 * o.matmul_flops) if o.group == "attention" else None
+        if fused_rate is not None:  # measured fused attention: its rate covers both matmuls and the softmax
+            t_compute = 2 * o.matmul_flops / fused_rate if o.op == "attention scores" else 0.0
+            mac_pj = energy.mac_pj[fp]
+        elif o.kind == GEMM:
             t_compute = o.matmul_flops / hw.gemm_rate(precision, per_kernel)
             mac_pj = energy.mac_pj[precision]
         elif o.kind == ATTENTION:
-            t_compute = o.matmul_flops / hw.attention_rate(fp, per_kernel) + o.other_flops / ew_rate
+            t_compute = (o.matmul_flops / hw.attention_rate(fp, per_kernel)
+                         + o.other_flops / hw.elementwise_rate("add", o.other_flops))
             mac_pj = energy.mac_pj[fp]
         else:
-            t_compute = o.other_flops / ew_rate
+            t_compute = o.other_flops / hw.elementwise_rate(_ew_class(o), o.other_flops) if o.other_flops else 0.0
             mac_pj = 0.0
         t_memory = moved / hw.bandwidth
         t_overhead = o.kernels * hw.launch_overhead_s
