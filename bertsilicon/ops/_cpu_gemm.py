@@ -1,1 +1,241 @@
-"""The ``cpu`` backend's GEMM family (linear, quantize, int8_linear). Imported by :mod:`._cpu`."""
+"""The ``cpu`` backend's GEMM family: ``linear``, ``quantize``, ``int8_linear`` (C++ in csrc/gemm*.cpp,
+csrc/quantize.cpp). Imported by :mod:`._cpu`.
+
+Weights are pre-packed into the micro-kernel's panel layout (``csrc/gemm_common.h``, ``PackKind``). The
+registered ops take plain ``nn.Linear`` weights and pack them on every call (an ``N x K`` copy, a few
+percent of the GEMM); a caller that runs the same weight many times (the model wrapper) packs once::
+
+    from bertsilicon.ops import _cpu_gemm
+    pw = _cpu_gemm.pack_linear(layer.weight)           # fp32 / bf16 weight [N, K]
+    y = _cpu_gemm.linear_packed(x, pw, layer.bias, "gelu")
+    pq = _cpu_gemm.pack_int8(w_q)                      # int8 weight [N, K]
+    y = _cpu_gemm.int8_linear_packed(x_q, x_scale, pq, w_scale, bias, "gelu")
+
+A :class:`PackedWeight` remembers its source tensor and that tensor's version counter: if the weight
+was changed in place (``w.copy_(...)``, an optimizer step) or the instruction-set path was switched
+(:func:`bertsilicon.ops._cpu.set_isa`), it is re-packed on the next call, so a stale pack is never
+used. (Writes through ``w.data`` bypass the version counter: re-pack explicitly after those.)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .. import _C
+from ._cpu import threads
+from ._dispatch import register
+from ._validate import contiguous, first_reason
+
+# Enum values shared with csrc/gemm_common.h
+_ELEM = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+_ACT = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+_OUT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int32: 3}
+
+# Which GEMM serves float `linear`: "own" (packed-B register-blocked micro-kernel with the epilogue
+# fused on the register tile) or "torch" (torch.matmul, then our epilogue in one in-place pass).
+# Both are measured by bench/kernels/bench_linear.py; the faster on this machine is the default.
+LINEAR_GEMM = os.environ.get("BERTSILICON_LINEAR_GEMM", "own")
+if LINEAR_GEMM not in ("own", "torch"):
+    raise ValueError(f"BERTSILICON_LINEAR_GEMM={LINEAR_GEMM!r}; expected 'own' or 'torch'")
+
+
+def _dtype_reason(name: str, t: Optional[torch.Tensor], dtypes) -> Optional[str]:
+    if t is not None and t.dtype not in dtypes:
+        return f"{name} has dtype {t.dtype}; the cpu kernel takes {', '.join(map(str, dtypes))}"
+    return None
+
+
+def _f32(t: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+    """fp32, contiguous, ``n`` values (one value is broadcast); None stays None."""
+    if t is None:
+        return None
+    t = t.reshape(-1).to(torch.float32)
+    return (t.expand(n) if t.numel() == 1 else t).contiguous()
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Packed weights                                                                                  #
+# ---------------------------------------------------------------------------------------------- #
+@dataclass
+class PackedWeight:
+    """A weight ``[N, K]`` in the panel layout the active kernel path reads (see module docstring)."""
+
+    source: torch.Tensor  # the weight as given (kept: re-packing, and the scalar path reads it)
+    version: int          # source._version when packed
+    kind: int             # PackKind (csrc/gemm_common.h)
+    data: torch.Tensor    # uint8 buffer; empty for the scalar path, which reads `source`
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.source.shape)
+
+    @property
+    def layout(self) -> str:
+        return _C.gemm_pack_name(self.kind)
+
+    def ptr(self) -> int:
+        return self.data.data_ptr() if self.kind else self.source.data_ptr()
+
+    def fresh(self) -> "PackedWeight":
+        """This pack, or a new one if the source changed in place or the ISA path changed."""
+        if self.version == self.source._version and self.kind == _C.gemm_pack_kind(_ELEM[self.source.dtype]):
+            return self
+        return _pack(self.source)
+
+
+def _pack(weight: torch.Tensor) -> PackedWeight:
+    w = weight.detach().contiguous()
+    N, K = w.shape
+    kind = _C.gemm_pack_kind(_ELEM[w.dtype])
+    data = torch.empty(_C.gemm_packed_bytes(kind, N, K), dtype=torch.uint8)
+    if kind and data.numel():
+        _C.gemm_pack(kind, w.data_ptr(), _ELEM[w.dtype], N, K, data.data_ptr(), threads())
+    return PackedWeight(w, weight._version, kind, data)
+
+
+def _check_weight(name: str, w, dtypes) -> Optional[str]:
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        return f"{name} must be a 2-D tensor [N, K]"
+    return _dtype_reason(name, w, dtypes) or (f"{name} is on {w.device}; expected a CPU tensor" if w.device.type != "cpu" else None)
+
+
+def pack_linear(weight: torch.Tensor) -> PackedWeight:
+    """Pack an fp32 or bf16 ``nn.Linear`` weight ``[N, K]`` once for :func:`linear_packed`."""
+    reason = _check_weight("weight", weight, (torch.float32, torch.bfloat16))
+    if reason:
+        raise ValueError(reason)
+    return _pack(weight)
+
+
+def pack_int8(w_q: torch.Tensor) -> PackedWeight:
+    """Pack an int8 weight ``[N, K]`` once for :func:`int8_linear_packed` (VNNI layout with its
+    ``128 * sum_k w`` compensation where the CPU has AVX512-VNNI, int16 pairs on AVX2)."""
+    reason = _check_weight("w_q", w_q, (torch.int8,))
+    if reason:
+        raise ValueError(reason)
+    return _pack(w_q)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# linear                                                                                          #
+# ---------------------------------------------------------------------------------------------- #
+def _check_linear(x, weight, bias, activation) -> Optional[str]:
+    return first_reason(_dtype_reason("x", x, (torch.float32, torch.bfloat16)),
+                        contiguous("x", x), contiguous("bias", bias))
+
+
+def linear_packed(x: torch.Tensor, packed: PackedWeight, bias: Optional[torch.Tensor] = None,
+                  activation: Optional[str] = None) -> torch.Tensor:
+    """activation(x @ W^T + bias) with W pre-packed by :func:`pack_linear`; x ``[..., K]`` contiguous,
+    x's dtype = W's dtype (fp32 or bf16); fp32 accumulation, epilogue in fp32, one rounding to x's dtype."""
+    packed = packed.fresh()
+    N, K = packed.shape
+    if x.dtype != packed.source.dtype or x.shape[-1] != K or not x.is_contiguous():
+        raise ValueError(f"x must be a contiguous {packed.source.dtype} tensor [..., {K}]; got {x.dtype} "
+                         f"{tuple(x.shape)} (contiguous={x.is_contiguous()})")
+    out = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    M = out.numel() // N
+    bias32 = _f32(bias, N)  # held in a name: C++ reads it after this line
+    _C.linear(packed.kind, x.data_ptr(), _ELEM[x.dtype], M, K, packed.ptr(), N, _ptr(bias32),
+              _ACT[activation], out.data_ptr(), _OUT[x.dtype], threads())
+    return out
+
+
+def linear_torch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                      activation: Optional[str] = None) -> torch.Tensor:
+    """The other candidate: torch's GEMM (``F.linear``, bias fused by addmm), then our activation in
+    one in-place pass over the output. For bf16 the activation reads the bf16-rounded GEMM output."""
+    y = torch.nn.functional.linear(x, weight, None if bias is None else bias.to(x.dtype))
+    if activation is not None and y.numel():
+        y = y.contiguous()
+        _C.gemm_epilogue_inplace(y.data_ptr(), _ELEM[y.dtype], y.numel() // y.shape[-1], y.shape[-1], 0,
+                                 _ACT[activation], threads())
+    return y
+
+
+@register("linear", "cpu", check=_check_linear)
+def linear(x, weight, bias, activation):
+    if LINEAR_GEMM == "torch":
+        return linear_torch_gemm(x, weight, bias, activation)
+    return linear_packed(x, _pack(weight), bias, activation)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# quantize                                                                                        #
+# ---------------------------------------------------------------------------------------------- #
+def _check_quantize(x, dtype, granularity) -> Optional[str]:
+    return first_reason(_dtype_reason("x", x, (torch.float32, torch.bfloat16)), contiguous("x", x))
+
+
+@register("quantize", "cpu", check=_check_quantize)
+def quantize(x, dtype, granularity):
+    shape = list(x.shape)
+    if granularity == "per_token":
+        scale_shape, cols = shape[:-1] + [1], shape[-1]
+    elif granularity == "per_channel":
+        scale_shape, cols = shape[:1] + [1] * (len(shape) - 1), x[0].numel() if shape[0] else 0
+    else:
+        scale_shape, cols = [1] * len(shape), x.numel()
+    q = torch.empty(shape, dtype=torch.int8)
+    if x.numel() == 0:
+        return q, torch.ones(scale_shape, dtype=torch.float32)
+    scale = torch.empty(scale_shape, dtype=torch.float32)
+    _C.quantize(x.data_ptr(), _ELEM[x.dtype], x.numel() // cols, cols, granularity == "per_tensor",
+                q.data_ptr(), scale.data_ptr(), threads())
+    return q, scale
+
+
+# ---------------------------------------------------------------------------------------------- #
+# int8_linear                                                                                     #
+# ---------------------------------------------------------------------------------------------- #
+def _check_int8_linear(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype) -> Optional[str]:
+    return first_reason(contiguous("x_q", x_q))
+
+
+def _int8_gemm(x_q, x_scale, packed: PackedWeight, w_scale, bias, activation, out_dtype) -> torch.Tensor:
+    packed = packed.fresh()
+    N, K = packed.shape
+    if x_q.dtype != torch.int8 or x_q.shape[-1] != K or not x_q.is_contiguous():
+        raise ValueError(f"x_q must be a contiguous int8 tensor [..., {K}]; got {x_q.dtype} {tuple(x_q.shape)} "
+                         f"(contiguous={x_q.is_contiguous()})")
+    out = torch.empty(*x_q.shape[:-1], N, dtype=out_dtype)
+    if out.numel() == 0:
+        return out
+    M = out.numel() // N
+    # fp32 copies held in names for the duration of the C++ call (it reads raw pointers)
+    xs, ws, bias32 = _f32(x_scale, M), _f32(w_scale, N), _f32(bias, N)
+    if out_dtype == torch.int32:  # raw sums; the scales are not read
+        xs, ws = torch.ones(M), torch.ones(N)
+    _C.int8_linear(packed.kind, x_q.data_ptr(), M, K, packed.ptr(), N, xs.data_ptr(), ws.data_ptr(),
+                   _ptr(bias32), _ACT[activation], out.data_ptr(), _OUT[out_dtype], threads())
+    return out
+
+
+def int8_linear_packed(x_q, x_scale, packed: PackedWeight, w_scale, bias=None, activation=None,
+                       out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """activation((x_q @ W_q^T) * x_scale * w_scale + bias) with W_q pre-packed by :func:`pack_int8`;
+    semantics and argument shapes as :func:`bertsilicon.ops.int8_linear`."""
+    if out_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"out_dtype={out_dtype} is not supported; expected float32, bfloat16 or float16")
+    return _int8_gemm(x_q, x_scale, packed, w_scale, bias, activation, out_dtype)
+
+
+def int8_matmul(x_q: torch.Tensor, w_q) -> torch.Tensor:
+    """Exact int32 ``x_q [M, K] @ w_q[N, K]^T`` (w_q an int8 tensor or a :func:`pack_int8` result): the
+    bare int8 GEMM, for tests and for measuring against ``torch._int_mm``."""
+    packed = w_q if isinstance(w_q, PackedWeight) else pack_int8(w_q)
+    return _int8_gemm(x_q, None, packed, None, None, None, torch.int32)
+
+
+@register("int8_linear", "cpu", check=_check_int8_linear)
+def int8_linear(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype):
+    return _int8_gemm(x_q, x_scale, _pack(w_q), w_scale, bias, activation, out_dtype)

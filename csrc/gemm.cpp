@@ -1,0 +1,437 @@
+// The GEMM family: out[M, N] = act(A[M, K] @ B[N, K]^T (+ bias)) for fp32, bf16 and int8 inputs.
+//
+// Structure (one driver, one register-blocked micro-kernel per instruction set, templated on the
+// multiply-accumulate instruction):
+//   * B (the weight, nn.Linear layout [N, K]) is packed once into panels of NR columns (see
+//     gemm_common.h, PackKind): at k-step s one 64-byte load gives 16 columns x G k-values.
+//   * A (activations) is read in place as 32-bit groups of G values (fp32: 1, bf16 pair: 2,
+//     u8 quad: 4); bf16 with odd K and int8 are first copied to a padded (and, for int8, shifted or
+//     widened) buffer — M x K bytes, negligible next to the 2 M N K operations.
+//   * Micro-kernel: MR = 6 rows x NR columns of accumulators live in registers for the whole K
+//     (AVX-512: 6 x 4 zmm = 24 accumulators, NR 64; AVX2: 6 x 2 ymm = 12, NR 16). Per k-step it
+//     loads NR/16 B vectors and broadcasts 6 A groups: 24 (resp. 12) multiply-accumulates per 10
+//     (resp. 8) loads. No K blocking: the B panel (K x 64 x 4 bytes, 96 KB at K 384, 768 KB at
+//     K 3072) stays in L2 while the 6-row A strips stream past it, so the tile is finished in
+//     registers and the epilogue (dequant, bias, activation, rounding to the output type) runs on
+//     it before the single store: the output is written once and never re-read.
+//   * Threads split (panel, row-block) tiles, panel-major, so each thread keeps its own B panels.
+// FLOPs: 2 M N K. Bytes: A M K e + B N K e (+ packing N K e per unpacked call) + out M N o.
+//
+// Multiply-accumulate per k-step and lane (acc: 16 fp32 / int32 lanes):
+//   fp32  (G 1): acc += a * b                                   vfmadd231ps
+//   bf16  (G 2): acc += a0 b0 + a1 b1 (exact products, fp32 sum)  vdpbf16ps
+//   int8  (G 4): acc += sum_j (a_j + 128) b_j  (u8 x s8)          vpdpbusd, then acc -= comp[n]
+//                with comp[n] = 128 sum_k b[n, k] precomputed at packing; int32 wrap-around
+//                arithmetic makes the result exact whenever the true sum fits int32.
+//   int8 w/o VNNI (G 2): acc += a0 b0 + a1 b1 on sign-extended int16  vpmaddwd + vpaddd: the
+//                pair sum is at most 2 * 128 * 128 = 32768 in int32, so nothing saturates (the
+//                vpmaddubsw path would saturate its int16 pair sums at 32767).
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "gemm.h"
+#include "simd.h"
+
+namespace bs {
+
+// -------------------------------------------------------------------------------------------- //
+// Packing                                                                                       //
+// -------------------------------------------------------------------------------------------- //
+int64_t gemm_packed_bytes(PackKind kind, int64_t N, int64_t K) {
+  const PackInfo p = pack_info(kind);
+  if (kind == PackKind::Raw) return 0;
+  const int64_t np = ceil_div(N, p.nr) * p.nr, kp = ceil_div(K, p.group) * p.group;
+  return np * kp * p.elem_bytes + (p.comp ? np * 4 : 0);
+}
+
+template <class Src, class Dst, class Conv>
+static void pack_panels(const Src* w, int64_t N, int64_t K, Dst* dst, int nr, int group, int threads,
+                        Conv conv) {
+  const int64_t steps = ceil_div(K, group), panels = ceil_div(N, nr);
+  parallel_for(panels, threads, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      Dst* panel = dst + p * steps * nr * group;
+      // 16 k-steps at a time: the 16 x nr x group destination block (4 KB at nr 64) stays in L1
+      // while each of the nr source rows contributes 16 x group consecutive values.
+      for (int64_t s0 = 0; s0 < steps; s0 += 16) {
+        const int64_t s1 = std::min<int64_t>(steps, s0 + 16);
+        const int64_t full = std::min<int64_t>(s1, K / group);  // steps with no k >= K
+        for (int c = 0; c < nr; ++c) {
+          const int64_t n = p * nr + c;
+          Dst* d = panel + c * group;
+          if (n >= N) {
+            for (int64_t s = s0; s < s1; ++s)
+              for (int g = 0; g < group; ++g) d[s * nr * group + g] = Dst(0);
+            continue;
+          }
+          const Src* row = w + n * K;
+          for (int64_t s = s0; s < full; ++s)
+            for (int g = 0; g < group; ++g) d[s * nr * group + g] = conv(row[s * group + g]);
+          for (int64_t s = std::max(s0, full); s < s1; ++s)
+            for (int g = 0; g < group; ++g) {
+              const int64_t k = s * group + g;
+              d[s * nr * group + g] = k < K ? conv(row[k]) : Dst(0);
+            }
+        }
+      }
+    }
+  });
+}
+
+void gemm_pack(PackKind kind, const void* w, ElemType wt, int64_t N, int64_t K, void* dst, int threads) {
+  const PackInfo p = pack_info(kind);
+  switch (kind) {
+    case PackKind::F32x64:
+    case PackKind::F32x16:
+      if (wt == ElemType::F32)
+        pack_panels(static_cast<const float*>(w), N, K, static_cast<float*>(dst), p.nr, p.group, threads,
+                    [](float v) { return v; });
+      else
+        pack_panels(static_cast<const uint16_t*>(w), N, K, static_cast<float*>(dst), p.nr, p.group, threads,
+                    [](uint16_t v) { return bf16_to_f32(v); });
+      break;
+    case PackKind::Bf16x64:
+      pack_panels(static_cast<const uint16_t*>(w), N, K, static_cast<uint16_t*>(dst), p.nr, p.group, threads,
+                  [](uint16_t v) { return v; });
+      break;
+    case PackKind::U8S8x64: {
+      const int8_t* wq = static_cast<const int8_t*>(w);
+      pack_panels(wq, N, K, static_cast<int8_t*>(dst), p.nr, p.group, threads, [](int8_t v) { return v; });
+      const int64_t np = ceil_div(N, p.nr) * p.nr;
+      int32_t* comp = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(dst) + gemm_packed_bytes(kind, N, K) - np * 4);
+      for (int64_t n = 0; n < np; ++n) {
+        int32_t s = 0;
+        for (int64_t k = 0; n < N && k < K; ++k) s += wq[n * K + k];
+        comp[n] = int32_t(uint32_t(s) * 128u);  // wraps like the accumulator (see header comment)
+      }
+      break;
+    }
+    case PackKind::S16x16:
+      pack_panels(static_cast<const int8_t*>(w), N, K, static_cast<int16_t*>(dst), p.nr, p.group, threads,
+                  [](int8_t v) { return int16_t(v); });
+      break;
+    default:
+      break;
+  }
+}
+
+PackKind gemm_pack_kind(ElemType t) {
+  const CpuFeatures& f = cpu_features();
+  const Isa isa = active_isa();
+  if (isa == Isa::Scalar) return PackKind::Raw;
+  switch (t) {
+    case ElemType::F32: return isa == Isa::Avx512 ? PackKind::F32x64 : PackKind::F32x16;
+    case ElemType::BF16:
+      if (isa == Isa::Avx512) return f.avx512_bf16 ? PackKind::Bf16x64 : PackKind::F32x64;
+      return PackKind::F32x16;
+    default:  // int8: VNNI where present, else the non-saturating int16 pair kernel (AVX2 code)
+      return (isa == Isa::Avx512 && f.avx512_vnni) ? PackKind::U8S8x64 : PackKind::S16x16;
+  }
+}
+
+bool gemm_kind_runs_here(PackKind kind) {
+  const CpuFeatures& f = cpu_features();
+  const bool avx512 = best_isa() == Isa::Avx512, avx2 = best_isa() >= Isa::Avx2;
+  switch (kind) {
+    case PackKind::F32x64: return avx512;
+    case PackKind::Bf16x64: return avx512 && f.avx512_bf16;
+    case PackKind::U8S8x64: return avx512 && f.avx512_vnni;
+    case PackKind::F32x16:
+    case PackKind::S16x16: return avx2;
+    default: return true;
+  }
+}
+
+// -------------------------------------------------------------------------------------------- //
+// Tile arguments shared by every micro-kernel                                                   //
+// -------------------------------------------------------------------------------------------- //
+struct Tiles {
+  const uint32_t* a;     // A as 32-bit groups, row stride lda groups
+  int64_t lda;
+  const int32_t* b;      // packed panels; one k-step of a panel = nr 32-bit lanes
+  int64_t M, N, steps;
+  const int32_t* comp;   // int8 VNNI: 128 * column sums; else null
+  const float* x_scale;  // int8: per row [M]; else null
+  const float* w_scale;  // int8: per column [N]; else null
+  Epilogue ep;
+};
+
+// fp32 sums are accumulated in k-blocks of kFloatBlock steps, each block's sum added to a running
+// total kept in L1 (a 6 x 64 fp32 tile, 1.5 KB): the rounding error grows like kFloatBlock + K /
+// kFloatBlock instead of K (torch's blocked GEMMs do the same), for one load-add-store per
+// accumulator every kFloatBlock steps (~1/kFloatBlock of the FMAs).
+constexpr int64_t kFloatBlock = 64;
+
+// -------------------------------------------------------------------------------------------- //
+// AVX-512: 6 x 64 tile. The whole AVX-512 GEMM family is compiled with one target that includes //
+// VNNI and BF16, so one templated micro-kernel serves the fp32, bf16 (vdpbf16ps) and int8        //
+// (vpdpbusd) instantiations; only the instantiation whose instructions CPUID reports is ever      //
+// entered (gemm_kind_runs_here). The fp32 instantiation is FMA intrinsics only.                  //
+// -------------------------------------------------------------------------------------------- //
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2,f16c,avx512vnni,avx512bf16")
+namespace gemm512 {
+using Vec = VecAvx512;
+using VI = __m512i;
+constexpr int NV = 4;
+#include "vmath_impl.h"
+
+struct MacF32 {
+  static constexpr int64_t kBlock = kFloatBlock;
+  static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) {
+    return _mm512_fmadd_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), acc);
+  }
+};
+struct MacBf16 {  // bf16 output: its rounding (2^-9) dwarfs the fp32 sum's error, no blocking needed
+  static constexpr int64_t kBlock = 0;
+  static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+};
+struct MacU8S8 {  // exact integer sums
+  static constexpr int64_t kBlock = 0;
+  static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) {
+    return _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), a, b));
+  }
+};
+
+static BS_INLINE VI load_b(const int32_t* p) { return _mm512_loadu_si512(p); }
+static BS_INLINE VI bcast(uint32_t g) { return _mm512_set1_epi32(int32_t(g)); }
+static BS_INLINE __m512 sub_i32(__m512 a, __m512 b) {
+  return _mm512_castsi512_ps(_mm512_sub_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+static BS_INLINE __m512 i32_to_f32(__m512 a) { return _mm512_cvtepi32_ps(_mm512_castps_si512(a)); }
+
+static BS_INLINE void store_out(const Epilogue& ep, int64_t i, __m512 y, int n) {
+  switch (ep.out_type) {
+    case OutType::BF16: Vec::storen(static_cast<bf16*>(ep.out) + i, y, n); break;
+    case OutType::F16:
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(ep.out) + i, Vec::first(n),
+                               _mm512_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      break;
+    default: Vec::storen(static_cast<float*>(ep.out) + i, y, n);  // F32, and S32 (int bits in y)
+  }
+}
+
+#include "gemm_tile_impl.h"
+
+// y = act(y + bias) in place on rows [m0, m1) of a contiguous [M, N] fp32 or bf16 tensor.
+static void epilogue_rows(void* y, ElemType yt, int64_t m0, int64_t m1, int64_t N, const Epilogue& ep) {
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t n = 0; n < N; n += 16) {
+      const int vc = int(std::min<int64_t>(16, N - n));
+      const int64_t i = m * N + n;
+      F v = yt == ElemType::F32 ? Vec::loadn(static_cast<const float*>(y) + i, vc)
+                                : Vec::loadn(static_cast<const bf16*>(y) + i, vc);
+      if (ep.bias) v = Vec::add(v, Vec::loadn(ep.bias + n, vc));
+      store_out(ep, i, activate(v, ep.act), vc);
+    }
+}
+}  // namespace gemm512
+#pragma GCC pop_options
+
+// -------------------------------------------------------------------------------------------- //
+// AVX2: 6 x 16 tile                                                                             //
+// -------------------------------------------------------------------------------------------- //
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace gemm256 {
+using Vec = VecAvx2;
+using VI = __m256i;
+constexpr int NV = 2;
+#include "vmath_impl.h"
+
+struct MacF32 {
+  static constexpr int64_t kBlock = kFloatBlock;
+  static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) {
+    return _mm256_fmadd_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), acc);
+  }
+};
+struct MacS16 {  // int16 pairs: vpmaddwd never saturates (|a0 b0 + a1 b1| <= 2^15 fits its int32 lanes)
+  static constexpr int64_t kBlock = 0;
+  static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) {
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(acc), _mm256_madd_epi16(a, b)));
+  }
+};
+
+static BS_INLINE VI load_b(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+static BS_INLINE VI bcast(uint32_t g) { return _mm256_set1_epi32(int32_t(g)); }
+static BS_INLINE __m256 sub_i32(__m256 a, __m256 b) {
+  return _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b)));
+}
+static BS_INLINE __m256 i32_to_f32(__m256 a) { return _mm256_cvtepi32_ps(_mm256_castps_si256(a)); }
+
+static BS_INLINE void store_out(const Epilogue& ep, int64_t i, __m256 y, int n) {
+  switch (ep.out_type) {
+    case OutType::BF16: Vec::storen(static_cast<bf16*>(ep.out) + i, y, n); break;
+    case OutType::F16: {
+      alignas(16) uint16_t tmp[8];
+      _mm_store_si128(reinterpret_cast<__m128i*>(tmp), _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      std::memcpy(static_cast<uint16_t*>(ep.out) + i, tmp, size_t(n) * 2);
+      break;
+    }
+    default: Vec::storen(static_cast<float*>(ep.out) + i, y, n);  // F32, and S32 (int bits in y)
+  }
+}
+
+#include "gemm_tile_impl.h"
+}  // namespace gemm256
+#pragma GCC pop_options
+
+// -------------------------------------------------------------------------------------------- //
+// Driver                                                                                        //
+// -------------------------------------------------------------------------------------------- //
+using TileFn = void (*)(const Tiles&, int64_t, int64_t);
+constexpr int MR = 6;
+
+template <template <class, int> class Tile, class Mac>
+struct TileTable {
+  static constexpr TileFn fns[MR + 1] = {nullptr,         Tile<Mac, 1>::run, Tile<Mac, 2>::run, Tile<Mac, 3>::run,
+                                         Tile<Mac, 4>::run, Tile<Mac, 5>::run, Tile<Mac, 6>::run};
+};
+
+template <class Mac, int R> struct Avx512Tile { static void run(const Tiles& t, int64_t m, int64_t p) { gemm512::tile<Mac, R>(t, m, p); } };
+template <class Mac, int R> struct Avx2Tile { static void run(const Tiles& t, int64_t m, int64_t p) { gemm256::tile<Mac, R>(t, m, p); } };
+
+static void run_tiles(const Tiles& t, int nr, const TileFn* fns, int threads) {
+  const int64_t row_blocks = ceil_div(t.M, MR), panels = ceil_div(t.N, nr);
+  parallel_for(row_blocks * panels, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t panel = i / row_blocks, m0 = (i % row_blocks) * MR;
+      fns[std::min<int64_t>(MR, t.M - m0)](t, m0, panel);
+    }
+  });
+}
+
+static const TileFn* tiles_for(PackKind kind) {
+  switch (kind) {
+    case PackKind::F32x64: return TileTable<Avx512Tile, gemm512::MacF32>::fns;
+    case PackKind::Bf16x64: return TileTable<Avx512Tile, gemm512::MacBf16>::fns;
+    case PackKind::U8S8x64: return TileTable<Avx512Tile, gemm512::MacU8S8>::fns;
+    case PackKind::F32x16: return TileTable<Avx2Tile, gemm256::MacF32>::fns;
+    case PackKind::S16x16: return TileTable<Avx2Tile, gemm256::MacS16>::fns;
+    default: return nullptr;
+  }
+}
+
+// A rows copied to K padded to the group, converted by conv; parallel over rows.
+template <class Src, class Conv>
+static std::vector<uint32_t> widen_rows(const Src* x, int64_t M, int64_t K, int group, int threads, Conv conv) {
+  using Dst = decltype(conv(x[0]));
+  const int64_t kp = ceil_div(K, group) * group;
+  std::vector<uint32_t> buf(size_t(M * kp * sizeof(Dst) / 4));
+  Dst* d = reinterpret_cast<Dst*>(buf.data());
+  parallel_for(M, threads, 64, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      for (int64_t k = 0; k < K; ++k) d[m * kp + k] = conv(x[m * K + k]);
+      for (int64_t k = K; k < kp; ++k) d[m * kp + k] = Dst(0);
+    }
+  });
+  return buf;
+}
+
+// -------------------------------------------------------------------------------------------- //
+// Scalar path (no packing): double accumulation for floats, int64 for int8.                     //
+// -------------------------------------------------------------------------------------------- //
+static void linear_scalar(const void* x, ElemType xt, const void* w, int64_t M, int64_t N, int64_t K,
+                          const Epilogue& ep, int threads) {
+  auto val = [xt](const void* p, int64_t i) -> double {
+    return xt == ElemType::F32 ? static_cast<const float*>(p)[i] : bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  };
+  parallel_for(M, threads, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double s = 0.0;
+        for (int64_t k = 0; k < K; ++k) s += val(x, m * K + k) * val(w, n * K + k);
+        if (ep.bias) s += ep.bias[n];
+        store_scalar(ep.out, m * ep.ldo + n, activate_scalar(s, ep.act), ep.out_type);
+      }
+  });
+}
+
+static void int8_scalar(const int8_t* x, const int8_t* w, int64_t M, int64_t N, int64_t K, const float* xs,
+                        const float* ws, const Epilogue& ep, int threads) {
+  parallel_for(M, threads, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        int64_t s = 0;
+        for (int64_t k = 0; k < K; ++k) s += int32_t(x[m * K + k]) * int32_t(w[n * K + k]);
+        if (ep.out_type == OutType::S32) {
+          static_cast<int32_t*>(ep.out)[m * ep.ldo + n] = int32_t(s);
+          continue;
+        }
+        double y = double(s) * double(xs[m]) * double(ws[n]);
+        if (ep.bias) y += ep.bias[n];
+        store_scalar(ep.out, m * ep.ldo + n, activate_scalar(y, ep.act), ep.out_type);
+      }
+  });
+}
+
+static void check_kind(PackKind kind) {
+  if (!gemm_kind_runs_here(kind))
+    throw std::invalid_argument("packed weight layout " + std::to_string(int(kind)) + " needs instructions this CPU lacks");
+}
+
+// -------------------------------------------------------------------------------------------- //
+// Entry points                                                                                  //
+// -------------------------------------------------------------------------------------------- //
+void linear(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, const void* w, int64_t N,
+            const Epilogue& ep, int threads) {
+  check_kind(kind);
+  if (kind == PackKind::Raw) return linear_scalar(x, xt, w, M, N, K, ep, threads);
+  const PackInfo p = pack_info(kind);
+  Tiles t{};
+  t.M = M, t.N = N, t.steps = ceil_div(K, p.group), t.b = static_cast<const int32_t*>(w), t.ep = ep;
+  std::vector<uint32_t> buf;
+  if (xt == ElemType::F32) {
+    t.a = static_cast<const uint32_t*>(x), t.lda = K;
+  } else if (kind == PackKind::Bf16x64 && K % 2 == 0) {
+    t.a = static_cast<const uint32_t*>(x), t.lda = K / 2;  // bf16 pairs read in place
+  } else if (kind == PackKind::Bf16x64) {
+    buf = widen_rows(static_cast<const uint16_t*>(x), M, K, 2, threads, [](uint16_t v) { return v; });
+    t.a = buf.data(), t.lda = t.steps;
+  } else {  // bf16 activations on an fp32 kernel: widen (exact)
+    buf = widen_rows(static_cast<const uint16_t*>(x), M, K, 1, threads, [](uint16_t v) { return bf16_to_f32(v); });
+    t.a = buf.data(), t.lda = K;
+  }
+  run_tiles(t, p.nr, tiles_for(kind), threads);
+}
+
+void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const void* w, int64_t N,
+                 const float* x_scale, const float* w_scale, const Epilogue& ep, int threads) {
+  check_kind(kind);
+  if (kind == PackKind::Raw)
+    return int8_scalar(x, static_cast<const int8_t*>(w), M, N, K, x_scale, w_scale, ep, threads);
+  const PackInfo p = pack_info(kind);
+  Tiles t{};
+  t.M = M, t.N = N, t.steps = ceil_div(K, p.group), t.b = static_cast<const int32_t*>(w), t.ep = ep;
+  t.x_scale = x_scale, t.w_scale = w_scale;
+  std::vector<uint32_t> buf;
+  if (kind == PackKind::U8S8x64) {
+    buf = widen_rows(x, M, K, 4, threads, [](int8_t v) { return uint8_t(uint8_t(v) ^ 0x80u); });
+    t.comp = reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(w) + gemm_packed_bytes(kind, N, K) -
+                                              ceil_div(N, p.nr) * p.nr * 4);
+  } else {
+    buf = widen_rows(x, M, K, 2, threads, [](int8_t v) { return int16_t(v); });
+  }
+  t.a = buf.data(), t.lda = t.steps;
+  run_tiles(t, p.nr, tiles_for(kind), threads);
+}
+
+// -------------------------------------------------------------------------------------------- //
+// Epilogue alone, in place: y = act(y + bias) on [M, N] fp32 or bf16 (after torch's GEMM).      //
+// -------------------------------------------------------------------------------------------- //
+void epilogue_inplace(void* y, ElemType yt, int64_t M, int64_t N, const float* bias, Activation act, int threads) {
+  Epilogue ep{bias, act, yt == ElemType::F32 ? OutType::F32 : OutType::BF16, y, N};
+  parallel_for(M, threads, 16, [&](int64_t m0, int64_t m1) {
+    if (active_isa() == Isa::Avx512) return gemm512::epilogue_rows(y, yt, m0, m1, N, ep);
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t i = m * N + n;
+        double v = yt == ElemType::F32 ? static_cast<float*>(y)[i] : bf16_to_f32(static_cast<uint16_t*>(y)[i]);
+        if (bias) v += bias[n];
+        store_scalar(y, i, activate_scalar(v, act), ep.out_type);
+      }
+  });
+}
+
+}  // namespace bs

@@ -1,0 +1,89 @@
+// Body of the GEMM micro-kernel and its epilogue, included once per instruction-set namespace in
+// gemm.cpp (gemm512 with Vec = VecAvx512, NV = 4: a 6 x 64 tile of 24 zmm accumulators; gemm256
+// with Vec = VecAvx2, NV = 2: a 6 x 16 tile of 12 ymm accumulators), under that path's target.
+// Before including, the namespace defines: VI (integer vector), NV (vectors per tile row), load_b,
+// bcast, sub_i32, i32_to_f32, store_out, and the Mac structs (mac(acc, a, b), kBlock).
+// No #pragma once: included on purpose more than once.
+using F = Vec::F;
+
+static inline __attribute__((always_inline)) F activate(F y, Activation act) {
+  switch (act) {
+    case Activation::Gelu: return vgelu_erf(y);
+    case Activation::GeluTanh: return vgelu_tanh(y);
+    case Activation::Relu: return Vec::select(Vec::lt(y, Vec::zero()), Vec::zero(), y);
+    default: return y;
+  }
+}
+
+// out[m0 : m0 + R, panel columns] = epilogue(A[m0 : m0 + R, :] @ B_panel). Accumulators stay in
+// registers for all of K (summed in k-blocks of Mac::kBlock steps for fp32, see kFloatBlock); the
+// epilogue (int8: minus the u8-shift compensation, dequantize; + bias; activation; rounding to the
+// output type) runs on them before the only store of the tile.
+template <class Mac, int R>
+static void tile(const Tiles& t, int64_t m0, int64_t panel) {
+  constexpr int W = Vec::W, NR = NV * W;
+  F acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
+  const uint32_t* a = t.a + m0 * t.lda;
+  const int32_t* b = t.b + panel * t.steps * NR;
+  const int64_t block = Mac::kBlock ? Mac::kBlock : t.steps;
+  alignas(64) float partial[R][NV][W];  // fp32 sum of the finished k-blocks
+  for (int64_t s0 = 0; s0 < t.steps || s0 == 0; s0 += block) {
+    if (s0) {  // close a k-block: fold it into the running total
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          if (s0 > block) acc[r][v] = Vec::add(acc[r][v], Vec::load(partial[r][v]));
+          Vec::store(partial[r][v], acc[r][v]);
+          acc[r][v] = Vec::zero();
+        }
+    }
+    for (int64_t s = s0, s1 = std::min(t.steps, s0 + block); s < s1; ++s, b += NR) {
+      VI bv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = load_b(b + v * W);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const VI av = bcast(a[r * t.lda + s]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = Mac::mac(acc[r][v], av, bv[v]);
+      }
+    }
+  }
+  if (t.steps > block)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = Vec::add(acc[r][v], Vec::load(partial[r][v]));
+
+  const Epilogue& ep = t.ep;
+  const int64_t n0 = panel * NR, cols = std::min<int64_t>(NR, t.N - n0);
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    if (v * W >= cols) break;
+    const int vc = int(std::min<int64_t>(W, cols - v * W));
+    const int64_t n = n0 + v * W;
+    const F ws = t.w_scale ? Vec::loadn(t.w_scale + n, vc) : Vec::zero();
+    const F bias = ep.bias ? Vec::loadn(ep.bias + n, vc) : Vec::zero();
+    const F comp = t.comp ? Vec::loadn(reinterpret_cast<const float*>(t.comp + n), vc) : Vec::zero();  // int bits
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const int64_t i = (m0 + r) * ep.ldo + n;
+      F y = acc[r][v];
+      if (t.x_scale) {  // int8: exact int32 sum -> dequantize (or store the sum itself)
+        y = sub_i32(y, comp);
+        if (ep.out_type == OutType::S32) {
+          store_out(ep, i, y, vc);
+          continue;
+        }
+        y = Vec::mul(i32_to_f32(y), Vec::mul(Vec::set1(t.x_scale[m0 + r]), ws));
+      }
+      if (ep.bias) y = Vec::add(y, bias);
+      store_out(ep, i, activate(y, ep.act), vc);
+    }
+  }
+}

@@ -1,0 +1,252 @@
+"""The C++ GEMM family (linear, quantize, int8_linear) on every ISA path, against float64 / int64.
+
+* linear: the DESIGN.md rule against a float64 reference, plain torch at the same dtype as the peer;
+  fp32 and bf16, K 384/768/1536/26, M 1/7/77/1024, every activation, bias or not, odd N.
+* quantize: bit-identical to bertsilicon.reference.quantize (fp32 and bf16 input, every granularity,
+  ties, NaN/inf groups, all-zero groups).
+* int8_linear: the int32 sums exact against int64 matmul (adversarial +-127 / -128 inputs that make
+  the classic vpmaddubsw path saturate), then the dequant + bias + activation epilogue by the rule.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertsilicon import ops
+from bertsilicon import reference as ref
+from bertsilicon.ops import _dispatch
+from numerics import assert_numerics, poison_allocator
+from cpu_isa import cpu_isas, isa  # noqa: F401  (isa is a fixture)
+
+pytestmark = pytest.mark.skipif(_dispatch._load("cpu") is not None, reason="C++ extension not built")
+
+ISAS = cpu_isas()
+ACTS = [None, "gelu", "gelu_tanh", "relu"]
+# (M, K, N): BERT-student K, odd M and N (tails of the 6-row and 64/16-column tiles), one 1024-token M
+SHAPES = [(1, 384, 384), (7, 768, 200), (77, 1536, 70), (1024, 26, 129), (130, 384, 1536)]
+
+
+def _gemm_module():
+    from bertsilicon.ops import _cpu_gemm
+
+    return _cpu_gemm
+
+
+def _float_inputs(M, K, N, dtype, seed, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(M, K, generator=g) + 0.1).to(dtype)
+    w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype)
+    b = (torch.randn(N, generator=g) * 0.5).to(dtype) if bias else None
+    return x, w, b
+
+
+def _torch_linear(x, w, b, act):
+    """Plain torch at the inputs' dtype: F.linear, then the activation (in that dtype)."""
+    return ref.activate(F.linear(x, w, b), act)
+
+
+def _check_linear(x, w, b, act, what):
+    ref64 = ref.linear(x.double(), w.double(), None if b is None else b.double(), act)
+    poison_allocator(ref64.to(x.dtype))
+    out = ops.linear(x, w, b, act, backend="cpu")
+    assert out.dtype == x.dtype and out.shape == ref64.shape
+    assert_numerics(out, ref64, _torch_linear(x, w, b, act), what)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- #
+# linear                                                                                          #
+# ---------------------------------------------------------------------------------------------- #
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_linear(isa, dtype, act, M, K, N):
+    x, w, b = _float_inputs(M, K, N, dtype, seed=M * 7 + K + N)
+    _check_linear(x, w, b, act, f"linear[{isa}] {dtype} {act} M={M} K={K} N={N}")
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", ACTS)
+def test_linear_no_bias_3d(isa, dtype, act):
+    x, w, _ = _float_inputs(2 * 77, 312, 77, dtype, seed=5, bias=False)
+    _check_linear(x.reshape(2, 77, 312), w, None, act, f"linear[{isa}] no bias 3-D")
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_linear_nan_and_empty(isa):
+    x, w, b = _float_inputs(9, 64, 20, torch.float32, seed=3)
+    x[4, 10] = float("nan")
+    out = _check_linear(x, w, b, "gelu", "linear NaN row")
+    assert bool(torch.isnan(out[4]).all()) and bool(torch.isfinite(out[[0, 1, 2, 3, 5, 6, 7, 8]]).all())
+    for shape in [(0, 64), (3, 0)]:  # no tokens; K = 0 (the output is act(bias))
+        xe = torch.randn(shape)
+        we = torch.randn(20, shape[1])
+        torch.testing.assert_close(ops.linear(xe, we, b, "relu", backend="cpu"), ref.linear(xe, we, b, "relu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_torch_gemm_candidate(dtype):
+    """The measured alternative (torch's GEMM + our in-place epilogue) obeys the same rule."""
+    G = _gemm_module()
+    x, w, b = _float_inputs(77, 384, 130, dtype, seed=11)
+    for act in ACTS:
+        ref64 = ref.linear(x.double(), w.double(), b.double(), act)
+        torch_out = _torch_linear(x, w, b, act)
+        assert_numerics(G.linear_torch_gemm(x, w, b, act), ref64, torch_out, f"torch gemm + epilogue {act}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weight_matches_and_refreshes(dtype):
+    G = _gemm_module()
+    x, w, b = _float_inputs(13, 384, 100, dtype, seed=2)
+    pw = G.pack_linear(w)
+    torch.testing.assert_close(G.linear_packed(x, pw, b, "gelu"), ops.linear(x, w, b, "gelu", backend="cpu"),
+                               rtol=0, atol=0)
+    with torch.no_grad():
+        w.mul_(-2.0)  # in place: the pack's version is stale and must be rebuilt, not reused
+    torch.testing.assert_close(G.linear_packed(x, pw, b), ops.linear(x, w, b, backend="cpu"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="contiguous"):
+        G.linear_packed(x.t().contiguous().t(), pw)
+    with pytest.raises(ValueError, match="dtype"):
+        G.pack_linear(w.half())
+
+
+@pytest.mark.skipif("avx2" not in ISAS, reason="needs AVX2")
+def test_packed_weight_follows_isa_switch():
+    G = _gemm_module()
+    from bertsilicon.ops import _cpu
+
+    x, w, b = _float_inputs(8, 96, 40, torch.float32, seed=9)
+    before = _cpu._C.active_isa()
+    pw = G.pack_linear(w)
+    try:
+        _cpu.set_isa("avx2")
+        assert G.linear_packed(x, pw, b).shape == (8, 40) and pw.fresh().layout == "f32x16"
+    finally:
+        _cpu.set_isa(before)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# quantize                                                                                        #
+# ---------------------------------------------------------------------------------------------- #
+def _quant_input(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.rand(shape[:1] + (1,) * (len(shape) - 1), generator=g) * 4
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("granularity", ["per_token", "per_channel", "per_tensor"])
+@pytest.mark.parametrize("shape", [(77, 384), (7, 26), (3, 5, 33), (1, 1), (1024, 768)])
+def test_quantize_bit_identical(isa, dtype, granularity, shape):
+    x = _quant_input(shape, dtype, seed=sum(shape))
+    if x.dim() == 2 and shape[0] > 3 and shape[1] > 8:
+        x[1] = 0.0                                     # all-zero group: scale 1, q 0
+        x[2, :8] = torch.tensor([2.5, -2.5, 3.5, -0.5, 0.5, 1.5, -127.0, 127.0])  # ties at scale 1
+        x[2, 8:] = x[2, 8:].clamp(-127, 127)
+        x[3, 5] = float("nan")                         # NaN group: scale NaN, q 0
+    q, scale = ops.quantize(x, "int8", granularity, backend="cpu")
+    q_ref, scale_ref = ref.quantize(x, "int8", granularity)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert scale.shape == scale_ref.shape and q.shape == q_ref.shape
+    assert torch.equal(q, q_ref), f"q differs at {int((q != q_ref).sum())} places"
+    assert torch.equal(scale.isnan(), scale_ref.isnan())
+    assert torch.equal(torch.nan_to_num(scale, nan=-1.0), torch.nan_to_num(scale_ref, nan=-1.0))
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_quantize_inf_and_empty(isa):
+    x = _quant_input((4, 40), torch.float32, seed=1)
+    x[0, 3] = float("inf")
+    x[2, 0] = float("-inf")
+    for gran in ["per_token", "per_tensor"]:
+        q, s = ops.quantize(x, "int8", gran, backend="cpu")
+        q_ref, s_ref = ref.quantize(x, "int8", gran)
+        assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
+    q, s = ops.quantize(torch.empty(0, 384), "int8", "per_token", backend="cpu")
+    assert q.shape == (0, 384) and s.shape == (0, 1)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# int8_linear                                                                                     #
+# ---------------------------------------------------------------------------------------------- #
+def _adversarial(M, K, N, seed):
+    """Rows/columns of all +127, all -127, all -128 and alternating signs: the pair sums that
+    saturate vpmaddubsw's int16 (255 * 127 * 2 > 32767), next to random full-range values."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-128, 128, (M, K), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)
+    x[0], w[0] = 127, 127
+    x[1 % M], w[1 % N] = -127, 127
+    x[2 % M], w[2 % N] = -128, -128
+    alt = torch.tensor([127, -127], dtype=torch.int8).repeat((K + 1) // 2)[:K]
+    x[3 % M], w[3 % N] = alt, -alt
+    return x, w
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("M,K,N", [(6, 384, 64), (77, 1000, 129), (1, 26, 7), (130, 1536, 80), (9, 4001, 33)])
+def test_int8_sums_exact(isa, M, K, N):
+    G = _gemm_module()
+    x, w = _adversarial(M, K, N, seed=M + K + N)
+    exact = x.long() @ w.long().t()
+    assert torch.equal(G.int8_matmul(x, w).long(), exact)
+    # through the public op with unit scales (exact while |sum| < 2^24)
+    if K * 128 * 128 < 2 ** 24:
+        out = ops.int8_linear(x, torch.ones(()), w, torch.ones(()), backend="cpu")
+        assert torch.equal(out.double(), exact.double())
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("scales", ["token_channel", "tensor_tensor", "token_flat"])
+def test_int8_linear_epilogue(isa, out_dtype, act, scales):
+    M, K, N = 77, 384, 130
+    g = torch.Generator().manual_seed(ACTS.index(act) * 3 + ["token_channel", "tensor_tensor", "token_flat"].index(scales))
+    x = torch.randn(M, K, generator=g)
+    w = torch.randn(N, K, generator=g) * K ** -0.5
+    gran_x, gran_w = ("per_tensor", "per_tensor") if scales == "tensor_tensor" else ("per_token", "per_channel")
+    x_q, x_s = ref.quantize(x, "int8", gran_x)
+    w_q, w_s = ref.quantize(w, "int8", gran_w)
+    if scales == "token_flat":
+        x_s, w_s = x_s.reshape(-1), w_s.reshape(-1)
+    bias = torch.randn(N, generator=g) * 0.5 if act != "relu" else None
+    ref64 = ref.int8_linear(x_q, x_s, w_q, w_s, bias, act, torch.float64)
+    acc = (x_q.long() @ w_q.long().t()).float()  # plain torch: exact sums, fp32 epilogue, then cast
+    y = acc * x_s.reshape(-1, 1) * w_s.reshape(-1) if x_s.numel() > 1 else acc * x_s * w_s
+    torch_out = ref.activate(y if bias is None else y + bias, act).to(out_dtype)
+    out = ops.int8_linear(x_q, x_s, w_q, w_s, bias, act, out_dtype, backend="cpu")
+    assert out.dtype == out_dtype
+    assert_numerics(out, ref64, torch_out, f"int8_linear[{isa}] {act} {scales} -> {out_dtype}")
+    pq = _gemm_module().pack_int8(w_q)
+    torch.testing.assert_close(_gemm_module().int8_linear_packed(x_q, x_s, pq, w_s, bias, act, out_dtype), out,
+                               rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# bad input                                                                                       #
+# ---------------------------------------------------------------------------------------------- #
+def test_cpu_refuses_what_it_cannot_do():
+    x, w, b = _float_inputs(4, 64, 8, torch.float16, seed=0)
+    with pytest.raises(ValueError, match="backend='cpu'.*dtype torch.float16"):
+        ops.linear(x, w, b, backend="cpu")
+    x32, w32, b32 = _float_inputs(4, 64, 8, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="not contiguous"):
+        ops.linear(x32.t().contiguous().t(), w32, b32, backend="cpu")
+    assert ops.which_backend("linear", x32, w32, b32, None) == "cpu"
+    assert ops.which_backend("linear", x, w, b, None) == "reference"
+    with pytest.raises(ValueError, match="backend='cpu'.*dtype torch.float16"):
+        ops.quantize(x, "int8", "per_token", backend="cpu")
+    with pytest.raises(ValueError, match="not contiguous"):
+        ops.quantize(x32.t(), "int8", "per_token", backend="cpu")
+    x_q, x_s = ref.quantize(x32, "int8", "per_token")
+    w_q, w_s = ref.quantize(w32, "int8", "per_channel")
+    with pytest.raises(ValueError, match="not contiguous"):
+        ops.int8_linear(x_q.t().contiguous().t(), x_s, w_q, w_s, backend="cpu")
+    # a transposed (non-contiguous) weight is fine: it is packed from a contiguous copy
+    wt = w32.t().contiguous().t()
+    torch.testing.assert_close(ops.linear(x32, wt, b32, backend="cpu"), ops.linear(x32, w32, b32, backend="cpu"),
+                               rtol=0, atol=0)
