@@ -13,7 +13,10 @@ Algorithm (FlashAttention-2 forward): one program owns BLOCK_M query rows of one
 keys in BLOCK_N blocks keeping the running max m, the running sum l and the unnormalised output acc in
 fp32 registers; scores are scaled by ``scale * log2(e)`` so the softmax uses exp2. A fully padded row has
 m = -inf throughout: the exponent base is then taken as 0 (every p = 0) and the row is written as zeros
-(the reference's convention). NaN in a row of q (or in a real key) propagates (l is then NaN, not 0).
+(the reference's convention). With a mask, a first pass over the mask row finds the last real key and
+the key loop stops there: trailing padding (the usual right-padded batch) costs no matrix work, so a
+ragged batch does ~sum(l_b) * L instead of B * L^2 score blocks. NaN in a row of q (or in a real key)
+propagates (l is then NaN, not 0).
 p is rounded to v's dtype for the second matrix product (as every flash kernel does); fp32 operands
 use ``input_precision`` from :func:`bertsilicon.kernels._common.fp32_dot_precision`.
 
@@ -89,16 +92,24 @@ def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, cu_ptr,
     q = tl.load(q_base + offs_m[:, None] * stride_ql + offs_d[None, :],
                 mask=(offs_m[:, None] < seq_q) & d_ok[None, :], other=0.0)
 
+    kv_end = seq_k
+    if HAS_MASK:  # trailing padding is skipped: the key loop stops after the last real key of row b
+        kv_end = 0
+        for start_n in range(0, seq_k, BLOCK_N):
+            keys = start_n + offs_n
+            real = tl.load(mask_ptr + b * stride_mb + keys, mask=keys < seq_k, other=0) != 0
+            kv_end = tl.maximum(kv_end, tl.max(tl.where(real, keys + 1, 0), axis=0))
+
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for start_n in range(0, seq_k, BLOCK_N):
+    for start_n in range(0, kv_end, BLOCK_N):
         keys = start_n + offs_n
         key_ok = keys < seq_k
         kt = tl.load(k_base + keys[None, :] * stride_kl + offs_d[:, None],
                      mask=key_ok[None, :] & d_ok[:, None], other=0.0)                 # [BLOCK_D, BLOCK_N]
         s = mma(q, kt, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), DOT_PRECISION, UPCAST) * qk_scale  # log2 domain
-        if HAS_MASK:
+        if HAS_MASK:  # holes before kv_end (a mask need not be a prefix)
             key_ok = key_ok & (tl.load(mask_ptr + b * stride_mb + keys, mask=key_ok, other=0) != 0)
         s = tl.where(key_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))

@@ -65,6 +65,24 @@ def test_attention_bool_mask_and_cross_lengths(triton_device):
                     torch_attention(q, k, v, mask).cpu(), "attention bool mask, Lq 5, Lk 50")
 
 
+def test_attention_mask_with_holes(triton_device):
+    """Not a prefix: random holes, a row with only its first key real, a row with only its last key
+    real and a fully padded row (the kernel trims trailing padding and masks the holes)."""
+    g = torch.Generator().manual_seed(12)
+    B, H, L, D = 4, 2, 45, 26
+    q, k, v = _qkv_views(B, L, H, D, torch.float16, g, triton_device)
+    mask = (torch.rand(B, L, generator=g) < 0.6).to(torch.int32)
+    mask[1] = 0
+    mask[1, 0] = 1
+    mask[2] = 0
+    mask[2, -1] = 1
+    mask[3] = 0
+    mask = mask.to(triton_device)
+    out = ops.attention(q, k, v, mask, backend="triton")
+    assert_numerics(out.cpu(), R.attention(q.double(), k.double(), v.double(), mask).cpu(),
+                    torch_attention(q, k, v, mask).cpu(), "attention, mask with holes")
+
+
 def test_attention_nan_in_q_stays_in_its_row(triton_device):
     g = torch.Generator().manual_seed(3)
     q, k, v = _qkv_views(2, 9, 2, 26, torch.float32, g, triton_device)
