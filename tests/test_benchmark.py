@@ -284,3 +284,15 @@ def test_latest_results_prefers_the_newest_full_run(tiny_run, tmp_path):
     (tmp_path / "e2e-quick.json").unlink()
     with pytest.raises(FileNotFoundError, match="bertsilicon bench"):
         report.latest_results(tmp_path)
+
+
+def test_busy_machine_is_flagged_and_tag_names_the_files(tiny_run):
+    result = json.loads(json.dumps(tiny_run[0]))
+    cores = result["machine"]["cpu"]["usable_cores"]
+    result["machine"].update(load_average_start=[0.1, 0.1, 0.1], load_average_end=[cores - 0.5, 0.1, 0.1])
+    assert not any("busy" in line for line in report.machine_lines(result))
+    result["machine"]["load_average_end"] = [cores + 3.0, 0.1, 0.1]
+    assert any("Warning: the machine was busy" in line for line in report.machine_lines(result))
+    assert report.stem(result) == "e2e" and report.stem(dict(result, quick=True, tag="1thread")) == "e2e-quick-1thread"
+    with pytest.raises(ValueError, match="tag"):
+        BenchConfig(tag="../escape").validate()

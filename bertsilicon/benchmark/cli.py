@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--padding", default="longest", choices=PADDINGS,
                    help="pad to the longest text of the batch (default) or always to the max length")
     p.add_argument("--note", default="", help="a remark stored with the results, e.g. 'preliminary (shared machine)'")
+    p.add_argument("--tag", default="", help="appended to the file names: e2e[-quick]-TAG.{json,md,png}")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -54,7 +55,8 @@ def config_from_args(args):
 
     kw = {"models": args.models, "batches": args.batch, "seqs": args.seq, "providers": args.providers,
           "precisions": args.precisions, "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-          "accuracy_texts": args.accuracy_texts, "corpus": args.corpus, "padding": args.padding, "note": args.note}
+          "accuracy_texts": args.accuracy_texts, "corpus": args.corpus, "padding": args.padding, "note": args.note,
+          "tag": args.tag}
     kw = {k: v for k, v in kw.items() if v is not None}
     cfg = BenchConfig.quick_defaults(**kw) if args.quick else BenchConfig(**kw)
     return cfg.validate()
@@ -73,6 +75,8 @@ def command_line(cfg, out: str) -> str:
               "--accuracy-texts", str(cfg.accuracy_texts), "--corpus", cfg.corpus, "--padding", cfg.padding]
     if cfg.note:
         parts += ["--note", cfg.note]
+    if cfg.tag:
+        parts += ["--tag", cfg.tag]
     return " ".join(shlex.quote(x) for x in parts + ["--out", out])
 
 

@@ -90,7 +90,10 @@ def _hf_runner(model) -> Runner:
 
 def _torch_eager(ctx: BuildContext) -> Runner:
     m = ctx.fresh_model()
-    m.set_attn_implementation("eager")
+    if hasattr(m, "set_attn_implementation"):
+        m.set_attn_implementation("eager")
+    else:  # transformers releases before set_attn_implementation read the config at forward time
+        m.config._attn_implementation = "eager"
     return _hf_runner(m)
 
 

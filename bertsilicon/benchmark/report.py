@@ -1,6 +1,7 @@
 """Results of an end-to-end run as files: JSON (everything), Markdown (tables), PNG (plots), README table.
 
-Files for a run written to ``out`` with stem ``e2e`` (full run) or ``e2e-quick`` (``--quick``):
+Files for a run written to ``out`` with stem ``e2e`` (full run) or ``e2e-quick`` (``--quick``), then
+``-<tag>`` when the run has a tag:
 ``<stem>.json``, ``<stem>.md``, ``<stem>-latency.png`` (latency vs batch per provider),
 ``<stem>-speedup.png`` (speed-up vs torch SDPA fp32, bars).
 """
@@ -33,7 +34,8 @@ def _cells(result):
 
 
 def stem(result) -> str:
-    return "e2e-quick" if result.get("quick") else "e2e"
+    name = "e2e-quick" if result.get("quick") else "e2e"
+    return f"{name}-{result['tag']}" if result.get("tag") else name
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -44,7 +46,14 @@ def machine_lines(result) -> list[str]:
     cpu, v, git = m["cpu"], m["versions"], m["git"]
     commit = f"{git['commit']}{' (uncommitted changes)' if git.get('dirty') else ''}" if git.get("commit") else "unknown"
     gpu = m["gpu"]["name"] if m.get("gpu") else "none"
-    return [
+    lines = []
+    loads = [x[0] for x in (m.get("load_average_start"), m.get("load_average_end")) if x]
+    if loads and max(loads) > cpu["usable_cores"]:
+        lines.append(f"- **Warning: the machine was busy** (1-minute load average up to {max(loads):.1f} on "
+                     f"{cpu['usable_cores']} usable cores): other processes competed for the cores, so these "
+                     "timings are not reliable; multi-threaded torch (OpenMP workers waiting for descheduled peers) "
+                     "suffers far more than ONNX Runtime. Re-run on a quiet machine.")
+    return lines + [
         f"- **CPU**: {cpu['model']}, {cpu['usable_cores']} usable cores ({cpu['physical_cores']} physical); "
         f"**threads fixed at {m['threads']}** (torch intra-op, ONNX Runtime intra-op; inter-op 1). GPU: {gpu}.",
         f"- **SIMD flags**: {' '.join(cpu['simd_flags']) or 'n/a'}",
@@ -90,8 +99,8 @@ def _model_table(result, model, seq) -> list[str]:
             str(r["batch"]), f"{r['padded_shape'][0]}x{r['padded_shape'][1]} ({r['real_tokens']})", r["provider"],
             r["precision"], lat_s, f"{r['seq_per_s']:.1f}" if r["seq_per_s"] else "-",
             f"{r['speedup']:.2f}x" if r["speedup"] else "-",
-            f"{r['cos_mean']:.6f}" if r["cos_mean"] is not None else "-",
-            f"{r['cos_min']:.6f}" if r["cos_min"] is not None else "-",
+            f"{r['cos_mean']:.8f}" if r["cos_mean"] is not None else "-",
+            f"{r['cos_min']:.8f}" if r["cos_min"] is not None else "-",
             f"{r['build_s']:.1f}", _status(r).replace("|", "/")]) + " |")
     return out + [""]
 

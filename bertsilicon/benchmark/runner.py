@@ -77,6 +77,7 @@ class BenchConfig:
     padding: str = "longest"
     quick: bool = False
     note: str = ""
+    tag: str = ""  # appended to the file stem: e2e[-quick][-tag]
     model_overrides: dict = field(default_factory=dict)
     seed: int = 0
 
@@ -112,6 +113,8 @@ class BenchConfig:
             raise ValueError(f"accuracy_texts: expected an integer >= 1, got {self.accuracy_texts!r}")
         if self.corpus not in CORPORA:
             raise ValueError(f"corpus: unknown {self.corpus!r}; expected one of: {', '.join(CORPORA)}")
+        if not isinstance(self.tag, str) or not all(c.isalnum() or c in "-_." for c in self.tag):
+            raise ValueError(f"tag: expected letters, digits, '-', '_' or '.', got {self.tag!r}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding: unknown {self.padding!r}; expected one of: {', '.join(PADDINGS)}")
         select_providers(self.providers, self.precisions)  # raises on unknown names
@@ -278,7 +281,7 @@ def _run(cfg: BenchConfig, providers: list[Provider], quiet: bool) -> dict:
         bar.close()
     info["load_average_end"] = machine.load_average()
     info["wall_s"] = round(time.perf_counter() - started, 1)
-    result = {"kind": "bertsilicon-e2e", "schema": 1, "quick": cfg.quick, "note": cfg.note,
+    result = {"kind": "bertsilicon-e2e", "schema": 1, "quick": cfg.quick, "note": cfg.note, "tag": cfg.tag,
               "config": {k: v for k, v in asdict(cfg).items()}, "machine": info,
               "method": __doc__.split("Method", 1)[1].split("\n", 1)[1].strip(),
               "providers": [{"name": p.name, "precision": p.precision, "description": p.description}
