@@ -173,3 +173,17 @@ def test_autotune_settings(monkeypatch):
     assert _common.fp32_dot_precision() == "ieee"
     monkeypatch.delenv("BERTSILICON_TF32")
     assert _common.fp32_dot_precision() == ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee")
+
+
+@pytest.mark.gpu
+def test_fp32_with_tf32_allowed_matches_torch_tf32(monkeypatch):
+    """With torch's TF32 switch on, the fp32 kernels use tf32 too (same precision class as the peer)."""
+    from bertsilicon.kernels import _common
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert _common.fp32_dot_precision() == "tf32"
+    x, w, b = _linear_inputs(4096, 768, 3072, torch.float32, seed=3, device="cuda")
+    _check_linear(x, w, b, "gelu", "linear fp32 tf32")
+    from test_triton_attention import _check_padded
+
+    _check_padded(8, 12, 128, 64, torch.float32, "cuda", seed=4)
