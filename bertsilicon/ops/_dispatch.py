@@ -92,17 +92,19 @@ def resolve(op: str, backend: Optional[str], device: torch.device, *args, **kwar
 
 
 def _unavailable(op, backend, device, args, kwargs) -> Optional[str]:
+    # Device first: importing the triton kernels with the interpreter off would fix that choice for
+    # the whole process (triton decides interpreter-or-GPU when the kernels are defined).
+    if backend == "cpu" and device.type != "cpu":
+        return f"tensors are on {device}, the cpu backend needs CPU tensors"
+    if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and triton_interpreter()):
+        return (f"tensors are on {device}; the triton backend needs CUDA tensors "
+                "(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)")
     reason = _load(backend)
     if reason is not None:
         return f"the {backend} backend is not available ({reason})"
     impl = _REGISTRY.get((op, backend))
     if impl is None:
         return f"the {backend} backend has no {op} kernel yet"
-    if backend == "cpu" and device.type != "cpu":
-        return f"tensors are on {device}, the cpu backend needs CPU tensors"
-    if backend == "triton" and device.type != "cuda" and not (device.type == "cpu" and triton_interpreter()):
-        return (f"tensors are on {device}; the triton backend needs CUDA tensors "
-                "(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)")
     if impl.check is not None:
         return impl.check(*args, **kwargs)
     return None
