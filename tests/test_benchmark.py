@@ -296,3 +296,10 @@ def test_busy_machine_is_flagged_and_tag_names_the_files(tiny_run):
     assert report.stem(result) == "e2e" and report.stem(dict(result, quick=True, tag="1thread")) == "e2e-quick-1thread"
     with pytest.raises(ValueError, match="tag"):
         BenchConfig(tag="../escape").validate()
+
+
+def test_results_are_written_without_matplotlib(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    paths = report.write_results(tiny_run[0], tmp_path)
+    assert paths["png"] == [] and paths["json"].exists() and paths["md"].exists()
+    assert "PNG plots skipped" in capsys.readouterr().err
