@@ -112,57 +112,65 @@ def smooth(v, w: int = 25):
 
 
 def plot(result: dict, path: Path) -> None:
+    """One row per learning rate: loss curve, held-out accuracy, fraction of parameters changed per step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    sweeps = result["sweeps"]
+    fig, axes = plt.subplots(len(sweeps), 3, figsize=(15, 3.8 * len(sweeps)), squeeze=False)
     style = {"fp32": ("black", "--"), "nearest": ("tab:red", "-"), "stochastic": ("tab:blue", "-")}
-    for name in ("stochastic", "nearest", "fp32"):  # fp32 dashed on top: stochastic lies under it
-        for j, r in enumerate(result["runs"][name]):
-            kw = dict(color=style[name][0], ls=style[name][1], alpha=0.9 if j == 0 else 0.45, lw=1.2,
-                      label=(f"bf16-{name}" if name != "fp32" else name) if j == 0 else None)
-            s = smooth(r["loss"])
-            axes[0].plot(range(len(s)), s, **kw)
-            ev = r["evals"]
-            axes[1].plot([e["step"] for e in ev], [e["test_accuracy"] for e in ev], marker="o", ms=3, **kw)
-            cf = smooth(r["changed_fraction"])
-            axes[2].plot(range(len(cf)), cf, **kw)
-    axes[0].set(title="training loss (batch, 25-step mean)", xlabel="step", ylabel="cross-entropy")
-    axes[1].set(title="held-out accuracy (module of a docstring)", xlabel="step", ylabel="accuracy")
-    axes[2].set(title="fraction of parameters changed per step", xlabel="step", yscale="log")
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+    for row, sweep in zip(axes, sweeps):
+        for name in ("stochastic", "nearest", "fp32"):  # fp32 dashed on top: stochastic lies under it
+            for j, r in enumerate(sweep["runs"][name]):
+                kw = dict(color=style[name][0], ls=style[name][1], alpha=0.9 if j == 0 else 0.45, lw=1.2,
+                          label=(f"bf16-{name}" if name != "fp32" else name) if j == 0 else None)
+                s = smooth(r["loss"])
+                row[0].plot(range(len(s)), s, **kw)
+                ev = r["evals"]
+                row[1].plot([e["step"] for e in ev], [e["test_accuracy"] for e in ev], marker="o", ms=3, **kw)
+                cf = smooth(r["changed_fraction"])
+                row[2].plot(range(len(cf)), cf, **kw)
+        lr = sweep["lr"]
+        row[0].set(title=f"lr {lr}: training loss (batch, 25-step mean)", xlabel="step", ylabel="cross-entropy")
+        row[1].set(title=f"lr {lr}: held-out accuracy (module of a docstring)", xlabel="step", ylabel="accuracy")
+        row[2].set(title=f"lr {lr}: fraction of parameters changed per step", xlabel="step", yscale="log")
+        for ax in row:
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
     m = result["meta"]
-    fig.suptitle(f"weights kept only in bf16: SGD lr={m['lr']}, batch {m['batch']}, {m['params']} parameters "
+    fig.suptitle(f"weights kept only in bf16 vs fp32: SGD, batch {m['batch']}, {m['params']} parameters "
                  f"(MiniLM features of {m['texts']} docstrings, {m['classes']} modules)", fontsize=10)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, png: str) -> str:
     m = result["meta"]
     lines = ["# Stochastic rounding with weights kept only in bf16", "",
              f"commit `{m['commit']}`, torch {m['torch']}, {m['machine']}, {m['threads']} threads, {m['seconds']:.0f} s. "
              f"Task: head {m['arch']} on frozen all-MiniLM-L6-v2 embeddings of {m['texts']} docstrings "
-             f"({m['classes']} modules, {m['test']} held out); SGD lr {m['lr']}, batch {m['batch']}, {m['steps']} steps; "
-             f"stochastic runs: seeds {m['seeds']}.", "",
-             "| run | final train loss (full set) | held-out accuracy | mean fraction of params changed / step (first 10 % / last 10 %) |",
-             "|---|---|---|---|"]
-    for name, runs in result["runs"].items():
-        losses = [r["evals"][-1]["train_loss_full"] for r in runs]
-        accs = [r["evals"][-1]["test_accuracy"] for r in runs]
-        n = len(runs[0]["changed_fraction"])
-        k = max(1, n // 10)
-        first = sum(sum(r["changed_fraction"][:k]) / k for r in runs) / len(runs)
-        last = sum(sum(r["changed_fraction"][-k:]) / k for r in runs) / len(runs)
-        band = lambda v, d: f"{sum(v) / len(v):.{d}f}" + (f" ({min(v):.{d}f}..{max(v):.{d}f})" if len(v) > 1 else "")
-        lines.append(f"| {name} | {band(losses, 4)} | {band(accs, 3)} | {first:.4f} / {last:.4f} |")
-    lines += ["", f"Initial full-set train loss: {m['initial_loss']:.4f}. The fp32 run changes every parameter each step; "
-              "bf16-nearest drops every update smaller than half an ulp of its weight; bf16-stochastic keeps each "
-              "update in expectation (P(round up) = fractional position).", "", "![curves](sr_training.png)", ""]
+             f"({m['classes']} modules, {m['test']} held out); plain SGD, batch {m['batch']}, {m['steps']} steps; "
+             f"stochastic runs: seeds {m['seeds']} (value = mean, band = min..max over seeds). "
+             f"Initial full-set train loss {m['initial_loss']:.4f}.", "",
+             "| lr | run | final train loss (full set) | held-out accuracy | params changed / step (first 10 % / last 10 % of steps) |",
+             "|---|---|---|---|---|"]
+    for sweep in result["sweeps"]:
+        for name, runs in sweep["runs"].items():
+            losses = [r["evals"][-1]["train_loss_full"] for r in runs]
+            accs = [r["evals"][-1]["test_accuracy"] for r in runs]
+            k = max(1, len(runs[0]["changed_fraction"]) // 10)
+            first = sum(sum(r["changed_fraction"][:k]) / k for r in runs) / len(runs)
+            last = sum(sum(r["changed_fraction"][-k:]) / k for r in runs) / len(runs)
+            band = lambda v, d: f"{sum(v) / len(v):.{d}f}" + (f" ({min(v):.{d}f}..{max(v):.{d}f})" if len(v) > 1 else "")
+            label = name if name == "fp32" else f"bf16-{name}"
+            lines.append(f"| {sweep['lr']} | {label} | {band(losses, 4)} | {band(accs, 3)} | {first:.4f} / {last:.4f} |")
+    lines += ["", "fp32 changes (almost) every parameter every step; bf16-nearest drops every update smaller than half "
+              "an ulp of its weight, so it falls behind, the more the smaller the learning rate; bf16-stochastic keeps "
+              "each update in expectation (P(round up) = fractional position) and tracks fp32.", "",
+              f"![curves]({png})", ""]
     return "\n".join(lines)
 
 
@@ -170,7 +178,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=0.005)
+    ap.add_argument("--lrs", default="0.005,0.001", help="comma list of learning rates (one row of plots each)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--seeds", type=int, default=3, help="stochastic-rounding seeds")
     ap.add_argument("--max-length", type=int, default=64)
@@ -180,32 +188,36 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.seeds = 200, 1
+    lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
     t0 = time.time()
     x, y, names = features(args.max_length, limit=120 if args.quick else 0)
     train_idx, test_idx = split(x.shape[0], 0.25, seed=0)
     params0 = init_params(x.shape[1], args.hidden, len(names), seed=0)
-    common = dict(steps=args.steps, batch=args.batch, lr=args.lr, data_seed=1, eval_every=max(1, args.steps // 30),
-                  x_test=x[test_idx], y_test=y[test_idx])
     xt, yt = x[train_idx], y[train_idx]
-    runs = {"fp32": [train("fp32", params0, xt, yt, seed=0, **common)],
+    sweeps = []
+    for lr in lrs:
+        common = dict(steps=args.steps, batch=args.batch, lr=lr, data_seed=1, eval_every=max(1, args.steps // 30),
+                      x_test=x[test_idx], y_test=y[test_idx])
+        sweeps.append({"lr": lr, "runs": {
+            "fp32": [train("fp32", params0, xt, yt, seed=0, **common)],
             "nearest": [train("nearest", params0, xt, yt, seed=0, **common)],
-            "stochastic": [train("stochastic", params0, xt, yt, seed=s, **common) for s in range(args.seeds)]}
+            "stochastic": [train("stochastic", params0, xt, yt, seed=s, **common) for s in range(args.seeds)]}})
     with torch.no_grad():
         initial = float(F.cross_entropy(forward(params0, xt), yt))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    result = {"meta": {"lr": args.lr, "batch": args.batch, "steps": args.steps, "seeds": list(range(args.seeds)),
+    result = {"meta": {"lrs": lrs, "batch": args.batch, "steps": args.steps, "seeds": list(range(args.seeds)),
                        "arch": f"{x.shape[1]}-{args.hidden}-GELU-{len(names)}",
                        "params": sum(p.numel() for p in params0), "texts": int(x.shape[0]), "test": int(test_idx.numel()),
                        "classes": len(names), "initial_loss": initial, "commit": commit, "torch": torch.__version__,
                        "machine": platform.machine(), "threads": args.threads, "seconds": time.time() - t0,
                        "quick": args.quick},
-              "runs": runs}
+              "sweeps": sweeps}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "sr_training_quick" if args.quick else "sr_training"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=None, separators=(",", ":")))
-    md = markdown(result).replace("sr_training.png", f"{stem}.png")
+    (out / f"{stem}.json").write_text(json.dumps(result, separators=(",", ":")))
+    md = markdown(result, f"{stem}.png")
     (out / f"{stem}.md").write_text(md)
     plot(result, out / f"{stem}.png")
     print(md)
