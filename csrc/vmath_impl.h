@@ -49,10 +49,22 @@ static inline __attribute__((always_inline)) F vexp(F x) {
   return Vec::select(Vec::lt(x, Vec::set1(-87.33f)), Vec::zero(), e_hi);               // no subnormal results
 }
 
-static inline __attribute__((always_inline)) F verf(F a) {
-  const F t = Vec::min(Vec::set1(4.f), Vec::abs(a));  // erf(4) rounds to 1; NaN passes (2nd operand)
+// erf's two branches on t = min(|x|, 4) (magnitudes; the caller applies the sign of x).
+constexpr float ERF_SPLIT = 0.927734375f;  // small branch for t <= ERF_SPLIT
+
+static inline __attribute__((always_inline)) F verf_small(F t) {  // t + t P(t^2), for t <= ERF_SPLIT
   const F s = Vec::mul(t, t);
-  // |x| > 0.9277: 1 - exp(Q(t)), Q(t) in [-17, -0.9]
+  F q = Vec::set1(-5.96761703e-4f);
+  q = Vec::fmadd(q, s, Vec::set1(4.99119423e-3f));
+  q = Vec::fmadd(q, s, Vec::set1(-2.67681349e-2f));
+  q = Vec::fmadd(q, s, Vec::set1(1.12819925e-1f));
+  q = Vec::fmadd(q, s, Vec::set1(-3.76125336e-1f));
+  q = Vec::fmadd(q, s, Vec::set1(1.28379166e-1f));
+  return Vec::fmadd(q, t, t);
+}
+
+static inline __attribute__((always_inline)) F verf_big(F t) {  // 1 - exp(Q(t)), Q(t) in [-17, -0.9]
+  const F s = Vec::mul(t, t);
   F r = Vec::fmadd(Vec::set1(-1.72853470e-5f), t, Vec::set1(3.83197126e-4f));
   const F u = Vec::fmadd(Vec::set1(-3.88396438e-3f), t, Vec::set1(2.42546219e-2f));
   r = Vec::fmadd(r, s, u);
@@ -60,16 +72,16 @@ static inline __attribute__((always_inline)) F verf(F a) {
   r = Vec::fmadd(r, t, Vec::set1(-6.34846687e-1f));
   r = Vec::fmadd(r, t, Vec::set1(-1.28717512e-1f));
   r = Vec::fnmadd(Vec::set1(1.f), t, Vec::mul(r, t));  // r * t - t
-  const F big = Vec::sub(Vec::set1(1.f), vexp_core(r));
-  // |x| <= 0.9277: |x| + |x| * P(x^2)
-  F q = Vec::set1(-5.96761703e-4f);
-  q = Vec::fmadd(q, s, Vec::set1(4.99119423e-3f));
-  q = Vec::fmadd(q, s, Vec::set1(-2.67681349e-2f));
-  q = Vec::fmadd(q, s, Vec::set1(1.12819925e-1f));
-  q = Vec::fmadd(q, s, Vec::set1(-3.76125336e-1f));
-  q = Vec::fmadd(q, s, Vec::set1(1.28379166e-1f));
-  q = Vec::fmadd(q, t, t);
-  return Vec::copysign(Vec::select(Vec::gt(t, Vec::set1(0.927734375f)), big, q), a);
+  return Vec::sub(Vec::set1(1.f), vexp_core(r));
+}
+
+static inline __attribute__((always_inline)) F verf_abs_arg(F a) {  // t = min(|a|, 4); erf(4) rounds to 1
+  return Vec::min(Vec::set1(4.f), Vec::abs(a));                     // NaN passes (2nd operand)
+}
+
+static inline __attribute__((always_inline)) F verf(F a) {
+  const F t = verf_abs_arg(a);
+  return Vec::copysign(Vec::select(Vec::gt(t, Vec::set1(ERF_SPLIT)), verf_big(t), verf_small(t)), a);
 }
 
 // x -> 0 where x is -inf (the formulas give -inf * 0 = NaN there).

@@ -106,3 +106,19 @@ def test_cpu_bias_gelu_refuses_what_it_cannot_do():
         ops.bias_gelu(x.t().contiguous().t(), b, backend="cpu")
     assert ops.which_backend("bias_gelu", x.double(), b.double(), "none") == "reference"
     assert ops.which_backend("bias_gelu", x, b, "none") == "cpu"
+
+
+def test_isa_switch_env_and_errors():
+    """BERTSILICON_ISA picks the path at import; set_isa refuses unknown or unsupported paths."""
+    import subprocess
+    import sys
+
+    from bertsilicon.ops import _cpu
+
+    code = "from bertsilicon.ops import _cpu; print(_cpu._C.active_isa())"
+    env = {**__import__("os").environ, "BERTSILICON_ISA": "scalar"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert got.stdout.strip() == "scalar", got.stderr[-500:]
+    with pytest.raises(ValueError, match="isa='sse9' is unknown"):
+        _cpu.set_isa("sse9")
+    assert _cpu.cpu_features()["best_isa"] == ISAS[-1]

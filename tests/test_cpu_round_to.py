@@ -1,5 +1,7 @@
 """C++ round_to: bit-identical to bertsilicon.formats.round_to (nearest-even and stochastic, same seed)
 on every ISA path, for every format and input dtype; and its Philox4x32-10 stream."""
+import functools
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from cpu_isa import cpu_isas, isa, needs_cpu  # noqa: F401  (isa is a fixture)
 
 pytestmark = needs_cpu
 ISAS = cpu_isas()
-FMTS = ["bf16", "fp16", "e4m3", "e5m2"]
+FMTS = ["bf16", "fp16", "e4m3", "e5m2", "e3m4", "e2m1fn"]  # + custom floats (subnormals on)
 BITS_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
 
@@ -22,7 +24,7 @@ def _hard_fp32(n: int, seed: int) -> torch.Tensor:
     wide = mant * torch.exp2(exp) * sign
     bits = torch.randint(-(2 ** 31), 2 ** 31 - 1, (n,), generator=g, dtype=torch.int64).to(torch.int32).view(torch.float32)
     parts = [wide, bits]
-    for f in formats.FORMATS.values():  # midpoints between neighbours (ties) and one fp32 ulp either side
+    for f in map(formats.get_format, FMTS):  # midpoints between neighbours (ties) and one fp32 ulp either side
         k = torch.randint(0, 2 ** (f.mbits + 1), (n // 8,), generator=g).double()
         e = torch.randint(f.emin - f.mbits - 2, f.emax + 2, (n // 8,), generator=g).double()
         tie = ((2 * k + 1) * torch.exp2(e - f.mbits - 1)).float()
@@ -42,26 +44,42 @@ def _assert_bit_equal(got: torch.Tensor, expect: torch.Tensor, x: torch.Tensor, 
                              f"cpu={got[bad].tolist()} reference={expect[bad].tolist()}")
 
 
+@functools.lru_cache(maxsize=None)
+def _fp32_case(fmt: str, rounding: str):
+    """(x, seed, reference result): computed once and shared by the ISA paths (the reference is slow)."""
+    x = _hard_fp32(12_000, seed=len(fmt) * 7 + len(rounding))
+    seed = 2 ** 40 + 12345 if rounding == "stochastic" else None
+    return x, seed, formats.round_to(x, fmt, rounding, seed)
+
+
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("fmt", FMTS)
 def test_cpu_round_to_fp32_bit_identical(isa, fmt, rounding):
-    x = _hard_fp32(30_000, seed=len(fmt) * 7 + len(rounding))
-    seed = 2 ** 40 + 12345 if rounding == "stochastic" else None
+    x, seed, expect = _fp32_case(fmt, rounding)
     got = ops.round_to(x, fmt, rounding, seed, backend="cpu")
-    _assert_bit_equal(got, formats.round_to(x, fmt, rounding, seed), x, f"{fmt} {rounding} [{isa}]")
+    _assert_bit_equal(got, expect, x, f"{fmt} {rounding} [{isa}]")
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_round_to_16bit_inputs_every_pattern(isa, dtype, rounding):
-    """Every one of the 65536 bf16 / fp16 bit patterns, to every format (the result keeps the input dtype)."""
-    x = torch.arange(-(2 ** 15), 2 ** 15, dtype=torch.int32).to(torch.int16).view(dtype)
+    """Every one of the 65536 bf16 / fp16 bit patterns (nearest) or a random quarter of them (stochastic),
+    to every format; the result keeps the input dtype."""
     for fmt in FMTS:
+        x, expect = _16bit_case(dtype, fmt, rounding)
         got = ops.round_to(x, fmt, rounding, 7, backend="cpu")
         assert got.dtype == dtype
-        _assert_bit_equal(got, formats.round_to(x, fmt, rounding, 7), x, f"{dtype} -> {fmt} {rounding} [{isa}]")
+        _assert_bit_equal(got, expect, x, f"{dtype} -> {fmt} {rounding} [{isa}]")
+
+
+@functools.lru_cache(maxsize=None)
+def _16bit_case(dtype, fmt: str, rounding: str):
+    x = torch.arange(-(2 ** 15), 2 ** 15, dtype=torch.int32).to(torch.int16).view(dtype)
+    if rounding == "stochastic":
+        x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(3))[: 2 ** 14]]
+    return x, formats.round_to(x, fmt, rounding, 7)
 
 
 def test_cpu_round_to_seeds_and_shapes():
@@ -90,3 +108,6 @@ def test_cpu_round_to_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="dtype"):
         ops.round_to(x.double(), "bf16", backend="cpu")
     assert ops.which_backend("round_to", x.t(), "bf16", "nearest", None) == "reference"
+    for fmt in ("int8", "q3.4", "e4m3-nosub"):
+        with pytest.raises(ValueError, match="backend='cpu'.*float formats with subnormals"):
+            ops.round_to(x, fmt, backend="cpu")

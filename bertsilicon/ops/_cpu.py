@@ -158,6 +158,10 @@ def _check_round_to(x, fmt, rounding, seed) -> Optional[str]:
     reason = first_reason(_dtype_reason("x", x, _formats.INPUT_DTYPES), contiguous("x", x))
     if reason is None and rounding not in ("nearest", "stochastic"):
         reason = f"rounding={rounding!r}: the cpu kernel does 'nearest' and 'stochastic'"
+    f = _formats.get_format(fmt)
+    if reason is None and not (isinstance(f, _formats.FloatFormat) and getattr(f, "subnormals", True)):
+        reason = (f"fmt={f.name!r}: the cpu kernel rounds to float formats with subnormals "
+                  "(bf16, fp16, e4m3, e5m2, e{E}m{M}); fixed point, integer and no-subnormal formats use the reference")
     return reason
 
 
@@ -167,7 +171,7 @@ def round_to(x, fmt, rounding, seed):
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out
-    saturate = _formats.DEFAULT_OVERFLOW.get(f.name, "inf") == "saturate"
+    saturate = _formats.default_overflow(f) == "saturate"
     stochastic = rounding == "stochastic"
     _C.round_to(_DTYPE_CODE[x.dtype], x.data_ptr(), out.data_ptr(), x.numel(), f.mbits, f.emin, f.max_finite,
                 f.ieee, stochastic, (int(seed) & 0xFFFFFFFFFFFFFFFF) if stochastic else 0, saturate, threads())

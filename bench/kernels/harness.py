@@ -1,0 +1,175 @@
+"""Shared pieces of the per-kernel benchmarks (pytest-benchmark): BERT-student shapes, analytic byte and
+FLOP counts, and a results table merged into ``bench/results/cpu/kernels.{json,md}``.
+
+Each benchmark times one *provider* (``"bertsilicon"`` or a peer such as ``"torch"``) on one *case*
+(op + shape + dtype) and calls :func:`record`; at the end of the session ``conftest.py`` calls
+:func:`write_results`, which merges the new rows into the JSON (rows of other ops and of other runs are
+kept, so the GEMM and elementwise benchmarks can run separately) and rewrites the Markdown table with
+``speedup = peer median / bertsilicon median`` per case, both measured in the same run.
+
+Byte counts are the ideal traffic (every input read once, every output written once); FLOP counts are
+the op's arithmetic, stated per op below, the same for every provider of a case.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = ROOT / "bench" / "results" / "cpu"
+TOKENS = 8 * 128        # batch 8 x sequence 128
+HIDDENS = (384, 768)    # MiniLM-L6 / BERT-base widths
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+OURS = "bertsilicon"
+
+_ROWS: list[dict] = []
+
+
+# ------------------------------------------------------------------------------------------------ #
+# analytic counts                                                                                   #
+# ------------------------------------------------------------------------------------------------ #
+def elementwise_bytes(numel: int, dtype: torch.dtype, reads: int, writes: int = 1, extra: int = 0) -> int:
+    """Ideal traffic of an elementwise op: ``reads`` inputs and ``writes`` outputs of ``numel`` elements,
+    plus ``extra`` bytes (per-feature vectors such as LayerNorm's weight and bias)."""
+    return numel * dtype.itemsize * (reads + writes) + extra
+
+
+def attention_flops(B: int, H: int, Lq: int, Lk: int, D: int) -> int:
+    """Two matmuls (Q K^T and P V) of B H Lq Lk D multiply-adds each = 4 B H Lq Lk D FLOPs, on the
+    padded lengths (what SDPA computes; our kernel skips padded keys, so this overstates its work)."""
+    return 4 * B * H * Lq * Lk * D
+
+
+def attention_bytes(B: int, H: int, Lq: int, Lk: int, D: int, dtype: torch.dtype) -> int:
+    """q and out [B, H, Lq, D], k and v [B, H, Lk, D], each touched once."""
+    return (2 * Lq + 2 * Lk) * B * H * D * dtype.itemsize
+
+
+def gemm_flops(M: int, N: int, K: int) -> int:
+    """2 M N K (one multiply and one add per multiply-add)."""
+    return 2 * M * N * K
+
+
+# ------------------------------------------------------------------------------------------------ #
+# recording                                                                                         #
+# ------------------------------------------------------------------------------------------------ #
+def record(benchmark, *, op: str, case: str, provider: str, nbytes: Optional[int] = None,
+           flops: Optional[int] = None, note: str = "") -> None:
+    """Keep the median of a finished ``benchmark(...)`` call with its analytic counts."""
+    stats = benchmark.stats.stats
+    median = float(stats.median)
+    benchmark.extra_info.update(op=op, case=case, provider=provider, bytes=nbytes, flops=flops)
+    _ROWS.append({
+        "op": op, "case": case, "provider": provider, "median_s": median, "iqr_s": float(stats.iqr),
+        "rounds": int(stats.rounds), "bytes": nbytes, "flops": flops,
+        "GB_per_s": nbytes / median / 1e9 if nbytes else None,
+        "GFLOP_per_s": flops / median / 1e9 if flops else None,
+        "note": note,
+    })
+
+
+def run(benchmark, fn, *, op: str, case: str, provider: str, nbytes=None, flops=None, note: str = ""):
+    """Time ``fn`` (warm-up, then pytest-benchmark's rounds; medians are what we report) and record it."""
+    fn()  # warm-up outside the timer: first-call allocations, thread-pool start
+    result = benchmark.pedantic(fn, rounds=_rounds(), iterations=1, warmup_rounds=3)
+    record(benchmark, op=op, case=case, provider=provider, nbytes=nbytes, flops=flops, note=note)
+    return result
+
+
+def _rounds() -> int:
+    return int(os.environ.get("BERTSILICON_BENCH_ROUNDS", "100"))
+
+
+def machine() -> dict:
+    try:
+        from bertsilicon.benchmark.machine import machine_info
+        return machine_info(torch.get_num_threads())
+    except ImportError:  # the benchmark package is optional here
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        return {"cpu": {"model": platform.processor()}, "threads": torch.get_num_threads(),
+                "versions": {"torch": torch.__version__}, "git": {"commit": commit}}
+
+
+def _speedups(rows: list[dict]) -> list[dict]:
+    """One line per (op, case): our median, each peer's, and peer / ours."""
+    cases: dict[tuple, dict] = {}
+    for r in rows:
+        cases.setdefault((r["op"], r["case"]), {})[r["provider"]] = r
+    lines = []
+    for (op, case), by in cases.items():
+        ours = by.get(OURS)
+        for provider, peer in by.items():
+            if provider == OURS:
+                continue
+            lines.append({"op": op, "case": case, "peer": provider,
+                          "ours_ms": ours["median_s"] * 1e3 if ours else None,
+                          "peer_ms": peer["median_s"] * 1e3,
+                          "speedup": peer["median_s"] / ours["median_s"] if ours else None,
+                          "ours_GBps": ours["GB_per_s"] if ours else None,
+                          "ours_GFLOPps": ours["GFLOP_per_s"] if ours else None,
+                          "peer_GBps": peer["GB_per_s"], "peer_GFLOPps": peer["GFLOP_per_s"],
+                          "note": (ours or {}).get("note", "")})
+    return lines
+
+
+def write_results(name: str = "kernels", targets: Optional[dict] = None, preliminary: bool = True) -> Optional[Path]:
+    """Merge this session's rows into ``bench/results/cpu/<name>.json`` and rewrite ``<name>.md``."""
+    if not _ROWS:
+        return None
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    fresh = {(r["op"], r["case"], r["provider"]) for r in _ROWS}
+    rows = [r for r in old.get("rows", []) if (r["op"], r["case"], r["provider"]) not in fresh] + _ROWS
+    runs = old.get("machines", {})
+    info = machine()
+    for op in {r["op"] for r in _ROWS}:
+        runs[op] = info
+    doc = {"what": "per-kernel CPU benchmarks: pytest-benchmark medians, speedup = peer / bertsilicon",
+           "preliminary": preliminary, "targets": {**old.get("targets", {}), **(targets or {})},
+           "machines": runs, "rows": rows, "speedups": _speedups(rows)}
+    path.write_text(json.dumps(doc, indent=1))
+    (RESULTS_DIR / f"{name}.md").write_text(_markdown(doc))
+    _ROWS.clear()
+    return path
+
+
+def _fmt(v, spec):
+    return "" if v is None else format(v, spec)
+
+
+def _markdown(doc: dict) -> str:
+    out = ["# CPU kernel benchmarks", ""]
+    if doc.get("preliminary"):
+        out += ["**Preliminary**: measured on a shared machine while other jobs ran; re-run on a quiet machine "
+                "(command below) for final figures.", ""]
+    out += ["speedup = peer median / bertsilicon median (same inputs, same run, same thread count). "
+            "GB/s and GFLOP/s come from analytic counts (bench/kernels/harness.py).", "",
+            "| op | case | peer | bertsilicon ms | peer ms | speedup | target | ours GB/s | ours GFLOP/s | peer GB/s | peer GFLOP/s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    targets = doc.get("targets", {})
+    for s in sorted(doc["speedups"], key=lambda s: (s["op"], s["case"], s["peer"])):
+        target = targets.get(f'{s["op"]}/{s["peer"]}')
+        out.append(f'| {s["op"]} | {s["case"]} | {s["peer"]} | {_fmt(s["ours_ms"], ".3f")} | {_fmt(s["peer_ms"], ".3f")} '
+                   f'| {_fmt(s["speedup"], ".2f")}x | {"" if target is None else f">= {target}x"} '
+                   f'| {_fmt(s["ours_GBps"], ".1f")} | {_fmt(s["ours_GFLOPps"], ".1f")} '
+                   f'| {_fmt(s["peer_GBps"], ".1f")} | {_fmt(s["peer_GFLOPps"], ".1f")} |')
+    out += ["", "## Machines", ""]
+    for op, m in sorted(doc["machines"].items()):
+        cpu = m.get("cpu", {})
+        flags = ", ".join(f for f in cpu.get("simd_flags", []) if "avx512" in f or f in ("avx2", "fma", "f16c"))
+        versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
+        out.append(f'- **{op}**: {cpu.get("model")}, {m.get("threads")} threads, flags: {flags}; {versions}; '
+                   f'commit {m.get("git", {}).get("commit")}{" (dirty)" if m.get("git", {}).get("dirty") else ""}; '
+                   f'load average at start {m.get("load_average_start")}; kernel path '
+                   f'{(cpu.get("bertsilicon_cpu_features") or {}).get("active_isa")}')
+    out += ["", "Re-run: `.venv/bin/pytest bench/kernels --benchmark-only -q` (all kernels) or one file, "
+            "e.g. `.venv/bin/pytest bench/kernels/bench_attention.py --benchmark-only -q`.", ""]
+    return "\n".join(out)
