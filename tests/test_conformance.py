@@ -13,18 +13,29 @@ BACKENDS = ("reference", "cpu", "triton")
 FLOATS = ("bf16", "fp16", "e4m3", "e5m2")
 
 
+def _device(backend):
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def _skip_reason(backend, fmt="bf16", rounding="nearest"):
+    probe = torch.ones(4, device=_device(backend))
+    if _dispatch.available("round_to", backend, probe, fmt, rounding, 0):
+        return None
+    return _dispatch._unavailable("round_to", backend, probe.device, (probe, fmt, rounding, 0), {})
+
+
 def _backend_round_fn(backend):
-    """ops.round_to pinned to ``backend``, or a skip saying why that backend cannot run here."""
+    """ops.round_to pinned to ``backend`` (on CUDA for Triton when there is a GPU, else CPU tensors),
+    or a skip saying why that backend cannot run here."""
     reason = _dispatch._load(backend)
     if reason is not None:
         pytest.skip(f"{backend} backend unavailable on this machine: {reason}")
     if ("round_to", backend) not in _dispatch._REGISTRY:
         pytest.skip(f"no round_to kernel registered for the {backend} backend yet")
-    probe = torch.ones(4)
-    if not _dispatch.available("round_to", backend, probe, "bf16", "nearest", None):
-        pytest.skip(f"{backend} cannot run round_to on CPU tensors here: "
-                    f"{_dispatch._unavailable('round_to', backend, probe.device, (probe, 'bf16', 'nearest', None), {})}")
-    return C.backend_round_fn(backend)
+    reason = _skip_reason(backend)
+    if reason is not None:
+        pytest.skip(f"{backend} cannot run round_to here: {reason}")
+    return C.backend_round_fn(backend, _device(backend))
 
 
 def _assert_all_pass(round_fn, fmt, rounding, quick=False):
@@ -51,10 +62,9 @@ def test_backend_conforms(backend, fmt, rounding):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_conforms_on_custom_floats(backend, fmt, rounding):
     fn = _backend_round_fn(backend)
-    probe = torch.ones(4)
-    if not _dispatch.available("round_to", backend, probe, fmt, rounding, 0):
-        pytest.skip(f"{backend} does not serve fmt={fmt!r}: "
-                    f"{_dispatch._unavailable('round_to', backend, probe.device, (probe, fmt, rounding, 0), {})}")
+    reason = _skip_reason(backend, fmt, rounding)
+    if reason is not None:
+        pytest.skip(f"{backend} does not serve fmt={fmt!r}: {reason}")
     _assert_all_pass(fn, fmt, rounding, quick=backend == "triton" and _dispatch.triton_interpreter())
 
 

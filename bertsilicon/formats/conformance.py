@@ -69,15 +69,17 @@ class CheckResult:
     detail: str = ""
 
 
-def backend_round_fn(backend: str) -> RoundFn:
-    """``bertsilicon.ops.round_to`` pinned to one backend (explicit overflow policies are not part of
-    the op's signature: checks that need one are skipped for such functions)."""
+def backend_round_fn(backend: str, device=None) -> RoundFn:
+    """``bertsilicon.ops.round_to`` pinned to one backend; inputs are moved to ``device`` (e.g. ``"cuda"``
+    for Triton on a GPU) and results brought back to the CPU. Explicit overflow policies are not part of
+    the op's signature: checks that need one raise ``NotImplementedError`` for such functions."""
     from .. import ops
 
     def round_fn(x, fmt, rounding="nearest", seed=None, **kw):
         if kw:
             raise NotImplementedError(f"ops.round_to has no {sorted(kw)} argument")
-        return ops.round_to(x, fmt, rounding, seed, backend=backend)
+        xd = x if device is None else x.to(device)
+        return ops.round_to(xd, fmt, rounding, seed, backend=backend).to(x.device)
 
     round_fn.__name__ = f"ops.round_to[{backend}]"
     return round_fn
