@@ -190,7 +190,9 @@ def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation: Optional[str]
 
 
 def round_to(x, fmt: str, rounding: str = "nearest", seed: Optional[int] = None, *, backend: Optional[str] = None):
-    """Round x to the values of ``fmt`` (``"bf16" | "fp16" | "e4m3" | "e5m2"``) -> a tensor of x's dtype.
+    """Round x to the values of ``fmt`` (``"bf16" | "fp16" | "e4m3" | "e5m2"`` or a custom float
+    ``"e{E}m{M}"`` where the backend serves it; fixed point, integers, toward-zero and explicit overflow
+    policies: :func:`bertsilicon.formats.round_to`) -> a tensor of x's dtype.
     ``rounding``: ``"nearest"`` (ties to even) or ``"stochastic"`` (Philox4x32-10 keyed on ``seed`` and
     the element index; bit-identical on every backend). See :mod:`bertsilicon.formats`."""
     V.tensor("x", x, dtypes=_formats.INPUT_DTYPES)
