@@ -122,7 +122,7 @@ def test_packed_weight_follows_isa_switch():
     pw = G.pack_linear(w)
     try:
         _cpu.set_isa("avx2")
-        assert G.linear_packed(x, pw, b).shape == (8, 40) and pw.fresh().layout == "f32x16"
+        assert G.linear_packed(x, pw, b).shape == (8, 40) and pw.layout == "f32x16"
     finally:
         _cpu.set_isa(before)
 

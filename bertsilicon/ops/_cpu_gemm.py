@@ -35,8 +35,12 @@ _ACT = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
 _OUT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int32: 3}
 
 # Which GEMM serves float `linear`: "own" (packed-B register-blocked micro-kernel with the epilogue
-# fused on the register tile) or "torch" (torch.matmul, then our epilogue in one in-place pass).
-# Both are measured by bench/kernels/bench_linear.py; the faster on this machine is the default.
+# fused on the register tile) or "torch" (torch's F.linear, then our activation in one in-place pass).
+# Both are measured by bench/kernels/bench_linear.py ("linear" vs "linear (torch GEMM + our epilogue)").
+# "own" is the default: on the Zen 4 dev machine it matched or beat torch's oneDNN/MKL GEMM on every
+# BERT-layer shape in fp32 and bf16 (best-of-30, interleaved; figures in bench/results/cpu/gemm.md),
+# and the torch path pays a second pass over the output for the activation (and, in bf16, rounds
+# twice: GEMM output, then activation).
 LINEAR_GEMM = os.environ.get("BERTSILICON_LINEAR_GEMM", "own")
 if LINEAR_GEMM not in ("own", "torch"):
     raise ValueError(f"BERTSILICON_LINEAR_GEMM={LINEAR_GEMM!r}; expected 'own' or 'torch'")
@@ -63,41 +67,58 @@ def _ptr(t: Optional[torch.Tensor]) -> int:
 # ---------------------------------------------------------------------------------------------- #
 # Packed weights                                                                                  #
 # ---------------------------------------------------------------------------------------------- #
-@dataclass
-class PackedWeight:
-    """A weight ``[N, K]`` in the panel layout the active kernel path reads (see module docstring)."""
+@dataclass(frozen=True)
+class _Pack:
+    """One immutable packing of a weight: the layout, the buffer, and the source version it reflects."""
 
-    source: torch.Tensor  # the weight as given (kept: re-packing, and the scalar path reads it)
     version: int          # source._version when packed
     kind: int             # PackKind (csrc/gemm_common.h)
-    data: torch.Tensor    # uint8 buffer; empty for the scalar path, which reads `source`
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.source.shape)
-
-    @property
-    def layout(self) -> str:
-        return _C.gemm_pack_name(self.kind)
+    data: torch.Tensor    # uint8 buffer; empty for the scalar path, which reads the source itself
+    source: torch.Tensor  # the contiguous weight it was packed from
 
     def ptr(self) -> int:
         return self.data.data_ptr() if self.kind else self.source.data_ptr()
 
-    def fresh(self) -> "PackedWeight":
-        """This pack, or a new one if the source changed in place or the ISA path changed."""
-        if self.version == self.source._version and self.kind == _C.gemm_pack_kind(_ELEM[self.source.dtype]):
-            return self
-        return _pack(self.source)
 
-
-def _pack(weight: torch.Tensor) -> PackedWeight:
+def _pack_now(weight: torch.Tensor) -> _Pack:
     w = weight.detach().contiguous()
     N, K = w.shape
     kind = _C.gemm_pack_kind(_ELEM[w.dtype])
     data = torch.empty(_C.gemm_packed_bytes(kind, N, K), dtype=torch.uint8)
     if kind and data.numel():
         _C.gemm_pack(kind, w.data_ptr(), _ELEM[w.dtype], N, K, data.data_ptr(), threads())
-    return PackedWeight(w, weight._version, kind, data)
+    return _Pack(weight._version, kind, data, w)
+
+
+class PackedWeight:
+    """A weight ``[N, K]`` packed for the active kernel path (see the module docstring).
+
+    ``current()`` returns an immutable snapshot, re-packing first when the weight changed in place or the
+    ISA path changed; the snapshot is swapped in with one reference assignment, so a call running in
+    another thread keeps a consistent (layout, buffer) pair.
+    """
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+        self._pack = _pack_now(weight)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight.dtype
+
+    @property
+    def layout(self) -> str:
+        return _C.gemm_pack_name(self.current().kind)
+
+    def current(self) -> _Pack:
+        pack = self._pack
+        if pack.version != self.weight._version or pack.kind != _C.gemm_pack_kind(_ELEM[self.weight.dtype]):
+            pack = self._pack = _pack_now(self.weight)
+        return pack
 
 
 def _check_weight(name: str, w, dtypes) -> Optional[str]:
@@ -111,7 +132,7 @@ def pack_linear(weight: torch.Tensor) -> PackedWeight:
     reason = _check_weight("weight", weight, (torch.float32, torch.bfloat16))
     if reason:
         raise ValueError(reason)
-    return _pack(weight)
+    return PackedWeight(weight)
 
 
 def pack_int8(w_q: torch.Tensor) -> PackedWeight:
@@ -120,7 +141,7 @@ def pack_int8(w_q: torch.Tensor) -> PackedWeight:
     reason = _check_weight("w_q", w_q, (torch.int8,))
     if reason:
         raise ValueError(reason)
-    return _pack(w_q)
+    return PackedWeight(w_q)
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -135,17 +156,17 @@ def linear_packed(x: torch.Tensor, packed: PackedWeight, bias: Optional[torch.Te
                   activation: Optional[str] = None) -> torch.Tensor:
     """activation(x @ W^T + bias) with W pre-packed by :func:`pack_linear`; x ``[..., K]`` contiguous,
     x's dtype = W's dtype (fp32 or bf16); fp32 accumulation, epilogue in fp32, one rounding to x's dtype."""
-    packed = packed.fresh()
+    pack = packed.current()
     N, K = packed.shape
-    if x.dtype != packed.source.dtype or x.shape[-1] != K or not x.is_contiguous():
-        raise ValueError(f"x must be a contiguous {packed.source.dtype} tensor [..., {K}]; got {x.dtype} "
+    if x.dtype != packed.dtype or x.shape[-1] != K or not x.is_contiguous():
+        raise ValueError(f"x must be a contiguous {packed.dtype} tensor [..., {K}]; got {x.dtype} "
                          f"{tuple(x.shape)} (contiguous={x.is_contiguous()})")
     out = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
     if out.numel() == 0:
         return out
     M = out.numel() // N
     bias32 = _f32(bias, N)  # held in a name: C++ reads it after this line
-    _C.linear(packed.kind, x.data_ptr(), _ELEM[x.dtype], M, K, packed.ptr(), N, _ptr(bias32),
+    _C.linear(pack.kind, x.data_ptr(), _ELEM[x.dtype], M, K, pack.ptr(), N, _ptr(bias32),
               _ACT[activation], out.data_ptr(), _OUT[x.dtype], threads())
     return out
 
@@ -166,7 +187,7 @@ def linear_torch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 def linear(x, weight, bias, activation):
     if LINEAR_GEMM == "torch":
         return linear_torch_gemm(x, weight, bias, activation)
-    return linear_packed(x, _pack(weight), bias, activation)
+    return linear_packed(x, PackedWeight(weight), bias, activation)
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -202,7 +223,7 @@ def _check_int8_linear(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype) 
 
 
 def _int8_gemm(x_q, x_scale, packed: PackedWeight, w_scale, bias, activation, out_dtype) -> torch.Tensor:
-    packed = packed.fresh()
+    pack = packed.current()
     N, K = packed.shape
     if x_q.dtype != torch.int8 or x_q.shape[-1] != K or not x_q.is_contiguous():
         raise ValueError(f"x_q must be a contiguous int8 tensor [..., {K}]; got {x_q.dtype} {tuple(x_q.shape)} "
@@ -215,7 +236,7 @@ def _int8_gemm(x_q, x_scale, packed: PackedWeight, w_scale, bias, activation, ou
     xs, ws, bias32 = _f32(x_scale, M), _f32(w_scale, N), _f32(bias, N)
     if out_dtype == torch.int32:  # raw sums; the scales are not read
         xs, ws = torch.ones(M), torch.ones(N)
-    _C.int8_linear(packed.kind, x_q.data_ptr(), M, K, packed.ptr(), N, xs.data_ptr(), ws.data_ptr(),
+    _C.int8_linear(pack.kind, x_q.data_ptr(), M, K, pack.ptr(), N, xs.data_ptr(), ws.data_ptr(),
                    _ptr(bias32), _ACT[activation], out.data_ptr(), _OUT[out_dtype], threads())
     return out
 
@@ -238,4 +259,4 @@ def int8_matmul(x_q: torch.Tensor, w_q) -> torch.Tensor:
 
 @register("int8_linear", "cpu", check=_check_int8_linear)
 def int8_linear(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype):
-    return _int8_gemm(x_q, x_scale, _pack(w_q), w_scale, bias, activation, out_dtype)
+    return _int8_gemm(x_q, x_scale, PackedWeight(w_q), w_scale, bias, activation, out_dtype)

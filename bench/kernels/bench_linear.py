@@ -1,0 +1,68 @@
+"""linear (GEMM + fused bias/activation epilogue) vs torch ``F.linear`` (+ the activation), fp32 and bf16.
+
+Shapes: tokens 8 x 128 = 1024, the three GEMM shapes of a BERT-student layer at hidden 384 and 768:
+QKV projection (H -> 3H), FFN up (H -> 4H, GELU epilogue), FFN down (4H -> H).
+
+Ops recorded (each against the same ``torch`` peer, measured in the same run):
+
+* ``linear``                 our packed-B micro-kernel on a weight packed once (what the model wrapper runs)
+* ``linear (per-call pack)`` the plain op ``ops.linear(..., backend="cpu")`` on an unpacked nn.Linear weight
+* ``linear (torch GEMM + our epilogue)`` the other candidate: torch's GEMM then our in-place epilogue
+
+FLOPs 2 M N K; bytes x (M K) + W (N K) + out (M N) at the dtype's width (+ bias).
+Results: ``bench/results/cpu/gemm.{json,md}``.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import harness
+from bertsilicon import ops
+from bertsilicon import reference as ref
+from bertsilicon.ops import _cpu_gemm
+
+TARGETS = {"linear/torch": 0.9, "int8_linear/torch_dynamic_int8": 1.0, "int8_gemm/torch_int_mm": 0.7}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _gemm_results():
+    yield
+    path = harness.write_results("gemm", targets=TARGETS, preliminary=__import__("os").environ.get("BERTSILICON_BENCH_FINAL") != "1")
+    if path is not None:
+        print(f"\nresults: {path} and {path.with_suffix('.md')}")
+
+
+def layer_shapes():
+    """(name, K, N, activation) of the GEMMs of one encoder layer per hidden width."""
+    for h in harness.HIDDENS:
+        yield f"H{h} qkv", h, 3 * h, None
+        yield f"H{h} ffn-up+gelu", h, 4 * h, "gelu"
+        yield f"H{h} ffn-down", 4 * h, h, None
+
+
+SHAPES = list(layer_shapes())
+VARIANTS = {"linear": "packed", "linear (per-call pack)": "op", "linear (torch GEMM + our epilogue)": "torch_gemm"}
+
+
+@pytest.mark.parametrize("provider", [harness.OURS, "torch"])
+@pytest.mark.parametrize("op", list(VARIANTS))
+@pytest.mark.parametrize("dtype", list(harness.DTYPES))
+@pytest.mark.parametrize("name,K,N,act", SHAPES, ids=[s[0] for s in SHAPES])
+def test_linear(benchmark, name, K, N, act, dtype, op, provider):
+    dt = harness.DTYPES[dtype]
+    M = harness.TOKENS
+    g = torch.Generator().manual_seed(K * N)
+    x = torch.randn(M, K, generator=g).to(dt)
+    w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dt)
+    b = (0.1 * torch.randn(N, generator=g)).to(dt)
+    if provider == "torch":
+        fn = lambda: ref.activate(F.linear(x, w, b), act)  # noqa: E731
+    elif VARIANTS[op] == "packed":
+        packed = _cpu_gemm.pack_linear(w)
+        fn = lambda: _cpu_gemm.linear_packed(x, packed, b, act)  # noqa: E731
+    elif VARIANTS[op] == "op":
+        fn = lambda: ops.linear(x, w, b, act, backend="cpu")  # noqa: E731
+    else:
+        fn = lambda: _cpu_gemm.linear_torch_gemm(x, w, b, act)  # noqa: E731
+    harness.run(benchmark, fn, op=op, case=f"{M}x{K}->{N} {dtype} {act or 'none'} ({name})", provider=provider,
+                flops=harness.gemm_flops(M, N, K), nbytes=(M * K + N * K + M * N + N) * dt.itemsize)
