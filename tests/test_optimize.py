@@ -66,7 +66,7 @@ def test_fp32_matches_hf(batch, hf_fp32, unpad):
 
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_half_precisions_follow_the_tolerance_rule(batch, precision, dtype):
-    batch = {k: v[6:18] for k, v in batch.items()}  # 6 docstrings + 6 paragraphs: HF fp16/fp64 on CPU are slow
+    batch = {k: v[8:16] for k, v in batch.items()}  # 4 docstrings + 4 paragraphs: HF fp16/fp64 on CPU are slow
     ref_model = bertsilicon.load_student("minilm-l6").double()
     with torch.no_grad():
         ref64 = ref_model(**batch).last_hidden_state
@@ -99,7 +99,7 @@ def test_int8_pooled_cosine_every_sentence(int8_model, tok, texts):
 
 
 def test_int8_knn_module_accuracy_within_one_point(int8_model, tok):
-    docs = bertsilicon.data.corpus("docstrings").subset(150, seed=3)
+    docs = bertsilicon.data.corpus("docstrings").subset(120, seed=3)
     fp32 = bertsilicon.load_student("minilm-l6")
     acc32 = knn_accuracy(embed(fp32, tok, docs.texts, batch_size=32, max_length=64), docs.labels)
     acc8 = knn_accuracy(embed(int8_model, tok, docs.texts, batch_size=32, max_length=64), docs.labels)
@@ -132,6 +132,7 @@ def _pipeline_takes_framework():
 def test_sentence_transformers(texts):
     from sentence_transformers import SentenceTransformer
 
+    texts = texts[8:16]
     st = SentenceTransformer(str(bertsilicon.models.minilm_path()), device="cpu", local_files_only=True)
     before = st.encode(texts, convert_to_tensor=True, batch_size=8)
     hf_model = st[0].auto_model
@@ -158,7 +159,8 @@ def test_restore_is_exact_and_state_dict_unchanged(batch, hf_fp32):
     assert torch.equal(out.last_hidden_state, hf_fp32.last_hidden_state)
 
 
-def test_hidden_states_and_attentions(batch, hf_fp32):
+def test_hidden_states_and_attentions(batch):
+    batch = {k: v[8:16] for k, v in batch.items()}
     m = bertsilicon.load_student("minilm-l6")
     m.config._attn_implementation = "eager"  # sdpa returns no attention weights
     ref = copy.deepcopy(m)

@@ -65,15 +65,22 @@ def supported_classes() -> list[str]:
 # ---------------------------------------------------------------------------------------------- #
 # HF output collector (output_hidden_states / output_attentions in transformers 5.x)              #
 # ---------------------------------------------------------------------------------------------- #
+_COLLECTOR_VAR: list = []
+
+
 def _collector() -> Optional[dict]:
     """The dict HF's ``capture_outputs`` collects requested outputs into for this call, or None."""
-    for mod in ("transformers.utils.output_capturing", "transformers.utils.generic"):
-        try:
-            var = getattr(__import__(mod, fromlist=["_active_collector"]), "_active_collector")
-        except (ImportError, AttributeError):
-            continue
-        return var.get()
-    return None
+    if not _COLLECTOR_VAR:
+        for mod in ("transformers.utils.output_capturing", "transformers.utils.generic"):
+            try:
+                _COLLECTOR_VAR.append(getattr(__import__(mod, fromlist=["_active_collector"]), "_active_collector"))
+                break
+            except (ImportError, AttributeError):
+                continue
+        else:
+            _COLLECTOR_VAR.append(None)
+    var = _COLLECTOR_VAR[0]
+    return None if var is None else var.get()
 
 
 def _append_hidden(collected: dict, h: torch.Tensor) -> None:
@@ -138,6 +145,10 @@ class FusedEncoder(nn.Module):
         self.__dict__["_graphs"] = {}
         self.train(original.training)
 
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__["_graphs"].clear()  # captured graphs point at the old tensors
+        return super()._apply(fn, *args, **kwargs)
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.__dict__["original"].train(mode)
@@ -200,8 +211,15 @@ class FusedEncoder(nn.Module):
         x = hidden_states.to(self.compute_dtype)
         B, L, H = x.shape
         if (self.cuda_graphs and on_layer is None and x.is_cuda and B <= GRAPH_MAX_BATCH and L <= GRAPH_BUCKETS[-1]
-                and not torch.is_grad_enabled()):
-            return self._graph_run(x, key_mask).to(in_dtype)
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+            try:
+                return self._graph_run(x, key_mask).to(in_dtype)
+            except Exception as exc:  # capture failed (an op that syncs, ...): say so, run eagerly from now on
+                self.cuda_graphs = False
+                self.__dict__["_graphs"].clear()
+                note = f"CUDA graph capture failed, running eagerly: {type(exc).__name__}: {exc}"
+                self.__dict__["report"].notes.append(note)
+                warnings.warn(f"bertsilicon: {note}", stacklevel=2)
         if key_mask is not None and self.unpad:
             index = key_mask.reshape(-1).nonzero().squeeze(1)
             cu_seqlens, max_seqlen = _pack(key_mask)
@@ -413,29 +431,27 @@ def _check_device(base: nn.Module, backend: Optional[str]) -> torch.device:
 
 
 def _backends_used(layer: FusedEncoderLayer, x: torch.Tensor, backend: Optional[str]) -> dict:
-    """Which backend served each op for these tensors (for the report)."""
-    t, h = x.shape[0], x.shape[1]
-    n, d = layer.num_heads, layer.head_dim
-    q = x.new_empty(t, n, d)
+    """Which backend serves each op of ``layer`` for activations like ``x [T, H]`` (for the report)."""
+    t, n, d = x.shape[0], layer.num_heads, layer.head_dim
+    q = x.new_ones(t, n, d)
+    q4 = q.transpose(0, 1)[None].contiguous()
     cu = torch.tensor([0, t], dtype=torch.int32, device=x.device)
     ln = layer.__dict__["parts"].ln1
     used = {"attention_varlen": ops.which_backend("attention_varlen", q, q, q, cu, t, None, backend=backend),
-            "attention": ops.which_backend("attention", q[None].transpose(1, 2).contiguous(), q[None].transpose(1, 2).contiguous(),
-                                           q[None].transpose(1, 2).contiguous(), None, None, backend=backend),
+            "attention": ops.which_backend("attention", q4, q4, q4, None, None, backend=backend),
             "add_layernorm": ops.which_backend("add_layernorm", x, x, ln.weight, ln.bias, ln.eps, backend=backend)}
     for name in GEMMS:
         g = getattr(layer, name)
+        xi = x.new_ones(t, g.in_features)
         if g.precision == "int8":
-            xq, xs = quant.quantize_activations(x[:, :g.in_features] if x.shape[1] >= g.in_features else
-                                                x.new_ones(t, g.in_features), backend=backend)
-            used["quantize"] = ops.which_backend("quantize", x, "int8", "per_token", backend=backend)
+            xq, xs = quant.quantize_activations(xi, backend=backend)
+            used["quantize"] = ops.which_backend("quantize", xi, "int8", "per_token", backend=backend)
             used["int8_linear"] = ops.which_backend("int8_linear", xq, xs, g.w_q, g.w_scale, g.bias, None, x.dtype,
                                                     backend=backend)
         else:
             src = g.__dict__["source"]
             w = src.weight if src is not None else g.weight
-            xi = x.new_ones(t, g.in_features, dtype=w.dtype)
-            used[f"linear[{g.precision}]"] = ops.which_backend("linear", xi, w, None, None, backend=backend)
+            used[f"linear[{g.precision}]"] = ops.which_backend("linear", xi.to(w.dtype), w, None, None, backend=backend)
     return used
 
 
