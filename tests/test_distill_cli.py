@@ -24,7 +24,7 @@ def test_distill_subcommand_is_registered():
 def test_distill_cli_trains_checkpoints_and_resumes(tmp_path, capsys):
     common = ["distill", "--teacher", "minilm-l6", "--student", "minilm-l6:num_hidden_layers=1", "--batch-size", "4",
               "--max-length", "24", "--max-texts", "8", "--eval-texts", "30", "--threads", "1",
-              "--checkpoint-dir", str(tmp_path), "--lr", "1e-4"]
+              "--checkpoint-dir", str(tmp_path), "--lr", "1e-4", "--freeze-embeddings"]
     assert main([*common, "--steps", "2", "--json", str(tmp_path / "a.json")]) == 0
     out = capsys.readouterr().out
     assert "student layers learn from teacher layers [5]" in out and "step      2: top-10 overlap" in out

@@ -49,6 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--layer-map", type=_layer_map, default="uniform",
                    help=f"one of {', '.join(LAYER_MAPS)} or a comma-separated list of teacher layers")
     p.add_argument("--no-init", action="store_true", help="do not copy teacher layers into the student")
+    p.add_argument("--freeze-embeddings", action="store_true", help="train the transformer layers only")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
@@ -95,7 +96,7 @@ def main(args) -> int:
                         temperature=args.temperature, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                         max_length=args.max_length, precision=args.train_precision, seed=args.seed,
                         warmup_steps=args.warmup, eval_every=args.eval_every, checkpoint_dir=args.checkpoint_dir,
-                        checkpoint_every=args.checkpoint_every)
+                        checkpoint_every=args.checkpoint_every, freeze_embeddings=args.freeze_embeddings)
     d = Distiller(teacher, student, tok, cfg,
                   eval_fn=lambda m: metrics(m, order, batches, teacher_emb, evalset.labels))
     if d.layers:
