@@ -95,7 +95,7 @@ def main(argv=None):
     med = statistics.median(abs(r["error"]) for r in rows)
     result = {
         "benchmark": "profiler_accuracy", "quick": args.quick, "preliminary": args.quick,
-        "command": "python bench/profiler_accuracy.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python bench/profiler_accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
         "median_abs_error": med, "target": TARGET, "passed": med <= TARGET, "rows": rows,
         "calibration": {k: rec[k] for k in ("cpu", "threads", "measured_at", "bandwidth", "launch_overhead_s",
                                             "gemm_curve", "attention_curve", "fused_attention_curve",

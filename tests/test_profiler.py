@@ -111,6 +111,7 @@ def test_paper_figures_are_worked_out():
 
 
 def test_rows_cover_every_op():
+    assert bs.profile is profile and callable(bs.design.explore)  # the lazy top-level names
     rep = profile("minilm-l6")
     ops = {r["op"] for r in rep.rows if r["layer"] == "layer 0"}
     assert ops == {"qkv", "attention scores", "softmax", "context", "output projection", "add+layernorm (attention)",
