@@ -313,11 +313,11 @@ def _calibration_batch(config, calibration, tokenizer, device):
     if calibration is None:
         from .. import data
 
-        texts, what = data.corpus("pydoc").subset(CALIBRATION_SENTENCES, seed=0).texts, "pydoc"
+        texts, what = data.corpus("pydoc").subset(CALIBRATION_SENTENCES, seed=0).texts, "Python-documentation paragraphs"
     elif isinstance(calibration, str):
-        texts, what = [calibration], "given text"
+        texts, what = [calibration], "given text(s)"
     elif isinstance(calibration, Sequence) and calibration and all(isinstance(t, str) for t in calibration):
-        texts, what = list(calibration), "given texts"
+        texts, what = list(calibration), "given text(s)"
     else:
         raise TypeError("calibration must be None, a list of strings, or a mapping with 'input_ids' "
                         f"(and 'attention_mask'); got {type(calibration).__name__}")
@@ -335,7 +335,7 @@ def _calibration_batch(config, calibration, tokenizer, device):
         tokenizer = load_tokenizer()
     max_len = min(CALIBRATION_MAX_LENGTH, getattr(config, "max_position_embeddings", CALIBRATION_MAX_LENGTH))
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device), f"{len(texts)} {what} sentences"
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), f"{len(texts)} {what}"
 
 
 def _capture_layers(base, layers, ids, mask):

@@ -75,7 +75,7 @@ class OptimizeReport:
                     lines.append("  " + "  ".join("-" * w for w in widths) + "  ----")
         if self.end_to_end:
             e = self.end_to_end
-            lines.append(f"  end to end vs original ({e.get('sentences')} sentences of {self.calibration}): "
+            lines.append(f"  end to end vs original (calibration: {self.calibration}): "
                          f"rel error {e.get('rel_error', float('nan')):.2e}, "
                          f"min mean-pooled cosine {e.get('min_pooled_cosine', float('nan')):.6f}")
         if self.error_budget is not None:
