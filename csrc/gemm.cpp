@@ -27,6 +27,7 @@
 //                pair sum is at most 2 * 128 * 128 = 32768 in int32, so nothing saturates (the
 //                vpmaddubsw path would saturate its int16 pair sums at 32767).
 #include <algorithm>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
@@ -157,11 +158,15 @@ struct Tiles {
   Epilogue ep;
 };
 
-// fp32 sums are accumulated in k-blocks of kFloatBlock steps, each block's sum added to a running
-// total kept in L1 (a 6 x 64 fp32 tile, 1.5 KB): the rounding error grows like kFloatBlock + K /
-// kFloatBlock instead of K (torch's blocked GEMMs do the same), for one load-add-store per
-// accumulator every kFloatBlock steps (~1/kFloatBlock of the FMAs).
-constexpr int64_t kFloatBlock = 64;
+// K is cut into blocks of kBlockSteps k-steps. For one panel, the driver runs a group of up to
+// kGroupBlocks row-blocks through k-block 0, then through k-block 1, ...: the panel's k-block
+// (kBlockSteps x 64 x 4 bytes = 16 KB) stays in L1 while the group's rows use it, instead of the
+// whole panel (up to 768 KB at K 3072) streaming from L2 for every 6 rows. Each tile carries its
+// running sum between k-blocks in an L1 scratch tile (6 x 64 x 4 bytes) and runs the epilogue on
+// the registers after the last block. For fp32 this also bounds the rounding error: it grows like
+// kBlockSteps + K / kBlockSteps instead of K (torch's blocked GEMMs do the same).
+constexpr int64_t kBlockSteps = 64;
+constexpr int kGroupBlocks = 16;
 
 // -------------------------------------------------------------------------------------------- //
 // AVX-512: 6 x 64 tile. The whole AVX-512 GEMM family is compiled with one target that includes //
@@ -178,19 +183,20 @@ constexpr int NV = 4;
 #include "vmath_impl.h"
 
 struct MacF32 {
-  static constexpr int64_t kBlock = kFloatBlock;
   static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) {
     return _mm512_fmadd_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), acc);
   }
+  static BS_INLINE __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 };
-struct MacBf16 {  // bf16 output: its rounding (2^-9) dwarfs the fp32 sum's error, no blocking needed
-  static constexpr int64_t kBlock = 0;
+struct MacBf16 : MacF32 {
   static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
 };
-struct MacU8S8 {  // exact integer sums
-  static constexpr int64_t kBlock = 0;
+struct MacU8S8 {  // exact integer sums (int32 lanes carried in __m512)
   static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) {
     return _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), a, b));
+  }
+  static BS_INLINE __m512 add(__m512 a, __m512 b) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
   }
 };
 
@@ -241,16 +247,16 @@ constexpr int NV = 2;
 #include "vmath_impl.h"
 
 struct MacF32 {
-  static constexpr int64_t kBlock = kFloatBlock;
   static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) {
     return _mm256_fmadd_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), acc);
   }
+  static BS_INLINE __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
 };
 struct MacS16 {  // int16 pairs: vpmaddwd never saturates (|a0 b0 + a1 b1| <= 2^15 fits its int32 lanes)
-  static constexpr int64_t kBlock = 0;
-  static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) {
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(acc), _mm256_madd_epi16(a, b)));
+  static BS_INLINE __m256 add(__m256 a, __m256 b) {
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b)));
   }
+  static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) { return add(acc, _mm256_castsi256_ps(_mm256_madd_epi16(a, b))); }
 };
 
 static BS_INLINE VI load_b(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
@@ -280,7 +286,7 @@ static BS_INLINE void store_out(const Epilogue& ep, int64_t i, __m256 y, int n) 
 // -------------------------------------------------------------------------------------------- //
 // Driver                                                                                        //
 // -------------------------------------------------------------------------------------------- //
-using TileFn = void (*)(const Tiles&, int64_t, int64_t);
+using TileFn = void (*)(const Tiles&, int64_t m0, int64_t panel, int64_t s0, int64_t s1, float* partial);
 constexpr int MR = 6;
 
 template <template <class, int> class Tile, class Mac>
@@ -289,15 +295,32 @@ struct TileTable {
                                          Tile<Mac, 4>::run, Tile<Mac, 5>::run, Tile<Mac, 6>::run};
 };
 
-template <class Mac, int R> struct Avx512Tile { static void run(const Tiles& t, int64_t m, int64_t p) { gemm512::tile<Mac, R>(t, m, p); } };
-template <class Mac, int R> struct Avx2Tile { static void run(const Tiles& t, int64_t m, int64_t p) { gemm256::tile<Mac, R>(t, m, p); } };
+template <class Mac, int R> struct Avx512Tile {
+  static void run(const Tiles& t, int64_t m, int64_t p, int64_t s0, int64_t s1, float* partial) {
+    gemm512::tile<Mac, R>(t, m, p, s0, s1, partial);
+  }
+};
+template <class Mac, int R> struct Avx2Tile {
+  static void run(const Tiles& t, int64_t m, int64_t p, int64_t s0, int64_t s1, float* partial) {
+    gemm256::tile<Mac, R>(t, m, p, s0, s1, partial);
+  }
+};
 
+// Tasks = (panel, group of kGroupBlocks row-blocks), panel-major so each thread keeps its panels;
+// inside a task: k-block outer, row-blocks inner (see kBlockSteps).
 static void run_tiles(const Tiles& t, int nr, const TileFn* fns, int threads) {
-  const int64_t row_blocks = ceil_div(t.M, MR), panels = ceil_div(t.N, nr);
-  parallel_for(row_blocks * panels, threads, 1, [&](int64_t begin, int64_t end) {
+  const int64_t group_rows = int64_t(kGroupBlocks) * MR;
+  const int64_t groups = ceil_div(t.M, group_rows), panels = ceil_div(t.N, nr);
+  parallel_for(groups * panels, threads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(size_t(group_rows) * 64 + 16);
+    float* partial = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t panel = i / row_blocks, m0 = (i % row_blocks) * MR;
-      fns[std::min<int64_t>(MR, t.M - m0)](t, m0, panel);
+      const int64_t panel = i / groups, g0 = (i % groups) * group_rows, g1 = std::min(t.M, g0 + group_rows);
+      for (int64_t s0 = 0; s0 < t.steps || s0 == 0; s0 += kBlockSteps) {
+        const int64_t s1 = std::min(t.steps, s0 + kBlockSteps);
+        for (int64_t m0 = g0; m0 < g1; m0 += MR)
+          fns[std::min<int64_t>(MR, g1 - m0)](t, m0, panel, s0, s1, partial + (m0 - g0) * nr);
+      }
     }
   });
 }
@@ -313,18 +336,23 @@ static const TileFn* tiles_for(PackKind kind) {
   }
 }
 
-// A rows copied to K padded to the group, converted by conv; parallel over rows.
+// A rows copied to K padded to the group, converted by conv; parallel over rows. The buffer is left
+// uninitialised (every element is written) and the row loop works on restrict-qualified rows so it
+// vectorises (int8 sources alias everything otherwise).
+template <class Src, class Dst, class Conv>
+static void convert_row(const Src* __restrict src, Dst* __restrict dst, int64_t K, int64_t kp, Conv conv) {
+  for (int64_t k = 0; k < K; ++k) dst[k] = conv(src[k]);
+  for (int64_t k = K; k < kp; ++k) dst[k] = Dst(0);
+}
+
 template <class Src, class Conv>
-static std::vector<uint32_t> widen_rows(const Src* x, int64_t M, int64_t K, int group, int threads, Conv conv) {
+static std::unique_ptr<uint32_t[]> widen_rows(const Src* x, int64_t M, int64_t K, int group, int threads, Conv conv) {
   using Dst = decltype(conv(x[0]));
   const int64_t kp = ceil_div(K, group) * group;
-  std::vector<uint32_t> buf(size_t(M * kp * sizeof(Dst) / 4));
-  Dst* d = reinterpret_cast<Dst*>(buf.data());
-  parallel_for(M, threads, 64, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      for (int64_t k = 0; k < K; ++k) d[m * kp + k] = conv(x[m * K + k]);
-      for (int64_t k = K; k < kp; ++k) d[m * kp + k] = Dst(0);
-    }
+  std::unique_ptr<uint32_t[]> buf(new uint32_t[size_t(M * kp * int64_t(sizeof(Dst)) / 4 + 1)]);
+  Dst* d = reinterpret_cast<Dst*>(buf.get());
+  parallel_for(M, threads, std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(kp, 1)), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) convert_row(x + m * K, d + m * kp, K, kp, conv);
   });
   return buf;
 }
@@ -381,17 +409,17 @@ void linear(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, con
   const PackInfo p = pack_info(kind);
   Tiles t{};
   t.M = M, t.N = N, t.steps = ceil_div(K, p.group), t.b = static_cast<const int32_t*>(w), t.ep = ep;
-  std::vector<uint32_t> buf;
+  std::unique_ptr<uint32_t[]> buf;
   if (xt == ElemType::F32) {
     t.a = static_cast<const uint32_t*>(x), t.lda = K;
   } else if (kind == PackKind::Bf16x64 && K % 2 == 0) {
     t.a = static_cast<const uint32_t*>(x), t.lda = K / 2;  // bf16 pairs read in place
   } else if (kind == PackKind::Bf16x64) {
     buf = widen_rows(static_cast<const uint16_t*>(x), M, K, 2, threads, [](uint16_t v) { return v; });
-    t.a = buf.data(), t.lda = t.steps;
+    t.a = buf.get(), t.lda = t.steps;
   } else {  // bf16 activations on an fp32 kernel: widen (exact)
     buf = widen_rows(static_cast<const uint16_t*>(x), M, K, 1, threads, [](uint16_t v) { return bf16_to_f32(v); });
-    t.a = buf.data(), t.lda = K;
+    t.a = buf.get(), t.lda = K;
   }
   run_tiles(t, p.nr, tiles_for(kind), threads);
 }
@@ -405,7 +433,7 @@ void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const voi
   Tiles t{};
   t.M = M, t.N = N, t.steps = ceil_div(K, p.group), t.b = static_cast<const int32_t*>(w), t.ep = ep;
   t.x_scale = x_scale, t.w_scale = w_scale;
-  std::vector<uint32_t> buf;
+  std::unique_ptr<uint32_t[]> buf;
   if (kind == PackKind::U8S8x64) {
     buf = widen_rows(x, M, K, 4, threads, [](int8_t v) { return uint8_t(uint8_t(v) ^ 0x80u); });
     t.comp = reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(w) + gemm_packed_bytes(kind, N, K) -
@@ -413,7 +441,7 @@ void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const voi
   } else {
     buf = widen_rows(x, M, K, 2, threads, [](int8_t v) { return int16_t(v); });
   }
-  t.a = buf.data(), t.lda = t.steps;
+  t.a = buf.get(), t.lda = t.steps;
   run_tiles(t, p.nr, tiles_for(kind), threads);
 }
 

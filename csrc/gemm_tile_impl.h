@@ -2,7 +2,7 @@
 // gemm.cpp (gemm512 with Vec = VecAvx512, NV = 4: a 6 x 64 tile of 24 zmm accumulators; gemm256
 // with Vec = VecAvx2, NV = 2: a 6 x 16 tile of 12 ymm accumulators), under that path's target.
 // Before including, the namespace defines: VI (integer vector), NV (vectors per tile row), load_b,
-// bcast, sub_i32, i32_to_f32, store_out, and the Mac structs (mac(acc, a, b), kBlock).
+// bcast, sub_i32, i32_to_f32, store_out, and the Mac structs (mac(acc, a, b), add(acc, partial)).
 // No #pragma once: included on purpose more than once.
 using F = Vec::F;
 
@@ -15,12 +15,13 @@ static inline __attribute__((always_inline)) F activate(F y, Activation act) {
   }
 }
 
-// out[m0 : m0 + R, panel columns] = epilogue(A[m0 : m0 + R, :] @ B_panel). Accumulators stay in
-// registers for all of K (summed in k-blocks of Mac::kBlock steps for fp32, see kFloatBlock); the
-// epilogue (int8: minus the u8-shift compensation, dequantize; + bias; activation; rounding to the
-// output type) runs on them before the only store of the tile.
+// One k-block of one tile: acc = A[m0 : m0 + R, k-block] @ B_panel[k-block] (+ the running sum of
+// the earlier k-blocks, kept in `partial`, an R x NR fp32/int32 tile in L1). Not the last block:
+// store the running sum back. The last block: the epilogue (int8: minus the u8-shift compensation,
+// dequantize; + bias; activation; rounding to the output type) runs on the registers before the
+// tile's only store to the output.
 template <class Mac, int R>
-static void tile(const Tiles& t, int64_t m0, int64_t panel) {
+static void tile(const Tiles& t, int64_t m0, int64_t panel, int64_t s0, int64_t s1, float* partial) {
   constexpr int W = Vec::W, NR = NV * W;
   F acc[R][NV];
 #pragma GCC unroll 8
@@ -28,37 +29,30 @@ static void tile(const Tiles& t, int64_t m0, int64_t panel) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
   const uint32_t* a = t.a + m0 * t.lda;
-  const int32_t* b = t.b + panel * t.steps * NR;
-  const int64_t block = Mac::kBlock ? Mac::kBlock : t.steps;
-  alignas(64) float partial[R][NV][W];  // fp32 sum of the finished k-blocks
-  for (int64_t s0 = 0; s0 < t.steps || s0 == 0; s0 += block) {
-    if (s0) {  // close a k-block: fold it into the running total
+  const int32_t* b = t.b + (panel * t.steps + s0) * NR;
+  for (int64_t s = s0; s < s1; ++s, b += NR) {
+    VI bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = load_b(b + v * W);
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r) {
+      const VI av = bcast(a[r * t.lda + s]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) {
-          if (s0 > block) acc[r][v] = Vec::add(acc[r][v], Vec::load(partial[r][v]));
-          Vec::store(partial[r][v], acc[r][v]);
-          acc[r][v] = Vec::zero();
-        }
-    }
-    for (int64_t s = s0, s1 = std::min(t.steps, s0 + block); s < s1; ++s, b += NR) {
-      VI bv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = load_b(b + v * W);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const VI av = bcast(a[r * t.lda + s]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = Mac::mac(acc[r][v], av, bv[v]);
-      }
+      for (int v = 0; v < NV; ++v) acc[r][v] = Mac::mac(acc[r][v], av, bv[v]);
     }
   }
-  if (t.steps > block)
+  if (s0 > 0)  // add the earlier k-blocks (fp32 add, or int32 add for the integer kernels)
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = Vec::add(acc[r][v], Vec::load(partial[r][v]));
+      for (int v = 0; v < NV; ++v) acc[r][v] = Mac::add(acc[r][v], Vec::load(partial + (r * NV + v) * W));
+  if (s1 < t.steps) {  // not the last k-block: keep the running sum
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) Vec::store(partial + (r * NV + v) * W, acc[r][v]);
+    return;
+  }
 
   const Epilogue& ep = t.ep;
   const int64_t n0 = panel * NR, cols = std::min<int64_t>(NR, t.N - n0);
