@@ -7,14 +7,15 @@
 //   * A (activations) is read in place as 32-bit groups of G values (fp32: 1, bf16 pair: 2,
 //     u8 quad: 4); bf16 with odd K and int8 are first copied to a padded (and, for int8, shifted or
 //     widened) buffer — M x K bytes, negligible next to the 2 M N K operations.
-//   * Micro-kernel: MR = 6 rows x NR columns of accumulators live in registers for the whole K
-//     (AVX-512: 6 x 4 zmm = 24 accumulators, NR 64; AVX2: 6 x 2 ymm = 12, NR 16). Per k-step it
-//     loads NR/16 B vectors and broadcasts 6 A groups: 24 (resp. 12) multiply-accumulates per 10
-//     (resp. 8) loads. No K blocking: the B panel (K x 64 x 4 bytes, 96 KB at K 384, 768 KB at
-//     K 3072) stays in L2 while the 6-row A strips stream past it, so the tile is finished in
-//     registers and the epilogue (dequant, bias, activation, rounding to the output type) runs on
-//     it before the single store: the output is written once and never re-read.
-//   * Threads split (panel, row-block) tiles, panel-major, so each thread keeps its own B panels.
+//   * Micro-kernel: MR = 6 rows x NR columns of accumulators in registers (AVX-512: 6 x 4 zmm = 24
+//     accumulators, NR 64; AVX2: 6 x 2 ymm = 12, NR 16). Per k-step it loads NR/16 B vectors and
+//     broadcasts 6 A groups: 24 (resp. 12) multiply-accumulates per 10 (resp. 8) loads.
+//   * K is cut into blocks of kBlockSteps steps; for one panel, a group of up to 16 row-blocks runs
+//     k-block by k-block, so the panel's k-block (16 KB) stays in L1 while 96 rows use it. A tile's
+//     running sum waits between k-blocks in an L1 scratch tile; after the last k-block the epilogue
+//     (dequant, bias, activation, rounding to the output type) runs on the registers before the
+//     tile's single store: the output is written once and never re-read.
+//   * Threads split (panel, 96-row group) tasks, panel-major, so each thread keeps its own B panels.
 // FLOPs: 2 M N K. Bytes: A M K e + B N K e (+ packing N K e per unpacked call) + out M N o.
 //
 // Multiply-accumulate per k-step and lane (acc: 16 fp32 / int32 lanes):

@@ -7,10 +7,8 @@
   (``torch.ao.quantization.quantize_dynamic``: per-tensor dynamic activation quantization, fbgemm)
   followed by ``F.gelu``. Both include quantizing the activations.
 * ``quantize``: per-token int8 of a [1024, H] fp32 activation vs the same formula in torch eager.
-Results: ``bench/results/cpu/gemm.{json,md}`` (written by bench_linear.py's fixture when run together,
-else by this module's).
+Results: ``bench/results/cpu/gemm.{json,md}`` (merged with bench_linear.py's rows).
 """
-import os
 import warnings
 
 import pytest
@@ -21,15 +19,13 @@ import harness
 from bertsilicon import ops
 from bertsilicon import reference as ref
 from bertsilicon.ops import _cpu_gemm
-from bench_linear import SHAPES, TARGETS
+from bench_linear import SHAPES, write_gemm_results
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _gemm_results():
     yield
-    path = harness.write_results("gemm", targets=TARGETS, preliminary=os.environ.get("BERTSILICON_BENCH_FINAL") != "1")
-    if path is not None:
-        print(f"\nresults: {path} and {path.with_suffix('.md')}")
+    write_gemm_results()
 
 
 def _int8_pair(M, K, N, seed):
