@@ -40,13 +40,14 @@ static inline float round_one(float xf, uint32_t r, const RoundArgs& a) {
     const int32_t dc = d > 62 ? 62 : d;
     uint64_t q = sig >> dc;
     const uint64_t rem = sig - (q << dc);
-    bool up;
+    // branch-free: the up/down decision is data-dependent and would mispredict half the time
+    uint64_t up;
     if (a.stochastic) {
       const uint64_t t = d <= 32 ? rem << (32 - d) : rem >> (d - 32 > 62 ? 62 : d - 32);
       up = uint64_t(r) < t;
     } else {
       const uint64_t half = dc > 0 ? uint64_t(1) << (dc - 1) : uint64_t(1) << 62;
-      up = rem > half || (rem == half && (q & 1));
+      up = uint64_t(rem > half) | (uint64_t(rem == half) & q & 1u);
     }
     q += up;
     // q 2^(d + E - 23) exactly, in double (2^k built from its exponent bits; k in [-150, 128])

@@ -29,6 +29,13 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OURS = "bertsilicon"
 
 _ROWS: list[dict] = []
+# Which results file each op's rows go to (default "kernels"): the GEMM family keeps its own table.
+# Looked up by the op's first word, so "linear (per-call pack)" is a "linear" row.
+RESULT_FILE = {"linear": "gemm", "int8_linear": "gemm", "int8_gemm": "gemm", "quantize": "gemm"}
+
+
+def result_file(op: str) -> str:
+    return RESULT_FILE.get(op.split(" ")[0], "kernels")
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -74,10 +81,12 @@ def record(benchmark, *, op: str, case: str, provider: str, nbytes: Optional[int
     })
 
 
-def run(benchmark, fn, *, op: str, case: str, provider: str, nbytes=None, flops=None, note: str = ""):
-    """Time ``fn`` (warm-up, then pytest-benchmark's rounds; medians are what we report) and record it."""
+def run(benchmark, fn, *, op: str, case: str, provider: str, nbytes=None, flops=None, note: str = "",
+        rounds: Optional[int] = None):
+    """Time ``fn`` (warm-up, then ``rounds`` timed calls; medians are what we report) and record it.
+    ``rounds`` defaults to ``BERTSILICON_BENCH_ROUNDS`` (100); pass fewer for slow peers."""
     fn()  # warm-up outside the timer: first-call allocations, thread-pool start
-    result = benchmark.pedantic(fn, rounds=_rounds(), iterations=1, warmup_rounds=3)
+    result = benchmark.pedantic(fn, rounds=rounds or _rounds(), iterations=1, warmup_rounds=3 if rounds is None else 1)
     record(benchmark, op=op, case=case, provider=provider, nbytes=nbytes, flops=flops, note=note)
     return result
 
@@ -120,25 +129,58 @@ def _speedups(rows: list[dict]) -> list[dict]:
 
 
 def write_results(name: str = "kernels", targets: Optional[dict] = None, preliminary: bool = True) -> Optional[Path]:
-    """Merge this session's rows into ``bench/results/cpu/<name>.json`` and rewrite ``<name>.md``."""
-    if not _ROWS:
+    """Merge this session's rows of the ops that belong to ``name`` (``RESULT_FILE``) into
+    ``bench/results/cpu/<name>.json`` and rewrite ``<name>.md``; other rows wait for their own file."""
+    mine = [r for r in _ROWS if result_file(r["op"]) == name]
+    if not mine:
         return None
+    _ROWS[:] = [r for r in _ROWS if result_file(r["op"]) != name]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    fresh = {(r["op"], r["case"], r["provider"]) for r in _ROWS}
-    rows = [r for r in old.get("rows", []) if (r["op"], r["case"], r["provider"]) not in fresh] + _ROWS
-    runs = old.get("machines", {})
+    fresh = {(r["op"], r["case"], r["provider"]) for r in mine}
+    rows = [r for r in old.get("rows", []) if (r["op"], r["case"], r["provider"]) not in fresh
+            and result_file(r["op"]) == name] + mine
+    runs = {op: m for op, m in old.get("machines", {}).items() if result_file(op) == name}
     info = machine()
-    for op in {r["op"] for r in _ROWS}:
+    for op in {r["op"] for r in mine}:
         runs[op] = info
     doc = {"what": "per-kernel CPU benchmarks: pytest-benchmark medians, speedup = peer / bertsilicon",
            "preliminary": preliminary, "targets": {**old.get("targets", {}), **(targets or {})},
            "machines": runs, "rows": rows, "speedups": _speedups(rows)}
     path.write_text(json.dumps(doc, indent=1))
     (RESULTS_DIR / f"{name}.md").write_text(_markdown(doc))
-    _ROWS.clear()
+    _plot(doc, RESULTS_DIR / f"{name}.png")
     return path
+
+
+def _plot(doc: dict, path: Path) -> None:
+    """Horizontal bars: speedup over each peer per case, with the op's target as a tick."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    lines = sorted((s for s in doc["speedups"] if s["speedup"]), key=lambda s: (s["op"], s["case"], s["peer"]))
+    if not lines:
+        return
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(lines) + 1.2))
+    ys = range(len(lines))
+    ax.barh(ys, [s["speedup"] for s in lines], color=["tab:green" if s["speedup"] >= 1 else "tab:red" for s in lines])
+    for y, s in zip(ys, lines):
+        target = doc.get("targets", {}).get(f'{s["op"]}/{s["peer"]}')
+        if target:
+            ax.plot([target, target], [y - 0.4, y + 0.4], color="black", lw=1.5)
+    ax.set_yticks(list(ys), [f'{s["op"]} {s["case"]} vs {s["peer"]}' for s in lines], fontsize=7)
+    ax.axvline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("speedup = peer median / bertsilicon median (black tick: target)")
+    ax.set_title("CPU kernels" + (" (preliminary: shared machine)" if doc.get("preliminary") else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _fmt(v, spec):
