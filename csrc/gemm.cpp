@@ -81,6 +81,12 @@ static void pack_panels(const Src* w, int64_t N, int64_t K, Dst* dst, int nr, in
   });
 }
 
+static int32_t row_sum(const int8_t* __restrict row, int64_t K) {  // restrict: vectorises
+  int32_t s = 0;
+  for (int64_t k = 0; k < K; ++k) s += row[k];
+  return s;
+}
+
 void gemm_pack(PackKind kind, const void* w, ElemType wt, int64_t N, int64_t K, void* dst, int threads) {
   const PackInfo p = pack_info(kind);
   switch (kind) {
@@ -94,19 +100,26 @@ void gemm_pack(PackKind kind, const void* w, ElemType wt, int64_t N, int64_t K, 
                     [](uint16_t v) { return bf16_to_f32(v); });
       break;
     case PackKind::Bf16x64:
-      pack_panels(static_cast<const uint16_t*>(w), N, K, static_cast<uint16_t*>(dst), p.nr, p.group, threads,
-                  [](uint16_t v) { return v; });
+      if (K % p.group == 0)  // whole 32-bit groups: move them as such (rows stay 4-byte aligned)
+        pack_panels(static_cast<const uint32_t*>(w), N, K / p.group, static_cast<uint32_t*>(dst), p.nr, 1, threads,
+                    [](uint32_t v) { return v; });
+      else
+        pack_panels(static_cast<const uint16_t*>(w), N, K, static_cast<uint16_t*>(dst), p.nr, p.group, threads,
+                    [](uint16_t v) { return v; });
       break;
     case PackKind::U8S8x64: {
       const int8_t* wq = static_cast<const int8_t*>(w);
-      pack_panels(wq, N, K, static_cast<int8_t*>(dst), p.nr, p.group, threads, [](int8_t v) { return v; });
+      if (K % p.group == 0)
+        pack_panels(static_cast<const uint32_t*>(w), N, K / p.group, static_cast<uint32_t*>(dst), p.nr, 1, threads,
+                    [](uint32_t v) { return v; });
+      else
+        pack_panels(wq, N, K, static_cast<int8_t*>(dst), p.nr, p.group, threads, [](int8_t v) { return v; });
       const int64_t np = ceil_div(N, p.nr) * p.nr;
       int32_t* comp = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(dst) + gemm_packed_bytes(kind, N, K) - np * 4);
-      for (int64_t n = 0; n < np; ++n) {
-        int32_t s = 0;
-        for (int64_t k = 0; n < N && k < K; ++k) s += wq[n * K + k];
-        comp[n] = int32_t(uint32_t(s) * 128u);  // wraps like the accumulator (see header comment)
-      }
+      parallel_for(np, threads, 64, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)  // wraps like the accumulator (see header comment)
+          comp[n] = n < N ? int32_t(uint32_t(row_sum(wq + n * K, K)) * 128u) : 0;
+      });
       break;
     }
     case PackKind::S16x16:
