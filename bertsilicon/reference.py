@@ -22,14 +22,21 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def gelu(h: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU with its limits at infinity stated: gelu(+inf) = +inf, gelu(-inf) = 0 (both forms).
+    torch's own F.gelu returns NaN there (0 * inf inside the formula); NaN stays NaN."""
+    y = F.gelu(h, approximate=approximate)
+    return torch.where(torch.isinf(h), torch.where(h > 0, h, torch.zeros_like(h)), y)
+
+
 def activate(y: torch.Tensor, activation: Optional[str]) -> torch.Tensor:
     """Apply an epilogue activation (``None | "gelu" | "gelu_tanh" | "relu"``)."""
     if activation is None:
         return y
     if activation == "gelu":
-        return F.gelu(y)
+        return gelu(y)
     if activation == "gelu_tanh":
-        return F.gelu(y, approximate="tanh")
+        return gelu(y, "tanh")
     if activation == "relu":
         return F.relu(y)
     raise ValueError(f"activation={activation!r} is unknown; expected one of {ACTIVATIONS}")
@@ -39,7 +46,7 @@ def attention(q, k, v, attention_mask=None, scale=None):
     """softmax(q k^T * scale + mask) v with a key-padding mask.
 
     q ``[B, H, Lq, D]``, k and v ``[B, H, Lk, D]``, ``attention_mask`` ``[B, Lk]`` (nonzero = real token,
-    0 = padding: that key gets no weight). Scores, softmax and the weighted sum are computed in fp32
+    0 = padding: that key gets no weight and its v is never read). Scores, softmax and the weighted sum are computed in fp32
     (float64 for float64 inputs). A query whose keys are all padding gets an all-zero output row (the
     FlashAttention convention; the model wrapper re-pads such rows as Hugging Face does).
     """
@@ -53,6 +60,8 @@ def attention(q, k, v, attention_mask=None, scale=None):
         keep = attention_mask.bool()[:, None, None, :]
         p = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1)
         p = torch.where(keep.any(dim=-1, keepdim=True), p, torch.zeros((), dtype=acc, device=p.device))
+        # padded keys never contribute, not even a NaN in their v (0 * NaN would be NaN)
+        v = v.masked_fill(~keep.transpose(-1, -2), 0)
     return torch.matmul(p, v.to(acc)).to(q.dtype)
 
 
@@ -74,7 +83,7 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen, scale=None):
 def bias_gelu(x, bias, approximate="none"):
     """gelu(x + bias), exact erf form (``"none"``) or the tanh approximation (``"tanh"``)."""
     acc = _acc(x.dtype)
-    return F.gelu(x.to(acc) + bias.to(acc), approximate=approximate).to(x.dtype)
+    return gelu(x.to(acc) + bias.to(acc), approximate).to(x.dtype)
 
 
 def add_layernorm(x, residual, weight, bias, eps=1e-12):

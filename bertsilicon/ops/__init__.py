@@ -44,7 +44,8 @@ def attention(q, k, v, attention_mask=None, scale: Optional[float] = None, *, ba
 
     q ``[B, H, Lq, D]``, k/v ``[B, H, Lk, D]`` (one float dtype); ``attention_mask`` ``[B, Lk]`` of
     bool/int/float, nonzero = real token, 0 = padding. ``scale`` defaults to ``D ** -0.5``. Softmax and
-    accumulation in fp32. A query row whose keys are all padding returns zeros. NaN in q/k/v propagates.
+    accumulation in fp32. A query row whose keys are all padding returns zeros. NaN in a real (unpadded)
+    position of q/k/v propagates; padded keys never contribute, not even a NaN in their v.
     """
     V.tensor("q", q, dtypes=_F, ndim=4)
     V.tensor("k", k, dtypes=_F, ndim=4)
