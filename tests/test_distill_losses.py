@@ -223,6 +223,25 @@ def test_contrastive_loss_hand_computed():
     _close(L.contrastive_loss(a, b, tau), total / 4)
 
 
+def test_similarity_kl_hand_computed_with_different_widths():
+    g = torch.Generator().manual_seed(13)
+    B, tau = 5, 0.2
+    s, t = _rand(g, B, 3), _rand(g, B, 4)
+
+    def cos(u, v):
+        return sum(x * y for x, y in zip(u, v)) / math.sqrt(sum(x * x for x in u) * sum(y * y for y in v))
+
+    S, T = s.detach().tolist(), t.detach().tolist()
+    total = 0.0
+    for i in range(B):
+        others = [j for j in range(B) if j != i]
+        p_t = _softmax([cos(T[i], T[j]) / tau for j in others])
+        p_s = _softmax([cos(S[i], S[j]) / tau for j in others])
+        total += _kl(p_t, p_s)
+    _close(L.similarity_kl(s, t, tau), total / B)
+    assert _f(L.similarity_kl(s, s.detach() * 3.0, tau)) == pytest.approx(0.0, abs=1e-14)  # scale-free
+
+
 # ------------------------------------------------------------------------------------------------ #
 def _gradcheck(fn, *inputs):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
@@ -248,6 +267,7 @@ def test_gradcheck_all_losses():
     _gradcheck(lambda a, b: L.attention_kl(a, b, mask), s1, s2)
     _gradcheck(lambda a, b: L.value_relation_kl(a, b, mask), _rand(g, B, H, S, 3), _rand(g, B, H, S, 5))
     _gradcheck(lambda a, b: L.contrastive_loss(a, b, 0.5), _rand(g, 4, D), _rand(g, 4, D))
+    _gradcheck(lambda a, b: L.similarity_kl(a, b, 0.5), _rand(g, 4, D), _rand(g, 4, D + 1))
 
 
 def test_fully_padded_batch_gives_zero_not_nan_and_finite_grads():
@@ -256,12 +276,12 @@ def test_fully_padded_batch_gives_zero_not_nan_and_finite_grads():
     s, t = _rand(g, 2, 1, 3, 3), _rand(g, 2, 1, 3, 3)
     for fn in (L.attention_kl, L.attention_score_mse):
         out = fn(s, t, mask)
-        assert float(out) == 0.0
+        assert _f(out) == 0.0
         out.backward()
         assert torch.isfinite(s.grad).all()
         s.grad = None
     h = _rand(g, 2, 3, 4)
-    assert float(L.hidden_cosine_loss(h, h.detach() + 1, mask)) == 0.0
+    assert _f(L.hidden_cosine_loss(h, h.detach() + 1, mask)) == 0.0
 
 
 def test_bad_arguments_are_named():

@@ -203,11 +203,11 @@ def run(steps=100, seeds=(0, 1, 2), batch_size=32, max_length=64, lr=2e-4, threa
             torch.manual_seed(seed)  # dropout
             student = fresh_student()
             d = Distiller(teacher if kind == "distilled" else None, student, tok, cfg, eval_fn=eval_fn)
-            d._teacher_cache = cache if kind == "distilled" else None
+            d.teacher_cache = cache if kind == "distilled" else None
             t0 = time.perf_counter()
             hist = d.fit(train)
             if kind == "distilled":
-                cache = d._teacher_cache  # teacher embeddings of the train set: computed once
+                cache = d.teacher_cache  # teacher embeddings of the train set: computed once
             final = hist["eval"][-1]
             runs[kind].append({"seed": seed, "loss": hist["loss"], "evals": hist["eval"],
                                "train_s": time.perf_counter() - t0, **{k: final[k] for k in init_metrics}})
@@ -350,19 +350,20 @@ def write(r: dict, out: Path) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(demo) one distilled + one undistilled "
+                   "run per seed")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="fp32", help="bertsilicon.optimize precision of the measured student")
+    p.add_argument("--precision", default="fp32", help="(demo) bertsilicon.optimize precision of the timed student")
     p.add_argument("--train-precision", default="fp32", help="student weights while training (fp32, bf16-nearest, "
                    "bf16-stochastic)")
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--max-texts", type=int, default=None, help="train on the first N pydoc paragraphs only")
     p.add_argument("--eval-texts", type=int, default=None, help="evaluate on N docstrings (a fixed random subset)")
-    p.add_argument("--out", default=None, help="folder for demo.json, demo.md and demo.png")
-    p.add_argument("--note", default="", help="a line about the conditions, stored with the figures")
+    p.add_argument("--out", default=None, help="(demo) folder for demo.json, demo.md and demo.png")
+    p.add_argument("--note", default="", help="(demo) a line about the conditions, stored with the figures")
 
 
 def demo_from_args(args) -> int:

@@ -11,6 +11,7 @@ name                what                                                        
 =================  =========================================================================  =============
 sentence_mse        MSE of mean-pooled sentence embeddings (Reimers & Gurevych 2020)          output
 sentence_cosine     1 - cos of mean-pooled sentence embeddings                                 output
+sentence_relation   KL of in-batch similarity distributions (``relation_temperature``)         output
 hidden_cosine       DistilBERT's masked cosine on the last hidden states                       last
 hidden_mse          TinyBERT's MSE(h_S W_h, h_T) summed over the mapped layers                 layer map
 embedding_mse       TinyBERT's MSE(E_S W_e, E_T) on the embedding outputs                      embeddings
@@ -48,7 +49,7 @@ import torch
 from . import losses as L
 from .layer_maps import bert_body, init_student_from_teacher, layer_map
 
-SENTENCE_LOSSES = ("sentence_mse", "sentence_cosine", "simcse")
+SENTENCE_LOSSES = ("sentence_mse", "sentence_cosine", "sentence_relation", "simcse")
 LAYER_LOSSES = ("hidden_cosine", "hidden_mse", "embedding_mse", "attention_mse", "attention_kl", "value_kl", "patient")
 LOGIT_LOSSES = ("soft_target", "logit_mse")
 LOSS_NAMES = SENTENCE_LOSSES + LAYER_LOSSES + LOGIT_LOSSES
@@ -66,6 +67,7 @@ class DistillConfig:
     temperature: float = 2.0                     # soft_target
     t2_scale: bool = True                        # soft_target: multiply by T^2 (Hinton, DistilBERT)
     simcse_temperature: float = 0.05
+    relation_temperature: float = 0.05           # sentence_relation
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 0
@@ -140,7 +142,10 @@ class Distiller:
     """Train ``student`` against ``teacher`` (Hugging Face BERT-family models) on raw texts.
 
     ``eval_fn(student) -> dict[str, float]`` is called every ``eval_every`` steps and at the end (the
-    student in eval mode). ``fit`` returns the history: per-step losses and the evaluations.
+    student in eval mode). ``fit`` returns the history: per-step losses and the evaluations. The teacher
+    is put in eval mode and frozen (``requires_grad_(False)``).
+    ``teacher_cache``: with sentence-level losses only, the teacher's mean-pooled embeddings of the
+    training texts ``[N, D]``, computed once by ``fit`` (assign one to reuse it across students).
     """
 
     def __init__(self, teacher, student, tokenizer, config: Optional[DistillConfig] = None,
@@ -152,7 +157,7 @@ class Distiller:
         self.teacher, self.student, self.tokenizer, self.eval_fn = teacher, student, tokenizer, eval_fn
         self.step = 0
         self.history = {"step": [], "loss": [], "parts": [], "eval": []}
-        self._teacher_cache = None
+        self.teacher_cache = None
         s_body = bert_body(student)
         n_s = len(s_body.encoder.layer)
         self.layers: list[int] = []
@@ -170,7 +175,7 @@ class Distiller:
                 for name in ("hidden_mse", "embedding_mse"):
                     if name in cfg.losses:
                         self.projections[name] = L.HiddenProjection(d_s, d_t)
-                if any(k in cfg.losses for k in SENTENCE_LOSSES if k != "simcse"):
+                if "sentence_mse" in cfg.losses or "sentence_cosine" in cfg.losses:
                     self.projections["sentence"] = L.HiddenProjection(d_s, d_t)
                 bad = [k for k in ("hidden_cosine", "patient") if k in cfg.losses]
                 if bad:
@@ -257,13 +262,15 @@ class Distiller:
         s_sent = None
         if any(k in cfg.losses for k in SENTENCE_LOSSES):
             s_sent = _mean_pool(s_hid[-1], mask)
-        if "sentence_mse" in cfg.losses or "sentence_cosine" in cfg.losses:
+        if any(k in cfg.losses for k in ("sentence_mse", "sentence_cosine", "sentence_relation")):
             t_sent = teacher_sentences if teacher_sentences is not None else _mean_pool(t_hid[-1], mask)
             proj = self.projections["sentence"](s_sent) if "sentence" in self.projections else s_sent
             if "sentence_mse" in cfg.losses:
                 parts["sentence_mse"] = L.hidden_mse_loss(proj, t_sent)
             if "sentence_cosine" in cfg.losses:
                 parts["sentence_cosine"] = L.hidden_cosine_loss(proj, t_sent)
+            if "sentence_relation" in cfg.losses:  # widths may differ: no projection needed
+                parts["sentence_relation"] = L.similarity_kl(s_sent, t_sent, cfg.relation_temperature)
         if "simcse" in cfg.losses:  # a second pass: different dropout = the second view
             s_sent2 = _mean_pool(self.student(**batch).last_hidden_state, mask)
             parts["simcse"] = L.contrastive_loss(s_sent, s_sent2, cfg.simcse_temperature)
@@ -353,13 +360,13 @@ class Distiller:
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        if cfg.sentence_only and not cfg.teacher_free and self._teacher_cache is None:
-            self._teacher_cache = self.teacher_embeddings(texts)
+        if cfg.sentence_only and not cfg.teacher_free and self.teacher_cache is None:
+            self.teacher_cache = self.teacher_embeddings(texts)
         bar = self._bar(range(self.step, end), "distill", initial=0)
         for _ in bar:
             idx = self.batch_indices(self.step, len(texts))
             batch = self._tokenize([texts[i] for i in idx])
-            cached = self._teacher_cache[idx] if self._teacher_cache is not None else None
+            cached = self.teacher_cache[idx] if self.teacher_cache is not None else None
             loss = self.train_step(batch, cached)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss:.4f}")

@@ -17,6 +17,7 @@ patient_loss            Σ_layers ‖h_S/‖h_S‖ - h_T/‖h_T‖‖² on [CLS]
 attention_kl            KL(softmax(QKᵀ/√dk)_T || ..._S), last layer        MiniLM (Wang et al. 2020)
 value_relation_kl       KL(softmax(VVᵀ/√dk)_T || ..._S), last layer        MiniLM
 logit_mse               ‖z_T - z_S‖² per example                            Tang et al. 2019
+similarity_kl           KL of in-batch cosine-similarity distributions      relational KD (Park et al. 2019)
 contrastive_loss        InfoNCE between two views (not a distillation loss)  SimCSE (Gao et al. 2021), baseline
 =====================  ===================================================  ===============================
 """
@@ -283,6 +284,34 @@ def value_relation_kl(student_values: torch.Tensor, teacher_values: torch.Tensor
     return _relation_kl(relation(student_values), relation(teacher_values), mask)
 
 
+def similarity_kl(student_emb: torch.Tensor, teacher_emb: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """In-batch relational distillation of sentence embeddings ``[B, D_S]``, ``[B, D_T]`` (widths may
+    differ): each sentence's distribution over the OTHER sentences of the batch, by cosine at ``τ``,
+
+        P_T[i] = softmax_{j≠i}(cos(t_i, t_j) / τ),   ℓ = mean_i KL(P_T[i] || P_S[i])
+
+    — the teacher's neighbour structure, which retrieval and kNN use (in the spirit of relational KD,
+    Park et al. 2019, and MiniLM's relation transfer applied across sentences instead of tokens)."""
+    _float("student_emb", student_emb)
+    _float("teacher_emb", teacher_emb)
+    if student_emb.dim() != 2 or teacher_emb.dim() != 2 or student_emb.shape[0] != teacher_emb.shape[0]:
+        raise ValueError(f"student_emb and teacher_emb must be [batch, width] with one batch size, got "
+                         f"{tuple(student_emb.shape)} and {tuple(teacher_emb.shape)}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if student_emb.shape[0] < 2:
+        return student_emb.sum() * 0.0  # no other sentence to relate to
+
+    def relation(e):
+        e = F.normalize(e, dim=-1)
+        sim = e @ e.T / temperature
+        return sim.masked_fill(torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device), torch.finfo(sim.dtype).min)
+
+    log_s = F.log_softmax(relation(student_emb), dim=-1)
+    log_t = F.log_softmax(relation(teacher_emb), dim=-1)
+    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
 # ------------------------------------------------------------------------------------------------ #
 # baseline objective (no teacher)                                                                      #
 # ------------------------------------------------------------------------------------------------ #
@@ -300,5 +329,5 @@ def contrastive_loss(view_a: torch.Tensor, view_b: torch.Tensor, temperature: fl
 
 
 __all__ = ["soft_target_loss", "logit_mse", "hidden_cosine_loss", "hidden_mse_loss", "embedding_mse_loss",
-           "HiddenProjection", "patient_loss", "attention_score_mse", "attention_kl", "value_relation_kl",
+           "HiddenProjection", "patient_loss", "attention_score_mse", "attention_kl", "value_relation_kl", "similarity_kl",
            "contrastive_loss", "REDUCTIONS"]
