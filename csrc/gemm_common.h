@@ -37,7 +37,9 @@ struct Epilogue {
 // -------------------------------------------------------------------------------------------- //
 inline double activate_scalar(double y, Activation act) {
   switch (act) {
-    case Activation::Gelu: return 0.5 * y * (1.0 + std::erf(y * 0.70710678118654752));
+    case Activation::Gelu:
+      if (std::isinf(y) && y < 0.0) return 0.0;  // the limit, not -inf * 0
+      return 0.5 * y * (1.0 + std::erf(y * 0.70710678118654752));
     case Activation::GeluTanh:
       if (y < -10.0) return 0.0;
       return 0.5 * y * (1.0 + std::tanh(0.79788456080286536 * (y + 0.044715 * y * y * y)));

@@ -226,6 +226,24 @@ def test_int8_linear_epilogue(isa, out_dtype, act, scales):
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("act", ACTS)
+def test_int8_linear_infinite_bias(isa, act):
+    """The epilogue at +-inf and NaN: gelu(-inf) = 0, gelu(+inf) = +inf (the reference's limits)."""
+    g = torch.Generator().manual_seed(4)
+    x_q = torch.randint(-127, 128, (7, 40), generator=g, dtype=torch.int8)
+    w_q = torch.randint(-127, 128, (20, 40), generator=g, dtype=torch.int8)
+    x_s, w_s = torch.rand(7, 1, generator=g) * 0.01, torch.rand(20, generator=g) * 0.01
+    bias = torch.randn(20, generator=g)
+    bias[[2, 5, 17]] = torch.tensor([float("-inf"), float("inf"), float("nan")])
+    out = ops.int8_linear(x_q, x_s, w_q, w_s, bias, act, backend="cpu")
+    ref64 = ref.int8_linear(x_q, x_s, w_q, w_s, bias, act, torch.float64)
+    assert torch.equal(out[:, [2, 5]].double(), ref64[:, [2, 5]]) and bool(out[:, 17].isnan().all())
+    finite = [n for n in range(20) if n not in (2, 5, 17)]
+    torch_out = ref.activate((x_q.long() @ w_q.long().t()).float() * x_s * w_s + bias, act)
+    assert_numerics(out[:, finite], ref64[:, finite], torch_out[:, finite], f"int8_linear[{isa}] inf bias {act}")
+
+
 # ---------------------------------------------------------------------------------------------- #
 # bad input                                                                                       #
 # ---------------------------------------------------------------------------------------------- #
