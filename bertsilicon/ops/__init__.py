@@ -10,6 +10,7 @@ served by the reference backend); the result has the input's dtype.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -174,7 +175,7 @@ def int8_linear(x_q, x_scale, w_q, w_scale, bias=None, activation: Optional[str]
         raise ValueError(f"w_q has shape {tuple(w_q.shape)}; expected [N, {K}] (K = x_q's last dim)")
     if K >= 133_000:
         raise ValueError(f"K={K} could overflow the int32 accumulator; expected K < 133000")
-    if x_scale.numel() != 1 and x_scale.numel() != x_q[..., 0].numel():
+    if x_scale.numel() != 1 and x_scale.numel() != math.prod(M_shape):
         raise ValueError(f"x_scale has shape {tuple(x_scale.shape)}; expected one value or one per token "
                          f"({tuple(M_shape)} or {tuple(M_shape) + (1,)})")
     if w_scale.numel() not in (1, N):
