@@ -268,3 +268,24 @@ def test_cpu_refuses_what_it_cannot_do():
     wt = w32.t().contiguous().t()
     torch.testing.assert_close(ops.linear(x32, wt, b32, backend="cpu"), ops.linear(x32, w32, b32, backend="cpu"),
                                rtol=0, atol=0)
+
+
+def test_plain_ops_pack_each_weight_once_and_notice_changes():
+    """ops.linear keeps one pack per weight tensor (dropped with the tensor, refreshed on in-place change)."""
+    import gc
+
+    from bertsilicon.ops import _cpu_gemm
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 64, generator=g)
+    w = torch.randn(32, 64, generator=g)
+    y1 = ops.linear(x, w, backend="cpu")
+    pw = _cpu_gemm._PACK_CACHE[id(w)]
+    ops.linear(x, w, backend="cpu")
+    assert _cpu_gemm._PACK_CACHE[id(w)] is pw
+    w.mul_(2)  # in place: the cached pack must be refreshed, not reused stale
+    torch.testing.assert_close(ops.linear(x, w, backend="cpu"), 2 * y1, rtol=1e-6, atol=1e-5)
+    key = id(w)
+    del w, pw
+    gc.collect()
+    assert key not in _cpu_gemm._PACK_CACHE

@@ -2,8 +2,10 @@
 csrc/quantize.cpp). Imported by :mod:`._cpu`.
 
 Weights are pre-packed into the micro-kernel's panel layout (``csrc/gemm_common.h``, ``PackKind``). The
-registered ops take plain ``nn.Linear`` weights and pack them on every call (an ``N x K`` copy, a few
-percent of the GEMM); a caller that runs the same weight many times (the model wrapper) packs once::
+registered ops take plain ``nn.Linear`` weights and keep one pack per weight tensor (:func:`cached_pack`:
+keyed on the tensor object, dropped when the tensor is freed, re-packed when it changes in place), so a
+model calling ``ops.linear`` with its parameters packs each weight once. Packs cost one more copy of the
+weights in memory. A caller can also hold a pack explicitly::
 
     from bertsilicon.ops import _cpu_gemm
     pw = _cpu_gemm.pack_linear(layer.weight)           # fp32 / bf16 weight [N, K]
@@ -19,6 +21,7 @@ used. (Writes through ``w.data`` bypass the version counter: re-pack explicitly 
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -98,9 +101,16 @@ class PackedWeight:
     another thread keeps a consistent (layout, buffer) pair.
     """
 
-    def __init__(self, weight: torch.Tensor):
-        self.weight = weight
+    def __init__(self, weight: torch.Tensor, *, weak: bool = False):
+        # weak=True (the cache below): do not keep the weight alive; the pack's own detached view
+        # shares its storage and version counter, so staleness is still detected.
+        self._weight_ref = weakref.ref(weight) if weak else (lambda: weight)
         self._pack = _pack_now(weight)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self._weight_ref()
+        return w if w is not None else self._pack.source
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -119,6 +129,21 @@ class PackedWeight:
         if pack.version != self.weight._version or pack.kind != _C.gemm_pack_kind(_ELEM[self.weight.dtype]):
             pack = self._pack = _pack_now(self.weight)
         return pack
+
+
+_PACK_CACHE: dict[int, PackedWeight] = {}
+
+
+def cached_pack(weight: torch.Tensor) -> PackedWeight:
+    """The pack of ``weight``, made on first use and kept while the tensor lives (the plain ops use it,
+    so a model's weights are packed once, not on every call)."""
+    key = id(weight)
+    pw = _PACK_CACHE.get(key)
+    if pw is not None and pw._weight_ref() is weight:
+        return pw
+    pw = _PACK_CACHE[key] = PackedWeight(weight, weak=True)
+    weakref.finalize(weight, _PACK_CACHE.pop, key, None)
+    return pw
 
 
 def _check_weight(name: str, w, dtypes) -> Optional[str]:
@@ -187,7 +212,7 @@ def linear_torch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 def linear(x, weight, bias, activation):
     if LINEAR_GEMM == "torch":
         return linear_torch_gemm(x, weight, bias, activation)
-    return linear_packed(x, PackedWeight(weight), bias, activation)
+    return linear_packed(x, cached_pack(weight), bias, activation)
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -259,4 +284,4 @@ def int8_matmul(x_q: torch.Tensor, w_q) -> torch.Tensor:
 
 @register("int8_linear", "cpu", check=_check_int8_linear)
 def int8_linear(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype):
-    return _int8_gemm(x_q, x_scale, PackedWeight(w_q), w_scale, bias, activation, out_dtype)
+    return _int8_gemm(x_q, x_scale, cached_pack(w_q), w_scale, bias, activation, out_dtype)
