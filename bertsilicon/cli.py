@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import statistics
 import sys
-import time
 
 # Areas that add subcommands: each module has ``register(subparsers)``.
 _AREAS = ("bertsilicon.profiler.cli", "bertsilicon.benchmark.cli", "bertsilicon.precision.cli",
@@ -17,36 +15,6 @@ _AREAS = ("bertsilicon.profiler.cli", "bertsilicon.benchmark.cli", "bertsilicon.
 # ------------------------------------------------------------------------------------------------ #
 # demo                                                                                               #
 # ------------------------------------------------------------------------------------------------ #
-def _mean_pool(hidden, mask):
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
-
-
-def _embed(model, batches):
-    import torch
-
-    outs = []
-    with torch.inference_mode():
-        for b in batches:
-            h = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-            outs.append(_mean_pool(h.float(), b["attention_mask"]))
-    return torch.cat(outs)
-
-
-def _time(model, batches, repeats):
-    import torch
-
-    with torch.inference_mode():
-        model(**{k: v for k, v in batches[0].items()})  # warm-up
-        per_pass = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for b in batches:
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-            per_pass.append((time.perf_counter() - t0) / len(batches))
-    return statistics.median(per_pass) * 1e3
-
-
 def _providers(model):
     """(name, precision, build) triples; build() returns a model or raises NotImplementedError(reason)."""
     import torch
@@ -78,6 +46,7 @@ def demo(args) -> int:
     from tqdm import tqdm
 
     from . import data, ops
+    from .models.eval import embed_batches, time_batches
     from .models.students import load_student, load_tokenizer
 
     torch.manual_seed(0)
@@ -91,7 +60,7 @@ def demo(args) -> int:
     print(f"MiniLM-L6-H384 (all-MiniLM-L6-v2, real weights) on {len(texts)} paragraphs of the Python docs "
           f"({n_tokens} real tokens), batch {args.batch}, max length {args.seq_len}, {args.threads} threads")
 
-    ref = _embed(model, batches)
+    ref = embed_batches(model, batches)
     rows = []
     base_ms = None
     for name, precision, build in tqdm(list(_providers(model)), desc="providers", file=sys.stderr):
@@ -100,9 +69,9 @@ def demo(args) -> int:
         except NotImplementedError as exc:
             rows.append((name, precision, None, None, None, None, str(exc)))
             continue
-        emb = _embed(m, batches)
+        emb = embed_batches(m, batches)
         cos = torch.nn.functional.cosine_similarity(emb, ref, dim=-1)
-        ms = _time(m, batches, args.repeats)
+        ms = time_batches(m, batches, args.repeats)
         base_ms = base_ms or ms
         rows.append((name, precision, ms, base_ms / ms, float(cos.mean()), float(cos.min()), "ok"))
 
@@ -118,13 +87,14 @@ def demo(args) -> int:
     print("\nFused ops by backend on this machine (reference = plain torch; '-' = not built yet):")
     status = ops.backend_status()
     from .ops._dispatch import _REGISTRY
-    names = ("attention", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to")
-    print(f"{'op':<14} " + " ".join(f"{b:<10}" for b in ops.BACKENDS))
+    names = ("attention", "attention_varlen", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear",
+             "round_to")
+    print(f"{'op':<17} " + " ".join(f"{b:<10}" for b in ops.BACKENDS))
     for op in names:
         cells = []
         for b in ops.BACKENDS:
             cells.append("yes" if status[b] is None and (op, b) in _REGISTRY else "-")
-        print(f"{op:<14} " + " ".join(f"{c:<10}" for c in cells))
+        print(f"{op:<17} " + " ".join(f"{c:<10}" for c in cells))
     for b, reason in status.items():
         if reason:
             print(f"  {b}: unavailable ({reason})")

@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from ..cli import _mean_pool
+from ..models.eval import mean_pool
 from . import machine
 from .providers import (BASELINE, PRECISIONS, PROVIDER_NAMES, Batch, BuildContext, Provider, build_runner,
                         select_providers)
@@ -213,7 +213,7 @@ def time_interleaved(runners: dict, batch: Batch, cfg: BenchConfig, progress=Non
 def embed(run, batches) -> torch.Tensor:
     """Mean-pooled (over real tokens) last hidden states, fp32, one row per text."""
     with torch.inference_mode():
-        return torch.cat([_mean_pool(run(b).float(), b.attention_mask) for b in batches])
+        return torch.cat([mean_pool(run(b), b.attention_mask) for b in batches])
 
 
 def cosine_stats(emb: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

@@ -46,9 +46,9 @@ def length_batches(tokenizer, texts, batch_size=64, max_length=128):
 
 def embed(model, order, batches) -> torch.Tensor:
     """L2-normalised mean-pooled embeddings [N, D], in the original text order."""
-    from ..cli import _embed
+    from ..models.eval import embed_batches
 
-    emb = torch.nn.functional.normalize(_embed(model, batches), dim=-1)
+    emb = torch.nn.functional.normalize(embed_batches(model, batches), dim=-1)
     out = torch.empty_like(emb)
     out[torch.tensor(order)] = emb
     return out
@@ -163,7 +163,7 @@ def run(steps=100, seeds=(0, 1, 2), batch_size=32, max_length=64, lr=2e-4, threa
 
     import bertsilicon as bs
 
-    from ..cli import _time
+    from ..models.eval import time_batches as _time
     from .distiller import DistillConfig, Distiller
     from .layer_maps import init_student_from_teacher, layer_map, student_from_spec
 

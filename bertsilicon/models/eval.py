@@ -5,6 +5,7 @@
 * :func:`knn_accuracy` — leave-one-out kNN classification accuracy (cosine similarity), e.g. which
   standard-library module a docstring comes from (``bertsilicon.data.corpus("docstrings")``).
 * :func:`knn_module_accuracy` — the two together on the docstring corpus.
+* :func:`embed_batches`, :func:`time_batches` — the same on already-tokenized batches (demo, distillation).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["mean_pool", "embed", "pooled_cosines", "knn_accuracy", "knn_module_accuracy"]
+__all__ = ["mean_pool", "embed", "embed_batches", "time_batches", "pooled_cosines", "knn_accuracy",
+           "knn_module_accuracy"]
 
 
 def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -39,6 +41,30 @@ def embed(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_leng
         h = base(input_ids=ids, attention_mask=mask).last_hidden_state
         out.append(mean_pool(h, mask).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.inference_mode()
+def embed_batches(model, batches) -> torch.Tensor:
+    """Mean-pooled embeddings ``[N, H]`` fp32 of tokenized batches (dicts with input_ids, attention_mask)."""
+    outs = [mean_pool(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state,
+                      b["attention_mask"]) for b in batches]
+    return torch.cat(outs)
+
+
+@torch.inference_mode()
+def time_batches(model, batches, repeats: int = 3) -> float:
+    """Median over ``repeats`` passes of the mean milliseconds per batch (one warm-up batch first)."""
+    import statistics
+    import time
+
+    model(input_ids=batches[0]["input_ids"], attention_mask=batches[0]["attention_mask"])
+    per_pass = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        per_pass.append((time.perf_counter() - t0) / len(batches))
+    return statistics.median(per_pass) * 1e3
 
 
 def pooled_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
