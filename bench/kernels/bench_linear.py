@@ -6,7 +6,8 @@ QKV projection (H -> 3H), FFN up (H -> 4H, GELU epilogue), FFN down (4H -> H).
 Ops recorded (each against the same ``torch`` peer, measured in the same run):
 
 * ``linear``                 our packed-B micro-kernel on a weight packed once (what the model wrapper runs)
-* ``linear (per-call pack)`` the plain op ``ops.linear(..., backend="cpu")`` on an unpacked nn.Linear weight
+* ``linear (plain op)`` the plain op ``ops.linear(..., backend="cpu")`` on an nn.Linear weight (packed on
+  first use, then the cached pack: ``_cpu_gemm.cached_pack``)
 * ``linear (torch GEMM + our epilogue)`` the other candidate: torch's GEMM then our in-place epilogue
 
 FLOPs 2 M N K; bytes x (M K) + W (N K) + out (M N) at the dtype's width (+ bias).
@@ -28,8 +29,8 @@ NOTES = """
 ## Reading this table (GEMM family)
 
 - `linear` is our packed-B micro-kernel on a weight packed once (`_cpu_gemm.pack_linear`, what the model
-  wrapper runs); `linear (per-call pack)` is the plain op on an unpacked weight (pays an N x K packing copy
-  per call); `linear (torch GEMM + our epilogue)` is the measured alternative (torch's F.linear, then our
+  wrapper runs); `linear (plain op)` is the plain op on an nn.Linear weight (packed on first use and
+  cached per weight tensor); `linear (torch GEMM + our epilogue)` is the measured alternative (torch's F.linear, then our
   activation in place). The default (`BERTSILICON_LINEAR_GEMM=own`) is the first.
 - `int8_gemm`: exact int32 sums, ours (AVX512-VNNI `vpdpbusd`) vs `torch._int_mm` (oneDNN), weight laid out
   once for both. `int8_linear`: fp32 in, fp32 out, ours = `quantize` per token + `int8_linear` (per-channel
@@ -85,7 +86,7 @@ def layer_shapes():
 
 
 SHAPES = list(layer_shapes())
-VARIANTS = {"linear": "packed", "linear (per-call pack)": "op", "linear (torch GEMM + our epilogue)": "torch_gemm"}
+VARIANTS = {"linear": "packed", "linear (plain op)": "op", "linear (torch GEMM + our epilogue)": "torch_gemm"}
 
 
 @pytest.mark.parametrize("provider", [harness.OURS, "torch"])

@@ -52,7 +52,7 @@ def cases():
             yield ("linear", f"{name} {dtype}", 2 * M * N * K, {
                 "torch": lambda x=x, w=w, b=b, act=act: ref.activate(F.linear(x, w, b), act),
                 "ours (packed)": lambda x=x, pw=pw, b=b, act=act: _cpu_gemm.linear_packed(x, pw, b, act),
-                "ours (per-call pack)": lambda x=x, w=w, b=b, act=act: ops.linear(x, w, b, act, backend="cpu"),
+                "ours (plain op)": lambda x=x, w=w, b=b, act=act: ops.linear(x, w, b, act, backend="cpu"),
                 "torch GEMM + our epilogue": lambda x=x, w=w, b=b, act=act: _cpu_gemm.linear_torch_gemm(x, w, b, act),
             })
         g = torch.Generator().manual_seed(K + N)

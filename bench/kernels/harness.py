@@ -30,7 +30,7 @@ OURS = "bertsilicon"
 
 _ROWS: list[dict] = []
 # Which results file each op's rows go to (default "kernels"): the GEMM family keeps its own table.
-# Looked up by the op's first word, so "linear (per-call pack)" is a "linear" row.
+# Looked up by the op's first word, so "linear (plain op)" is a "linear" row.
 RESULT_FILE = {"linear": "gemm", "int8_linear": "gemm", "int8_gemm": "gemm", "quantize": "gemm"}
 
 
