@@ -175,6 +175,11 @@ def _ort_runner(path: str, threads: int) -> Runner:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # ORT's worker threads spin-wait after every run by default, taking the cores away from whatever
+    # runs next: in an interleaved benchmark that is the next provider. Off, so each provider is timed
+    # on idle cores (ORT's own latency is measured the same way either way: one call at a time).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
     def run(b: Batch) -> torch.Tensor:
