@@ -115,6 +115,8 @@ def test_int8_linear_exact_integer_product():
     acc = (xq.to(torch.int64) @ wq.to(torch.int64).T).double()
     expect = F.gelu(acc * xs.double() * ws.double() + b.double()).float()
     out = ops.int8_linear(xq, xs, wq, ws, b, "gelu", backend="reference")
+    # out is the exact float64 result rounded once to fp32 (<= 0.5 ulp = 6e-8 relative): 1e-6 is 16 ulp,
+    # while a wrong scale, bias or activation moves values by >= 1e-2
     torch.testing.assert_close(out, expect, rtol=1e-6, atol=1e-6)
 
 

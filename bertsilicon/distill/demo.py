@@ -54,19 +54,11 @@ def embed(model, order, batches) -> torch.Tensor:
     return out
 
 
-def neighbours(emb: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities, indices) of the k nearest other items by cosine (self excluded)."""
-    sim = emb @ emb.T
-    sim.fill_diagonal_(float("-inf"))
-    return sim.topk(k, dim=-1)
-
-
 def retrieval_overlap(emb: torch.Tensor, teacher_emb: torch.Tensor, k: int = 10) -> float:
-    """Mean over queries of |top-k(student) ∩ top-k(teacher)| / k (self excluded)."""
-    _, s = neighbours(emb, k)
-    _, t = neighbours(teacher_emb, k)
-    hits = (s[:, :, None] == t[:, None, :]).any(-1).sum(-1).double()
-    return float(hits.mean() / k)
+    """Mean over queries of |top-k(student) ∩ top-k(teacher)| / k (self excluded; cosine neighbours)."""
+    from ..precision.metrics import topk_overlap
+
+    return float(topk_overlap(emb, teacher_emb, k).mean())
 
 
 def metrics(model, order, batches, teacher_emb, labels) -> dict:

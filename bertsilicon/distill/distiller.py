@@ -46,6 +46,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ..models.eval import mean_pool
 from . import losses as L
 from .layer_maps import bert_body, init_student_from_teacher, layer_map
 
@@ -116,12 +117,6 @@ class DistillConfig:
     @property
     def sentence_only(self) -> bool:
         return all(k in SENTENCE_LOSSES for k in self.losses)
-
-
-def _mean_pool(hidden, mask):
-    from ..models.eval import mean_pool  # one definition of mean pooling (sentence-transformers' recipe)
-
-    return mean_pool(hidden, mask)
 
 
 def _heads(layer, h: torch.Tensor):
@@ -237,7 +232,7 @@ class Distiller:
             idx = order[c:c + batch_size]
             b = self._tokenize([texts[i] for i in idx])
             h = self.teacher(**b, output_hidden_states=True).hidden_states[-1]
-            out[idx] = _mean_pool(h.float(), b["attention_mask"])
+            out[idx] = mean_pool(h.float(), b["attention_mask"])
         return out
 
     def _bar(self, iterable, desc, **kw):
@@ -261,9 +256,9 @@ class Distiller:
         parts = {}
         s_sent = None
         if any(k in cfg.losses for k in SENTENCE_LOSSES):
-            s_sent = _mean_pool(s_hid[-1], mask)
+            s_sent = mean_pool(s_hid[-1], mask)
         if any(k in cfg.losses for k in ("sentence_mse", "sentence_cosine", "sentence_relation")):
-            t_sent = teacher_sentences if teacher_sentences is not None else _mean_pool(t_hid[-1], mask)
+            t_sent = teacher_sentences if teacher_sentences is not None else mean_pool(t_hid[-1], mask)
             proj = self.projections["sentence"](s_sent) if "sentence" in self.projections else s_sent
             if "sentence_mse" in cfg.losses:
                 parts["sentence_mse"] = L.hidden_mse_loss(proj, t_sent)
@@ -272,7 +267,7 @@ class Distiller:
             if "sentence_relation" in cfg.losses:  # widths may differ: no projection needed
                 parts["sentence_relation"] = L.similarity_kl(s_sent, t_sent, cfg.relation_temperature)
         if "simcse" in cfg.losses:  # a second pass: different dropout = the second view
-            s_sent2 = _mean_pool(self.student(**batch).last_hidden_state, mask)
+            s_sent2 = mean_pool(self.student(**batch).last_hidden_state, mask)
             parts["simcse"] = L.contrastive_loss(s_sent, s_sent2, cfg.simcse_temperature)
         if "hidden_cosine" in cfg.losses:
             parts["hidden_cosine"] = L.hidden_cosine_loss(s_hid[-1], t_hid[-1], mask)

@@ -74,14 +74,35 @@ def pooled_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
 
 
+def _cosine_neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
+    e = torch.nn.functional.normalize(emb.double(), dim=-1)
+    sims = e @ e.t()
+    sims.fill_diagonal_(float("-inf"))
+    return sims.topk(k, dim=1)
+
+
+def knn_correct(emb: torch.Tensor, labels: Sequence, k: int = 5) -> torch.Tensor:
+    """Per item: leave-one-out kNN (cosine) predicts its label — majority of the k most similar other
+    items, ties broken by summed similarity (:func:`knn_accuracy` is its mean; precision experiments bootstrap it). -> ``[N]`` bool."""
+    n = emb.shape[0]
+    if len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} items; expected one per embedding ({n})")
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
+    classes = {c: i for i, c in enumerate(sorted(set(labels), key=str))}
+    y = torch.tensor([classes[c] for c in labels])
+    top_sims, top_idx = _cosine_neighbours(emb, k)
+    votes = torch.zeros(n, len(classes), dtype=torch.float64)
+    votes.scatter_add_(1, y[top_idx], 1.0 + 1e-6 * top_sims)
+    return votes.argmax(1) == y
+
+
 def knn_accuracy(embeddings: torch.Tensor, labels: Sequence, k: int = 5) -> float:
     """Leave-one-out k-nearest-neighbour accuracy with cosine similarity.
 
     Each item is classified by the majority label of its ``k`` most similar other items (ties broken by
     the summed similarity); returns the fraction classified correctly. ``embeddings [N, H]``, ``labels``
     N hashable labels."""
-    from ..precision.metrics import knn_correct  # the per-item rule (precision experiments bootstrap it)
-
     return float(knn_correct(embeddings, labels, k).double().mean())
 
 

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from .. import _C
-from ._cpu import threads
+from ._cpu import _dtype_reason, threads
 from ._dispatch import register
 from ._validate import contiguous, first_reason
 
@@ -47,12 +47,6 @@ _OUT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int32: 3}
 LINEAR_GEMM = os.environ.get("BERTSILICON_LINEAR_GEMM", "own")
 if LINEAR_GEMM not in ("own", "torch"):
     raise ValueError(f"BERTSILICON_LINEAR_GEMM={LINEAR_GEMM!r}; expected 'own' or 'torch'")
-
-
-def _dtype_reason(name: str, t: Optional[torch.Tensor], dtypes) -> Optional[str]:
-    if t is not None and t.dtype not in dtypes:
-        return f"{name} has dtype {t.dtype}; the cpu kernel takes {', '.join(map(str, dtypes))}"
-    return None
 
 
 def _f32(t: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:

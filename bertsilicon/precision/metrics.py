@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.eval import pooled_cosines  # noqa: F401  (re-exported: the per-text cosine)
+from ..models.eval import _cosine_neighbours, knn_correct, pooled_cosines  # noqa: F401  (one kNN rule, re-exported)
 
 
 def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
@@ -29,13 +29,6 @@ def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
-def _cosine_neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
-    e = torch.nn.functional.normalize(emb.double(), dim=-1)
-    sims = e @ e.t()
-    sims.fill_diagonal_(float("-inf"))
-    return sims.topk(k, dim=1)
-
-
 def topk_overlap(emb: torch.Tensor, ref_emb: torch.Tensor, k: int = 10) -> torch.Tensor:
     """Per query: the fraction of its ``k`` nearest neighbours under ``ref_emb`` that it keeps under
     ``emb`` (cosine similarity, the query itself excluded). ``[N, H]`` x2 -> ``[N]`` float64."""
@@ -46,22 +39,6 @@ def topk_overlap(emb: torch.Tensor, ref_emb: torch.Tensor, k: int = 10) -> torch
     _, a = _cosine_neighbours(emb, k)
     _, b = _cosine_neighbours(ref_emb, k)
     return (a[:, :, None] == b[:, None, :]).any(-1).sum(-1).double() / k
-
-
-def knn_correct(emb: torch.Tensor, labels: Sequence, k: int = 5) -> torch.Tensor:
-    """Per item: leave-one-out kNN (cosine) predicts its label — majority of the k most similar other
-    items, ties broken by summed similarity (``models.eval.knn_accuracy``'s rule). -> ``[N]`` bool."""
-    n = emb.shape[0]
-    if len(labels) != n:
-        raise ValueError(f"labels has {len(labels)} items; expected one per embedding ({n})")
-    if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
-    classes = {c: i for i, c in enumerate(sorted(set(labels), key=str))}
-    y = torch.tensor([classes[c] for c in labels])
-    top_sims, top_idx = _cosine_neighbours(emb, k)
-    votes = torch.zeros(n, len(classes), dtype=torch.float64)
-    votes.scatter_add_(1, y[top_idx], 1.0 + 1e-6 * top_sims)
-    return votes.argmax(1) == y
 
 
 def bootstrap_ci(values: torch.Tensor, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
