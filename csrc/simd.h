@@ -52,14 +52,22 @@ struct VecAvx512 {
   BS_VI F loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
   BS_VI void store(float* p, F v) { _mm512_storeu_ps(p, v); }
   BS_VI void storen(float* p, F v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
-  BS_VI F widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  BS_VI F widen(__m256i h) {  // bf16 word i -> high half of lane i, low half zero (one masked vpermw)
+    const I word_i = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0,
+                                      7, 0, 6, 0, 5, 0, 4, 0, 3, 0, 2, 0, 1, 0, 0, 0);
+    return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, word_i, _mm512_castsi256_si512(h)));
+  }
+  // fp32 -> bf16 nearest-even on the bit pattern: + 0x7fff, and + 1 more where the kept lsb (bit 16) is
+  // set; NaN keeps its sign and top payload and is made quiet. The high halves of the 16 lanes are then
+  // gathered with one word permute (vpermw) rather than a shift and a narrowing move.
   BS_VI __m256i narrow(F v) {
     const I u = _mm512_castps_si512(v);
-    const I lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    I r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    const M nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    return _mm512_cvtepi32_epi16(r);
+    I r = _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff));
+    r = _mm512_mask_add_epi32(r, _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000)), r, _mm512_set1_epi32(1));
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x400000));
+    const I odd_words = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+                                         31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi16(odd_words, r));
   }
   BS_VI F load(const bf16* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   BS_VI F loadn(const bf16* p, int n) { return widen(_mm256_maskz_loadu_epi16(first(n), p)); }

@@ -11,7 +11,7 @@ from numerics import assert_numerics, poison_allocator
 
 pytestmark = needs_cpu
 ISAS = cpu_isas()
-MATH = {"erf": 0, "exp": 1, "exp2": 2}
+MATH = {"erf": 0, "exp": 1, "exp2": 2, "gelu_erf": 3, "bf16_round_trip": 5}
 
 
 def _eval_math(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -50,6 +50,46 @@ def test_vector_erf_is_within_two_ulp(isa):
     ys = _eval_math("erf", special)
     assert ys[:4].tolist() == [0.0, -0.0, 1.0, -1.0] and math.copysign(1, float(ys[1])) < 0
     assert bool(torch.isnan(ys[4])) and ys[6] < -0.99999 and ys[7] == 1.0
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_gelu_erf_is_within_half_of_torchs_erf_error(isa):
+    """GELU's own erf (a rational fit, csrc/tools/fit_gelu_erf.py) is only held to an absolute bound:
+    |gelu - ref| <= |x|/2 * 6.5e-7 + 1 ulp of the result (torch's own fp32 GELU: 7.3e-7).
+    Beyond the clamp the limits are selected: x above, 0 below; +-inf and NaN as the op states."""
+    x = _grid(-12.0, 12.0, 1_000_001, seed=3)
+    y = _eval_math("gelu_erf", x).double()
+    xd = x.double()
+    ref = 0.5 * xd * torch.special.erfc(-xd / math.sqrt(2.0))  # erfc: no cancellation for x < 0
+    bound = xd.abs() * 0.5 * 6.5e-7 + ref.abs() * 2.0 ** -23 + 2.0 ** -149
+    excess = (y - ref).abs() / bound
+    worst = int(excess.argmax())
+    assert float(excess.max()) <= 1.0, (
+        f"gelu_erf: error {float((y - ref).abs()[worst]):.3e} at x={float(x[worst])!r} (bound {float(bound[worst]):.3e})")
+    ends = _eval_math("gelu_erf", torch.tensor([float("inf"), -float("inf"), float("nan"), 6.0, -6.0, 1e30, -1e30]))
+    assert ends[0] == float("inf") and ends[1] == 0 and bool(torch.isnan(ends[2]))
+    assert ends[3] == 6.0 and ends[4] == 0 and ends[5] == 1e30 and ends[6] == 0
+    c = 3.72 * math.sqrt(2.0)  # the clamp: Phi is exactly 1 / 0 there (the fit pins it), on every ISA
+    at_clamp = _eval_math("gelu_erf", torch.tensor([c, -c, math.nextafter(c, 9), -math.nextafter(c, 9)]))
+    assert at_clamp[0] == torch.tensor(c) and at_clamp[1] == 0 and at_clamp[3] == 0
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_vector_bf16_store_is_torchs_nearest_even(isa):
+    """The vector fp32 -> bf16 store every bf16 kernel ends with, bit for bit against torch's cast:
+    exact ties (even and odd kept lsb), one fp32 ulp either side, subnormals, inf, NaN (made quiet)."""
+    g = torch.Generator().manual_seed(5)
+    kept = torch.randint(0, 1 << 16, (4096,), generator=g, dtype=torch.int32) << 16
+    low = torch.tensor([0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF], dtype=torch.int32)
+    bits = (kept[:, None] | low[None, :]).flatten()
+    x = torch.cat([bits.view(torch.float32), torch.randn(1001, generator=g) * 1e-39,
+                   torch.tensor([float("inf"), -float("inf"), float("nan"), 3.0e38, -3.4e38])])
+    y = _eval_math("bf16_round_trip", x)
+    want = x.to(torch.bfloat16).float()
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(y), nan)
+    same = y.view(torch.int32)[~nan] == want.view(torch.int32)[~nan]
+    assert bool(same.all()), f"{int((~same).sum())} values differ, first at x={float(x[~nan][~same][0])!r}"
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
