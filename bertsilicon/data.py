@@ -5,8 +5,12 @@
 * ``corpus("docstrings")``: first paragraphs of the docstrings of standard-library modules, their
   classes and functions; label = the module (e.g. ``"json"``). Labels no one wrote by hand give a real
   retrieval / kNN classification task.
+* ``corpus("docstrings-train")``: the same kind of text from *other* standard-library modules
+  (:data:`TRAIN_DOCSTRING_MODULES`, disjoint from the modules above, and no text that also occurs in
+  ``"docstrings"``): in-domain text to train on (e.g. distillation, which needs no labels) while
+  ``"docstrings"`` stays held out for evaluation.
 
-Both are deterministic for a given Python version.
+All are deterministic for a given Python version (a module missing from a build is skipped).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-CORPORA = ("pydoc", "docstrings")
+CORPORA = ("pydoc", "docstrings", "docstrings-train")
 
 # Standard-library modules with substantial docstrings, present on every CPython >= 3.10 build.
 DOCSTRING_MODULES = (
@@ -27,6 +31,23 @@ DOCSTRING_MODULES = (
     "logging", "mailbox", "math", "multiprocessing", "os", "pathlib", "pickle", "pprint", "queue", "random",
     "re", "shutil", "socket", "sqlite3", "statistics", "string", "subprocess", "tarfile", "tempfile",
     "textwrap", "threading", "typing", "unittest", "urllib.parse", "uuid", "xml.etree.ElementTree", "zipfile",
+)
+
+# Other standard-library modules (none of the above, none GUI-only): in-domain text for training.
+TRAIN_DOCSTRING_MODULES = (
+    "abc", "array", "atexit", "bdb", "binascii", "builtins", "bz2", "cmath", "cmd", "code", "codecs", "codeop",
+    "colorsys", "compileall", "concurrent.futures", "contextvars", "copyreg", "ctypes", "dis", "doctest",
+    "email.message", "email.utils", "faulthandler", "filecmp", "fileinput", "fnmatch", "ftplib", "gc", "getopt",
+    "getpass", "gettext", "glob", "graphlib", "hmac", "http.cookiejar", "http.cookies", "http.server",
+    "imaplib", "importlib", "importlib.metadata", "importlib.resources", "keyword", "linecache", "locale",
+    "logging.handlers", "lzma", "mimetypes", "mmap", "netrc", "numbers", "operator", "optparse", "pdb",
+    "pickletools", "pkgutil", "platform", "plistlib", "poplib", "posixpath", "profile", "pstats", "py_compile",
+    "pyclbr", "pydoc", "quopri", "reprlib", "rlcompleter", "runpy", "sched", "secrets", "select", "selectors",
+    "shelve", "shlex", "signal", "site", "smtplib", "socketserver", "ssl", "stat", "struct", "symtable", "sys",
+    "sysconfig", "tabnanny", "time", "timeit", "token", "tokenize", "trace", "traceback", "tracemalloc",
+    "types", "unicodedata", "unittest.mock", "urllib.error", "urllib.request", "urllib.robotparser", "warnings",
+    "wave", "weakref", "webbrowser", "wsgiref.simple_server", "xml.dom.minidom", "xml.sax", "xmlrpc.client",
+    "zipapp", "zipimport", "zlib", "zoneinfo",
 )
 
 
@@ -79,15 +100,20 @@ def _pydoc(min_chars: int) -> Corpus:
 
 
 @lru_cache(maxsize=None)
-def _docstrings(min_chars: int) -> Corpus:
+def _docstrings(min_chars: int, train: bool = False) -> Corpus:
     with warnings.catch_warnings():  # touching deprecated aliases (typing.io, ...) warns
         warnings.simplefilter("ignore", DeprecationWarning)
-        return _collect_docstrings(min_chars)
+        if not train:
+            return _collect_docstrings("docstrings", DOCSTRING_MODULES, min_chars)
+        held_out = set(_docstrings(min_chars).texts)
+        c = _collect_docstrings("docstrings-train", TRAIN_DOCSTRING_MODULES, min_chars)
+        keep = [i for i, text in enumerate(c.texts) if text not in held_out]
+        return Corpus(c.name, [c.texts[i] for i in keep], [c.labels[i] for i in keep])
 
 
-def _collect_docstrings(min_chars: int) -> Corpus:
-    c = Corpus("docstrings")
-    for modname in DOCSTRING_MODULES:
+def _collect_docstrings(name: str, modules: tuple, min_chars: int) -> Corpus:
+    c = Corpus(name)
+    for modname in modules:
         try:
             mod = importlib.import_module(modname)
         except ImportError:  # e.g. a build without sqlite3
@@ -119,6 +145,8 @@ def corpus(name: str = "pydoc", min_chars: int = 60) -> Corpus:
         c = _pydoc(min_chars)
     elif name == "docstrings":
         c = _docstrings(min_chars)
+    elif name == "docstrings-train":
+        c = _docstrings(min_chars, train=True)
     else:
         raise ValueError(f"corpus name {name!r} is unknown; expected one of {CORPORA}")
     return Corpus(c.name, list(c.texts), list(c.labels))

@@ -153,6 +153,19 @@ def test_config_errors(tok):
         Distiller(tiny(2), tiny(1, hidden=24, ffn=50), tok, _cfg(losses={"patient": 1.0}, init_from_teacher=False))
     with pytest.raises(ValueError, match="nothing to train"):
         Distiller(tiny(2), tiny(1), tok, _cfg(losses={"embedding_mse": 1.0}, freeze_embeddings=True))
+    with pytest.raises(ValueError, match="student_dropout"):
+        DistillConfig(student_dropout=1.0).validate()
+
+
+def test_student_dropout_zero_makes_training_passes_deterministic(tok):
+    """student_dropout=0.0 sets every dropout of the student (attention probabilities included): two
+    training-mode passes agree; with the config's own 0.1 they differ."""
+    batch = dict(tok(TEXTS[:4], padding=True, truncation=True, max_length=24, return_tensors="pt"))
+    for p, same in ((0.0, True), (None, False)):
+        student = tiny(1)
+        Distiller(tiny(2), student, tok, _cfg(student_dropout=p)).student.train()
+        h1, h2 = (student(**batch).last_hidden_state for _ in range(2))
+        assert torch.equal(h1, h2) == same, f"student_dropout={p}"
 
 
 def test_resume_is_bit_identical(tok, tmp_path):

@@ -54,6 +54,8 @@ def test_corpora_are_real_and_labelled():
     d = data.corpus("docstrings")
     assert len(d) > 500 and {"json", "re", "collections"} <= set(d.labels)
     assert all(len(t) >= 60 for t in d.texts)
+    tr = data.corpus("docstrings-train")  # in-domain training text, held apart from the evaluation's
+    assert len(tr) > 500 and not set(tr.labels) & set(d.labels) and not set(tr.texts) & set(d.texts)
     s = d.subset(10, seed=3)
     assert len(s) == 10 and s.texts == d.subset(10, seed=3).texts
     with pytest.raises(ValueError, match="corpus name"):

@@ -4,8 +4,8 @@
     bertsilicon distill --teacher minilm-l6 --student "minilm-l6:num_hidden_layers=3" --losses hidden_mse=1,attention_kl=1
     bertsilicon distill --demo            # the measured demo (python -m bertsilicon.distill.demo)
 
-Train text: ``corpus("pydoc")``; evaluation: ``corpus("docstrings")`` (retrieval top-10 overlap with the
-teacher, kNN module accuracy).
+Train text: ``corpus("pydoc")`` + ``corpus("docstrings-train")`` (other modules' docstrings); evaluation:
+``corpus("docstrings")``, held out (retrieval top-10 overlap with the teacher, kNN module accuracy).
 """
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def register(subparsers) -> None:
                    help=f"one of {', '.join(LAYER_MAPS)} or a comma-separated list of teacher layers")
     p.add_argument("--no-init", action="store_true", help="do not copy teacher layers into the student")
     p.add_argument("--freeze-embeddings", action="store_true", help="train the transformer layers only")
+    p.add_argument("--student-dropout", type=float, default=None,
+                   help="set every dropout of the student to this p (default: the student config's own)")
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
@@ -72,7 +74,7 @@ def main(args) -> int:
     import bertsilicon as bs
 
     from ..models.eval import knn_accuracy
-    from .demo import embed, length_batches, metrics
+    from .demo import embed, length_batches, metrics, train_texts
     from .distiller import DistillConfig, Distiller
     from .layer_maps import student_from_spec
 
@@ -82,7 +84,7 @@ def main(args) -> int:
     student_cfg = student_from_spec(args.student, teacher.config)
     torch.manual_seed(args.seed)
     student = AutoModel.from_config(student_cfg, add_pooling_layer=False)
-    train = bs.data.corpus("pydoc").texts[:args.max_texts]
+    train = train_texts(args.max_texts)
     evalset = bs.data.corpus("docstrings")
     if args.eval_texts:
         evalset = evalset.subset(args.eval_texts, seed=0)
@@ -96,7 +98,8 @@ def main(args) -> int:
                         temperature=args.temperature, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                         max_length=args.max_length, precision=args.train_precision, seed=args.seed,
                         warmup_steps=args.warmup, eval_every=args.eval_every, checkpoint_dir=args.checkpoint_dir,
-                        checkpoint_every=args.checkpoint_every, freeze_embeddings=args.freeze_embeddings)
+                        checkpoint_every=args.checkpoint_every, freeze_embeddings=args.freeze_embeddings,
+                        student_dropout=args.student_dropout)
     d = Distiller(teacher, student, tok, cfg,
                   eval_fn=lambda m: metrics(m, order, batches, teacher_emb, evalset.labels))
     if d.layers:

@@ -4,11 +4,15 @@
 
 1. Teacher: all-MiniLM-L6-v2 (real weights). Student: ``bert-L3-H384`` (3 layers of the teacher's width),
    initialised from teacher layers [1, 3, 5] (TinyBERT's uniform map) + the teacher's embeddings.
-2. Train text: ``corpus("pydoc")`` (paragraphs of the Python reference). Distilled student: sentence
-   embedding distillation (MSE + cosine between mean-pooled student and teacher embeddings).
+2. Train text: ``corpus("pydoc")`` (paragraphs of the Python reference) + ``corpus("docstrings-train")``
+   (docstrings of ~110 *other* standard-library modules: in-domain text, disjoint from the evaluation's
+   modules and texts). Distilled student: sentence-embedding distillation (MSE + cosine between
+   mean-pooled student and teacher embeddings) + TinyBERT's hidden-state MSE on the mapped layers, with the
+   student's dropout off (a deterministic student chasing a deterministic teacher).
    Undistilled student, the baseline: the SAME init, data, steps, batch, learning rate, schedule and seeds,
-   trained with unsupervised SimCSE (a teacher-free sentence-embedding objective) — so the only difference
-   is the teacher's signal. The untrained init ("truncated teacher") is reported too.
+   trained with unsupervised SimCSE (a teacher-free sentence-embedding objective; its dropout is its
+   augmentation, so it keeps it) — so the only difference is the teacher's signal. The untrained init
+   ("truncated teacher") is reported too.
 3. Evaluation on ``corpus("docstrings")`` (standard-library docstrings, label = module; never trained on):
    retrieval top-10 overlap with the teacher's neighbours, and leave-one-out kNN module classification.
 4. Speed: teacher vs student (plain and ``bertsilicon.optimize``-d) measured on the docstrings, and the
@@ -29,8 +33,16 @@ from pathlib import Path
 import torch
 
 STUDENT_SPEC = "bert-L3-H384"
-DISTILLED = {"sentence_mse": 1.0, "sentence_cosine": 1.0}
+DISTILLED = {"sentence_mse": 1.0, "sentence_cosine": 1.0, "hidden_mse": 1.0}
 UNDISTILLED = {"simcse": 1.0}
+STUDENT_DROPOUT = {"distilled": 0.0, "undistilled": None}  # None: the config's 0.1 (SimCSE's two views)
+
+
+def train_texts(max_texts=None) -> list:
+    """The training text: pydoc paragraphs + other modules' docstrings (the first ``max_texts`` of them)."""
+    import bertsilicon as bs
+
+    return (bs.data.corpus("pydoc").texts + bs.data.corpus("docstrings-train").texts)[:max_texts]
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -163,7 +175,7 @@ def run(steps=100, seeds=(0, 1, 2), batch_size=32, max_length=64, lr=2e-4, threa
     t_start = time.perf_counter()
     tok = bs.load_tokenizer()
     teacher = bs.load_student("minilm-l6")
-    train = bs.data.corpus("pydoc").texts[:max_texts]
+    train = train_texts(max_texts)
     evalset = bs.data.corpus("docstrings")
     if eval_texts:
         evalset = evalset.subset(eval_texts, seed=0)
@@ -180,7 +192,7 @@ def run(steps=100, seeds=(0, 1, 2), batch_size=32, max_length=64, lr=2e-4, threa
         return metrics(model, order, batches, teacher_emb, evalset.labels)
 
     print(f"teacher all-MiniLM-L6-v2 (6 layers, real weights) -> student {STUDENT_SPEC} from teacher layers {layers}; "
-          f"train {len(train)} pydoc paragraphs, eval {len(evalset)} docstrings of {len(set(evalset.labels))} "
+          f"train {len(train)} pydoc paragraphs + other modules' docstrings, eval {len(evalset)} docstrings of {len(set(evalset.labels))} "
           f"modules; {steps} steps x batch {batch_size}, max length {max_length}, lr {lr}, seeds {list(seeds)}, "
           f"{threads} threads", flush=True)
     init_metrics = eval_fn(fresh_student())
@@ -191,7 +203,8 @@ def run(steps=100, seeds=(0, 1, 2), batch_size=32, max_length=64, lr=2e-4, threa
         for kind, losses in (("distilled", DISTILLED), ("undistilled", UNDISTILLED)):
             cfg = DistillConfig(losses=dict(losses), layer_map=layers, lr=lr, steps=steps, batch_size=batch_size,
                                 max_length=max_length, seed=seed, precision=train_precision, eval_every=eval_every,
-                                warmup_steps=max(1, steps // 10), progress=progress)
+                                warmup_steps=max(1, steps // 10), progress=progress,
+                                student_dropout=STUDENT_DROPOUT[kind])
             torch.manual_seed(seed)  # dropout
             student = fresh_student()
             d = Distiller(teacher if kind == "distilled" else None, student, tok, cfg, eval_fn=eval_fn)
@@ -232,10 +245,10 @@ def run(steps=100, seeds=(0, 1, 2), batch_size=32, max_length=64, lr=2e-4, threa
         "conditions": cond,
         "setup": {"teacher": "all-MiniLM-L6-v2 (minilm-l6, real weights)", "student": STUDENT_SPEC,
                   "student_layers_from_teacher": layers, "distilled_losses": DISTILLED,
-                  "undistilled_losses": UNDISTILLED, "steps": steps, "batch_size": batch_size,
+                  "undistilled_losses": UNDISTILLED, "student_dropout": STUDENT_DROPOUT, "steps": steps, "batch_size": batch_size,
                   "max_length": max_length, "lr": lr, "precision": train_precision,
                   "optimize_precision": precision, "seeds": list(seeds),
-                  "train": f"corpus('pydoc'), {len(train)} paragraphs",
+                  "train": f"corpus('pydoc') + corpus('docstrings-train'), {len(train)} texts",
                   "eval": f"corpus('docstrings'), {len(evalset)} texts, {len(set(evalset.labels))} modules",
                   "metrics": "top10_overlap: mean |top-10 student ∩ top-10 teacher| / 10 (cosine, self excluded); "
                              "knn_accuracy: leave-one-out 5-NN majority vote of the module (ties: similarity)"},
@@ -277,7 +290,7 @@ def to_markdown(r: dict) -> str:
         f"{r['init_no_training']['knn_accuracy']:.4f} |",
     ]
     for kind, label in (("undistilled", "student, undistilled (SimCSE, same data/steps)"),
-                        ("distilled", "student, distilled (sentence MSE + cosine)")):
+                        ("distilled", "student, distilled (sentence MSE + cosine + hidden MSE)")):
         cells = [f"{v['mean']:.4f} [{v['min']:.4f}, {v['max']:.4f}]" for v in r["summary"][kind].values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     b = r["distilled_beats_undistilled_by_more_than_spread"]
@@ -309,7 +322,7 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    for ax, kind, title in ((axes[0], "distilled", "distilled: sentence MSE + cosine"),
+    for ax, kind, title in ((axes[0], "distilled", "distilled: sentence MSE + cosine + hidden MSE"),
                             (axes[1], "undistilled", "undistilled: SimCSE loss")):
         for run in r["runs"][kind]:
             ax.plot(range(1, len(run["loss"]) + 1), run["loss"], label=f"seed {run['seed']}", lw=1)
@@ -352,7 +365,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-precision", default="fp32", help="student weights while training (fp32, bf16-nearest, "
                    "bf16-stochastic)")
     p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--max-texts", type=int, default=None, help="train on the first N pydoc paragraphs only")
+    p.add_argument("--max-texts", type=int, default=None, help="train on the first N texts only")
     p.add_argument("--eval-texts", type=int, default=None, help="evaluate on N docstrings (a fixed random subset)")
     p.add_argument("--out", default=None, help="(demo) folder for demo.json, demo.md and demo.png")
     p.add_argument("--note", default="", help="(demo) a line about the conditions, stored with the figures")

@@ -79,6 +79,7 @@ class DistillConfig:
     precision: str = "fp32"                      # "fp32" | "bf16-nearest" | "bf16-stochastic"
     seed: int = 0
     freeze_embeddings: bool = False
+    student_dropout: Optional[float] = None      # None: the student's own; else every nn.Dropout's p (see below)
     grad_clip: Optional[float] = 1.0
     eval_every: int = 0                          # 0: only at the end (when an eval_fn is given)
     checkpoint_every: int = 0                    # 0: only at the end (when checkpoint_dir is set)
@@ -106,6 +107,8 @@ class DistillConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if self.student_dropout is not None and not (0.0 <= self.student_dropout < 1.0):
+            raise ValueError(f"student_dropout must be None or in [0, 1), got {self.student_dropout!r}")
         if not (self.lr > 0 and self.temperature > 0):
             raise ValueError(f"lr and temperature must be positive, got lr={self.lr}, temperature={self.temperature}")
         return self
@@ -176,6 +179,12 @@ class Distiller:
                 if bad:
                     raise ValueError(f"losses {bad} compare hidden states directly and need equal widths "
                                      f"(student {d_s}, teacher {d_t})")
+        if cfg.student_dropout is not None:
+            # 0.0: a deterministic student chasing a deterministic teacher (eval mode), the usual choice
+            # for short distillation runs; SimCSE needs its dropout (the two views), so leave it None there.
+            for m in student.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = float(cfg.student_dropout)
         if cfg.freeze_embeddings:
             if "embedding_mse" in cfg.losses and "embedding_mse" not in self.projections:
                 raise ValueError("freeze_embeddings=True with the 'embedding_mse' loss and equal widths leaves "
