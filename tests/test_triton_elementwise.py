@@ -33,6 +33,8 @@ def test_bias_gelu_specials(triton_device, approximate):
     out = ops.bias_gelu(x, b, approximate, backend="triton").cpu()
     want = torch.nn.functional.gelu(x.cpu().double(), approximate=approximate).float()
     assert out[0, 0] == float("inf") and out[0, 1] == 0 and bool(torch.isnan(out[0, 2]))
+    # the rest are the saturated tails (gelu = 0 or x, exact in fp32) and one ordinary value: 1e-6 is 8 fp32
+    # ulp, while a wrong tail (x/2, NaN, a sign) is off by >= 50 %; atol only admits -0 against +0
     torch.testing.assert_close(out[0, 3:], want[0, 3:], rtol=1e-6, atol=1e-30)
 
 
