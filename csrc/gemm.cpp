@@ -438,6 +438,13 @@ void linear(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, con
   run_tiles(t, p.nr, tiles_for(kind), threads);
 }
 
+// The VNNI kernel's compensation 128 * sum_k w[n, k], appended to the packed weight.
+static const int32_t* vnni_comp(const void* w, int64_t N, int64_t K) {
+  const PackInfo p = pack_info(PackKind::U8S8x64);
+  return reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(w) +
+                                          gemm_packed_bytes(PackKind::U8S8x64, N, K) - ceil_div(N, p.nr) * p.nr * 4);
+}
+
 void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const void* w, int64_t N,
                  const float* x_scale, const float* w_scale, const Epilogue& ep, int threads) {
   check_kind(kind);
@@ -450,12 +457,59 @@ void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const voi
   std::unique_ptr<uint32_t[]> buf;
   if (kind == PackKind::U8S8x64) {
     buf = widen_rows(x, M, K, 4, threads, [](int8_t v) { return uint8_t(uint8_t(v) ^ 0x80u); });
-    t.comp = reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(w) + gemm_packed_bytes(kind, N, K) -
-                                              ceil_div(N, p.nr) * p.nr * 4);
+    t.comp = vnni_comp(w, N, K);
   } else {
     buf = widen_rows(x, M, K, 2, threads, [](int8_t v) { return int16_t(v); });
   }
   t.a = buf.get(), t.lda = t.steps;
+  run_tiles(t, p.nr, tiles_for(kind), threads);
+}
+
+// Quantize each row of x (optionally times inv_smooth first) as quantize_row does, straight into the
+// GEMM's A operand: on the VNNI path the row is stored shifted (q + 128 as uint8, padded to the k-group)
+// and read by the tiles in place; the int16 path widens the int8 rows once more. One pass over x
+// instead of quantize's, then the int8 copy and its conversion.
+void int8_linear_dynamic(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, const float* inv_smooth,
+                         const void* w, int64_t N, const float* w_scale, float* x_scale, const Epilogue& ep,
+                         int threads) {
+  check_kind(kind);
+  const PackInfo p = pack_info(kind);
+  const bool vnni = kind == PackKind::U8S8x64;
+  const int64_t kp = kind == PackKind::Raw ? K : ceil_div(K, p.group) * p.group;
+  const uint8_t flip = vnni ? 0x80 : 0x00;  // padding: k >= K meets zero weights, any value will do
+  std::unique_ptr<uint32_t[]> qbuf(new uint32_t[size_t(M * kp / 4 + 1)]);
+  int8_t* q = reinterpret_cast<int8_t*>(qbuf.get());
+  const size_t xe = xt == ElemType::F32 ? 4 : 2;
+  parallel_for(M, threads, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t m0, int64_t m1) {
+    std::vector<float> smoothed(inv_smooth ? size_t(K) : 0);
+    for (int64_t m = m0; m < m1; ++m) {
+      const void* row = static_cast<const uint8_t*>(x) + size_t(m * K) * xe;
+      ElemType rt = xt;
+      if (inv_smooth) {  // x * inv_smooth in fp32, one rounding (as torch's x * inv_smooth)
+        float* __restrict sm = smoothed.data();
+        if (xt == ElemType::F32)
+          for (int64_t k = 0; k < K; ++k) sm[k] = static_cast<const float*>(row)[k] * inv_smooth[k];
+        else
+          for (int64_t k = 0; k < K; ++k) sm[k] = bf16_to_f32(static_cast<const uint16_t*>(row)[k]) * inv_smooth[k];
+        row = sm, rt = ElemType::F32;
+      }
+      x_scale[m] = quantize_row(row, rt, K, q + m * kp, flip);
+      std::fill(q + m * kp + K, q + (m + 1) * kp, int8_t(flip));
+    }
+  });
+  if (kind == PackKind::Raw)
+    return int8_scalar(q, static_cast<const int8_t*>(w), M, N, K, x_scale, w_scale, ep, threads);
+  Tiles t{};
+  t.M = M, t.N = N, t.steps = ceil_div(K, p.group), t.b = static_cast<const int32_t*>(w), t.ep = ep;
+  t.x_scale = x_scale, t.w_scale = w_scale;
+  std::unique_ptr<uint32_t[]> wide;
+  if (vnni) {
+    t.a = qbuf.get(), t.comp = vnni_comp(w, N, K);
+  } else {
+    wide = widen_rows(q, M, kp, 2, threads, [](int8_t v) { return int16_t(v); });
+    t.a = wide.get();
+  }
+  t.lda = t.steps;
   run_tiles(t, p.nr, tiles_for(kind), threads);
 }
 

@@ -20,6 +20,12 @@ void linear(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, con
 // ep.out_type == S32 stores the raw int32 sums instead (x_scale/w_scale unused but non-null).
 void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const void* w, int64_t N,
                  const float* x_scale, const float* w_scale, const Epilogue& ep, int threads);
+// Dynamic int8 linear from float activations: x [M, K] (fp32 or bf16; times inv_smooth [K] first when
+// non-null) is quantized per row as quantize() does (its scales written to x_scale [M]) straight into
+// the GEMM's operand, then int8_linear. Bit-identical to quantize() followed by int8_linear().
+void int8_linear_dynamic(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, const float* inv_smooth,
+                         const void* w, int64_t N, const float* w_scale, float* x_scale, const Epilogue& ep,
+                         int threads);
 // y = act(y + bias) in place on a contiguous [M, N] fp32 or bf16 tensor.
 void epilogue_inplace(void* y, ElemType yt, int64_t M, int64_t N, const float* bias, Activation act, int threads);
 
@@ -28,5 +34,8 @@ void epilogue_inplace(void* y, ElemType yt, int64_t M, int64_t N, const float* b
 // clamped to +-127; NaN in a group -> its scale NaN and its q 0. Bit-identical to reference.quantize.
 void quantize(const void* x, ElemType xt, int64_t rows, int64_t cols, bool per_tensor, int8_t* q, float* scale,
               int threads);
+// One group (a row of n values) of the above, single-threaded; returns its scale. Every stored byte
+// is XORed with `flip` (0x80: q + 128 as uint8, the VNNI kernel's shifted activations).
+float quantize_row(const void* x, ElemType xt, int64_t n, int8_t* q, uint8_t flip);
 
 }  // namespace bs

@@ -50,6 +50,17 @@ void bind_gemm(py::module_& m) {
         py::arg("kind"), py::arg("x"), py::arg("M"), py::arg("K"), py::arg("w"), py::arg("N"), py::arg("x_scale"),
         py::arg("w_scale"), py::arg("bias"), py::arg("act"), py::arg("out"), py::arg("out_type"), py::arg("threads"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("int8_linear_dynamic",
+        [](int kind, uintptr_t x, int elem, int64_t M, int64_t K, uintptr_t inv_smooth, uintptr_t w, int64_t N,
+           uintptr_t ws, uintptr_t xs_out, uintptr_t bias, int act, uintptr_t out, int out_type, int threads) {
+          bs::Epilogue ep{ptr<const float>(bias), bs::Activation(act), bs::OutType(out_type), ptr<void>(out), N};
+          bs::int8_linear_dynamic(kind_of(kind), ptr<const void>(x), bs::ElemType(elem), M, K,
+                                  ptr<const float>(inv_smooth), ptr<const void>(w), N, ptr<const float>(ws),
+                                  ptr<float>(xs_out), ep, threads);
+        },
+        py::arg("kind"), py::arg("x"), py::arg("elem"), py::arg("M"), py::arg("K"), py::arg("inv_smooth"), py::arg("w"),
+        py::arg("N"), py::arg("w_scale"), py::arg("x_scale_out"), py::arg("bias"), py::arg("act"), py::arg("out"),
+        py::arg("out_type"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
   m.def("gemm_epilogue_inplace",
         [](uintptr_t y, int elem, int64_t M, int64_t N, uintptr_t bias, int act, int threads) {
           bs::epilogue_inplace(ptr<void>(y), bs::ElemType(elem), M, N, ptr<const float>(bias), bs::Activation(act), threads);

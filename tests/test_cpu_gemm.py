@@ -169,6 +169,30 @@ def test_quantize_inf_and_empty(isa):
     assert q.shape == (0, 384) and s.shape == (0, 1)
 
 
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_quantize_near_ties_bit_identical(isa):
+    """The vector paths multiply by 1/scale and divide only near a half-integer (csrc/quantize.cpp):
+    values within a few ulp of (k + 1/2) * scale, at awkward scales, must still round as x / scale does.
+    Also a row whose scale is subnormal (1/scale overflows: the divide path) and one near FLT_MAX."""
+    g = torch.Generator().manual_seed(7)
+    amaxes = torch.cat([torch.rand(40, generator=g) * 10 + 1e-3, torch.tensor([3.0, 0.1, 1e-30, 1e30])])
+    rows = []
+    for amax in amaxes.tolist():
+        scale = torch.tensor(amax, dtype=torch.float32) / 127.0
+        halves = (torch.arange(-127, 127, dtype=torch.float32) + 0.5) * scale   # RN((k + 1/2) scale)
+        ulp = torch.nextafter(halves, torch.full_like(halves, float("inf"))) - halves
+        near = torch.cat([halves + d * ulp for d in (-2, -1, 0, 1, 2)])
+        rows.append(torch.cat([near.clamp(-amax, amax), torch.tensor([amax])]))
+    x = torch.stack(rows)
+    x = torch.cat([x, torch.full((1, x.shape[1]), 1e-41), torch.full((1, x.shape[1]), 3e38)])  # subnormal scale, huge
+    x[-2, ::3] = -3e-42
+    x[-1, ::5] = -1e38
+    q, s = ops.quantize(x, "int8", "per_token", backend="cpu")
+    q_ref, s_ref = ref.quantize(x, "int8", "per_token")
+    assert torch.equal(s, s_ref)
+    assert torch.equal(q, q_ref), f"q differs at {int((q != q_ref).sum())} of {q.numel()} near-tie values"
+
+
 # ---------------------------------------------------------------------------------------------- #
 # int8_linear                                                                                     #
 # ---------------------------------------------------------------------------------------------- #
@@ -242,6 +266,49 @@ def test_int8_linear_infinite_bias(isa, act):
     finite = [n for n in range(20) if n not in (2, 5, 17)]
     torch_out = ref.activate((x_q.long() @ w_q.long().t()).float() * x_s * w_s + bias, act)
     assert_numerics(out[:, finite], ref64[:, finite], torch_out[:, finite], f"int8_linear[{isa}] inf bias {act}")
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("M,K,N,act", [(77, 384, 130, "gelu"), (1, 26, 7, None), (130, 1001, 64, "relu"),
+                                        (9, 1536, 33, "gelu_tanh")])
+def test_int8_linear_dynamic_equals_quantize_then_int8_linear(isa, dtype, smooth, M, K, N, act):
+    """The fused form (quantize into the GEMM's operand) is bit-identical to the two ops it replaces,
+    including a NaN row (scale NaN, q 0: its outputs NaN), an all-zero row and K not a multiple of 4."""
+    G = _gemm_module()
+    g = torch.Generator().manual_seed(M * K + N + smooth)
+    x = (torch.randn(M, K, generator=g) * torch.rand(M, 1, generator=g) * 3).to(dtype)
+    if M > 2:
+        x[1] = 0.0
+        x[2, K // 2] = float("nan")
+    w_q, w_s = ref.quantize(torch.randn(N, K, generator=g) * K ** -0.5, "int8", "per_channel")
+    bias = torch.randn(N, generator=g)
+    inv_smooth = (torch.rand(K, generator=g) * 4 + 0.25) if smooth else None
+    xs = x * inv_smooth if smooth else x
+    x_q, x_s = ops.quantize(xs.contiguous(), "int8", "per_token", backend="cpu")
+    composed = ops.int8_linear(x_q, x_s, w_q, w_s.reshape(-1), bias, act, dtype, backend="cpu")
+    fused = G.int8_linear_dynamic(x, w_q, w_s.reshape(-1), bias, act, inv_smooth)
+    assert fused.dtype == dtype and fused.shape == composed.shape
+    torch.testing.assert_close(fused, composed, rtol=0, atol=0, equal_nan=True)
+    if M > 2:
+        assert bool(fused[2].isnan().all()) and not bool(fused[0].isnan().any())
+
+
+def test_int8_linear_dynamic_refuses_bad_input():
+    G = _gemm_module()
+    w_q = torch.randint(-127, 128, (8, 16), dtype=torch.int8)
+    w_s = torch.rand(8)
+    with pytest.raises(ValueError, match=r"x must be a contiguous float32 or bfloat16 CPU tensor \[\.\.\., 16\]"):
+        G.int8_linear_dynamic(torch.randn(4, 16, dtype=torch.float16), w_q, w_s)
+    with pytest.raises(ValueError, match="x must be a contiguous"):
+        G.int8_linear_dynamic(torch.randn(16, 4).t(), w_q, w_s)
+    with pytest.raises(ValueError, match=r"inv_smooth must be a contiguous float32 tensor \[16\]"):
+        G.int8_linear_dynamic(torch.randn(4, 16), w_q, w_s, inv_smooth=torch.ones(15))
+    with pytest.raises(ValueError, match="w_scale"):
+        G.int8_linear_dynamic(torch.randn(4, 16), w_q, torch.rand(7))
+    with pytest.raises(ValueError, match="bias"):
+        G.int8_linear_dynamic(torch.randn(4, 16), w_q, w_s, torch.rand(9))
 
 
 # ---------------------------------------------------------------------------------------------- #

@@ -2,8 +2,9 @@
 
 * ``int8_gemm``: exact int32 ``x_q @ w_q^T`` (weight packed once) vs ``torch._int_mm`` (oneDNN), both
   int32 out, at M 1024 and the layer shapes (the issue's point: M 1024, K 384, N 1536). GOP/s = 2 M N K.
-* ``int8_linear``: fp32 x in, fp32 out: our ``quantize`` (per token) + ``int8_linear`` (per-channel
-  weight, packed once, GELU epilogue) vs torch's dynamic int8 ``nn.Linear``
+* ``int8_linear``: fp32 x in, fp32 out: ours as the model wrapper runs it, ``quant.int8_matmul`` (per-token
+  quantize fused into the GEMM's operand, per-channel weight packed once, GELU epilogue; bit-identical
+  to ``quantize`` + ``int8_linear``) vs torch's dynamic int8 ``nn.Linear``
   (``torch.ao.quantization.quantize_dynamic``: per-tensor dynamic activation quantization, fbgemm)
   followed by ``F.gelu``. Both include quantizing the activations.
 * ``quantize``: per-token int8 of a [1024, H] fp32 activation vs the same formula in torch eager.
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import harness
-from bertsilicon import ops
+from bertsilicon import ops, quant
 from bertsilicon import reference as ref
 from bertsilicon.ops import _cpu_gemm
 from bench_linear import SHAPES, write_gemm_results
@@ -70,12 +71,8 @@ def test_int8_linear(benchmark, name, K, N, act, provider):
     b = 0.1 * torch.randn(N, generator=g)
     act = "gelu"  # the comparison: int8 Linear followed by GELU, on every shape
     if provider == harness.OURS:
-        w_q, w_s = ops.quantize(w, "int8", "per_channel", backend="cpu")
-        packed = _cpu_gemm.pack_int8(w_q)
-
-        def fn():
-            x_q, x_s = ops.quantize(x, "int8", "per_token", backend="cpu")
-            return _cpu_gemm.int8_linear_packed(x_q, x_s, packed, w_s, b, act)
+        w_q, w_s = quant.quantize_weight(w, backend="cpu")
+        fn = lambda: quant.int8_matmul(x, w_q, w_s, b, act, backend="cpu")  # noqa: E731
     else:
         qlin = _dynamic_int8_linear(w, b)
         fn = lambda: F.gelu(qlin(x))  # noqa: E731

@@ -33,8 +33,9 @@ NOTES = """
   cached per weight tensor); `linear (torch GEMM + our epilogue)` is the measured alternative (torch's F.linear, then our
   activation in place). The default (`BERTSILICON_LINEAR_GEMM=own`) is the first.
 - `int8_gemm`: exact int32 sums, ours (AVX512-VNNI `vpdpbusd`) vs `torch._int_mm` (oneDNN), weight laid out
-  once for both. `int8_linear`: fp32 in, fp32 out, ours = `quantize` per token + `int8_linear` (per-channel
-  weight, GELU fused) vs `quantize_dynamic` nn.Linear (per-tensor activations, fbgemm) + `F.gelu`.
+  once for both. `int8_linear`: fp32 in, fp32 out, ours = `quant.int8_matmul` as the model runs it (per-token
+  quantize fused into the GEMM's operand, per-channel weight, GELU fused; bit-identical to `quantize` +
+  `int8_linear`) vs `quantize_dynamic` nn.Linear (per-tensor activations, fbgemm) + `F.gelu`.
 - On a machine shared with other jobs the medians swing by 2x or more between runs (on the 2-core dev box,
   shared with six other jobs, they came out in ~8 ms steps of the scheduler, so ratios such as 2.00x / 1.50x
   / 1.00x there are artifacts); the interleaved best-of-N cross-check is in `gemm_bestof.md`

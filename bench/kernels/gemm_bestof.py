@@ -80,6 +80,8 @@ def cases():
         yield ("int8_linear+gelu", name, 2 * M * N * K, {
             "torch dynamic int8 + gelu": lambda x=x, qlin=qlin: F.gelu(qlin(x)),
             "ours (quantize + int8_linear)": ours,
+            "ours (fused int8_linear_dynamic)": lambda x=x, pq2=pq2, w_s=w_s, b=b: _cpu_gemm.int8_linear_dynamic(
+                x, pq2, w_s.reshape(-1), b, "gelu"),
         })
 
 

@@ -12,6 +12,7 @@ weights in memory. A caller can also hold a pack explicitly::
     y = _cpu_gemm.linear_packed(x, pw, layer.bias, "gelu")
     pq = _cpu_gemm.pack_int8(w_q)                      # int8 weight [N, K]
     y = _cpu_gemm.int8_linear_packed(x_q, x_scale, pq, w_scale, bias, "gelu")
+    y = _cpu_gemm.int8_linear_dynamic(x, pq, w_scale, bias, "gelu")  # quantize(x) fused in
 
 A :class:`PackedWeight` remembers its source tensor and that tensor's version counter: if the weight
 was changed in place (``w.copy_(...)``, an optimizer step) or the instruction-set path was switched
@@ -267,6 +268,41 @@ def int8_linear_packed(x_q, x_scale, packed: PackedWeight, w_scale, bias=None, a
     if out_dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"out_dtype={out_dtype} is not supported; expected float32, bfloat16 or float16")
     return _int8_gemm(x_q, x_scale, packed, w_scale, bias, activation, out_dtype)
+
+
+def int8_linear_dynamic(x: torch.Tensor, w_q, w_scale: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                        activation: Optional[str] = None, inv_smooth: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dynamic int8 linear from float activations, in one call: ``x [..., K]`` (fp32 or bf16, contiguous;
+    times ``inv_smooth [K]`` fp32 first when given) is quantized per token straight into the int8 GEMM's
+    operand, then the GEMM with the dequant + bias + activation epilogue; result in x's dtype.
+
+    Bit-identical to ``int8_linear(*quantize(x * inv_smooth, "per_token"), w_q, w_scale, bias, activation,
+    out_dtype=x.dtype)`` on the cpu backend (same scales, same integers, same epilogue), without the int8
+    copy of x and its second pass. ``w_q``: an int8 weight ``[N, K]`` or a :func:`pack_int8` result."""
+    packed = w_q if isinstance(w_q, PackedWeight) else cached_pack(w_q)
+    pack = packed.current()
+    N, K = packed.shape
+    if x.dtype not in (torch.float32, torch.bfloat16) or x.shape[-1] != K or not x.is_contiguous() or x.device.type != "cpu":
+        raise ValueError(f"x must be a contiguous float32 or bfloat16 CPU tensor [..., {K}]; got {x.dtype} "
+                         f"{tuple(x.shape)} on {x.device} (contiguous={x.is_contiguous()})")
+    if inv_smooth is not None and (inv_smooth.dtype != torch.float32 or inv_smooth.shape != (K,)
+                                   or not inv_smooth.is_contiguous()):
+        raise ValueError(f"inv_smooth must be a contiguous float32 tensor [{K}]; got {inv_smooth.dtype} "
+                         f"{tuple(inv_smooth.shape)}")
+    if w_scale.numel() not in (1, N):
+        raise ValueError(f"w_scale has shape {tuple(w_scale.shape)}; expected one value or one per output channel ([{N}])")
+    if bias is not None and bias.numel() != N:
+        raise ValueError(f"bias has shape {tuple(bias.shape)}; expected [{N}]")
+    out = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    M = out.numel() // N
+    x_scale = torch.empty(M, dtype=torch.float32)
+    ws, bias32 = _f32(w_scale, N), _f32(bias, N)  # held in names: C++ reads them during the call
+    _C.int8_linear_dynamic(pack.kind, x.data_ptr(), _ELEM[x.dtype], M, K, _ptr(inv_smooth), pack.ptr(), N,
+                           ws.data_ptr(), x_scale.data_ptr(), _ptr(bias32), _ACT[activation], out.data_ptr(),
+                           _OUT[x.dtype], threads())
+    return out
 
 
 def int8_matmul(x_q: torch.Tensor, w_q) -> torch.Tensor:
