@@ -246,6 +246,17 @@ static void epilogue_rows(void* y, ElemType yt, int64_t m0, int64_t m1, int64_t 
       store_out(ep, i, activate(v, ep.act), vc);
     }
 }
+
+// fp32 rows -> bf16 rows (round to nearest even, as torch's cast), each padded with zeros to kp
+// values: the A operand of the bf16 kernel when the activations are fp32 (rows [m0, m1)).
+static void narrow_rows_bf16(const float* x, int64_t m0, int64_t m1, int64_t K, int64_t kp, bf16* dst) {
+  for (int64_t m = m0; m < m1; ++m) {
+    for (int64_t k = 0; k < kp; k += 16) {
+      const int n = int(std::min<int64_t>(16, kp - k)), live = int(std::max<int64_t>(0, std::min<int64_t>(16, K - k)));
+      Vec::storen(dst + m * kp + k, Vec::loadn(x + m * K + k, live), n);  // lanes >= live load as 0
+    }
+  }
+}
 }  // namespace gemm512
 #pragma GCC pop_options
 
@@ -424,7 +435,14 @@ void linear(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, con
   Tiles t{};
   t.M = M, t.N = N, t.steps = ceil_div(K, p.group), t.b = static_cast<const int32_t*>(w), t.ep = ep;
   std::unique_ptr<uint32_t[]> buf;
-  if (xt == ElemType::F32) {
+  if (kind == PackKind::Bf16x64 && xt == ElemType::F32) {  // fp32 activations, bf16 weights: round x once
+    const int64_t kp = t.steps * 2;
+    buf.reset(new uint32_t[size_t(M * t.steps + 1)]);
+    parallel_for(M, threads, std::max<int64_t>(1, (1 << 16) / kp), [&](int64_t m0, int64_t m1) {
+      gemm512::narrow_rows_bf16(static_cast<const float*>(x), m0, m1, K, kp, reinterpret_cast<bf16*>(buf.get()));
+    });
+    t.a = buf.get(), t.lda = t.steps;
+  } else if (xt == ElemType::F32) {
     t.a = static_cast<const uint32_t*>(x), t.lda = K;
   } else if (kind == PackKind::Bf16x64 && K % 2 == 0) {
     t.a = static_cast<const uint32_t*>(x), t.lda = K / 2;  // bf16 pairs read in place

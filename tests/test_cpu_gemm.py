@@ -112,6 +112,25 @@ def test_packed_weight_matches_and_refreshes(dtype):
         G.pack_linear(w.half())
 
 
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("M,K,N,act", [(77, 384, 130, "gelu"), (1, 26, 7, None), (130, 1537, 64, "relu")])
+def test_linear_fp32_activations_on_bf16_weight(isa, M, K, N, act):
+    """fp32 x with a bf16 packed W: x rounded to bf16 as the GEMM reads it (odd K included), exact
+    products, fp32 sum and epilogue, fp32 out — the rule against float64 of the rounded operands."""
+    G = _gemm_module()
+    x, w, b = _float_inputs(M, K, N, torch.float32, seed=M + K + N)
+    wb = w.to(torch.bfloat16)
+    out = G.linear_packed(x, G.pack_linear(wb), b, act)
+    assert out.dtype == torch.float32
+    xr = x.to(torch.bfloat16)
+    ref64 = ref.linear(xr.double(), wb.double(), b.double(), act)
+    torch_out = _torch_linear(xr.float(), wb.float(), b, act)  # the same arithmetic in plain fp32 torch
+    assert_numerics(out, ref64, torch_out, f"linear[{isa}] fp32 x bf16 W {act} K={K}")
+    # and not what an unrounded x would give (x's rounding is part of the contract)
+    unrounded = ref.linear(x.double(), wb.double(), b.double(), act)
+    assert float((out.double() - unrounded).abs().max()) > float((out.double() - ref64).abs().max())
+
+
 @pytest.mark.skipif("avx2" not in ISAS, reason="needs AVX2")
 def test_packed_weight_follows_isa_switch():
     G = _gemm_module()

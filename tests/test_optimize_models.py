@@ -107,6 +107,48 @@ def test_int8_fallback_rule_moves_gemms_to_fp32():
     assert float((got[real] - want[real]).norm() / want[real].norm()) <= 1e-5
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_int8_fallback_steps_through_bf16_where_it_is_native(monkeypatch, native):
+    """A layer over budget moves GEMMs int8 -> bf16 first where bf16 is native, fp32 otherwise; the
+    fused layers meet the budget they report, and the model's output follows them. (This small random
+    model: int8 layer error ~3.5e-4, one GEMM int8 alone ~1e-4..2.2e-4, all four bf16 ~1e-4: a budget of
+    2e-4 needs a few GEMMs moved and bf16 is enough for them.)"""
+    from bertsilicon.models import optimize as opt
+
+    monkeypatch.setattr(opt, "_native_bf16", lambda device, backend: native)
+    m = _build("BertModel", hidden_act="relu")
+    ref = copy.deepcopy(m)
+    bertsilicon.optimize(m, "int8", error_budget=2e-4)
+    report = m.bertsilicon_report
+    moved = {g for layer in report.layers for g in layer.gemms.values()} - {"int8"}
+    assert moved == ({"bf16"} if native else {"fp32"})
+    assert all(layer.rel_error <= 2e-4 for layer in report.layers)
+    assert f"int8 -> {'bf16' if native else 'fp32'}" in str(report)
+    inputs = _inputs("BertModel")
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        got, want = m(**inputs).last_hidden_state, ref(**inputs).last_hidden_state
+    assert got.dtype == torch.float32
+    assert float((got[real] - want[real]).norm() / want[real].norm()) < 3e-2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_cpu_gemms_called_directly_equal_the_public_ops(monkeypatch, precision):
+    """PreparedLinear calls the cpu backend's packed GEMMs directly; the public ops give the same bits."""
+    from bertsilicon.models import fused_layer
+    from bertsilicon.ops import _dispatch
+
+    if _dispatch._load("cpu") is not None:
+        pytest.skip("C++ extension not built")
+    m = bertsilicon.optimize(_build("BertModel", hidden_act="relu"), precision, smooth=0.5 if precision == "int8" else None)
+    inputs = _inputs("BertModel")
+    with torch.no_grad():
+        direct = m(**inputs).last_hidden_state
+        monkeypatch.setattr(fused_layer.PreparedLinear, "_cpu_gemm", lambda self, x: None)
+        via_ops = m(**inputs).last_hidden_state
+    torch.testing.assert_close(direct, via_ops, rtol=0, atol=0)
+
+
 def test_int8_smooth_on_random_distilbert_with_odd_vocab():
     m = _build("DistilBertModel", vocab_size=997)  # not the built-in tokenizer: random-id calibration
     bertsilicon.optimize(m, "int8", smooth=0.5, error_budget=1.0)

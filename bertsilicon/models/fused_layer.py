@@ -11,7 +11,9 @@ padding-free) or ``[B, L, H]`` (padded, with a key-padding mask)::
 
 GEMMs per token: 2 * (3H^2 + H^2 + 2HF) FLOPs (+ 4 L H FLOPs of attention): all weights are prepared
 once (concatenated, cast to bf16/fp16 or quantized to int8 per output channel) and never touched again
-per forward. Every op goes through :mod:`bertsilicon.ops` with the layer's ``backend``.
+per forward. Every op goes through :mod:`bertsilicon.ops` with the layer's ``backend``, except the GEMMs
+on the cpu backend, which call its packed-weight entry points directly (:class:`PreparedLinear`): same
+kernels, same results, without the public op's validation and dispatch on every call.
 
 The layer keeps the original layer's sub-modules registered under their original names (so
 ``state_dict()`` keys, ``parameters()`` and ``.to()`` are those of the original model); the prepared
@@ -29,6 +31,7 @@ from .. import ops, quant
 
 GEMMS = ("qkv", "o", "up", "down")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
+_CPU_DTYPES = (torch.float32, torch.bfloat16, None)  # what the cpu GEMMs take (None: int8 weights)
 
 
 @dataclass
@@ -83,12 +86,35 @@ class PreparedLinear(nn.Module):
                                  persistent=False)
 
     def forward(self, x: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
+        cpu = self._cpu_gemm(x)
         if self.precision == "int8":
+            if cpu is not None:  # quantize fused into the GEMM (bit-identical to quant.int8_matmul)
+                return cpu.int8_linear_dynamic(x.contiguous(), cpu.cached_pack(self.w_q), self.w_scale, self.bias,
+                                               activation, self.inv_smooth)
             return quant.int8_matmul(x, self.w_q, self.w_scale, self.bias, activation, self.inv_smooth,
                                      backend=self.backend)
         src = self.__dict__["source"]
         w, b = (src.weight, src.bias) if src is not None else (self.weight, self.bias)
+        if cpu is not None:  # fp32 x on a bf16 weight: rounded as the GEMM reads it, fp32 out
+            return cpu.linear_packed(x.contiguous(), cpu.cached_pack(w), b, activation)
+        if x.dtype != w.dtype:  # a bf16 GEMM in a layer whose activations are fp32 (int8 fallback)
+            return ops.linear(x.to(w.dtype), w, b, activation, backend=self.backend).to(x.dtype)
         return ops.linear(x, w, b, activation, backend=self.backend)
+
+    def _cpu_gemm(self, x: torch.Tensor):
+        """The cpu backend's GEMM module when it serves this call directly: CPU tensors, backend None or
+        "cpu", the extension built, fp32/bf16 activations (and weights), outside torch.compile tracing
+        (which captures the public custom ops). None otherwise: the public ops decide (and raise)."""
+        if (x.device.type != "cpu" or self.backend not in (None, "cpu") or x.dtype not in _CPU_DTYPES
+                or PRECISIONS[self.precision] not in _CPU_DTYPES or torch.compiler.is_compiling()):
+            return None
+        from ..ops import _dispatch
+
+        if _dispatch._load("cpu") is not None:
+            return None
+        from ..ops import _cpu_gemm
+
+        return _cpu_gemm
 
     def extra_repr(self) -> str:
         smooth = self.precision == "int8" and self.inv_smooth is not None

@@ -40,7 +40,8 @@ __all__ = ["optimize", "restore", "FusedEncoder", "supported_classes", "DEFAULT_
 ADAPTERS = (bert.ADAPTER, distilbert.ADAPTER)
 COMPUTE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 # int8 per-layer budget: a layer whose relative output error (alone, on the calibration batch) exceeds
-# it moves its most sensitive int8 GEMMs to fp32 until it fits.
+# it moves its most sensitive int8 GEMMs to a higher precision until it fits: first to bf16 where the
+# backend has a native bf16 GEMM (AVX512_BF16 CPUs, GPUs with bf16), then, if that is not enough, to fp32.
 DEFAULT_INT8_BUDGET = 2e-2
 CALIBRATION_SENTENCES = 8
 CALIBRATION_MAX_LENGTH = 128
@@ -597,19 +598,39 @@ def _build_layer(i, layer, adapter, config, precision, compute_dtype, backend, u
     fused = build(gemms)
     err, max_err = _layer_error(fused, x, y, real, unpad)
     if budget is not None and err > budget:
-        # sensitivity of each GEMM alone in int8 (others fp32); move the worst to fp32 until within budget
+        # sensitivity of each GEMM alone in int8 (others fp32); move the worst up a precision step at a
+        # time (int8 -> bf16 for every GEMM in turn, then bf16 -> fp32) until the layer is within budget
         sens = {g: _layer_error(build({k: ("int8" if k == g else "fp32") for k in GEMMS}), x, y, real, unpad)[0]
                 for g in GEMMS}
-        for g in sorted(GEMMS, key=sens.get, reverse=True):
-            gemms[g] = "fp32"
-            entry.fallbacks.append(f"{g}: int8 -> fp32 (int8 alone: {sens[g]:.1e})")
+        order = sorted(GEMMS, key=sens.get, reverse=True)
+        steps = [(g, "bf16") for g in order] if _native_bf16(x.device, backend) else []
+        steps += [(g, "fp32") for g in order]
+        for g, to in steps:
+            gemms[g] = to
             fused = build(gemms)
             err, max_err = _layer_error(fused, x, y, real, unpad)
             if err <= budget:
                 break
+        entry.fallbacks = [f"{g}: int8 -> {gemms[g]} (int8 alone: {sens[g]:.1e})" for g in order if gemms[g] != "int8"]
     entry.gemms = dict(gemms)
     entry.rel_error, entry.max_abs_error = err, max_err
     return fused, entry
+
+
+def _native_bf16(device: torch.device, backend: Optional[str]) -> bool:
+    """Whether a bf16 GEMM is faster than fp32 where this model runs: a CUDA GPU with bf16, or the C++
+    backend on a CPU with AVX512_BF16 (its ``vdpbf16ps`` kernel; without it bf16 is widened to fp32,
+    no faster than fp32 itself). The reference backend has no fast bf16: fp32 fallbacks only."""
+    if backend == "reference":
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if ops.which_backend("linear", torch.empty(1, 2, dtype=torch.bfloat16), torch.empty(2, 2, dtype=torch.bfloat16),
+                         None, None, backend=backend) != "cpu":
+        return False
+    from ..ops import _cpu_gemm
+
+    return _cpu_gemm.native_bf16()
 
 
 def restore(model: nn.Module) -> nn.Module:

@@ -147,6 +147,12 @@ def _check_weight(name: str, w, dtypes) -> Optional[str]:
     return _dtype_reason(name, w, dtypes) or (f"{name} is on {w.device}; expected a CPU tensor" if w.device.type != "cpu" else None)
 
 
+def native_bf16() -> bool:
+    """Whether bf16 ``linear`` runs on the AVX512_BF16 kernel (``vdpbf16ps``) on the active path, rather
+    than being widened to fp32."""
+    return _C.gemm_pack_name(_C.gemm_pack_kind(_ELEM[torch.bfloat16])) == "bf16x64"
+
+
 def pack_linear(weight: torch.Tensor) -> PackedWeight:
     """Pack an fp32 or bf16 ``nn.Linear`` weight ``[N, K]`` once for :func:`linear_packed`."""
     reason = _check_weight("weight", weight, (torch.float32, torch.bfloat16))
@@ -175,19 +181,26 @@ def _check_linear(x, weight, bias, activation) -> Optional[str]:
 def linear_packed(x: torch.Tensor, packed: PackedWeight, bias: Optional[torch.Tensor] = None,
                   activation: Optional[str] = None) -> torch.Tensor:
     """activation(x @ W^T + bias) with W pre-packed by :func:`pack_linear`; x ``[..., K]`` contiguous,
-    x's dtype = W's dtype (fp32 or bf16); fp32 accumulation, epilogue in fp32, one rounding to x's dtype."""
+    x's dtype = W's dtype (fp32 or bf16); fp32 accumulation, epilogue in fp32, one rounding to x's dtype.
+
+    Also fp32 x with a bf16 W (the model wrapper's bf16 GEMMs inside an fp32 layer): x is rounded to bf16
+    (nearest even) as the GEMM reads it, products are exact, the sum and the epilogue are fp32 and the
+    result is fp32 — the bf16 GEMM without the two casts around it and without rounding its output."""
     pack = packed.current()
     N, K = packed.shape
-    if x.dtype != packed.dtype or x.shape[-1] != K or not x.is_contiguous():
+    mixed = x.dtype == torch.float32 and packed.dtype == torch.bfloat16
+    if (x.dtype != packed.dtype and not mixed) or x.shape[-1] != K or not x.is_contiguous():
         raise ValueError(f"x must be a contiguous {packed.dtype} tensor [..., {K}]; got {x.dtype} "
                          f"{tuple(x.shape)} (contiguous={x.is_contiguous()})")
     out = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
     if out.numel() == 0:
         return out
     M = out.numel() // N
+    if mixed and _C.gemm_pack_name(pack.kind) != "bf16x64":
+        x = x.to(torch.bfloat16)  # the paths without vdpbf16ps take bf16 activations (then widen exactly)
     bias32 = _f32(bias, N)  # held in a name: C++ reads it after this line
     _C.linear(pack.kind, x.data_ptr(), _ELEM[x.dtype], M, K, pack.ptr(), N, _ptr(bias32),
-              _ACT[activation], out.data_ptr(), _OUT[x.dtype], threads())
+              _ACT[activation], out.data_ptr(), _OUT[out.dtype], threads())
     return out
 
 
