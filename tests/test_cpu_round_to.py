@@ -10,7 +10,8 @@ from cpu_isa import cpu_isas, isa, needs_cpu  # noqa: F401  (isa is a fixture)
 
 pytestmark = needs_cpu
 ISAS = cpu_isas()
-FMTS = ["bf16", "fp16", "e4m3", "e5m2", "e3m4", "e2m1fn"]  # + custom floats (subnormals on)
+FMTS = ["bf16", "fp16", "e4m3", "e5m2", "e3m4", "e2m1fn", "e8m22",  # + custom floats (subnormals on);
+        "e5m23", "e3m0"]  # these two take the general (double) path of csrc/rounding_impl.h, the rest the fp32 one
 BITS_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
 
