@@ -5,8 +5,9 @@
 //   * B (the weight, nn.Linear layout [N, K]) is packed once into panels of NR columns (see
 //     gemm_common.h, PackKind): at k-step s one 64-byte load gives 16 columns x G k-values.
 //   * A (activations) is read in place as 32-bit groups of G values (fp32: 1, bf16 pair: 2,
-//     u8 quad: 4); bf16 with odd K and int8 are first copied to a padded (and, for int8, shifted or
-//     widened) buffer — M x K bytes, negligible next to the 2 M N K operations.
+//     u8 quad: 4); bf16 with odd K, fp32 activations on bf16 weights (rounded to bf16) and int8 are
+//     first copied to a padded (and, for int8, shifted or widened) buffer — M x K elements, negligible
+//     next to the 2 M N K operations. int8_linear_dynamic quantizes fp32/bf16 rows straight into it.
 //   * Micro-kernel: MR = 6 rows x NR columns of accumulators in registers (AVX-512: 6 x 4 zmm = 24
 //     accumulators, NR 64; AVX2: 6 x 2 ymm = 12, NR 16). Per k-step it loads NR/16 B vectors and
 //     broadcasts 6 A groups: 24 (resp. 12) multiply-accumulates per 10 (resp. 8) loads.
