@@ -91,9 +91,67 @@ def activate(y, ACTIVATION: tl.constexpr):
     return y
 
 
+def _interpreter_scalar_index_broken(patch_lang_tensor) -> bool:
+    """Whether the interpreter's ``tensor.__index__`` (installed by ``patch_lang_tensor`` at each launch)
+    fails on a scalar: the interpreter holds scalars as 1-element 1-d numpy arrays, and triton 3.6
+    converts them with ``int(array)``, which numpy >= 2.4 refuses (``TypeError: only 0-dimensional
+    arrays can be converted to Python scalars``) — so ``range(0, N, BLOCK)`` over a runtime ``N`` fails.
+    Checked on a throw-away class, so nothing of triton's is touched."""
+    import numpy as np
+
+    class _Scope:
+        @staticmethod
+        def set_attr(obj, name, value):
+            setattr(obj, name, value)
+
+    class _Tensor:
+        pass
+
+    class _Handle:
+        data = np.array([3], dtype=np.int32)
+
+    try:
+        patch_lang_tensor(_Tensor, _Scope())
+        probe = _Tensor()
+        probe.handle = _Handle()
+        return _Tensor.__index__(probe) != 3
+    except TypeError:
+        return True
+    except Exception:  # an interpreter whose internals differ: leave it alone
+        return False
+
+
+def _fix_interpreter_scalar_index() -> None:
+    """Interpreter only (``TRITON_INTERPRET=1``; compiled GPU kernels never see this): where the
+    interpreter's scalar ``__index__`` is broken (triton 3.6 with numpy >= 2.4, see
+    :func:`_interpreter_scalar_index_broken`), wrap its per-launch tensor patch so ``__index__`` reads
+    the one element with ``.item()``, as triton 3.9's interpreter does. No-op everywhere else."""
+    if not interpreting():
+        return
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_bertsilicon_fixed", False):
+        return
+    if not _interpreter_scalar_index_broken(original):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    patch_lang_tensor._bertsilicon_fixed = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+_fix_interpreter_scalar_index()
+
+
 def upcast_bf16_dots(dtype: torch.dtype) -> bool:
     """Whether ``tl.dot`` on bf16 operands must be widened to fp32 first: only under the interpreter,
-    whose ``create_dot`` (triton 3.9) multiplies the raw uint16 storage of bf16 tensors. Widening bf16
+    whose ``create_dot`` (triton 3.6 and 3.9) multiplies the raw uint16 storage of bf16 tensors. Widening bf16
     to fp32 is exact and the products of bf16 values are exact in fp32, so the result is the same
     bf16 x bf16 -> fp32 product a GPU computes."""
     return interpreting() and dtype == torch.bfloat16

@@ -1,0 +1,48 @@
+"""Compatibility shims for the triton versions we run on (dev 3.9, the lent GPU machine's 3.6).
+No kernel is compiled here."""
+import operator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("triton")
+
+from bertsilicon.kernels import _common  # noqa: E402
+
+
+def _patcher(index):
+    """A stand-in for triton's ``interpreter._patch_lang_tensor`` that installs ``index`` as ``__index__``."""
+    def patch_lang_tensor(tensor, scope):
+        scope.set_attr(tensor, "__index__", index)
+    return patch_lang_tensor
+
+
+def test_scalar_index_probe_tells_broken_from_working_interpreters():
+    # triton 3.6 with numpy >= 2.4: int() of a 1-element 1-d array raises; operator.index always does
+    assert _common._interpreter_scalar_index_broken(_patcher(lambda self: operator.index(self.handle.data)))
+    assert _common._interpreter_scalar_index_broken(_patcher(lambda self: 0))              # wrong value
+    assert not _common._interpreter_scalar_index_broken(_patcher(lambda self: int(self.handle.data.squeeze())))
+    # an interpreter whose internals changed shape is left alone, not "fixed"
+    assert not _common._interpreter_scalar_index_broken(lambda tensor, scope: 1 / 0)
+
+
+@pytest.mark.skipif(not _common.interpreting(), reason="the shim is installed under TRITON_INTERPRET=1 only")
+def test_installed_interpreter_indexes_scalars():
+    """Whatever triton is installed, a runtime scalar (a 1-element 1-d array in the interpreter) works as
+    ``range()`` bound after bertsilicon.kernels is imported; a block still refuses."""
+    from triton.runtime import interpreter
+
+    class Scope:
+        @staticmethod
+        def set_attr(obj, name, value):
+            setattr(obj, name, value)
+
+    class Tensor:
+        def __init__(self, data):
+            self.handle = type("Handle", (), {"data": data})()
+
+    interpreter._patch_lang_tensor(Tensor, Scope())
+    assert list(range(0, Tensor(np.array([70], dtype=np.int32)), 32)) == [0, 32, 64]
+    with pytest.raises((TypeError, ValueError)):
+        operator.index(Tensor(np.array([1, 2], dtype=np.int32)))
+
