@@ -62,6 +62,15 @@ def fp32_dot_precision() -> str:
         return "tf32" if torch.backends.cuda.matmul.fp32_precision == "tf32" else "ieee"
 
 
+def fma_dots(dtype: torch.dtype, dot_precision: str) -> bool:
+    """Whether ``tl.dot`` runs on the FMA units rather than the matrix units: fp32 operands with
+    ``input_precision="ieee"`` (the GPU default: torch's TF32 flag is off). Such kernels get their own
+    autotuning configs (``fma=True`` in the kernels' ``_configs``): the FMA dot keeps a whole BLOCK_K
+    slice of both operands per thread, so the matrix-unit tiles (BLOCK_K 64, 128-row attention tiles)
+    spill thousands of LDL/STL on sm_90 (worst with triton 3.6; bench/results/sass_sm90.md)."""
+    return dtype == torch.float32 and dot_precision == "ieee"
+
+
 @triton.jit
 def gelu_erf(x):
     """0.5 x (1 + erf(x / sqrt 2)) in fp32; gelu(-inf) = 0 (the formula alone gives -inf * 0 = NaN)."""

@@ -33,16 +33,20 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import fp32_dot_precision, hardware_class, mma, token_bucket, upcast_bf16_dots
+from ._common import fma_dots, fp32_dot_precision, hardware_class, mma, token_bucket, upcast_bf16_dots
 
 _LOG2E = 1.4426950408889634
 
 
-def _configs(kind: Optional[str] = None) -> list[triton.Config]:
-    """Autotuning configs per hardware class (``BLOCK_M, BLOCK_N, warps, stages``)."""
+def _configs(kind: Optional[str] = None, fma: bool = False) -> list[triton.Config]:
+    """Autotuning configs per hardware class (``BLOCK_M, BLOCK_N, warps, stages``); ``fma``: fp32
+    operands with ieee dots (:func:`bertsilicon.kernels._common.fma_dots`), any GPU class."""
     kind = kind or hardware_class()
     if kind == "interpreter":
         table = [(32, 32, 4, 1)]
+    elif fma:  # sm_90 SASS, triton 3.6 and 3.9: at every D (32/64/128) at least one of these has no LDL/STL
+        # (32x32 at D 128), where the matrix-unit list's 128-row tiles spill ~5000 with 3.6 (sass_sm90.md)
+        table = [(64, 32, 8, 2), (64, 32, 8, 3), (32, 32, 4, 2), (64, 16, 4, 2)]
     elif kind == "hopper":
         # (128, 64) with 4 warps spills at D 128 (sm_90 SASS, triton 3.9): 8 warps for 128-row tiles
         table = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)]
@@ -53,7 +57,6 @@ def _configs(kind: Optional[str] = None) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in table]
 
 
-@triton.autotune(configs=_configs(), key=["L_BUCKET", "BLOCK_D", "HAS_MASK", "VARLEN"])
 @triton.jit(do_not_specialize=["Lq", "Lk"])
 def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, cu_ptr,
                           stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
@@ -128,8 +131,17 @@ def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, cu_ptr,
              mask=(offs_m[:, None] < seq_q) & d_ok[None, :])
 
 
+_KEY = ["L_BUCKET", "BLOCK_D", "HAS_MASK", "VARLEN"]
+_attention_mma = triton.autotune(configs=_configs(), key=_KEY)(_attention_fwd_kernel)
+_attention_fma = triton.autotune(configs=_configs(fma=True), key=_KEY)(_attention_fwd_kernel)
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     return fp32_dot_precision() if dtype == torch.float32 else "tf32"  # ignored for 16-bit operands
+
+
+def _autotuned(dtype: torch.dtype, precision: str):
+    return _attention_fma if fma_dots(dtype, precision) else _attention_mma
 
 
 def _scale(scale: Optional[float], D: int) -> float:
@@ -151,14 +163,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask:
     if mask is not None and mask.stride(-1) != 1:
         mask = mask.contiguous()
     grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _attention_fwd_kernel[grid](
+    precision = _dot_precision(q.dtype)
+    _autotuned(q.dtype, precision)[grid](
         q, k, v, out, mask if mask is not None else q, q,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         mask.stride(0) if mask is not None else 0,
         H, Lq, Lk, D, _scale(scale, D),
         L_BUCKET=token_bucket(max(Lq, Lk)), HAS_MASK=mask is not None, VARLEN=False,
-        DOT_PRECISION=_dot_precision(q.dtype), UPCAST=upcast_bf16_dots(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+        DOT_PRECISION=precision, UPCAST=upcast_bf16_dots(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
     return out
 
 
@@ -173,13 +186,14 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         return out
     cu = cu_seqlens.contiguous()
     grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _attention_fwd_kernel[grid](
+    precision = _dot_precision(q.dtype)
+    _autotuned(q.dtype, precision)[grid](
         q, k, v, out, cu, cu,
         0, q.stride(1), q.stride(0), 0, k.stride(1), k.stride(0),
         0, v.stride(1), v.stride(0), 0, out.stride(1), out.stride(0), 0,
         H, max_seqlen, max_seqlen, D, _scale(scale, D),
         L_BUCKET=token_bucket(max_seqlen), HAS_MASK=False, VARLEN=True,
-        DOT_PRECISION=_dot_precision(q.dtype), UPCAST=upcast_bf16_dots(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+        DOT_PRECISION=precision, UPCAST=upcast_bf16_dots(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
     return out
 
 

@@ -26,15 +26,19 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ACTIVATION_CODE, activate, fp32_dot_precision, hardware_class, mma, token_bucket, upcast_bf16_dots
+from ._common import (ACTIVATION_CODE, activate, fma_dots, fp32_dot_precision, hardware_class, mma, token_bucket,
+                      upcast_bf16_dots)
 
 
-def _configs(int8: bool, kind: Optional[str] = None) -> list[triton.Config]:
-    """Autotuning configs per hardware class (``BLOCK_M, BLOCK_N, BLOCK_K, warps, stages``)."""
+def _configs(int8: bool, kind: Optional[str] = None, fma: bool = False) -> list[triton.Config]:
+    """Autotuning configs per hardware class (``BLOCK_M, BLOCK_N, BLOCK_K, warps, stages``); ``fma``:
+    fp32 operands with ieee dots (:func:`bertsilicon.kernels._common.fma_dots`), any GPU class."""
     kind = kind or hardware_class()
     bk = 128 if int8 else 64
     if kind == "interpreter":
         table = [(32, 32, 32, 4, 1)]
+    elif fma:  # BLOCK_K <= 32: no LDL/STL in sm_90 SASS with triton 3.6 or 3.9 (BLOCK_K 64 spills up to ~5000)
+        table = [(128, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3), (64, 64, 16, 4, 4)]
     elif kind == "hopper":  # 228 KB shared memory: deep pipelines, wide N tiles for wgmma. Not listed:
         # 128x128 with 4 warps (its 128x128 fp32 accumulator spills: ~250 LDL/STL in sm_90 SASS, triton 3.9)
         table = [(128, 256, bk, 8, 3), (128, 128, bk, 8, 4), (64, 128, bk, 4, 4), (128, 64, bk, 4, 4),
@@ -106,13 +110,15 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, xs_ptr, ws_ptr, M, N, K,
 
 _KEY = ["M_BUCKET", "N", "K", "INT8", "HAS_BIAS", "ACTIVATION"]
 _gemm_float = triton.autotune(configs=_configs(int8=False), key=_KEY)(_gemm_kernel)
+_gemm_fma = triton.autotune(configs=_configs(int8=False, fma=True), key=_KEY)(_gemm_kernel)
 _gemm_int8 = triton.autotune(configs=_configs(int8=True), key=_KEY)(_gemm_kernel)
 
 
 def _launch(x2, w, out, bias, xs, ws, activation, int8: bool):
     M, K = x2.shape
     N = w.shape[0]
-    kernel = _gemm_int8 if int8 else _gemm_float
+    precision = "ieee" if int8 else (fp32_dot_precision() if x2.dtype == torch.float32 else "tf32")
+    kernel = _gemm_int8 if int8 else (_gemm_fma if fma_dots(x2.dtype, precision) else _gemm_float)
     dummy = out  # never read when its flag is off
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     kernel[grid](x2, w, out, bias if bias is not None else dummy, xs if xs is not None else dummy,
@@ -122,7 +128,7 @@ def _launch(x2, w, out, bias, xs, ws, activation, int8: bool):
                  ACTIVATION=ACTIVATION_CODE[activation],
                  X_SCALE_PER_ROW=xs is not None and xs.numel() > 1,
                  W_SCALE_PER_COL=ws is not None and ws.numel() > 1,
-                 UPCAST=upcast_bf16_dots(x2.dtype), DOT_PRECISION="ieee" if int8 else (fp32_dot_precision() if x2.dtype == torch.float32 else "tf32"))
+                 UPCAST=upcast_bf16_dots(x2.dtype), DOT_PRECISION=precision)
     return out
 
 

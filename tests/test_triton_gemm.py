@@ -164,6 +164,13 @@ def test_autotune_settings(monkeypatch):
     assert [_common.token_bucket(n) for n in (1, 16, 17, 77, 128, 129, 4096)] == [16, 16, 32, 128, 128, 256, 4096]
     for kind in ("interpreter", "hopper", "ampere", "turing"):
         assert gemm._configs(False, kind) and gemm._configs(True, kind) and attention._configs(kind)
+        assert gemm._configs(False, kind, fma=True) and attention._configs(kind, fma=True)
+    # fp32 with ieee dots runs on the FMA units: its own configs, BLOCK_K <= 32 (bigger slices spill on sm_90)
+    assert _common.fma_dots(torch.float32, "ieee") and not _common.fma_dots(torch.float32, "tf32")
+    assert not _common.fma_dots(torch.bfloat16, "ieee") and not _common.fma_dots(torch.float16, "tf32")
+    assert all(c.kwargs["BLOCK_K"] <= 32 for c in gemm._configs(False, "hopper", fma=True))
+    assert attention._autotuned(torch.float32, "ieee") is attention._attention_fma
+    assert attention._autotuned(torch.float32, "tf32") is attention._autotuned(torch.float16, "tf32") is attention._attention_mma
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _common.fp32_dot_precision() == "ieee"
     monkeypatch.setenv("TRITON_INTERPRET", "0")
