@@ -40,6 +40,12 @@ def _bias_act_kernel(x_ptr, bias_ptr, out_ptr, rows, N, stride_x, ACTIVATION: tl
     tl.store(out_ptr + r.to(tl.int64) * N + n, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def bias_act_blocks(N: int) -> tuple[int, int]:
+    """``(BLOCK_R, BLOCK_N)`` tile of :func:`_bias_act_kernel` for rows of N elements (~4K per program)."""
+    BLOCK_N = min(triton.next_power_of_2(N), 1024)
+    return max(1, min(64, 4096 // BLOCK_N)), BLOCK_N
+
+
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
     """Launcher: gelu(x + bias), x ``[..., N]`` with a contiguous last dim; out contiguous, x's dtype."""
     N = x.shape[-1]
@@ -47,8 +53,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Te
     out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     rows = x2.shape[0]
     if out.numel():
-        BLOCK_N = min(triton.next_power_of_2(N), 1024)
-        BLOCK_R = max(1, min(64, 4096 // BLOCK_N))
+        BLOCK_R, BLOCK_N = bias_act_blocks(N)
         grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(N, BLOCK_N))
         _bias_act_kernel[grid](x2, bias.contiguous(), out, rows, N, x2.stride(0),
                                ACTIVATION=ACT_GELU_TANH if approximate == "tanh" else ACT_GELU,
@@ -90,6 +95,12 @@ def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, rows, N, stride_x, BLOCK_N: t
         tl.store(q_ptr + row * N + n0 + cols, y.to(tl.int8), mask=mask)
 
 
+def quantize_block(N: int) -> tuple[int, int]:
+    """``(BLOCK_N, num_warps)`` of :func:`_quantize_rows_kernel` for rows of N elements."""
+    BLOCK_N = min(triton.next_power_of_2(max(N, 1)), 4096)
+    return BLOCK_N, 4 if BLOCK_N <= 2048 else 8
+
+
 def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: int8 quantization with one scale per row of x2 ``[rows, N]`` (last dim contiguous).
     Returns ``(q [rows, N] int8, scale [rows] float32)``."""
@@ -97,9 +108,8 @@ def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty((rows, N), dtype=torch.int8, device=x2.device)
     scale = torch.empty((rows,), dtype=torch.float32, device=x2.device)
     if rows:
-        BLOCK_N = min(triton.next_power_of_2(max(N, 1)), 4096)
-        _quantize_rows_kernel[(rows,)](x2, q, scale, rows, N, x2.stride(0), BLOCK_N=BLOCK_N,
-                                       num_warps=4 if BLOCK_N <= 2048 else 8)
+        BLOCK_N, num_warps = quantize_block(N)
+        _quantize_rows_kernel[(rows,)](x2, q, scale, rows, N, x2.stride(0), BLOCK_N=BLOCK_N, num_warps=num_warps)
     return q, scale
 
 
@@ -149,7 +159,7 @@ def _round_to_kernel(x_ptr, out_ptr, n, seed, GRID: tl.constexpr, MBITS: tl.cons
 
     BF16_BITS: x and out are bf16 tensors viewed as int16; widening (bits << 16) and the final
     round-to-nearest-even narrowing are done on the bits, exactly, subnormals included (the triton 3.9
-    interpreter's bf16 casts flush subnormals and round ties away from zero).
+    interpreter's bf16 casts flush subnormals and round ties away from zero; 3.6's flush subnormals too).
     """
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -218,6 +228,24 @@ def _round_to_kernel(x_ptr, out_ptr, n, seed, GRID: tl.constexpr, MBITS: tl.cons
         tl.store(out_ptr + offs, value.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+ROUND_TO_BLOCK, ROUND_TO_WARPS = 1024, 4
+
+
+def round_to_constexprs(f, rounding: str, bf16: bool) -> dict:
+    """The constexpr arguments of :func:`_round_to_kernel` for format ``f`` (a float or fixed-point
+    format of :mod:`bertsilicon.formats`), ``rounding`` and whether x is bf16 (its bits viewed as int16)."""
+    if isinstance(f, _formats.FixedFormat):
+        grid_kind, mbits, emin, frac = GRID_FIXED, 0, 0, f.frac_bits
+        neg_limit, saturate, has_inf = -f.min_value, True, False
+    else:
+        grid_kind = GRID_FLOAT if f.subnormals else GRID_FLOAT_NO_SUBNORMALS
+        mbits, emin, frac = f.mbits, f.emin, 0
+        neg_limit, saturate, has_inf = f.max_finite, _formats.default_overflow(f) == "saturate", f.ieee
+    return dict(GRID=grid_kind, MBITS=mbits, EMIN=emin, FRAC_BITS=frac, MAX_FINITE=float(f.max_finite),
+                NEG_LIMIT=float(neg_limit), SATURATE=saturate, HAS_INF=has_inf,
+                STOCHASTIC=rounding == "stochastic", BF16_BITS=bf16, BLOCK=ROUND_TO_BLOCK)
+
+
 def round_to(x: torch.Tensor, fmt, rounding: str, seed) -> torch.Tensor:
     """Launcher: bit-identical to :func:`bertsilicon.formats.round_to` (default overflow policy) for
     float formats (with or without subnormals) and fixed point; integer formats (which need a scale) are
@@ -230,19 +258,10 @@ def round_to(x: torch.Tensor, fmt, rounding: str, seed) -> torch.Tensor:
     if n == 0:
         return out.view(x.shape)
     bf16 = x.dtype == torch.bfloat16
-    if isinstance(f, _formats.FixedFormat):
-        grid_kind, mbits, emin, frac = GRID_FIXED, 0, 0, f.frac_bits
-        neg_limit, saturate, has_inf = -f.min_value, True, False
-    else:
-        grid_kind = GRID_FLOAT if f.subnormals else GRID_FLOAT_NO_SUBNORMALS
-        mbits, emin, frac = f.mbits, f.emin, 0
-        neg_limit, saturate, has_inf = f.max_finite, _formats.default_overflow(f) == "saturate", f.ieee
     seed64 = int(seed or 0) & 0xFFFFFFFFFFFFFFFF
     if seed64 >= 1 << 63:  # pass as a signed int64 with the same bits (tl.randint splits it into two words)
         seed64 -= 1 << 64
-    BLOCK = 1024
-    _round_to_kernel[(triton.cdiv(n, BLOCK),)](
-        xc.view(torch.int16) if bf16 else xc, out.view(torch.int16) if bf16 else out, n, seed64, GRID=grid_kind, MBITS=mbits, EMIN=emin, FRAC_BITS=frac,
-        MAX_FINITE=float(f.max_finite), NEG_LIMIT=float(neg_limit), SATURATE=saturate, HAS_INF=has_inf,
-        STOCHASTIC=rounding == "stochastic", BF16_BITS=bf16, BLOCK=BLOCK, num_warps=4)
+    _round_to_kernel[(triton.cdiv(n, ROUND_TO_BLOCK),)](
+        xc.view(torch.int16) if bf16 else xc, out.view(torch.int16) if bf16 else out, n, seed64,
+        **round_to_constexprs(f, rounding, bf16), num_warps=ROUND_TO_WARPS)
     return out.view(x.shape)

@@ -34,6 +34,14 @@ def _add_layernorm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, rows, N, stride_x
     tl.store(out_ptr + row * stride_out + col, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def launch_config(N: int) -> tuple[int, int, int]:
+    """``(ROWS, BLOCK_N, num_warps)`` for rows of N elements: the whole row in registers
+    (``BLOCK_N = next_pow2(N)``) and, for short rows, several rows per program so each program moves
+    >= ~4K elements."""
+    BLOCK_N = triton.next_power_of_2(N)
+    return max(1, min(16, 4096 // BLOCK_N)), BLOCK_N, 4 if BLOCK_N <= 1024 else 8
+
+
 def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                   eps: float) -> torch.Tensor:
     """Launcher. x, residual ``[..., N]`` with a contiguous last dim; returns a new contiguous tensor."""
@@ -44,11 +52,8 @@ def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     rows = x2.shape[0]
     if rows == 0 or N == 0:
         return out.view(x.shape)
-    BLOCK_N = triton.next_power_of_2(N)
-    # Small rows: pack several per program so each program moves >= ~4K elements.
-    ROWS = max(1, min(16, 4096 // BLOCK_N))
+    ROWS, BLOCK_N, num_warps = launch_config(N)
     grid = (triton.cdiv(rows, ROWS),)
     _add_layernorm_kernel[grid](x2, r2, weight, bias, out, rows, N, x2.stride(0), r2.stride(0),
-                                out.stride(0), eps, ROWS=ROWS, BLOCK_N=BLOCK_N,
-                                num_warps=4 if BLOCK_N <= 1024 else 8)
+                                out.stride(0), eps, ROWS=ROWS, BLOCK_N=BLOCK_N, num_warps=num_warps)
     return out.view(x.shape)

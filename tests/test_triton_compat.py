@@ -1,5 +1,5 @@
-"""Compatibility shims for the triton versions we run on (dev 3.9, the lent GPU machine's 3.6).
-No kernel is compiled here."""
+"""Compatibility shims for the triton versions we run on (dev 3.9, the lent GPU machine's 3.6), and the
+per-version sections of the SASS report. No kernel is compiled here."""
 import operator
 
 import numpy as np
@@ -46,3 +46,15 @@ def test_installed_interpreter_indexes_scalars():
     with pytest.raises((TypeError, ValueError)):
         operator.index(Tensor(np.array([1, 2], dtype=np.int32)))
 
+
+def test_sass_report_keeps_one_section_per_triton_version(tmp_path):
+    from bench.gpu_sass import merge_section
+
+    path = tmp_path / "sass.md"
+    path.write_text(merge_section(path, "# SASS\n\nintro", "triton 3.9.0", "| a |\n|---|\n| 39 |"))
+    path.write_text(merge_section(path, "# ignored: the file has a top already", "triton 3.6.0", "| a |\n|---|\n| 36 |"))
+    path.write_text(merge_section(path, "# x", "triton 3.9.0", "| a |\n|---|\n| 39 again |"))
+    text = path.read_text()
+    assert text.startswith("# SASS\n\nintro\n\n## triton 3.6.0\n")
+    assert text.index("| 36 |") < text.index("## triton 3.9.0") < text.index("| 39 again |")
+    assert "| 39 |" not in text and text.count("## triton") == 2
