@@ -13,6 +13,8 @@ namespace py = pybind11;
 
 // GEMM-family kernels (linear, quantize, int8_linear) bind themselves in gemm_bindings.cpp.
 void bind_gemm(py::module_& m);
+// The one-call encoder layer binds itself in layer_bindings.cpp.
+void bind_encoder_layer(py::module_& m);
 
 template <class T>
 static T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
@@ -104,4 +106,5 @@ PYBIND11_MODULE(_C, m) {
         "First word of Philox4x32-10 for counters start..start+n-1 (uint32 into out), for tests.");
 
   bind_gemm(m);
+  bind_encoder_layer(m);
 }

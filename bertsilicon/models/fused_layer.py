@@ -5,22 +5,39 @@ padding-free) or ``[B, L, H]`` (padded, with a key-padding mask)::
 
     qkv = x W_qkv^T + b_qkv                    W_qkv [3H, H]: Q, K, V weights concatenated once
     ctx = attention(q, k, v)                    softmax(q k^T / sqrt(d)) v per head, fp32 softmax
-    h   = LayerNorm(ctx W_o^T + b_o + x)        ops.linear, then ops.add_layernorm (fp32 statistics)
-    u   = gelu(h W_1^T + b_1)                   bias + GELU fused in the GEMM epilogue
+    h   = LayerNorm(ctx W_o^T + b_o + x)        GEMM, then residual + LayerNorm (fp32 statistics)
+    u   = gelu(h W_1^T + b_1)                   bias + GELU (or gelu_tanh / relu) fused in the GEMM epilogue
     y   = LayerNorm(u W_2^T + b_2 + h)
 
 GEMMs per token: 2 * (3H^2 + H^2 + 2HF) FLOPs (+ 4 L H FLOPs of attention): all weights are prepared
 once (concatenated, cast to bf16/fp16 or quantized to int8 per output channel) and never touched again
-per forward. Every op goes through :mod:`bertsilicon.ops` with the layer's ``backend``, except the GEMMs
-on the cpu backend, which call its packed-weight entry points directly (:class:`PreparedLinear`): same
-kernels, same results, without the public op's validation and dispatch on every call.
+per forward. Each GEMM has its own precision (an int8 layer over its error budget moves some GEMMs to
+bf16 or fp32), and the activations between GEMMs are the layer's ``compute_dtype``.
+
+How a call runs:
+
+* **cpu backend, one call** (CPU tensors, backend None/"cpu", the C++ extension built, fp32/bf16
+  activations and fp32/bf16/int8 GEMMs, outside ``torch.compile`` tracing, no calibration ``stats``):
+  the whole layer is one C++ call, ``_C.encoder_layer_packed`` / ``_C.encoder_layer_padded``
+  (csrc/encoder_layer.cpp, :mod:`._cpu_layer`): the four packed GEMMs (``linear`` for fp32/bf16 weights,
+  ``int8_linear_dynamic`` with the SmoothQuant factors for int8), attention reading q, k, v in place from
+  the qkv output through strides, and both residual + LayerNorms, over one C++ scratch block. Same kernels,
+  same order, bit-identical to the per-op path below, without ~10 Python-level calls per layer.
+  ``layer.one_call = False`` (or ``BERTSILICON_LAYER_ONE_CALL=0`` before import) forces the per-op path.
+* **per op** otherwise: every op goes through :mod:`bertsilicon.ops` with the layer's ``backend``, except
+  the GEMMs on the cpu backend, which call its packed-weight entry points directly
+  (:class:`PreparedLinear`): same kernels, same results, without the public op's validation and dispatch.
 
 The layer keeps the original layer's sub-modules registered under their original names (so
 ``state_dict()`` keys, ``parameters()`` and ``.to()`` are those of the original model); the prepared
-weights are non-persistent buffers.
+weights are non-persistent buffers. Weights read straight from the model (fp32 GEMMs of an fp32 model,
+LayerNorm parameters) follow in-place changes on both paths; the prepared copies (the concatenated qkv
+weight, bf16 / int8 copies) do not.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,6 +49,8 @@ from .. import ops, quant
 GEMMS = ("qkv", "o", "up", "down")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 _CPU_DTYPES = (torch.float32, torch.bfloat16, None)  # what the cpu GEMMs take (None: int8 weights)
+# Default of FusedEncoderLayer.one_call: "0" forces the per-op path (for comparisons; bench/layer_overhead.py).
+ONE_CALL = os.environ.get("BERTSILICON_LAYER_ONE_CALL", "1") != "0"
 
 
 @dataclass
@@ -48,6 +67,36 @@ class LayerParts:
     ln2: nn.LayerNorm
     activation: str  # "gelu" | "gelu_tanh" | "relu" (an ops epilogue)
     num_heads: int
+
+
+@functools.cache
+def _cpu_gemm_module():
+    """The cpu backend's GEMM module (:mod:`bertsilicon.ops._cpu_gemm`), or None when the C++ extension
+    is not built; looked up once (whether a backend imports never changes within a process)."""
+    from ..ops import _dispatch
+
+    if _dispatch._load("cpu") is not None:
+        return None
+    from ..ops import _cpu_gemm
+
+    return _cpu_gemm
+
+
+@functools.cache
+def _one_call_module():
+    """:mod:`._cpu_layer` (imported on first use: it needs the C++ extension, and imports this module)."""
+    from . import _cpu_layer
+
+    return _cpu_layer
+
+
+def module_weight_and_bias(module: nn.Module) -> tuple:
+    """``(module.weight, module.bias)`` of an ``nn.Linear`` / ``nn.LayerNorm``, straight from its parameter
+    dict when they are plain parameters there (a dict lookup instead of ``nn.Module.__getattr__``)."""
+    params = module._parameters
+    if "weight" in params and "bias" in params:
+        return params["weight"], params["bias"]
+    return module.weight, module.bias
 
 
 class PreparedLinear(nn.Module):
@@ -85,16 +134,25 @@ class PreparedLinear(nn.Module):
             self.register_buffer("bias", None if bias is None else bias.detach().to(dtype).contiguous(),
                                  persistent=False)
 
+    def operands(self) -> tuple:
+        """Every tensor this GEMM reads now: ``(w_q, bias, w_scale, inv_smooth)`` for int8; ``(weight, bias)``
+        for float precisions, the source ``nn.Linear``'s own parameters when it is read directly, else the
+        prepared copies. Read from the modules' dicts: the one-call path's staleness check
+        (:mod:`._cpu_layer`) runs this for every GEMM of every layer of every forward."""
+        buffers = self._buffers
+        if self.precision == "int8":
+            return buffers["w_q"], buffers["bias"], buffers["w_scale"], buffers["inv_smooth"]
+        src = self.__dict__["source"]
+        return module_weight_and_bias(src) if src is not None else (buffers["weight"], buffers["bias"])
+
     def forward(self, x: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
         cpu = self._cpu_gemm(x)
+        w, b = self.operands()[:2]
         if self.precision == "int8":
             if cpu is not None:  # quantize fused into the GEMM (bit-identical to quant.int8_matmul)
-                return cpu.int8_linear_dynamic(x.contiguous(), cpu.cached_pack(self.w_q), self.w_scale, self.bias,
+                return cpu.int8_linear_dynamic(x.contiguous(), cpu.cached_pack(w), self.w_scale, b,
                                                activation, self.inv_smooth)
-            return quant.int8_matmul(x, self.w_q, self.w_scale, self.bias, activation, self.inv_smooth,
-                                     backend=self.backend)
-        src = self.__dict__["source"]
-        w, b = (src.weight, src.bias) if src is not None else (self.weight, self.bias)
+            return quant.int8_matmul(x, w, self.w_scale, b, activation, self.inv_smooth, backend=self.backend)
         if cpu is not None:  # fp32 x on a bf16 weight: rounded as the GEMM reads it, fp32 out
             return cpu.linear_packed(x.contiguous(), cpu.cached_pack(w), b, activation)
         if x.dtype != w.dtype:  # a bf16 GEMM in a layer whose activations are fp32 (int8 fallback)
@@ -108,13 +166,7 @@ class PreparedLinear(nn.Module):
         if (x.device.type != "cpu" or self.backend not in (None, "cpu") or x.dtype not in _CPU_DTYPES
                 or PRECISIONS[self.precision] not in _CPU_DTYPES or torch.compiler.is_compiling()):
             return None
-        from ..ops import _dispatch
-
-        if _dispatch._load("cpu") is not None:
-            return None
-        from ..ops import _cpu_gemm
-
-        return _cpu_gemm
+        return _cpu_gemm_module()
 
     def extra_repr(self) -> str:
         smooth = self.precision == "int8" and self.inv_smooth is not None
@@ -126,7 +178,9 @@ class FusedEncoderLayer(nn.Module):
 
     ``gemm_precision``: ``{"qkv" | "o" | "up" | "down": "fp32" | "bf16" | "fp16" | "int8"}``;
     ``compute_dtype``: the dtype of activations between GEMMs (residual stream, attention inputs);
-    ``smooth``: optional SmoothQuant factors per GEMM (int8 GEMMs only).
+    ``smooth``: optional SmoothQuant factors per GEMM (int8 GEMMs only);
+    ``one_call`` (attribute): run the whole layer as one C++ call where the cpu backend serves it (default
+    ``ONE_CALL``; see the module docstring).
     """
 
     def __init__(self, original: nn.Module, parts: LayerParts, gemm_precision: dict, compute_dtype: torch.dtype,
@@ -146,6 +200,7 @@ class FusedEncoderLayer(nn.Module):
         self.compute_dtype = compute_dtype
         self.backend = backend
         self.gemm_precision = dict(gemm_precision)
+        self.one_call = ONE_CALL
         smooth = smooth or {}
 
         def prep(name, w, b, source=None):
@@ -163,6 +218,18 @@ class FusedEncoderLayer(nn.Module):
     # ------------------------------------------------------------------------------------------ #
     def _add_ln(self, x, residual, ln: nn.LayerNorm):
         return ops.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=self.backend)
+
+    def _one_call(self, x: torch.Tensor, stats: Optional[dict]):
+        """The layer's one-call snapshot when the cpu backend would serve every op of this call, else None:
+        the per-op path runs. Served: :meth:`PreparedLinear._cpu_gemm`'s conditions (CPU tensors, backend
+        None/"cpu", extension built, fp32/bf16 activations, not tracing; the four GEMMs share them, and
+        the snapshot refuses GEMM precisions the cpu GEMMs do not take), x contiguous in the compute dtype
+        (so attention and add_layernorm take their inputs as they come), no calibration ``stats``."""
+        if (not self.one_call or stats is not None or x.dtype != self.compute_dtype or not x.is_contiguous()
+                or self._modules["qkv"]._cpu_gemm(x) is None):
+            return None
+        snap = _one_call_module().snapshot(self)
+        return snap if snap.plan is not None else None
 
     def _block(self, x, attend, stats: Optional[dict] = None):
         """The layer on tokens ``x [..., H]`` with ``attend(qkv) -> ctx [..., H]``; ``stats`` (calibration)
@@ -185,6 +252,9 @@ class FusedEncoderLayer(nn.Module):
                        stats: Optional[dict] = None) -> torch.Tensor:
         """Padding-free: ``x [T, H]`` real tokens of B sequences back to back (``cu_seqlens`` int32
         ``[B + 1]``); attention via ``ops.attention_varlen``. Returns ``[T, H]``."""
+        snap = self._one_call(x, stats)
+        if snap is not None:
+            return _one_call_module().forward_packed(self, snap, x, cu_seqlens, max_seqlen)
         n, d = self.num_heads, self.head_dim
 
         def attend(qkv):
@@ -199,6 +269,9 @@ class FusedEncoderLayer(nn.Module):
                        stats: Optional[dict] = None) -> torch.Tensor:
         """Padded: ``x [B, L, H]``, ``key_mask [B, L]`` (1 = real token) or None; padded query positions
         are computed as Hugging Face computes them (they attend to the real keys). Returns ``[B, L, H]``."""
+        snap = self._one_call(x, stats)
+        if snap is not None:
+            return _one_call_module().forward_padded(self, snap, x, key_mask)
         n, d = self.num_heads, self.head_dim
 
         def attend(qkv):

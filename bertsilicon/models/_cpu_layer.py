@@ -1,0 +1,199 @@
+"""The fused layer's one-call path on the cpu backend: a whole encoder layer in one C++ call.
+
+:meth:`FusedEncoderLayer.forward_packed` / ``forward_padded`` on the cpu backend would make ~10 Python-level
+calls per layer (four GEMMs, three ``.contiguous()`` copies of q/k/v, attention, two residual +
+LayerNorms), each with its own validation and dispatch: at batch 1 that costs more than the kernels. This
+module instead calls ``_C.encoder_layer_packed`` / ``_C.encoder_layer_padded`` (csrc/encoder_layer.cpp), which
+runs the same kernels in the same order on the same bits — attention reads q, k, v in place from the qkv
+GEMM's output through strides, every intermediate lives in one C++ scratch block of the calling thread —
+so the result is bit-identical to the per-op path (tests/test_fused_layer_cpu.py).
+
+A layer's :class:`Snapshot` is the C++ plan (each GEMM's pack layout and pointer, fp32 bias, int8 scales and
+SmoothQuant factors; LayerNorm weight/bias as fp32 and eps; heads, head dim, activation), every tensor the
+plan points into, and what it was built from: the layer's operand tensors (identity and version counter),
+the LayerNorm eps values and the active ISA path. Each call compares those (~20 dict lookups and version
+reads, a few microseconds) and builds a new snapshot when anything differs; the packs then come from the
+shared cache, whose ``PackedWeight.current()`` re-packs a weight changed in place or packed for another ISA
+path, so both paths always use the same packs. A snapshot is never modified after it is built, so a call
+running in another thread keeps a consistent one. (Writes through ``.data`` bypass version counters, as for
+the packs themselves.)
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .. import _C
+from ..ops import _cpu_gemm
+from ..ops import _validate as V
+from ..ops._cpu import threads
+from .fused_layer import module_weight_and_bias
+
+_DTYPE = {torch.float32: 0, torch.bfloat16: 1}  # bs::DType
+_ACT = _cpu_gemm._ACT
+_ELEM = _cpu_gemm._ELEM
+# Float GEMM weight dtypes the cpu linear takes for each activation dtype (fp32 activations on a bf16
+# weight: the int8 path's bf16 fallback).
+_FLOAT_WEIGHTS = {torch.float32: (torch.float32, torch.bfloat16), torch.bfloat16: (torch.bfloat16,)}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    isa: str          # the kernel path the packs were made for (_C.active_isa())
+    operands: tuple   # the tensors it was built from (operands(layer)); held, so their ids stay unique
+    ids: tuple        # their id()s
+    versions: tuple   # their version counters at the time
+    eps: tuple        # (ln1.eps, ln2.eps)
+    plan: object      # _C.EncoderLayerPlan, or None: this layer's GEMM mix is not served in one call
+    held: tuple       # the weight packs and fp32 copies the plan points into, kept alive with it
+
+    @classmethod
+    def of(cls, isa: str, operands: tuple, eps: tuple, plan=None, held: tuple = ()) -> "Snapshot":
+        return cls(isa, operands, tuple(map(id, operands)), _versions(operands), eps, plan, held)
+
+    def describes(self, isa: str, operands: tuple, eps: tuple) -> bool:
+        return (isa == self.isa and eps == self.eps and tuple(map(id, operands)) == self.ids
+                and _versions(operands) == self.versions)
+
+
+def _versions(tensors: tuple) -> tuple:
+    return tuple([t._version for t in tensors if t is not None])
+
+
+def operands(layer) -> tuple:
+    """Every tensor the layer's call reads, in a fixed order: per GEMM (qkv, o, up, down) its
+    ``PreparedLinear.operands()``, then ln1 weight, bias, ln2 weight, bias."""
+    modules = layer._modules
+    parts = layer.__dict__["parts"]
+    return (*modules["qkv"].operands(), *modules["o"].operands(), *modules["up"].operands(),
+            *modules["down"].operands(), *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
+
+
+def _fp32_vector(name: str, t: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    if t.numel() not in (1, n):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected [{n}]")
+    return _cpu_gemm._f32(t, n)
+
+
+def _build(layer, isa: str, ops: tuple, eps: tuple) -> Snapshot:
+    """A new snapshot of the layer as it is now; packs come from the shared cache (PackedWeight.current()
+    re-packs a stale one), so the per-op path and this one use the very same packs."""
+    H, n, dtype = layer.hidden, layer.num_heads, layer.compute_dtype
+    F = layer.up.out_features
+    held = []
+
+    def unserved():  # the per-op path decides (and raises where it must)
+        return Snapshot.of(isa, ops, eps)
+
+    if dtype not in _DTYPE:
+        return unserved()
+    plan = _C.EncoderLayerPlan(_DTYPE[dtype], H, n, F, _ACT[layer.activation], float(layer.scale))
+    shapes = ((3 * H, H), (H, H), (F, H), (H, F))
+    pos = 0
+    for i, name in enumerate(("qkv", "o", "up", "down")):
+        int8 = layer._modules[name].precision == "int8"
+        w, b, w_scale, inv = (*ops[pos:pos + (4 if int8 else 2)], None, None)[:4]
+        pos += 4 if int8 else 2
+        N, K = shapes[i]
+        if tuple(w.shape) != (N, K):
+            raise ValueError(f"{name} GEMM weight has shape {tuple(w.shape)}; expected [{N}, {K}]")
+        if not int8 and w.dtype not in _FLOAT_WEIGHTS[dtype]:
+            return unserved()
+        pack = _cpu_gemm.cached_pack(w).current()
+        bias32 = _fp32_vector(f"{name} bias", b, N)
+        ws = _fp32_vector(f"{name} w_scale", w_scale, N)
+        if inv is not None and (inv.dtype != torch.float32 or tuple(inv.shape) != (K,) or not inv.is_contiguous()):
+            raise ValueError(f"{name} inv_smooth must be a contiguous float32 tensor [{K}]; got {inv.dtype} "
+                             f"{tuple(inv.shape)}")
+        plan.set_gemm(i, pack.kind, pack.ptr(), _ELEM[w.dtype], N, K, _cpu_gemm._ptr(bias32), _cpu_gemm._ptr(ws),
+                      _cpu_gemm._ptr(inv))
+        held += [pack, bias32, ws]
+    for j, (weight, bias) in enumerate((ops[pos:pos + 2], ops[pos + 2:pos + 4])):
+        lw, lb = _fp32_vector(f"ln{j + 1} weight", weight, H), _fp32_vector(f"ln{j + 1} bias", bias, H)
+        plan.set_layernorm(j, lw.data_ptr(), lb.data_ptr(), eps[j])
+        held += [lw, lb]
+    plan.check()
+    return Snapshot.of(isa, ops, eps, plan, tuple(held))
+
+
+# layer -> its latest Snapshot; kept outside the module so deepcopy / pickling of a model never meet it.
+_SNAPSHOTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def snapshot(layer) -> Snapshot:
+    """The layer's current snapshot, rebuilt when any weight, bias, scale or LayerNorm parameter was
+    replaced or changed in place, or the kernel path changed (the packs are then re-packed)."""
+    isa, ops = _C.active_isa(), operands(layer)
+    parts = layer.__dict__["parts"]
+    eps = (float(parts.ln1.eps), float(parts.ln2.eps))
+    snap = _SNAPSHOTS.get(layer)
+    if snap is None or not snap.describes(isa, ops, eps):
+        snap = _SNAPSHOTS[layer] = _build(layer, isa, ops, eps)
+    return snap
+
+
+def _check_cu_seqlens(cu_seqlens, T: int, max_seqlen) -> tuple[int, torch.Tensor]:
+    """``(B, cu_seqlens contiguous)`` after checking ``cu_seqlens`` int32 [B + 1]: 0 .. T, non-decreasing,
+    no sequence longer than max_seqlen (what ops.attention_varlen checks; the C++ call trusts it). Checked on
+    every call: tensors made under ``torch.inference_mode`` have no version counter to cache a check on."""
+    V.tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
+    if cu_seqlens.device.type != "cpu":
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device}; expected a CPU tensor like x")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a non-negative int, got {max_seqlen!r}")
+    cu = cu_seqlens.tolist()
+    if not cu or cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={T}; got {cu[:8]}...")
+    longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
+    if longest > max_seqlen:
+        raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({longest})")
+    return len(cu) - 1, cu_seqlens.contiguous()
+
+
+def _keep_mask(key_mask, B: int, L: int) -> Optional[torch.Tensor]:
+    """uint8 [B, L] contiguous (nonzero = real key) from a key mask of any dtype (nonzero = real), or None;
+    a contiguous bool mask (what FusedEncoder passes) is reinterpreted, not copied."""
+    if key_mask is None:
+        return None
+    V.tensor("key_mask", key_mask, ndim=2)
+    V.shape("key_mask", key_mask, (B, L), "([batch, length] of x, nonzero = real token)")
+    if key_mask.device.type != "cpu":
+        raise ValueError(f"key_mask is on {key_mask.device}; expected a CPU tensor like x")
+    if key_mask.dtype == torch.bool and key_mask.is_contiguous():
+        return key_mask.view(torch.uint8)
+    return key_mask.ne(0).to(torch.uint8).contiguous()
+
+
+def _check_x(layer, x: torch.Tensor, ndim: int, what: str) -> None:
+    if x.dim() != ndim or x.shape[-1] != layer.hidden:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected {what} with hidden size {layer.hidden}")
+
+
+def forward_packed(layer, snap: Snapshot, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    """``layer.forward_packed`` in one C++ call; x ``[T, H]`` contiguous CPU of the layer's compute dtype
+    (the caller checked that and that the snapshot serves it)."""
+    _check_x(layer, x, 2, "[T, H]")
+    T = x.shape[0]
+    B, cu = _check_cu_seqlens(cu_seqlens, T, max_seqlen)
+    out = torch.empty_like(x)
+    if T:
+        _C.encoder_layer_packed(snap.plan, x.data_ptr(), T, cu.data_ptr(), B, max_seqlen, out.data_ptr(),
+                                threads())
+    return out
+
+
+def forward_padded(layer, snap: Snapshot, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``layer.forward_padded`` in one C++ call; x ``[B, L, H]`` (see :func:`forward_packed`)."""
+    _check_x(layer, x, 3, "[B, L, H]")
+    B, L = x.shape[:2]
+    keep = _keep_mask(key_mask, B, L)
+    out = torch.empty_like(x)
+    if out.numel():
+        _C.encoder_layer_padded(snap.plan, x.data_ptr(), B, L, 0 if keep is None else keep.data_ptr(),
+                                out.data_ptr(), threads())
+    return out

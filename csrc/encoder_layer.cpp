@@ -1,0 +1,172 @@
+// The whole encoder layer in one call (see encoder_layer.h): four GEMMs, attention on the qkv buffer in
+// place, two residual + LayerNorms. Nothing here is a kernel of its own; it only sequences the existing
+// ones over a per-thread scratch block, so the Python layer makes one call instead of ~10.
+#include "encoder_layer.h"
+
+#include <algorithm>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace bs {
+namespace {
+
+constexpr size_t kAlign = 64;
+// A thread keeps its scratch block between calls (every layer of a forward reuses it) up to this size;
+// a larger one (big batches of long sequences) is freed after the call, as torch would free it.
+constexpr size_t kKeepBytes = size_t(64) << 20;
+
+size_t round_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+class Scratch {
+ public:
+  unsigned char* get(size_t bytes) {
+    if (bytes > bytes_) {
+      mem_.reset();  // free first: never hold the old and the new block at once
+      mem_.reset(new unsigned char[bytes + kAlign]);
+      bytes_ = bytes;
+    }
+    return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(mem_.get()) + kAlign - 1) & ~uintptr_t(kAlign - 1));
+  }
+  void trim() {
+    if (bytes_ > kKeepBytes) mem_.reset(), bytes_ = 0;
+  }
+
+ private:
+  std::unique_ptr<unsigned char[]> mem_;
+  size_t bytes_ = 0;
+};
+
+thread_local Scratch tls_scratch;
+
+struct TrimOnExit {
+  ~TrimOnExit() { tls_scratch.trim(); }
+};
+
+// Carves 64-byte aligned pieces off one block.
+struct Carve {
+  unsigned char* base;
+  size_t off = 0;
+  template <class T>
+  T* take(size_t count) {
+    T* p = reinterpret_cast<T*>(base + off);
+    off += round_up(count * sizeof(T));
+    return p;
+  }
+};
+
+// fp32 activations meet a bf16 weight on a kernel without vdpbf16ps: the kernel takes bf16 activations
+// (then widens them exactly), so x is rounded to bf16 first (nearest even), as linear_packed does.
+bool rounds_input(const LayerGemm& g, DType dt) {
+  return !g.int8 && g.w_type == ElemType::BF16 && dt == DType::F32 && g.kind != PackKind::Bf16x64;
+}
+
+// out [M, g.N] = act(x [M, g.K] @ W^T + bias), activations and output of dtype dt.
+// x_scale: M floats (int8 GEMMs write the per-token scales there); round_buf: M * g.K bf16 when
+// rounds_input(g, dt).
+void run_gemm(const LayerGemm& g, DType dt, const void* x, int64_t M, void* out, Activation act, float* x_scale,
+              uint16_t* round_buf, int threads) {
+  const ElemType xt = dt == DType::BF16 ? ElemType::BF16 : ElemType::F32;
+  const Epilogue ep{g.bias, act, dt == DType::BF16 ? OutType::BF16 : OutType::F32, out, g.N};
+  if (g.int8) {
+    int8_linear_dynamic(g.kind, x, xt, M, g.K, g.inv_smooth, g.w, g.N, g.w_scale, x_scale, ep, threads);
+  } else if (rounds_input(g, dt)) {
+    const float* xf = static_cast<const float*>(x);
+    const int64_t K = g.K;
+    parallel_for(M, threads, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(K, 1)), [&](int64_t m0, int64_t m1) {
+      for (int64_t i = m0 * K; i < m1 * K; ++i) round_buf[i] = f32_to_bf16(xf[i]);
+    });
+    linear(g.kind, round_buf, ElemType::BF16, M, K, g.w, g.N, ep, threads);
+  } else {
+    linear(g.kind, x, xt, M, g.K, g.w, g.N, ep, threads);
+  }
+}
+
+// The layer on M rows of x. `attn` comes with its shape (B, H, Lq, Lk, D), keep / cu_seqlens, scale and
+// threads set; this fills in the buffers and strides: q, k, v are the three H-column blocks of the qkv
+// rows (row stride 3H, head stride d), ctx rows have stride H. batch_rows: rows per sequence of the
+// padded form (its batch stride), 0 for packed tokens.
+void run_layer(const EncoderLayerPlan& p, const void* x, int64_t M, int64_t batch_rows, AttnArgs attn, void* out,
+               int threads) {
+  check_encoder_layer_plan(p);
+  if (M <= 0) return;
+  const int64_t H = p.hidden, F = p.ffn, d = p.head_dim;
+  const size_t e = p.dtype == DType::BF16 ? 2 : 4;
+  const bool rounding = rounds_input(p.qkv, p.dtype) || rounds_input(p.o, p.dtype) || rounds_input(p.up, p.dtype) ||
+                        rounds_input(p.down, p.dtype);
+  const size_t um = size_t(M);
+  const size_t need = round_up(um * 3 * H * e) + round_up(um * H * e) * 2 + round_up(um * F * e) + round_up(um * 4) +
+                      (rounding ? round_up(um * std::max(H, F) * 2) : 0);
+  TrimOnExit trim_on_exit;
+  Carve c{tls_scratch.get(need)};
+  unsigned char* qkv = c.take<unsigned char>(um * 3 * H * e);  // later: the o and down GEMM outputs
+  unsigned char* ctx = c.take<unsigned char>(um * H * e);
+  unsigned char* h = c.take<unsigned char>(um * H * e);
+  unsigned char* u = c.take<unsigned char>(um * F * e);
+  float* x_scale = c.take<float>(um);
+  uint16_t* round_buf = rounding ? c.take<uint16_t>(um * std::max(H, F)) : nullptr;
+
+  run_gemm(p.qkv, p.dtype, x, M, qkv, Activation::None, x_scale, round_buf, threads);
+
+  attn.dtype = p.dtype;
+  attn.q = qkv, attn.k = qkv + H * e, attn.v = qkv + 2 * H * e, attn.out = ctx;
+  attn.q_sl = attn.k_sl = attn.v_sl = 3 * H;
+  attn.q_sh = attn.k_sh = attn.v_sh = d;
+  attn.q_sb = attn.k_sb = attn.v_sb = batch_rows * 3 * H;
+  attn.o_sl = H, attn.o_sh = d, attn.o_sb = batch_rows * H;
+  attn.threads = threads;
+  attention(attn);
+
+  void* proj = qkv;  // the qkv rows are dead after attention: the o and down GEMMs write there
+  run_gemm(p.o, p.dtype, ctx, M, proj, Activation::None, x_scale, round_buf, threads);
+  add_layernorm(p.dtype, proj, x, p.ln1.weight, p.ln1.bias, h, M, H, p.ln1.eps, threads);
+  run_gemm(p.up, p.dtype, h, M, u, p.act, x_scale, round_buf, threads);
+  run_gemm(p.down, p.dtype, u, M, proj, Activation::None, x_scale, round_buf, threads);
+  add_layernorm(p.dtype, proj, h, p.ln2.weight, p.ln2.bias, out, M, H, p.ln2.eps, threads);
+}
+
+void check_gemm(const char* name, const LayerGemm& g, int64_t N, int64_t K) {
+  auto fail = [name](const std::string& why) {
+    throw std::invalid_argument(std::string("encoder layer plan: GEMM ") + name + ": " + why);
+  };
+  if (g.N != N || g.K != K)
+    fail("weight is [" + std::to_string(g.N) + ", " + std::to_string(g.K) + "], expected [" + std::to_string(N) + ", " +
+         std::to_string(K) + "]");
+  if (!g.w) fail("no weight set");
+  if (g.int8 != (g.w_type == ElemType::I8)) fail("int8 flag and weight type disagree");
+  if (g.int8 && !g.w_scale) fail("int8 weight without w_scale");
+  if (!gemm_kind_runs_here(g.kind)) fail("packed layout " + std::to_string(int(g.kind)) + " needs instructions this CPU lacks");
+}
+
+}  // namespace
+
+void check_encoder_layer_plan(const EncoderLayerPlan& p) {
+  if (p.dtype != DType::F32 && p.dtype != DType::BF16)
+    throw std::invalid_argument("encoder layer plan: activations must be fp32 or bf16");
+  if (p.hidden <= 0 || p.heads <= 0 || p.ffn <= 0 || p.heads * p.head_dim != p.hidden)
+    throw std::invalid_argument("encoder layer plan: hidden must be heads * head_dim (all positive)");
+  check_gemm("qkv", p.qkv, 3 * p.hidden, p.hidden);
+  check_gemm("o", p.o, p.hidden, p.hidden);
+  check_gemm("up", p.up, p.ffn, p.hidden);
+  check_gemm("down", p.down, p.hidden, p.ffn);
+  if (!p.ln1.weight || !p.ln1.bias || !p.ln2.weight || !p.ln2.bias)
+    throw std::invalid_argument("encoder layer plan: LayerNorm weight/bias not set");
+}
+
+void encoder_layer_packed(const EncoderLayerPlan& p, const void* x, int64_t T, const int32_t* cu_seqlens, int64_t B,
+                          int64_t max_seqlen, void* out, int threads) {
+  AttnArgs a{};
+  a.B = B, a.H = p.heads, a.Lq = a.Lk = max_seqlen, a.D = p.head_dim;
+  a.cu_seqlens = cu_seqlens, a.keep = nullptr, a.scale = p.scale;
+  run_layer(p, x, T, 0, a, out, threads);
+}
+
+void encoder_layer_padded(const EncoderLayerPlan& p, const void* x, int64_t B, int64_t L, const uint8_t* keep,
+                          void* out, int threads) {
+  AttnArgs a{};
+  a.B = B, a.H = p.heads, a.Lq = a.Lk = L, a.D = p.head_dim;
+  a.cu_seqlens = nullptr, a.keep = keep, a.scale = p.scale;
+  run_layer(p, x, B * L, L, a, out, threads);
+}
+
+}  // namespace bs

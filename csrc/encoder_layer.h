@@ -1,0 +1,68 @@
+// One whole post-LayerNorm encoder layer (BERT, DistilBERT, TinyBERT, MiniLM, ...) in one call, composed
+// from the existing kernels (linear / int8_linear_dynamic in gemm.cpp, attention, add_layernorm); bound
+// in layer_bindings.cpp. Python (bertsilicon/models/_cpu_layer.py) builds the plan once per layer and
+// validates every tensor; these functions trust the plan and the pointers.
+//
+// Tokens x [M, H] (M = T packed tokens, or B * L padded rows), activations of the plan's dtype:
+//   qkv = x W_qkv^T + b_qkv                     [M, 3H]   (GEMM 0; q, k, v = column blocks of H)
+//   ctx = attention(q, k, v)                     [M, H]    (q/k/v read in place through strides)
+//   h   = LayerNorm(ctx W_o^T + b_o + x)         [M, H]    (GEMM 1, then add_layernorm with ln1)
+//   u   = act(h W_up^T + b_up)                   [M, F]    (GEMM 2, activation fused in its epilogue)
+//   out = LayerNorm(u W_down^T + b_down + h)     [M, H]    (GEMM 3, then add_layernorm with ln2)
+// Each GEMM has its own kind: fp32 or bf16 weights through linear() (fp32 activations on a bf16 weight are
+// rounded to bf16 first where the kernel has no vdpbf16ps, as linear_packed does), or int8 weights through
+// int8_linear_dynamic() (per-token quantization of its input, optional SmoothQuant inv_smooth).
+// Every intermediate lives in one scratch block of the calling thread, M (5H + F) elements (+ M floats of
+// int8 scales, + M max(H, F) bf16 where a GEMM rounds its input); only `out` is the caller's.
+// Results are bit-identical to calling the same kernels one by one on contiguous copies of q, k, v.
+#pragma once
+
+#include <cstdint>
+
+#include "gemm.h"
+#include "kernels.h"
+
+namespace bs {
+
+// One GEMM of the layer: out[M, N] = act(x[M, K] @ W^T + bias) in the plan's activation dtype.
+struct LayerGemm {
+  bool int8 = false;                  // int8_linear_dynamic (int8 weight), else linear (fp32 / bf16 weight)
+  PackKind kind = PackKind::Raw;      // layout of w (what gemm_pack_kind gave for the active path)
+  const void* w = nullptr;            // packed weight, or the row-major [N, K] weight for PackKind::Raw
+  ElemType w_type = ElemType::F32;    // F32 | BF16 | I8
+  int64_t N = 0, K = 0;
+  const float* bias = nullptr;        // fp32 [N] or null
+  const float* w_scale = nullptr;     // int8: fp32 [N] per output channel
+  const float* inv_smooth = nullptr;  // int8: fp32 [K] (x * inv_smooth is quantized) or null
+};
+
+struct LayerNormParams {
+  const float* weight = nullptr;  // fp32 [H]
+  const float* bias = nullptr;    // fp32 [H]
+  float eps = 1e-12f;
+};
+
+struct EncoderLayerPlan {
+  DType dtype = DType::F32;  // activations: F32 | BF16
+  int64_t hidden = 0, heads = 0, head_dim = 0, ffn = 0;
+  Activation act = Activation::Gelu;  // the up GEMM's epilogue
+  float scale = 1.f;                  // softmax scale (head_dim^-0.5)
+  LayerGemm qkv, o, up, down;
+  LayerNormParams ln1, ln2;
+};
+
+// Throws std::invalid_argument when the plan is inconsistent (shapes that do not chain, null pointers,
+// a packed layout this CPU cannot run); the entry points below call it first.
+void check_encoder_layer_plan(const EncoderLayerPlan& p);
+
+// Packed (padding-free) tokens: x, out [T, H]; sequence b is rows cu_seqlens[b] .. cu_seqlens[b + 1]
+// (int32 [B + 1], 0 .. T, non-decreasing, no sequence longer than max_seqlen).
+void encoder_layer_packed(const EncoderLayerPlan& p, const void* x, int64_t T, const int32_t* cu_seqlens, int64_t B,
+                          int64_t max_seqlen, void* out, int threads);
+
+// Padded rows: x, out [B, L, H]; keep uint8 [B, L] (1 = real key) or null (every key real). Padded query
+// positions are computed like real ones (they attend to the real keys), as Hugging Face does.
+void encoder_layer_padded(const EncoderLayerPlan& p, const void* x, int64_t B, int64_t L, const uint8_t* keep,
+                          void* out, int threads);
+
+}  // namespace bs

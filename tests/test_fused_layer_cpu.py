@@ -1,0 +1,266 @@
+"""The one-call cpu path of FusedEncoderLayer (csrc/encoder_layer.cpp, bertsilicon/models/_cpu_layer.py).
+
+Contract: bit-identical (``torch.equal``) to the per-op path (``layer.one_call = False``: the same kernels
+called one by one from Python), which the rest of the suite checks against Hugging Face and float64. Here:
+every GEMM precision mix the model wrapper builds (fp32, bf16, int8 with and without SmoothQuant, int8
+layers with bf16 / fp32 fallback GEMMs), every activation, head dims 32 and 26, ragged lengths with 1 and
+77, packed and padded forms, every ISA path; weights changed in place; bad input.
+"""
+import copy
+
+import pytest
+import torch
+import transformers
+from transformers.models.bert import modeling_bert
+
+import bertsilicon
+from bertsilicon.models import bert
+from bertsilicon.models.fused_layer import GEMMS, FusedEncoderLayer
+from cpu_isa import cpu_isas, isa, needs_cpu  # noqa: F401  (isa: fixture)
+from numerics import poison_allocator, ragged_mask
+
+pytestmark = needs_cpu
+
+HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+LENGTHS = (77, 1, 13)  # packed: ragged, with a length-1 sequence; padded adds a fully padded row
+SHAPES = {"h384": (384, 12, 200), "h312": (312, 12, 100)}  # hidden, heads (head dim 32 / 26), FFN width
+# (GEMM precisions, compute dtype, SmoothQuant?, activation): the mixes optimize() builds, plus int8 and
+# bf16 GEMMs on bf16 activations; activations spread over the mixes (all three on every ISA and shape).
+MIXES = {
+    "fp32": (dict.fromkeys(GEMMS, "fp32"), torch.float32, False, "gelu"),
+    "bf16": (dict.fromkeys(GEMMS, "bf16"), torch.bfloat16, False, "gelu_tanh"),
+    "int8": (dict.fromkeys(GEMMS, "int8"), torch.float32, False, "relu"),
+    "int8-smooth": (dict.fromkeys(GEMMS, "int8"), torch.float32, True, "gelu"),
+    "int8-bf16-fp32": ({"qkv": "int8", "o": "bf16", "up": "fp32", "down": "int8"}, torch.float32, True, "gelu_tanh"),
+    "int8-bf16-on-bf16": ({"qkv": "bf16", "o": "int8", "up": "int8", "down": "bf16"}, torch.bfloat16, True, "relu"),
+}
+
+
+def _hf_layer(shape: str, activation: str, seed: int = 0):
+    hidden, heads, ffn = SHAPES[shape]
+    cfg = transformers.BertConfig(hidden_size=hidden, num_attention_heads=heads, intermediate_size=ffn,
+                                  hidden_act=HF_ACT[activation], num_hidden_layers=1, layer_norm_eps=1e-12)
+    torch.manual_seed(seed)
+    layer = modeling_bert.BertLayer(cfg).eval()
+    with torch.no_grad():  # LayerNorm weights ones / biases zeros would hide a swapped or unread parameter
+        for ln in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.normal_(0.0, 0.1)
+    return layer, cfg
+
+
+def _fused(shape: str, mix: str, seed: int = 0, activation=None) -> FusedEncoderLayer:
+    gemms, dtype, smooth, act = MIXES[mix]
+    layer, cfg = _hf_layer(shape, activation or act, seed)
+    parts = bert.ADAPTER.layer_parts(layer, cfg)
+    factors = None
+    if smooth:
+        g = torch.Generator().manual_seed(seed + 1)
+        k = {"qkv": cfg.hidden_size, "o": cfg.hidden_size, "up": cfg.hidden_size, "down": cfg.intermediate_size}
+        factors = {n: torch.rand(k[n], generator=g) * 1.5 + 0.25 for n in GEMMS}
+    return FusedEncoderLayer(layer, parts, gemms, dtype, smooth=factors)
+
+
+def _packed_inputs(hidden: int, dtype, seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(LENGTHS)
+    cu = torch.zeros(len(LENGTHS) + 1, dtype=torch.int32)
+    cu[1:] = lengths.cumsum(0)
+    x = torch.randn(int(cu[-1]), hidden, generator=g).to(dtype)
+    return x, cu, int(lengths.max())
+
+
+def _padded_inputs(hidden: int, dtype, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    mask = ragged_mask(4, 77, g).bool()  # row 0 full (77), random rows, last row fully padded
+    mask[1] = False
+    mask[1, 0] = True  # a length-1 row
+    return torch.randn(4, 77, hidden, generator=g).to(dtype), mask
+
+
+class _Counter:
+    """Counts the one-call C++ entry points (so a test knows the one-call path really ran)."""
+
+    def __init__(self, monkeypatch):
+        from bertsilicon.models import _cpu_layer
+
+        self.calls = {"packed": 0, "padded": 0}
+        for form in self.calls:
+            name = f"encoder_layer_{form}"
+            real = getattr(_cpu_layer._C, name)
+
+            def counted(*args, _real=real, _form=form):
+                self.calls[_form] += 1
+                return _real(*args)
+
+            monkeypatch.setattr(_cpu_layer._C, name, counted)
+
+
+def _both_paths(layer, run, like):
+    """run() on the one-call path (memory of the output's size, ``like``, NaN-poisoned first), then on the
+    per-op path."""
+    layer.one_call = True
+    poison_allocator(like)
+    one = run()
+    layer.one_call = False
+    per_op = run()
+    layer.one_call = True
+    return one, per_op
+
+
+@pytest.mark.parametrize("isa", cpu_isas(), indirect=True)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_one_call_is_bit_identical_to_per_op(isa, shape, mix, monkeypatch):
+    layer = _fused(shape, mix)
+    counter = _Counter(monkeypatch)
+    x, cu, max_len = _packed_inputs(layer.hidden, layer.compute_dtype)
+    xp, mask = _padded_inputs(layer.hidden, layer.compute_dtype)
+    with torch.no_grad():
+        one, per_op = _both_paths(layer, lambda: layer.forward_packed(x, cu, max_len), x)
+        one_p, per_op_p = _both_paths(layer, lambda: layer.forward_padded(xp, mask), xp)
+    assert counter.calls == {"packed": 1, "padded": 1}
+    for got, want in ((one, per_op), (one_p, per_op_p)):
+        assert got.dtype == layer.compute_dtype and got.shape == want.shape
+        assert not got.isnan().any()
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu"])
+@pytest.mark.parametrize("mix", ["fp32", "bf16", "int8-smooth"])
+def test_every_activation_on_the_best_path(activation, mix):
+    layer = _fused("h312", mix, seed=4, activation=activation)
+    assert layer.activation == activation
+    x, cu, max_len = _packed_inputs(layer.hidden, layer.compute_dtype, seed=5)
+    xp, _ = _padded_inputs(layer.hidden, layer.compute_dtype, seed=6)
+    with torch.no_grad():
+        for got, want in (_both_paths(layer, lambda: layer.forward_packed(x, cu, max_len), x),
+                          _both_paths(layer, lambda: layer.forward_padded(xp, None), xp)):
+            assert torch.equal(got, want)
+
+
+def test_calibration_stats_and_disabled_flag_take_the_per_op_path(monkeypatch):
+    layer = _fused("h312", "fp32")
+    counter = _Counter(monkeypatch)
+    x, cu, max_len = _packed_inputs(layer.hidden, torch.float32)
+    stats = {}
+    with torch.no_grad():
+        layer.forward_packed(x, cu, max_len, stats=stats)
+        layer.one_call = False
+        layer.forward_packed(x, cu, max_len)
+    assert counter.calls["packed"] == 0 and set(stats) == set(GEMMS)
+    with torch.no_grad():  # an explicit reference backend never reaches the C++ call either
+        ref = FusedEncoderLayer(layer.__dict__["original"], layer.__dict__["parts"], dict.fromkeys(GEMMS, "fp32"),
+                                torch.float32, backend="reference")
+        ref.forward_packed(x, cu, max_len)
+    assert counter.calls["packed"] == 0
+
+
+@pytest.fixture(scope="module")
+def small_bert():
+    cfg = bertsilicon.student_config("bert-base", num_hidden_layers=2, hidden_size=78, num_attention_heads=3,
+                                     intermediate_size=100, max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    mask = ragged_mask(4, 77, g)
+    return model, {"input_ids": torch.randint(1000, 30000, (4, 77), generator=g), "attention_mask": mask}
+
+
+def _rel(got, want, real):
+    return float((got[real] - want[real]).double().norm() / want[real].double().norm())
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+def test_optimize_end_to_end_matches_hf(small_bert, unpad, monkeypatch):
+    base, inputs = small_bert
+    m = bertsilicon.optimize(copy.deepcopy(base), "fp32", unpad=unpad)
+    counter = _Counter(monkeypatch)
+    with torch.no_grad():
+        got, want = m(**inputs).last_hidden_state, base(**inputs).last_hidden_state
+    assert counter.calls["packed" if unpad else "padded"] == 2  # both layers, one call each
+    real = inputs["attention_mask"].bool()
+    assert _rel(got, want, real) <= 1e-5
+
+
+def test_weights_changed_in_place_after_optimize(small_bert):
+    """fp32 GEMMs read the model's weights (and every path reads LayerNorm parameters): changed in place,
+    they are picked up on the next call. bf16 / int8 GEMMs and the concatenated qkv weight are prepared
+    copies: on both paths they keep the weights optimize() saw (the module docstring says so)."""
+    base, inputs = small_bert
+    real = inputs["attention_mask"].bool()
+    m = bertsilicon.optimize(copy.deepcopy(base), "fp32")
+    hf_layer = m.encoder.__dict__["original"].layer[0]
+    with torch.no_grad():
+        before = m(**inputs).last_hidden_state
+        hf_layer.output.dense.weight.mul_(1.5)  # down GEMM, read directly
+        hf_layer.attention.output.LayerNorm.weight.add_(0.25)
+        after = m(**inputs).last_hidden_state
+        want = bertsilicon.restore(m)(**inputs).last_hidden_state  # HF on the changed weights
+    assert _rel(after, want, real) <= 1e-5 and _rel(after, before, real) > 1e-3
+
+    q = bertsilicon.optimize(copy.deepcopy(base), "bf16")
+    with torch.no_grad():
+        before = q(**inputs).last_hidden_state
+        q.encoder.__dict__["original"].layer[0].output.dense.weight.mul_(1.5)
+        after = q(**inputs).last_hidden_state
+        for layer in q.encoder.layer:
+            layer.one_call = False
+        per_op = q(**inputs).last_hidden_state
+    assert torch.equal(after, before) and torch.equal(after, per_op)
+
+
+def test_isa_switch_after_optimize_repacks(small_bert):
+    base, inputs = small_bert
+    m = bertsilicon.optimize(copy.deepcopy(base), "int8", smooth=0.5)
+    from bertsilicon.ops import _cpu
+
+    before = _cpu._C.active_isa()
+    try:
+        for path in cpu_isas():
+            _cpu.set_isa(path)
+            with torch.no_grad():
+                one = m(**inputs).last_hidden_state
+                for layer in m.encoder.layer:
+                    layer.one_call = False
+                per_op = m(**inputs).last_hidden_state
+                for layer in m.encoder.layer:
+                    layer.one_call = True
+            assert torch.equal(one, per_op), path
+    finally:
+        _cpu.set_isa(before)
+
+
+def test_bad_input_is_a_clear_error():
+    layer = _fused("h312", "int8")
+    x, cu, max_len = _packed_inputs(layer.hidden, torch.float32)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="hidden size 312"):
+            layer.forward_packed(x[:, :300].contiguous(), cu, max_len)
+        with pytest.raises(ValueError, match=r"expected \[T, H\]"):
+            layer.forward_packed(x[None], cu, max_len)
+        with pytest.raises(ValueError, match="end at T=90"):
+            layer.forward_packed(x[:90], cu, max_len)
+        bad = cu.clone()
+        bad[2] = bad[1] - 1
+        with pytest.raises(ValueError, match="non-decreasing"):
+            layer.forward_packed(x, bad, max_len)
+        with pytest.raises(ValueError, match="cu_seqlens has dtype torch.int64"):
+            layer.forward_packed(x, cu.long(), max_len)
+        with pytest.raises(ValueError, match="max_seqlen=76 is smaller"):
+            layer.forward_packed(x, cu, 76)
+        with pytest.raises(ValueError, match="max_seqlen must be"):
+            layer.forward_packed(x, cu, -1)
+        xp, mask = _padded_inputs(layer.hidden, torch.float32)
+        with pytest.raises(ValueError, match="key_mask has shape"):
+            layer.forward_padded(xp, mask[:, :70])
+        with pytest.raises(ValueError, match=r"expected \[B, L, H\]"):
+            layer.forward_padded(xp[0], None)
+        empty = layer.forward_packed(x[:0], torch.zeros(1, dtype=torch.int32), 0)
+        assert empty.shape == (0, layer.hidden)
+    from bertsilicon import _C
+
+    with pytest.raises(ValueError, match="GEMM qkv"):  # a plan with no weights set never runs
+        _C.EncoderLayerPlan(0, 312, 12, 100, 1, 0.2).check()
+    with pytest.raises(ValueError, match="multiple of heads"):
+        _C.EncoderLayerPlan(0, 312, 11, 100, 1, 0.2)
