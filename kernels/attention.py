@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import fp32_dot_precision, hardware_class, mma, token_bucket, upcast_bf16_dots
+from ._common import autotune_configs, fp32_dot_precision, hardware_class, mma, token_bucket, upcast_bf16_dots
 
 _LOG2E = 1.4426950408889634
 
@@ -53,7 +53,7 @@ def _configs(kind: Optional[str] = None) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in table]
 
 
-@triton.autotune(configs=_configs(), key=["L_BUCKET", "BLOCK_D", "HAS_MASK", "VARLEN"])
+@triton.autotune(configs=autotune_configs(_configs()), key=["L_BUCKET", "BLOCK_D", "HAS_MASK", "VARLEN"])
 @triton.jit(do_not_specialize=["Lq", "Lk"])
 def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, cu_ptr,
                           stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
