@@ -113,6 +113,9 @@ class Proc:
                 continue
         self._done(rc if rc is not None else self.p.poll())
 
+    def summary(self) -> dict:
+        return {"name": self.name, "status": self.status, "seconds": self.seconds}
+
     @property
     def running(self) -> bool:
         return self.seconds is None
@@ -219,8 +222,17 @@ class Session:
         return probe
 
     def tests(self):
+        """The GPU tests and, alongside, the benchmarks' compile warm-up (also when only the benchmarks run)."""
         limit = self.limit("tests")
         end = time.monotonic() + limit
+        if not self.wanted("tests"):
+            warm = self.start_warmers()
+            wait_all(warm, end)
+            self.stages["tests"] = {"status": "skipped", "seconds": max((w.seconds for w in warm), default=0),
+                                    "limit_s": round(limit), "warm": [w.summary() for w in warm],
+                                    "result": f"tests not selected (--only); warm-up {sum(w.rc == 0 for w in warm)}"
+                                              f"/{len(warm)} ok"}
+            return
         info = self.meta.get("machine", {})
         files = sorted({f for pat in TEST_FILES for f in glob.glob(str(ROOT / pat))})
         others = [f for f in sorted(glob.glob(str(ROOT / "tests" / "test_*.py")))
@@ -247,7 +259,7 @@ class Session:
         self.stages["tests"] = {
             "status": status, "seconds": max(p.seconds for p in procs), "limit_s": round(limit), **counts,
             "files": [os.path.relpath(f, ROOT) for f in files + others], "pytest_options": opts,
-            "warm": [{"name": w.name, "status": w.status, "seconds": w.seconds} for w in warm],
+            "warm": [w.summary() for w in warm],
             "result": (f"{counts['passed']} passed, {counts['failed']} failed, {counts['errors']} errors, "
                        f"{counts['skipped']} skipped; warm-up {sum(w.rc == 0 for w in warm)}/{len(warm)} ok; "
                        f"{count_cubins(self.env['TRITON_CACHE_DIR'])} Triton kernels compiled so far")}
@@ -319,7 +331,8 @@ class Session:
         if not self.wanted("install"):
             self.probe(time.monotonic() + 60)
         for stage in SHARES:
-            if not self.wanted(stage):
+            warm_up = stage == "tests" and (self.wanted("bench") or self.wanted("e2e"))  # runs with the tests
+            if not self.wanted(stage) and not warm_up:
                 self.stages[stage] = {"status": "skipped", "result": "not selected (--only)"}
                 continue
             self.say(f"{stage}: start (limit {self.limit(stage):.0f} s)")
