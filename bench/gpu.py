@@ -4,6 +4,7 @@
     python -m bench.gpu                 # full run on a CUDA GPU (< 10 min), writes bench/results/<device>/
     python -m bench.gpu --no-compile    # skip the torch.compile peers (saves their compile time)
     python -m bench.gpu --dry-run       # tiny shapes on CPU under the Triton interpreter: checks the script
+    python -m bench.gpu --warm --only attention   # compile every kernel variant once, time nothing, write nothing
 
 Method (see bench/results/GPU_NOTES.md and the device METHOD.md): ceilings measured first (a 1 GiB
 device-to-device copy, a cuBLAS fp16 GEMM); every case checked for correctness against its peer before it
@@ -11,6 +12,13 @@ is timed; fresh random inputs, never zeros; ``triton.testing.do_bench`` medians 
 flushed before every repetition); each case reports its FLOP and byte floors, the achieved rate and the
 ratio ``peer time / our time`` (> 1: ours is faster). Output: ``gpu.json`` (everything) and ``gpu.md`` (a
 table with the device, versions and the commit measured).
+
+Budget: ``--budget-s`` stops starting torch.compile peers, ``--time-limit-s`` stops starting cases (the rest
+are listed as not run); SIGTERM (``timeout``) stops after the case in flight; results are written either way.
+``--warm`` fills Triton's (and inductor's) on-disk caches for a later timed run: every autotuning config is
+compiled and run once instead of benchmarked (:func:`compile_only_autotuning`), so several warm processes
+can compile side by side on a many-core machine (``bench/gpu_session.py`` does) while the timed run
+still autotunes properly, only without compiling.
 """
 from __future__ import annotations
 
@@ -57,6 +65,50 @@ def _commit() -> str:
         return "unknown"
 
 
+class Stop(BaseException):
+    """Raised in the main thread by SIGTERM (see :func:`stop_on_sigterm`); a BaseException, so the
+    ``except Exception`` around each peer and case does not swallow it."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (what ``timeout`` sends first) into :class:`Stop`, so a run stopped at its limit still
+    writes the results it has."""
+    import signal
+
+    def handler(signum, frame):
+        raise Stop("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def compile_only_autotuning() -> None:
+    """Make Triton's autotuner compile and run each config once and call them all equally fast (it then
+    keeps the first). For warm-up processes only: the compiled kernels land in Triton's on-disk cache, the
+    timings are thrown away with the process. (The autotuner benchmarks through ``triton.testing.do_bench``.)"""
+    import triton.testing
+
+    def run_once(fn, *args, quantiles=None, return_mode="mean", **kwargs):
+        fn()
+        return [1.0] * len(quantiles) if quantiles else 1.0
+
+    triton.testing.do_bench = run_once
+
+
+def short_autotune_benchmarks(warmup_ms: float = 5.0, rep_ms: float = 20.0) -> None:
+    """Let Triton's autotuner time each config for ``rep_ms`` (after ``warmup_ms``) instead of its default
+    100 (+ 25) ms. Only calls that name no ``warmup`` / ``rep`` are changed (the autotuner's); this script's own
+    timings pass theirs. At ~10-100 us per launch 20 ms is still hundreds of launches per config, and the
+    end-to-end run tunes ~700 (kernel, shape, config) triples: 100 ms each would be most of its budget."""
+    import triton.testing
+
+    full = triton.testing.do_bench
+
+    def tuned(fn, warmup=None, rep=None, *args, **kwargs):
+        return full(fn, warmup_ms if warmup is None else warmup, rep_ms if rep is None else rep, *args, **kwargs)
+
+    triton.testing.do_bench = tuned
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
@@ -64,10 +116,15 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU under the Triton interpreter")
     p.add_argument("--only", default=None, help="comma-separated ops to run (attention,add_layernorm,...)")
     p.add_argument("--budget-s", type=float, default=480.0, help="stop starting torch.compile peers after this")
+    p.add_argument("--time-limit-s", type=float, default=None, help="stop starting cases after this (seconds)")
+    p.add_argument("--warm", action="store_true", help="compile and run every case once; time and write nothing")
+    p.add_argument("--autotune-rep-ms", type=float, default=20.0,
+                   help="Triton's autotuner times each config this long (its default: 100)")
     args = p.parse_args(argv)
 
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
+    stop_on_sigterm()
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -86,7 +143,15 @@ def main(argv=None) -> int:
     def rand(*shape, dtype=torch.float16, scale=1.0):
         return (torch.randn(*shape, generator=g, device=dev) * scale).to(dtype)
 
+    if args.warm and dev == "cuda":
+        compile_only_autotuning()
+    elif dev == "cuda":
+        short_autotune_benchmarks(rep_ms=args.autotune_rep_ms)
+
     def bench(fn: Callable) -> float:
+        if args.warm:
+            fn()
+            return float("nan")
         if dev == "cuda":
             return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
         fn()
@@ -110,7 +175,7 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- ceilings (METHOD.md: two numbers first)
     ceilings = {}
-    if dev == "cuda":
+    if dev == "cuda" and not args.warm:
         big = torch.empty(1 << 28, dtype=torch.float32, device=dev).normal_()  # 1 GiB
         dst = torch.empty_like(big)
         ms = bench(lambda: dst.copy_(big))
@@ -276,12 +341,27 @@ def main(argv=None) -> int:
     gemm_jobs()
     elementwise_jobs()
     jobs = [(op, j) for op, j in jobs if want is None or op in want]
-    for op, job in tqdm(jobs, desc="bench.gpu", unit="case"):
+    stopped = None
+    for i, (op, job) in enumerate(tqdm(jobs, desc="bench.gpu", unit="case")):
+        if args.time_limit_s is not None and time.perf_counter() - started > args.time_limit_s:
+            stopped = f"time limit {args.time_limit_s:.0f} s reached"
+        if stopped:
+            cases.extend(Case(o, "-", "-", 0, 0, note=f"not run: {stopped}") for o, _ in jobs[i:])
+            break
         try:
             job()
+        except Stop:
+            stopped = "stopped by SIGTERM"
+            cases.extend(Case(o, "-", "-", 0, 0, note=f"not run: {stopped}") for o, _ in jobs[i:])
+            break
         except Exception as exc:
             print(f"{op}: FAILED {type(exc).__name__}: {exc}", file=sys.stderr)
             cases.append(Case(op, "-", "-", 0, 0, note=f"FAILED {type(exc).__name__}: {str(exc)[:200]}"))
+    if args.warm:
+        failed = [c for c in cases if c.note.startswith("FAILED")]
+        print(f"warm: {len(jobs) - len(failed)} of {len(jobs)} cases compiled and ran in "
+              f"{time.perf_counter() - started:.0f} s{'; ' + stopped if stopped else ''}")
+        return 1 if failed else 0
 
     # ---------------------------------------------------------------- write results
     meta = {
@@ -291,7 +371,8 @@ def main(argv=None) -> int:
         "python": platform.python_version(), "commit": _commit(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "tf32_for_fp32": os.environ.get("BERTSILICON_TF32", "follows torch.backends.cuda.matmul.allow_tf32"),
-        "ceilings": ceilings, "seconds": round(time.perf_counter() - started, 1),
+        "autotune": f"{os.environ.get('BERTSILICON_AUTOTUNE', 'on')}, each config timed {args.autotune_rep_ms:g} ms",
+        "ceilings": ceilings, "seconds": round(time.perf_counter() - started, 1), "stopped": stopped,
         "timing": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, L2 flushed per repetition"
                   if dev == "cuda" else "perf_counter median of 3 (interpreter: meaningless, plumbing check only)",
     }
@@ -317,6 +398,8 @@ def _markdown(meta: dict, cases: list) -> str:
              f"Ceilings measured here: {', '.join(f'{k} {v:.2f}' for k, v in meta['ceilings'].items()) or 'none (dry run)'}. "
              f"Timing: {meta['timing']}. Speed-up = peer time / our time (> 1: ours is faster). "
              f"Floor = max(FLOPs / cuBLAS rate, bytes / copy bandwidth).", "",
+             *([f"**Stopped early ({meta['stopped']}): the cases marked 'not run' were not measured.**", ""]
+               if meta.get("stopped") else []),
              "| op | shape | dtype | ours (ms) | floor (ms) | floor / ours | peers (ms) | speed-up | rel diff to 1st peer |",
              "|---|---|---|---|---|---|---|---|---|"]
     for c in cases:

@@ -7,6 +7,13 @@ Autotuning rule (issue 4): every autotuned kernel is keyed on a *bucketed* token
 :func:`hardware_class`: ``"hopper"`` (compute capability 9.x and newer), ``"ampere"`` (8.x: A100 class),
 ``"turing"`` (7.x: T4 class, 64 KB shared memory) and ``"interpreter"`` (``TRITON_INTERPRET=1``: one
 small config, no tuning, so CI is fast).
+
+Autotuning switch: ``BERTSILICON_AUTOTUNE=on | off`` (default ``on``), read once when the kernels are
+imported (set it before anything imports ``bertsilicon.kernels``). ``off`` gives every autotuned kernel only
+the *first* config of its hardware class's list (:func:`autotune_configs`), so Triton neither benchmarks
+nor compiles the others: one compile per key instead of one per config. The results are the same function
+(every config computes the same thing; only the tiling differs), so correctness tests use ``off`` on a GPU
+(``bench/gpu_session.py``, test stage); benchmarks keep ``on``. Any other value is a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -36,6 +43,22 @@ def hardware_class() -> str:
     if major >= 9:
         return "hopper"
     return "ampere" if major == 8 else "turing"
+
+
+AUTOTUNE_ENV = "BERTSILICON_AUTOTUNE"
+
+
+def autotune_configs(configs: list) -> list:
+    """The config list an autotuned kernel is given: ``configs`` whole (``BERTSILICON_AUTOTUNE`` unset or
+    ``on``), or ``configs[:1]`` (``off``: a single config, which Triton's autotuner runs without
+    benchmarking). See the module docstring."""
+    value = os.environ.get(AUTOTUNE_ENV, "on").strip().lower()
+    if value == "on":
+        return list(configs)
+    if value == "off":
+        return list(configs[:1])
+    raise ValueError(f"{AUTOTUNE_ENV}={os.environ[AUTOTUNE_ENV]!r} is unknown; expected 'on' (autotune over the "
+                     "hardware class's configs) or 'off' (first config only, no tuning)")
 
 
 def token_bucket(n: int) -> int:

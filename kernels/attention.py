@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import fma_dots, fp32_dot_precision, hardware_class, mma, token_bucket, upcast_bf16_dots
+from ._common import autotune_configs, fma_dots, fp32_dot_precision, hardware_class, mma, token_bucket, upcast_bf16_dots
 
 _LOG2E = 1.4426950408889634
 
@@ -132,8 +132,8 @@ def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, cu_ptr,
 
 
 _KEY = ["L_BUCKET", "BLOCK_D", "HAS_MASK", "VARLEN"]
-_attention_mma = triton.autotune(configs=_configs(), key=_KEY)(_attention_fwd_kernel)
-_attention_fma = triton.autotune(configs=_configs(fma=True), key=_KEY)(_attention_fwd_kernel)
+_attention_mma = triton.autotune(configs=autotune_configs(_configs()), key=_KEY)(_attention_fwd_kernel)
+_attention_fma = triton.autotune(configs=autotune_configs(_configs(fma=True)), key=_KEY)(_attention_fwd_kernel)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

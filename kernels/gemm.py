@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ACTIVATION_CODE, activate, fma_dots, fp32_dot_precision, hardware_class, mma, token_bucket,
-                      upcast_bf16_dots)
+from ._common import (ACTIVATION_CODE, activate, autotune_configs, fma_dots, fp32_dot_precision, hardware_class, mma,
+                      token_bucket, upcast_bf16_dots)
 
 
 def _configs(int8: bool, kind: Optional[str] = None, fma: bool = False) -> list[triton.Config]:
@@ -109,9 +109,9 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, xs_ptr, ws_ptr, M, N, K,
 
 
 _KEY = ["M_BUCKET", "N", "K", "INT8", "HAS_BIAS", "ACTIVATION"]
-_gemm_float = triton.autotune(configs=_configs(int8=False), key=_KEY)(_gemm_kernel)
-_gemm_fma = triton.autotune(configs=_configs(int8=False, fma=True), key=_KEY)(_gemm_kernel)
-_gemm_int8 = triton.autotune(configs=_configs(int8=True), key=_KEY)(_gemm_kernel)
+_gemm_float = triton.autotune(configs=autotune_configs(_configs(int8=False)), key=_KEY)(_gemm_kernel)
+_gemm_fma = triton.autotune(configs=autotune_configs(_configs(int8=False, fma=True)), key=_KEY)(_gemm_kernel)
+_gemm_int8 = triton.autotune(configs=autotune_configs(_configs(int8=True)), key=_KEY)(_gemm_kernel)
 
 
 def _launch(x2, w, out, bias, xs, ws, activation, int8: bool):

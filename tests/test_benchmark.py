@@ -304,3 +304,82 @@ def test_results_are_written_without_matplotlib(tiny_run, tmp_path, monkeypatch,
     paths = report.write_results(tiny_run[0], tmp_path)
     assert paths["png"] == [] and paths["json"].exists() and paths["md"].exists()
     assert "PNG plots skipped" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ #
+# the lent-GPU scripts (bench/gpu_e2e.py, bench/gpu_session.py): their CPU dry run and their verdicts #
+# ------------------------------------------------------------------------------------------------ #
+def _bench_script(name):
+    import importlib
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"bench.{name}")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the CPU check of a GPU script")
+def test_gpu_e2e_dry_run(tmp_path):
+    import signal
+
+    e2e, session = _bench_script("gpu_e2e"), _bench_script("gpu_session")
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert e2e.main(["--dry-run", "--models", "minilm-l6", "--precisions", "fp16", "--out", str(tmp_path)]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # the script turns SIGTERM into a clean stop
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_e2e.json", "gpu_e2e.md"]
+    data = json.loads((tmp_path / "gpu_e2e.json").read_text())
+    rows = {(r["batch"], r["provider"], r["precision"]): r for r in data["rows"]}
+    keys = [("torch-sdpa", "fp32"), ("torch-sdpa", "fp16"), ("torch-sdpa", "bf16"), ("bertsilicon", "fp16")]
+    assert sorted(rows) == sorted((b, p, q) for b in (3, 2, 1) for p, q in keys)  # no graph rows without CUDA
+    for r in rows.values():
+        assert r["status"] == "ok" and r["latency_ms"]["n"] == 1 and r["real_tokens"] <= r["batch"] * 16
+        assert r["cos_batch_min"] > 0.999 and r["cos64_min"] > 0.999  # fp16 / bf16 of a tiny model vs fp32
+    assert rows[(3, "torch-sdpa", "fp32")]["cos_batch_min"] == pytest.approx(1.0, abs=1e-9)
+    assert rows[(3, "torch-sdpa", "fp16")]["speedup_vs_baseline"] == 1.0
+    assert data["builds"]["minilm-l6 bertsilicon fp16"]["backends_used"]["linear[fp16]"] == "triton"
+    (target,) = data["target"]
+    assert target["model"] == "minilm-l6" and target["batch"] == 3 and target["verdict"] in ("meets", "misses")
+    md = (tmp_path / "gpu_e2e.md").read_text()
+    assert "## Issue-5 target" in md and "random weights" in md and "| bertsilicon | fp16 |" in md
+    summary = session.e2e_summary(tmp_path / "gpu_e2e.json")
+    assert [(r["batch"], r["provider"]) for r in summary["ours"]] == [(b, "bertsilicon") for b in (3, 2, 1)]
+    assert "minilm-l6" in session.summary_markdown({"dry_run": True, "commit": "x", "started_utc": "-", "budget_s": 1,
+                                                    "minilm": "-"}, {"e2e": {"status": "ok", **summary}})
+
+
+def test_gpu_e2e_target_verdicts():
+    e2e = _bench_script("gpu_e2e")
+
+    def row(provider, precision, ms, cos=0.99995, model="distilbert"):
+        return {"model": model, "batch": 32, "seq": 128, "provider": provider, "precision": precision,
+                "status": "ok" if ms else "failed", "reason": "" if ms else "boom",
+                "latency_ms": {"median": ms} if ms else None, "cos_batch_mean": cos}
+    verdicts = e2e.target_verdicts([row("torch-sdpa", "fp16", 3.0), row("bertsilicon", "fp16", 1.5),
+                                    row("torch-sdpa", "fp16", 3.0, model="m"), row("bertsilicon", "fp16", 2.5, model="m"),
+                                    row("torch-sdpa", "fp16", 3.0, model="w"), row("bertsilicon", "fp16", 1.0, 0.9, "w"),
+                                    row("torch-sdpa", "fp16", 3.0, model="x"), row("bertsilicon", "fp16", None, model="x")],
+                                   batch=32, seq=128)
+    got = {v["model"]: v["verdict"] for v in verdicts}
+    assert got["distilbert"] == "meets" and verdicts[0]["speedup"] == pytest.approx(2.0)
+    assert got["m"] == "misses" and got["w"].startswith("does not count: output wrong")
+    assert got["x"] == "n/a (bertsilicon fp16: failed boom)"
+
+
+def test_gpu_session_reads_kernel_results_and_junit(tmp_path):
+    session = _bench_script("gpu_session")
+    cases = [{"op": "add_layernorm", "shape": "4096x768", "dtype": "float16", "note": "", "check": "",
+              "speedup": {"triton vs torch eager": 1.7, "triton vs torch.compile": 0.8}},
+             {"op": "attention", "shape": "-", "dtype": "-", "note": "not run: time limit 60 s reached", "speedup": {}}]
+    (tmp_path / "gpu.json").write_text(json.dumps({"meta": {"ceilings": {"copy_TBps": 4.3}}, "cases": cases}))
+    k = session.kernel_summary(tmp_path / "gpu.json")
+    assert [(r["peer"], r["verdict"]) for r in k["targets"]] == [("torch eager", "meets"), ("torch.compile", "misses")]
+    assert k["failed_cases"] == ["attention: not run: time limit 60 s reached"] and "targets met 1/2" in k["result"]
+    assert session.kernel_summary(tmp_path / "missing.json") == {"result": "no missing.json"}
+    (tmp_path / "t.xml").write_text(
+        '<testsuites><testsuite><testcase classname="a" name="ok"/><testcase classname="a" name="s"><skipped/></testcase>'
+        '<testcase classname="b" name="f"><failure message="assert 1 == 2">x</failure></testcase>'
+        '<testcase classname="c" name="e"><error message="CUDA error">y</error></testcase></testsuite></testsuites>')
+    c = session.junit_counts([tmp_path / "t.xml", tmp_path / "absent.xml"])
+    assert (c["tests"], c["passed"], c["skipped"], c["failed"], c["errors"]) == (4, 1, 1, 1, 1)
+    assert c["failures"] == ["b::f: assert 1 == 2", "c::e: CUDA error"]

@@ -60,3 +60,16 @@ def test_corpora_are_real_and_labelled():
     assert len(s) == 10 and s.texts == d.subset(10, seed=3).texts
     with pytest.raises(ValueError, match="corpus name"):
         data.corpus("wikipedia")
+
+
+def test_minilm_path_override(monkeypatch, tmp_path):
+    """BERTSILICON_MINILM_PATH (the lent GPU's carried copy) replaces the package's folder; a folder without the
+    model's files is an error naming the variable."""
+    from bertsilicon.models import students
+
+    real = students.minilm_path()
+    monkeypatch.setenv("BERTSILICON_MINILM_PATH", str(real))
+    assert students.minilm_path() == real
+    monkeypatch.setenv("BERTSILICON_MINILM_PATH", str(tmp_path))
+    with pytest.raises(ValueError, match="BERTSILICON_MINILM_PATH=.*not a model folder"):
+        students.minilm_path()

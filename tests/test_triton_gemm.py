@@ -182,6 +182,23 @@ def test_autotune_settings(monkeypatch):
     assert _common.fp32_dot_precision() == ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee")
 
 
+def test_autotune_switch(monkeypatch):
+    """BERTSILICON_AUTOTUNE=off hands the autotuner the first config only (no tuning); on/unset: all of them;
+    anything else is an error naming the variable."""
+    from bertsilicon.kernels import _common, gemm
+
+    configs = gemm._configs(False, "hopper")
+    monkeypatch.delenv("BERTSILICON_AUTOTUNE", raising=False)
+    assert _common.autotune_configs(configs) == configs and len(configs) > 1
+    monkeypatch.setenv("BERTSILICON_AUTOTUNE", "on")
+    assert _common.autotune_configs(configs) == configs
+    monkeypatch.setenv("BERTSILICON_AUTOTUNE", "OFF")
+    assert _common.autotune_configs(configs) == configs[:1]
+    monkeypatch.setenv("BERTSILICON_AUTOTUNE", "fast")
+    with pytest.raises(ValueError, match="BERTSILICON_AUTOTUNE='fast'"):
+        _common.autotune_configs(configs)
+
+
 @pytest.mark.gpu
 def test_fp32_with_tf32_allowed_matches_torch_tf32(monkeypatch):
     """With torch's TF32 switch on, the fp32 kernels use tf32 too (same precision class as the peer)."""

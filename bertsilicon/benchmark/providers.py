@@ -85,6 +85,7 @@ class Provider:
 def _hf_runner(model) -> Runner:
     def run(b: Batch) -> torch.Tensor:
         return model(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state
+    run.model = model  # for reports (e.g. the optimize report of a bertsilicon provider)
     return run
 
 
@@ -218,7 +219,9 @@ def _ort_int8(ctx: BuildContext) -> Runner:
 INT8_SMOOTH = 0.5
 
 
-def _bertsilicon(precision: str):
+def _bertsilicon(precision: str, **options):
+    """Builder of ``bertsilicon.optimize(model, precision, **options)`` (``options``: e.g. ``backend``,
+    ``cuda_graphs``; the int8 set-up below is added)."""
     def build(ctx: BuildContext) -> Runner:
         try:
             from bertsilicon.models.optimize import optimize
@@ -230,10 +233,10 @@ def _bertsilicon(precision: str):
             if "optimize" in str(exc) and "cannot import name" in str(exc):
                 raise ProviderUnavailable("bertsilicon.optimize is not built yet (issue 5)", "not built yet") from exc
             raise
-        kwargs = {}
+        kwargs = dict(options)
         if precision == "int8":  # the recommended int8 set-up (README): SmoothQuant alpha 0.5
             kwargs["smooth"] = INT8_SMOOTH
-            if getattr(ctx.model.config, "vocab_size", None) == 30522:  # the built-in tokenizer's vocabulary
+            if "calibration" not in kwargs and getattr(ctx.model.config, "vocab_size", None) == 30522:  # built-in vocab
                 from bertsilicon import data
 
                 kwargs["calibration"] = data.corpus("docstrings-train").subset(8, seed=0).texts

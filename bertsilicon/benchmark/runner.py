@@ -168,18 +168,26 @@ def _no_gc():
             gc.enable()
 
 
-def time_interleaved(runners: dict, batch: Batch, cfg: BenchConfig, progress=None) -> dict:
+def wall_clock_timer(run, batch, n: int) -> float:
+    """Seconds per call of ``n`` back-to-back ``run(batch)`` calls, host clock (CPU providers)."""
+    t = time.perf_counter()
+    for _ in range(n):
+        run(batch)
+    return (time.perf_counter() - t) / n
+
+
+def time_interleaved(runners: dict, batch: Batch, cfg: BenchConfig, progress=None, timer=wall_clock_timer) -> dict:
     """Seconds per call for every runner, sampled in rotated round-robin order (see module docstring).
-    Returns ``{key: {"samples": [...], "inner": n}}``; a runner that raises gets ``{"error": "..."}``."""
+    ``timer(run, batch, n) -> seconds per call`` takes one sample (default: host clock; a GPU benchmark
+    passes a CUDA-event timer). Returns ``{key: {"samples": [...], "inner": n}}``; a runner that raises gets
+    ``{"error": "..."}``."""
     live, out, per_call, done = dict(runners), {}, {}, 0
     with torch.inference_mode(), _no_gc():
         for key, run in list(live.items()):
             try:
                 for _ in range(cfg.warmup):  # the first call may compile (torch.compile) or allocate
                     run(batch)
-                t = time.perf_counter()  # one timed probe call sizes the samples
-                run(batch)
-                per_call[key] = time.perf_counter() - t
+                per_call[key] = timer(run, batch, 1)  # one timed probe call sizes the samples
             except Exception as exc:  # noqa: BLE001 - reported in the row
                 out[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 del live[key]
@@ -194,10 +202,7 @@ def time_interleaved(runners: dict, batch: Batch, cfg: BenchConfig, progress=Non
                     continue
                 run, n = live[k], inner[k]
                 try:
-                    t = time.perf_counter()
-                    for _ in range(n):
-                        run(batch)
-                    samples[k].append((time.perf_counter() - t) / n)
+                    samples[k].append(timer(run, batch, n))
                 except Exception as exc:  # noqa: BLE001
                     out[k] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 if progress is not None:
@@ -371,5 +376,5 @@ def target_ratios(result: dict) -> list[dict]:
     return out
 
 
-__all__ = ["BenchConfig", "run_bench", "time_interleaved", "target_ratios", "DEFAULT_MODELS", "PADDINGS", "TARGETS",
-           "PRECISIONS", "PROVIDER_NAMES"]
+__all__ = ["BenchConfig", "run_bench", "time_interleaved", "wall_clock_timer", "target_ratios", "DEFAULT_MODELS",
+           "PADDINGS", "TARGETS", "PRECISIONS", "PROVIDER_NAMES"]

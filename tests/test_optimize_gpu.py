@@ -1,0 +1,204 @@
+"""bertsilicon.optimize with backend="triton" (issue 5): numerics, unpadding and the CUDA-graph path.
+
+Every test that can also run without a GPU does: on CPU tensors under the Triton interpreter with one-layer
+models (hidden 52, 2 heads: head dim 26; 3 sequences of length <= 13, one fully padded), so CI runs this code.
+On a GPU (``triton_device`` is "cuda") the same tests use student shapes (TinyBERT-4's hidden 312 / 12 heads:
+head dim 26, and DistilBERT's 768 / 12: head dim 64; length 77) and the real MiniLM-L6 on real text for int8. The CUDA-graph tests need a GPU
+and are marked ``gpu``. Rules (DESIGN.md): bf16/fp16 vs HF in the same dtype, both against HF in float64,
+error <= 2x HF's + one ulp; int8 mean-pooled cosine >= 0.995 vs fp32 for every sentence.
+"""
+import copy
+
+import pytest
+import torch
+import transformers
+
+import bertsilicon
+from bertsilicon.models import optimize as opt
+from bertsilicon.models.eval import mean_pool, pooled_cosines
+from numerics import assert_numerics, ragged_mask
+
+# CPU: one layer, hidden 52 = 2 heads of 26, and <= 32 tokens, so every GEMM is one row of 32-wide tiles (the
+# interpreter costs ~10 ms per program instance)
+TINY = {"bert": dict(num_hidden_layers=1, hidden_size=52, num_attention_heads=2, intermediate_size=40),
+        "distilbert": dict(n_layers=1, dim=52, n_heads=2, hidden_dim=40)}
+STUDENT = {"bert": ("tinybert4", {}), "distilbert": ("distilbert", dict(n_layers=3))}  # on a GPU
+
+
+def _model(kind: str, device: str, seed: int = 0):
+    """A random-weight BERT / DistilBERT, eval mode, fp32, on ``device``: student-shaped on CUDA, tiny on CPU.
+
+    Weights are drawn with std 1.5 / sqrt(hidden) instead of HF's 0.02, so q and k have std ~1.5 and the
+    attention scores a spread of a few units: with 0.02 every softmax is flat and an attention bug (a wrong
+    scale, a wrong mask) hardly moves the output."""
+    if device == "cuda":
+        name, overrides = STUDENT[kind]
+    else:
+        name, overrides = ("bert-base" if kind == "bert" else "distilbert"), TINY[kind]
+    cfg = bertsilicon.student_config(name, **overrides)
+    cfg.initializer_range = 1.5 / (cfg.hidden_size if kind == "bert" else cfg.dim) ** 0.5
+    torch.manual_seed(seed)
+    cls = transformers.BertModel if kind == "bert" else transformers.DistilBertModel
+    return cls(cfg).eval().to(device)
+
+
+def _inputs(device: str, batch: int = None, length: int = None, seed: int = 1):
+    """Random token ids and a ragged mask (row 0 full, the last row fully padded)."""
+    batch = batch or (6 if device == "cuda" else 3)
+    length = length or (77 if device == "cuda" else 13)
+    g = torch.Generator().manual_seed(seed)
+    mask = ragged_mask(batch, length, g)
+    ids = torch.randint(1000, 30000, (batch, length), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def _optimize(model, precision, **kwargs):
+    """optimize on a copy, backend="triton", calibrated on a random batch other than the test inputs."""
+    device = next(model.parameters()).device.type
+    kwargs.setdefault("calibration", _inputs(device, seed=99))
+    return bertsilicon.optimize(copy.deepcopy(model), precision, backend="triton", **kwargs)
+
+
+def _hidden(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).last_hidden_state
+
+
+# ---------------------------------------------------------------------------------------------- #
+# runs on CPU under the interpreter too                                                           #
+# ---------------------------------------------------------------------------------------------- #
+GPU_ONLY = pytest.mark.gpu  # combinations CI skips to stay fast; the lent GPU runs them
+
+
+@pytest.mark.parametrize("kind,precision,dtype", [
+    ("bert", "fp16", torch.float16), ("bert", "bf16", torch.bfloat16), ("distilbert", "fp16", torch.float16),
+    pytest.param("distilbert", "bf16", torch.bfloat16, marks=GPU_ONLY)])
+def test_half_precisions_follow_the_tolerance_rule(triton_device, kind, precision, dtype):
+    model = _model(kind, triton_device)
+    inputs = _inputs(triton_device)
+    ref64 = _hidden(copy.deepcopy(model).double(), inputs)
+    hf_half = _hidden(copy.deepcopy(model).to(dtype), inputs)
+    m = _optimize(model, precision)
+    assert set(m.bertsilicon_report.backends_used.values()) == {"triton"}
+    out = _hidden(m, inputs)
+    assert out.dtype == torch.float32 and out.device.type == triton_device
+    real = inputs["attention_mask"].bool()
+    assert_numerics(out[real].cpu(), ref64[real].cpu(), hf_half[real].cpu(), f"{kind} optimize({precision}) vs HF {dtype}")
+    assert torch.equal(out[~real], torch.zeros_like(out[~real]))  # unpad=True: padded positions are 0
+
+
+@pytest.mark.parametrize("kind", ["bert", pytest.param("distilbert", marks=GPU_ONLY)])
+def test_unpadded_path_equals_padded_path_at_real_positions(triton_device, kind):
+    model = _model(kind, triton_device, seed=3)
+    inputs = _inputs(triton_device, seed=4)
+    unpadded = _hidden(_optimize(model, "fp32", unpad=True), inputs)
+    padded = _hidden(_optimize(model, "fp32", unpad=False), inputs)
+    real = inputs["attention_mask"].bool()
+    assert not torch.isnan(unpadded).any() and not torch.isnan(padded[real]).any()
+    torch.testing.assert_close(unpadded[real], padded[real], rtol=1e-5, atol=1e-5)
+    assert torch.equal(unpadded[~real], torch.zeros_like(unpadded[~real]))
+
+
+def _int8_case(device):
+    """(fp32 model, test inputs, calibration): the real MiniLM and real text on a GPU; tiny random BERT on CPU."""
+    if device != "cuda":
+        return _model("bert", device, seed=5), _inputs(device, seed=6), _inputs(device, seed=7)
+    tok = bertsilicon.load_tokenizer()
+    texts = (bertsilicon.data.corpus("docstrings").subset(16, seed=7).texts
+             + bertsilicon.data.corpus("pydoc").subset(16, seed=7).texts)
+    enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    inputs = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+    calib = bertsilicon.data.corpus("pydoc").subset(8, seed=11).texts  # disjoint from the test texts' seed
+    return bertsilicon.load_student("minilm-l6").to(device), inputs, calib
+
+
+def test_int8_pooled_cosine_every_sentence(triton_device):
+    model, inputs, calib = _int8_case(triton_device)
+    m = _optimize(model, "int8", smooth=0.5, calibration=calib)
+    report = m.bertsilicon_report
+    assert report.backends_used["int8_linear"] == "triton" and report.backends_used["quantize"] == "triton"
+    assert any(g == "int8" for r in report.layers for g in r.gemms.values())
+    rows = inputs["attention_mask"].bool().any(1)  # sentences with a real token
+    got = mean_pool(_hidden(m, inputs), inputs["attention_mask"])[rows]
+    ref = mean_pool(_hidden(model, inputs), inputs["attention_mask"])[rows]
+    cos = pooled_cosines(got.cpu(), ref.cpu())
+    assert float(cos.min()) >= 0.995, f"worst sentence cosine {float(cos.min()):.5f}"
+
+
+# ---------------------------------------------------------------------------------------------- #
+# CUDA graphs (GPU only)                                                                          #
+# ---------------------------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def graph_models():
+    """(HF fp32 model, eager fp16, graphs fp16): both optimized with unpad=False, so the graph path (which runs
+    the padded layers) and the eager path run the same kernels on the same shapes at a full bucket length."""
+    model = _model("bert", "cuda", seed=8)
+    eager = _optimize(model, "fp16", unpad=False, cuda_graphs=False)
+    graphs = _optimize(model, "fp16", unpad=False, cuda_graphs=True)
+    return model, eager, graphs
+
+
+def _graph_keys(model) -> set:
+    """The (batch, length bucket, dtype, device) keys of the graphs the model's encoder has captured."""
+    return {k for k in _encoder(model).__dict__["_graphs"] if k != "pool"}
+
+
+def _encoder(model) -> opt.FusedEncoder:
+    return next(m for m in model.modules() if isinstance(m, opt.FusedEncoder))
+
+
+@pytest.fixture
+def captures(monkeypatch):
+    """The CUDA graphs created while the test runs (``torch.cuda.CUDAGraph`` wrapped by a counting factory)."""
+    made, real = [], torch.cuda.CUDAGraph
+
+    def counting(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", counting)
+    return made
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_equals_eager_and_reuses_its_bucket(graph_models, captures):
+    model, eager, graphs = graph_models
+    bucket = 128
+    assert bucket in opt.GRAPH_BUCKETS
+    full = _inputs("cuda", batch=4, length=bucket, seed=9)  # a full bucket: no bucket padding
+    got = _hidden(graphs, full)
+    assert len(captures) == 1 and (4, bucket, torch.float16, got.device) in _graph_keys(graphs)
+    assert torch.equal(got, _hidden(eager, full)), "graph replay differs from the eager padded path"
+    assert _encoder(graphs).cuda_graphs and not graphs.bertsilicon_report.notes  # no capture fell back
+
+    shorter = _inputs("cuda", batch=4, length=77, seed=10)  # same bucket: replays the same graph
+    keys = _graph_keys(graphs)
+    out = _hidden(graphs, shorter)
+    assert len(captures) == 1 and _graph_keys(graphs) == keys, "a length in the same bucket captured again"
+    real = shorter["attention_mask"].bool()
+    ref64 = _hidden(copy.deepcopy(model).double(), shorter)
+    hf16 = _hidden(copy.deepcopy(model).half(), shorter)
+    assert_numerics(out[real].cpu(), ref64[real].cpu(), hf16[real].cpu(), "graph replay, length 77 in bucket 128")
+
+
+@pytest.mark.gpu
+def test_batch_over_the_graph_limit_runs_eagerly(graph_models, captures):
+    _, eager, graphs = graph_models
+    big = _inputs("cuda", batch=opt.GRAPH_MAX_BATCH + 1, length=64, seed=11)
+    assert torch.equal(_hidden(graphs, big), _hidden(eager, big))
+    assert not captures and not any(k[0] == opt.GRAPH_MAX_BATCH + 1 for k in _graph_keys(graphs))
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_with_unpad_zero_the_padded_positions():
+    model = _model("distilbert", "cuda", seed=12)
+    m = _optimize(model, "bf16", cuda_graphs=True)  # unpad=True: padded positions are 0, as the eager path gives
+    eager = _optimize(model, "bf16", cuda_graphs=False)
+    inputs = _inputs("cuda", batch=opt.GRAPH_MAX_BATCH, length=50, seed=13)
+    out = _hidden(m, inputs)
+    assert any(k[0] == opt.GRAPH_MAX_BATCH for k in _graph_keys(m)) and not m.bertsilicon_report.notes
+    real = inputs["attention_mask"].bool()
+    assert torch.equal(out[~real], torch.zeros_like(out[~real]))
+    ref64 = _hidden(copy.deepcopy(model).double(), inputs)
+    hf16 = _hidden(copy.deepcopy(model).to(torch.bfloat16), inputs)
+    assert_numerics(out[real].cpu(), ref64[real].cpu(), hf16[real].cpu(), "graphs + unpad, bf16")
+    assert_numerics(_hidden(eager, inputs)[real].cpu(), ref64[real].cpu(), hf16[real].cpu(), "eager + unpad, bf16")
