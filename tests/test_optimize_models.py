@@ -229,3 +229,24 @@ def test_bad_input():
         m(input_ids=too_long[:, :10].float())
     with pytest.raises(ValueError, match="attention_mask has length"):
         m(input_ids=too_long[:, :10], attention_mask=torch.ones(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("backend", ["reference", None])  # per-op path, and the cpu one-call path where built
+def test_forward_never_reads_cu_seqlens_on_the_host(monkeypatch, backend):
+    """The unpadded path builds cu_seqlens from the key mask once per forward, so no layer checks its values
+    again (ops.check_cu_seqlens reads them on the host: on CUDA, one device sync per layer)."""
+    m = _build("BertModel")
+    ref = copy.deepcopy(m)
+    bertsilicon.optimize(m, "fp32", backend=backend)
+    inputs = _inputs("BertModel")
+    calls = []
+    real_check = bertsilicon.ops.check_cu_seqlens
+    monkeypatch.setattr(bertsilicon.ops, "check_cu_seqlens", lambda *a: calls.append(a) or real_check(*a))
+    with torch.no_grad():
+        got, want = m(**inputs).last_hidden_state, ref(**inputs).last_hidden_state
+    assert calls == []
+    assert _compare(got, want, inputs["attention_mask"], padded_positions_too=False) < 1e-5
+    with pytest.raises(ValueError, match="end at T=5"):  # the public op still checks what it is given
+        q = torch.randn(5, 3, 26)
+        bertsilicon.ops.attention_varlen(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4)
+    assert len(calls) == 1

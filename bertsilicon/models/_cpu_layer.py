@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 
 from .. import _C
+from .. import ops as _public_ops
 from ..ops import _cpu_gemm
 from ..ops import _validate as V
 from ..ops._cpu import threads
@@ -137,22 +138,16 @@ def snapshot(layer) -> Snapshot:
     return snap
 
 
-def _check_cu_seqlens(cu_seqlens, T: int, max_seqlen) -> tuple[int, torch.Tensor]:
-    """``(B, cu_seqlens contiguous)`` after checking ``cu_seqlens`` int32 [B + 1]: 0 .. T, non-decreasing,
-    no sequence longer than max_seqlen (what ops.attention_varlen checks; the C++ call trusts it). Checked on
-    every call: tensors made under ``torch.inference_mode`` have no version counter to cache a check on."""
-    V.tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
-    if cu_seqlens.device.type != "cpu":
+def _cu_seqlens_here(cu_seqlens, T: int, max_seqlen, offsets_checked: bool) -> tuple[int, torch.Tensor]:
+    """``(B, cu_seqlens contiguous)``: a CPU tensor, its values checked by ``ops.check_cu_seqlens`` unless the
+    caller built or checked them already (``offsets_checked``; the C++ call trusts them)."""
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type != "cpu":
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}; expected a CPU tensor like x")
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
-        raise ValueError(f"max_seqlen must be a non-negative int, got {max_seqlen!r}")
-    cu = cu_seqlens.tolist()
-    if not cu or cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
-        raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={T}; got {cu[:8]}...")
-    longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
-    if longest > max_seqlen:
-        raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({longest})")
-    return len(cu) - 1, cu_seqlens.contiguous()
+    if offsets_checked:
+        _public_ops._cu_seqlens_arg(cu_seqlens, max_seqlen)
+    else:
+        _public_ops.check_cu_seqlens(cu_seqlens, T, max_seqlen)
+    return cu_seqlens.numel() - 1, cu_seqlens.contiguous()
 
 
 def _keep_mask(key_mask, B: int, L: int) -> Optional[torch.Tensor]:
@@ -174,12 +169,13 @@ def _check_x(layer, x: torch.Tensor, ndim: int, what: str) -> None:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected {what} with hidden size {layer.hidden}")
 
 
-def forward_packed(layer, snap: Snapshot, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+def forward_packed(layer, snap: Snapshot, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                   offsets_checked: bool = False) -> torch.Tensor:
     """``layer.forward_packed`` in one C++ call; x ``[T, H]`` contiguous CPU of the layer's compute dtype
     (the caller checked that and that the snapshot serves it)."""
     _check_x(layer, x, 2, "[T, H]")
     T = x.shape[0]
-    B, cu = _check_cu_seqlens(cu_seqlens, T, max_seqlen)
+    B, cu = _cu_seqlens_here(cu_seqlens, T, max_seqlen, offsets_checked)
     out = torch.empty_like(x)
     if T:
         _C.encoder_layer_packed(snap.plan, x.data_ptr(), T, cu.data_ptr(), B, max_seqlen, out.data_ptr(),

@@ -249,18 +249,21 @@ class FusedEncoderLayer(nn.Module):
         return self._add_ln(self.down(u), h, parts.ln2)
 
     def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                       stats: Optional[dict] = None) -> torch.Tensor:
+                       stats: Optional[dict] = None, *, offsets_checked: bool = False) -> torch.Tensor:
         """Padding-free: ``x [T, H]`` real tokens of B sequences back to back (``cu_seqlens`` int32
-        ``[B + 1]``); attention via ``ops.attention_varlen``. Returns ``[T, H]``."""
+        ``[B + 1]``); attention via ``ops.attention_varlen``. Returns ``[T, H]``. ``offsets_checked=True``: the
+        caller built ``cu_seqlens`` from a key mask (or ran ``ops.check_cu_seqlens``), so it is not read on the
+        host again: on CUDA that read is a device sync per layer."""
         snap = self._one_call(x, stats)
         if snap is not None:
-            return _one_call_module().forward_packed(self, snap, x, cu_seqlens, max_seqlen)
+            return _one_call_module().forward_packed(self, snap, x, cu_seqlens, max_seqlen, offsets_checked)
         n, d = self.num_heads, self.head_dim
 
         def attend(qkv):
             T = qkv.shape[0]
             q, k, v = (t.contiguous() for t in qkv.view(T, 3, n, d).unbind(1))
-            ctx = ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, self.scale, backend=self.backend)
+            ctx = ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, self.scale, backend=self.backend,
+                                       offsets_checked=offsets_checked)
             return ctx.reshape(T, n * d)
 
         return self._block(x, attend, stats)

@@ -230,7 +230,7 @@ class FusedEncoder(nn.Module):
                 return t.new_zeros(B * L, H).index_copy_(0, index, t).view(B, L, H)
 
             for layer in self.layer:
-                packed = layer.forward_packed(packed, cu_seqlens, max_seqlen)
+                packed = layer.forward_packed(packed, cu_seqlens, max_seqlen, offsets_checked=True)  # built from the mask
                 if on_layer is not None:
                     on_layer(repad(packed).to(in_dtype))
             return repad(packed).to(in_dtype)
@@ -371,7 +371,7 @@ def _layer_error(layer: FusedEncoderLayer, x, y, real, unpad) -> tuple[float, fl
     with torch.no_grad():
         xc = x.to(layer.compute_dtype)
         if unpad:
-            out = layer.forward_packed(xc[real], *_pack(real))
+            out = layer.forward_packed(xc[real], *_pack(real), offsets_checked=True)
         else:
             out = layer.forward_padded(xc, real)[real]
     ref = y[real]
@@ -587,7 +587,7 @@ def _build_layer(i, layer, adapter, config, precision, compute_dtype, backend, u
         probe = FusedEncoderLayer(layer, parts, dict.fromkeys(GEMMS, "fp32"), torch.float32, backend=backend)
         stats: dict = {}
         with torch.no_grad():
-            probe.forward_packed(x.float()[real], *_pack(real), stats=stats)
+            probe.forward_packed(x.float()[real], *_pack(real), stats=stats, offsets_checked=True)
         weights = {"qkv": probe.qkv.weight, "o": parts.o.weight, "up": parts.up.weight, "down": parts.down.weight}
         factors = {g: quant.smoothing_factors(stats[g].value, weights[g], smooth) for g in GEMMS}
 

@@ -20,7 +20,7 @@ from .. import reference as _ref
 from . import _validate as V
 from ._dispatch import BACKENDS, available, backend_status, resolve
 
-__all__ = ["attention", "attention_varlen", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to",
+__all__ = ["attention", "attention_varlen", "check_cu_seqlens", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to",
            "BACKENDS", "available", "backend_status", "which_backend"]
 
 _F = V.FLOAT_DTYPES
@@ -66,33 +66,52 @@ def attention(q, k, v, attention_mask=None, scale: Optional[float] = None, *, ba
 
 
 def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, scale: Optional[float] = None, *,
-                     backend: Optional[str] = None):
+                     backend: Optional[str] = None, offsets_checked: bool = False):
     """Padding-free attention on packed tokens: q/k/v ``[T, H, D]``, ``cu_seqlens`` int32 ``[B + 1]``
     (sequence i = tokens ``cu_seqlens[i]:cu_seqlens[i+1]``, attending only within itself), ``max_seqlen``
-    the longest sequence. What the model wrapper's unpadded path runs; see :func:`bertsilicon.reference.attention_varlen`."""
+    the longest sequence. What the model wrapper's unpadded path runs; see :func:`bertsilicon.reference.attention_varlen`.
+
+    The kernels trust ``cu_seqlens`` (it bounds their reads), so its values are checked first
+    (:func:`check_cu_seqlens`), which reads it on the host: one device synchronisation for CUDA tensors.
+    ``offsets_checked=True`` skips that read for a caller that built ``cu_seqlens`` itself or checked it once for
+    many calls (the model wrapper: built from the key mask once per forward, used by every layer)."""
     V.tensor("q", q, dtypes=_F, ndim=3)
     V.tensor("k", k, dtypes=_F, ndim=3)
     V.tensor("v", v, dtypes=_F, ndim=3)
     V.same_dtype(q=q, k=k, v=v)
     V.shape("k", k, q.shape, "(must match q: [T, H, D])")
     V.shape("v", v, q.shape, "(must match q: [T, H, D])")
-    V.tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
-    if cu_seqlens.numel() < 1:
-        raise ValueError("cu_seqlens must hold at least [0]; expected int32 [B + 1] prefix sums")
-    if not isinstance(max_seqlen, int) or max_seqlen < 0:
-        raise ValueError(f"max_seqlen must be a non-negative int, got {max_seqlen!r}")
-    if not torch.compiler.is_compiling():
-        cu = cu_seqlens.cpu()
-        gaps = cu[1:] - cu[:-1]
-        if int(cu[0]) != 0 or int(cu[-1]) != q.shape[0] or bool((gaps < 0).any()):
-            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={q.shape[0]}; got {cu.tolist()[:8]}...")
-        if gaps.numel() and int(gaps.max()) > max_seqlen:
-            raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({int(gaps.max())})")
+    _cu_seqlens_arg(cu_seqlens, max_seqlen)
+    if not offsets_checked and not torch.compiler.is_compiling():
+        check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
     if scale is not None and not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     device = V.same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
     return _run("attention_varlen", backend, device, q, k, v, cu_seqlens, max_seqlen,
                 None if scale is None else float(scale))
+
+
+def _cu_seqlens_arg(cu_seqlens, max_seqlen) -> None:
+    """The checks of ``cu_seqlens`` / ``max_seqlen`` that need no look at the values."""
+    V.tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
+    if cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens must hold at least [0]; expected int32 [B + 1] prefix sums")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a non-negative int, got {max_seqlen!r}")
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int) -> None:
+    """Check packed-sequence offsets before a kernel trusts them: ``cu_seqlens`` int32 ``[B + 1]`` starts at
+    0, never decreases, ends at ``total_tokens``, and no sequence is longer than ``max_seqlen``.
+    ValueError naming the problem otherwise. Reads the values on the host (a device sync for CUDA)."""
+    _cu_seqlens_arg(cu_seqlens, max_seqlen)
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0 or cu[-1] != total_tokens or any(b < a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={total_tokens}; "
+                         f"got {cu[:8]}{'...' if len(cu) > 8 else ''}")
+    longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
+    if longest > max_seqlen:
+        raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({longest})")
 
 
 def bias_gelu(x, bias, approximate: str = "none", *, backend: Optional[str] = None):
