@@ -250,3 +250,15 @@ def test_forward_never_reads_cu_seqlens_on_the_host(monkeypatch, backend):
         q = torch.randn(5, 3, 26)
         bertsilicon.ops.attention_varlen(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4)
     assert len(calls) == 1
+
+
+def test_report_end_to_end_skips_fully_padded_calibration_rows():
+    """A calibration batch with a fully padded row: that row pools to zeros on both sides (cosine 0 by
+    definition), so the report's minimum cosine and sentence count are over the rows with real tokens."""
+    m = _build("BertModel")
+    inputs = _inputs("BertModel", fully_padded_row=True)
+    assert not inputs["attention_mask"].any(1).all()
+    bertsilicon.optimize(m, "fp32", calibration=inputs)
+    e2e = m.bertsilicon_report.end_to_end
+    assert e2e["sentences"] == int(inputs["attention_mask"].any(1).sum())
+    assert e2e["min_pooled_cosine"] > 1 - 1e-9  # fp32: the same function within rounding

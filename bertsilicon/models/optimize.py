@@ -563,9 +563,11 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
             got = base(input_ids=ids, attention_mask=mask).last_hidden_state
         from .eval import mean_pool, pooled_cosines
 
+        rows = real.any(1)  # a fully padded row pools to zeros on both sides: no cosine to report
+        cos = pooled_cosines(mean_pool(got, mask), mean_pool(final_ref, mask))[rows]
         report.end_to_end = {"rel_error": quant.relative_error(got[real], final_ref[real]),
-                             "min_pooled_cosine": float(pooled_cosines(mean_pool(got, mask), mean_pool(final_ref, mask)).min()),
-                             "sentences": int(ids.shape[0])}
+                             "min_pooled_cosine": float(cos.min()) if cos.numel() else float("nan"),
+                             "sentences": int(rows.sum())}
     except Exception:
         if getattr(base, adapter.encoder_attr) is not encoder:
             setattr(base, adapter.encoder_attr, encoder)
