@@ -1,8 +1,7 @@
 """The fused layer's one-call path on the cpu backend: a whole encoder layer in one C++ call.
 
-:meth:`FusedEncoderLayer.forward_packed` / ``forward_padded`` on the cpu backend would make ~10 Python-level
-calls per layer (four GEMMs, three ``.contiguous()`` copies of q/k/v, attention, two residual +
-LayerNorms), each with its own validation and dispatch: at batch 1 that costs more than the kernels. This
+:meth:`FusedEncoderLayer.forward_packed` / ``forward_padded`` on the cpu backend would make ~7 Python-level
+op calls per layer (four GEMMs, attention, two residual + LayerNorms), each with its own validation and dispatch: at batch 1 that costs more than the kernels. This
 module instead calls ``_C.encoder_layer_packed`` / ``_C.encoder_layer_padded`` (csrc/encoder_layer.cpp), which
 runs the same kernels in the same order on the same bits — attention reads q, k, v in place from the qkv
 GEMM's output through strides, every intermediate lives in one C++ scratch block of the calling thread —

@@ -261,7 +261,7 @@ class FusedEncoderLayer(nn.Module):
 
         def attend(qkv):
             T = qkv.shape[0]
-            q, k, v = (t.contiguous() for t in qkv.view(T, 3, n, d).unbind(1))
+            q, k, v = qkv.view(T, 3, n, d).unbind(1)  # strided views (last dim contiguous): no copies
             ctx = ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, self.scale, backend=self.backend,
                                        offsets_checked=offsets_checked)
             return ctx.reshape(T, n * d)
@@ -279,7 +279,7 @@ class FusedEncoderLayer(nn.Module):
 
         def attend(qkv):
             B, L = qkv.shape[:2]
-            q, k, v = (t.contiguous() for t in qkv.view(B, L, 3, n, d).permute(2, 0, 3, 1, 4).unbind(0))
+            q, k, v = qkv.view(B, L, 3, n, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, n, L, d] views, no copies
             ctx = ops.attention(q, k, v, key_mask, self.scale, backend=self.backend)  # [B, n, L, d]
             return ctx.transpose(1, 2).reshape(B, L, n * d)
 
