@@ -454,8 +454,8 @@ def e2e_summary(path: Path) -> dict:
                           "cos64_min": r["cos64_min"]})
     bad = [f"{r['model']} b{r['batch']} {r['provider']} {r['precision']}: {r['status']} {r['reason'][:100]}"
            for r in data["rows"] if r["status"] not in ("ok",)]
-    verdicts = "; ".join(f"{t['model']} {t['speedup']:.2f}x ({t['verdict']})" if t["speedup"] else
-                         f"{t['model']}: {t['verdict']}" for t in data["target"])
+    verdicts = "; ".join(f"{t['model']} {t.get('path', 'eager')} {t['speedup']:.2f}x ({t['verdict']})" if t["speedup"] else
+                         f"{t['model']} {t.get('path', 'eager')}: {t['verdict']}" for t in data["target"])
     return {"target": data["target"], "ours": lines, "problems": bad,
             "result": f"fp16 vs HF SDPA fp16 at batch {data['target'][0]['batch'] if data['target'] else '-'}: "
                       f"{verdicts or 'none'}; {len(bad)} rows not ok"}

@@ -364,6 +364,11 @@ def test_gpu_e2e_target_verdicts():
     assert got["distilbert"] == "meets" and verdicts[0]["speedup"] == pytest.approx(2.0)
     assert got["m"] == "misses" and got["w"].startswith("does not count: output wrong")
     assert got["x"] == "n/a (bertsilicon fp16: failed boom)"
+    assert {v["path"] for v in verdicts} == {"eager"}  # no graph row measured: no graph verdict
+    both = e2e.target_verdicts([row("torch-sdpa", "fp16", 3.0), row("bertsilicon", "fp16", 2.5),
+                                row("bertsilicon+graphs@32", "fp16", 1.0)], batch=32, seq=128)
+    assert [(v["path"], v["verdict"]) for v in both] == [("eager", "misses"), ("CUDA graphs", "meets")]
+    assert both[1]["speedup"] == pytest.approx(3.0)
 
 
 def test_gpu_session_reads_kernel_results_and_junit(tmp_path):
