@@ -499,7 +499,8 @@ def summary_markdown(meta: dict, stages: dict) -> str:
                   for r in e["ours"]]
     if e.get("target"):
         lines += ["", "Issue-5 target (bertsilicon fp16 >= 1.5x HF SDPA fp16, batch 32, length 128): " +
-                  "; ".join(f"**{t['model']}: {t['verdict']}**" + (f" ({t['speedup']:.2f}x)" if t["speedup"] else "")
+                  "; ".join(f"**{t['model']} {t.get('path', 'eager')}: {t['verdict']}**" +
+                            (f" ({t['speedup']:.2f}x)" if t["speedup"] else "")
                             for t in e["target"])]
     if e.get("problems"):
         lines += ["", "End-to-end rows not ok:", *[f"- {p}" for p in e["problems"][:10]]]
