@@ -262,3 +262,37 @@ def test_report_end_to_end_skips_fully_padded_calibration_rows():
     e2e = m.bertsilicon_report.end_to_end
     assert e2e["sentences"] == int(inputs["attention_mask"].any(1).sum())
     assert e2e["min_pooled_cosine"] > 1 - 1e-9  # fp32: the same function within rounding
+
+
+def test_fp16_on_cpu_is_fp16_operands_on_the_fp32_kernel():
+    """An fp16 GEMM on a CPU (no fp16 arithmetic) runs on the cpu backend's fp32 kernel with fp16 operands:
+    exactly linear(round_to(x, fp16), w.half().float()) — products exact, fp32 sums and output — and the
+    layer's activations are fp32. Against float64 on the same fp16 operands it is fp32-accurate."""
+    from bertsilicon.models.fused_layer import PreparedLinear
+    from bertsilicon.ops import _cpu_gemm
+
+    if bertsilicon.ops.backend_status()["cpu"] is not None:
+        pytest.skip("C++ extension not built")
+    g = torch.Generator().manual_seed(3)
+    K, N = 77, 130
+    w, b, x = torch.randn(N, K, generator=g) * 0.2, torch.randn(N, generator=g), torch.randn(13, K, generator=g) * 3
+    lin = PreparedLinear(w, b, "fp16")
+    out = lin(x, "gelu")
+    x16, w16 = x.half().float(), w.half().float()
+    assert torch.equal(bertsilicon.ops.round_to(x, "fp16", backend="cpu"), x16)
+    assert torch.equal(out, _cpu_gemm.linear_packed(x16, _cpu_gemm.pack_linear(w16), b.half(), "gelu"))
+    ref = torch.nn.functional.gelu(x16.double() @ w16.double().T + b.half().double())
+    assert out.dtype == torch.float32 and float((out.double() - ref).norm() / ref.norm()) < 1e-6
+
+    m = _build("BertModel")
+    hf = copy.deepcopy(m)
+    bertsilicon.optimize(m, "fp16")
+    rep = m.bertsilicon_report
+    assert rep.backends_used["linear[fp16]"] == "cpu" and any("fp16 on this CPU" in n for n in rep.notes)
+    assert all(layer.compute_dtype == torch.float32 for layer in m.encoder.layer)
+    inputs = _inputs("BertModel")
+    with torch.no_grad():
+        got, want = m(**inputs).last_hidden_state, hf(**inputs).last_hidden_state
+    assert _compare(got, want, inputs["attention_mask"], padded_positions_too=False) < 5e-3  # fp16 operands
+    bertsilicon.optimize(bertsilicon.restore(m), "fp16", backend="reference")  # the reference keeps fp16 activations
+    assert all(layer.compute_dtype == torch.float16 for layer in m.encoder.layer)

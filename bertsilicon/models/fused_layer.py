@@ -133,6 +133,11 @@ class PreparedLinear(nn.Module):
             self.register_buffer("weight", weight.detach().to(dtype).contiguous(), persistent=False)
             self.register_buffer("bias", None if bias is None else bias.detach().to(dtype).contiguous(),
                                  persistent=False)
+        if precision == "fp16" and weight.device.type == "cpu":
+            # CPUs without AVX512-FP16 have no fp16 arithmetic: the cpu backend runs an fp16 GEMM on its fp32
+            # kernel, on the fp16 weight's values held in fp32 (exact) and fp16-rounded activations (forward).
+            w16 = weight.detach().to(torch.float16) if self.__dict__["source"] is None else source.weight.detach()
+            self.register_buffer("weight_fp16_in_fp32", w16.float().contiguous(), persistent=False)
 
     def operands(self) -> tuple:
         """Every tensor this GEMM reads now: ``(w_q, bias, w_scale, inv_smooth)`` for int8; ``(weight, bias)``
@@ -153,6 +158,9 @@ class PreparedLinear(nn.Module):
                 return cpu.int8_linear_dynamic(x.contiguous(), cpu.cached_pack(w), self.w_scale, b,
                                                activation, self.inv_smooth)
             return quant.int8_matmul(x, w, self.w_scale, b, activation, self.inv_smooth, backend=self.backend)
+        if cpu is not None and self.precision == "fp16":  # fp16 operands, fp32 products, sum and output
+            x16 = ops.round_to(x.contiguous(), "fp16", backend="cpu")  # nearest even: x.half().float()
+            return cpu.linear_packed(x16, cpu.cached_pack(self._buffers["weight_fp16_in_fp32"]), b, activation)
         if cpu is not None:  # fp32 x on a bf16 weight: rounded as the GEMM reads it, fp32 out
             return cpu.linear_packed(x.contiguous(), cpu.cached_pack(w), b, activation)
         if x.dtype != w.dtype:  # a bf16 GEMM in a layer whose activations are fp32 (int8 fallback)
@@ -161,10 +169,13 @@ class PreparedLinear(nn.Module):
 
     def _cpu_gemm(self, x: torch.Tensor):
         """The cpu backend's GEMM module when it serves this call directly: CPU tensors, backend None or
-        "cpu", the extension built, fp32/bf16 activations (and weights), outside torch.compile tracing
-        (which captures the public custom ops). None otherwise: the public ops decide (and raise)."""
+        "cpu", the extension built, fp32/bf16 activations (and weights; an fp16 GEMM takes fp32 activations and
+        runs as fp16 operands on the fp32 kernel), outside torch.compile tracing (which captures the public
+        custom ops). None otherwise: the public ops decide (and raise)."""
+        fp16_on_fp32 = self.precision == "fp16" and x.dtype == torch.float32 and "weight_fp16_in_fp32" in self._buffers
         if (x.device.type != "cpu" or self.backend not in (None, "cpu") or x.dtype not in _CPU_DTYPES
-                or PRECISIONS[self.precision] not in _CPU_DTYPES or torch.compiler.is_compiling()):
+                or (PRECISIONS[self.precision] not in _CPU_DTYPES and not fp16_on_fp32)
+                or torch.compiler.is_compiling()):
             return None
         return _cpu_gemm_module()
 

@@ -449,6 +449,8 @@ def _backends_used(layer: FusedEncoderLayer, x: torch.Tensor, backend: Optional[
             used["quantize"] = ops.which_backend("quantize", xi, "int8", "per_token", backend=backend)
             used["int8_linear"] = ops.which_backend("int8_linear", xq, xs, g.w_q, g.w_scale, g.bias, None, x.dtype,
                                                     backend=backend)
+        elif g._cpu_gemm(xi) is not None:  # the layer calls the cpu GEMM directly (PreparedLinear.forward)
+            used[f"linear[{g.precision}]"] = "cpu"
         else:
             src = g.__dict__["source"]
             w = src.weight if src is not None else g.weight
@@ -539,6 +541,11 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         raise ValueError(f"cuda_graphs=True needs a CUDA model; the model is on {device}")
     report.cuda_graphs = bool(cuda_graphs)
     compute_dtype = COMPUTE_DTYPE[precision]
+    if precision == "fp16" and _fp16_on_fp32_kernels(device, backend):
+        compute_dtype = torch.float32
+        report.notes.append("fp16 on this CPU (no fp16 arithmetic): weights and GEMM inputs rounded to fp16, products, "
+                            "sums and GEMM outputs in fp32 on the fp32 kernel; residual stream, attention and "
+                            "LayerNorm in fp32")
     budget = (error_budget or DEFAULT_INT8_BUDGET) if precision == "int8" else None
     report.error_budget = budget
 
@@ -617,6 +624,15 @@ def _build_layer(i, layer, adapter, config, precision, compute_dtype, backend, u
     entry.gemms = dict(gemms)
     entry.rel_error, entry.max_abs_error = err, max_err
     return fused, entry
+
+
+def _fp16_on_fp32_kernels(device: torch.device, backend: Optional[str]) -> bool:
+    """Whether an fp16 model runs its GEMMs as fp16 operands on the cpu backend's fp32 kernel (a CPU model,
+    backend None or "cpu", the C++ extension built): then its activations between GEMMs are fp32."""
+    if device.type != "cpu" or backend not in (None, "cpu"):
+        return False
+    t = torch.empty(1, 2)
+    return ops.which_backend("linear", t, torch.empty(2, 2), None, None, backend=backend) == "cpu"
 
 
 def _native_bf16(device: torch.device, backend: Optional[str]) -> bool:
