@@ -296,3 +296,10 @@ def test_fp16_on_cpu_is_fp16_operands_on_the_fp32_kernel():
     assert _compare(got, want, inputs["attention_mask"], padded_positions_too=False) < 5e-3  # fp16 operands
     bertsilicon.optimize(bertsilicon.restore(m), "fp16", backend="reference")  # the reference keeps fp16 activations
     assert all(layer.compute_dtype == torch.float16 for layer in m.encoder.layer)
+
+
+def test_fp16_on_the_reference_backend_keeps_no_fp32_weight_copy():
+    from bertsilicon.models.fused_layer import PreparedLinear
+
+    w = torch.randn(8, 6)
+    assert "weight_fp16_in_fp32" not in PreparedLinear(w, None, "fp16", backend="reference")._buffers

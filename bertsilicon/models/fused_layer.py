@@ -133,7 +133,7 @@ class PreparedLinear(nn.Module):
             self.register_buffer("weight", weight.detach().to(dtype).contiguous(), persistent=False)
             self.register_buffer("bias", None if bias is None else bias.detach().to(dtype).contiguous(),
                                  persistent=False)
-        if precision == "fp16" and weight.device.type == "cpu":
+        if precision == "fp16" and weight.device.type == "cpu" and backend in (None, "cpu"):
             # CPUs without AVX512-FP16 have no fp16 arithmetic: the cpu backend runs an fp16 GEMM on its fp32
             # kernel, on the fp16 weight's values held in fp32 (exact) and fp16-rounded activations (forward).
             w16 = weight.detach().to(torch.float16) if self.__dict__["source"] is None else source.weight.detach()
