@@ -8,19 +8,19 @@ What is measured (every provider gets the very same tokenized batch of real text
 truncated to 128 tokens, padded to the longest):
 
 * providers: HF SDPA fp32 (the accuracy reference), fp16 and bf16 (``torch-sdpa``, the CPU suite's builders);
-  ``bertsilicon`` fp16 / bf16 / int8 (``optimize(..., backend="triton", cuda_graphs=False)``, unpad=True; int8 with
-  SmoothQuant 0.5 as the README recommends) and, at batches <= ``GRAPH_MAX_BATCH`` (8), ``bertsilicon+graphs``
-  (``cuda_graphs=True``: one captured CUDA graph per (batch, length bucket), replayed). One experimental row,
-  ``bertsilicon+graphs@32`` fp16: the graph path at batch 32, with ``GRAPH_MAX_BATCH`` raised for that row's calls only
-  (what issue 5 would get from graphs at the headline batch).
+  ``bertsilicon+graphs`` fp16 / bf16 / int8 (``optimize(..., backend="triton")``, unpad=True, the default on a CUDA
+  model: the layers replayed as a captured CUDA graph per (batch, length, token) bucket, since every cell here runs
+  on <= ``GRAPH_MAX_TOKENS`` token rows; int8 with SmoothQuant 0.5 as the README recommends) and ``bertsilicon``, the
+  same without graphs (``cuda_graphs=False``: every kernel launched from Python; what a call over the token budget
+  runs).
 * cells, in order of value: batch 32 for every model (the issue-5 headline), then batches 8 and 1.
 * timing: CUDA events around ``inner`` back-to-back calls (one sample >= ``--min-sample-ms``), ``--warmup`` calls
   first (they compile, autotune and capture), samples taken in rotated round-robin order across providers
   (:func:`bertsilicon.benchmark.runner.time_interleaved`); median, min and max of the samples.
 * accuracy: mean-pooled last hidden state (real tokens) against HF fp32 on the same inputs: over 64 further texts
-  (batches of 32; graph rows take the eager path there, so they show ``-``) and on the timed batch itself (every row).
+  (batches of 32) and on the timed batch itself.
 * target (issue 5): bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128, for MiniLM-L6 and DistilBERT;
-  the Markdown says meets / misses.
+  the Markdown says meets / misses for the default (graph) path and for the eager one.
 
 ``--budget-s`` stops starting cells (the rest are listed as not run); SIGTERM stops after the call in flight;
 results are written either way. ``--warm-only`` runs the same builds and calls once each with Triton's autotuner
@@ -30,7 +30,6 @@ on-disk cache side by side before the timed run (``bench/gpu_session.py``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -69,19 +68,6 @@ def cuda_event_timer(run, batch, n: int) -> float:
     return start.elapsed_time(end) / 1e3 / n
 
 
-@contextlib.contextmanager
-def graph_batch_limit(limit: int):
-    """Raise ``bertsilicon.models.optimize.GRAPH_MAX_BATCH`` inside the block (the experimental row only)."""
-    from bertsilicon.models import optimize as opt
-
-    old = opt.GRAPH_MAX_BATCH
-    opt.GRAPH_MAX_BATCH = limit
-    try:
-        yield
-    finally:
-        opt.GRAPH_MAX_BATCH = old
-
-
 def fused_encoder(model):
     from bertsilicon.models.optimize import FusedEncoder
 
@@ -96,7 +82,9 @@ def graph_problem(run, batch_size: int):
     notes = [n for n in enc.__dict__["report"].notes if "CUDA graph" in n]
     if notes or not enc.cuda_graphs:
         return "; ".join(notes) or "cuda_graphs is off"
-    if not any(isinstance(k, tuple) and k[0] == batch_size for k in enc.__dict__["_graphs"]):
+    from bertsilicon.models.optimize import graph_batch
+
+    if not any(k.batch == graph_batch(k.path, batch_size) for k in enc.__dict__["_graphs"]):
         return f"no graph was captured for batch {batch_size}"
     return None
 
@@ -222,8 +210,8 @@ class E2ERun:
             key = (prov.name, prov.precision)
             run, build_s, status, reason = build_runner(prov, ctx)
             acc = (None, None)
-            # the accuracy texts come in batches of 32 (the 'head' cells' shapes); graph providers run them eagerly
-            if run is not None and "head" in self.cells_wanted and not prov.name.endswith("graphs"):
+            # the accuracy texts come in batches of 32 (the 'head' cells' shapes)
+            if run is not None and "head" in self.cells_wanted:
                 try:
                     with torch.inference_mode():
                         emb = embed(run, self.acc_batches)
@@ -262,21 +250,6 @@ class E2ERun:
         return {"kind": "bertsilicon-gpu-e2e", "meta": meta, "rows": self.rows, "builds": self.builds,
                 "target": target_verdicts(self.rows, self.head, self.seq)}
 
-    def cell_runners(self, name: str, bsz: int) -> dict:
-        """The runners of one cell: graph providers only up to GRAPH_MAX_BATCH, plus, above it, the experimental
-        fp16 graph row (the limit raised for its calls only)."""
-        st = self.state[name]
-        limit = _graph_max_batch()
-        runners = {k: r for k, r in st["runners"].items() if not k[0].endswith("graphs") or bsz <= limit}
-        graphs = st["runners"].get(("bertsilicon+graphs", "fp16"))
-        if bsz > limit and graphs is not None:
-            def graphs_above_the_limit(b, graphs=graphs):
-                with graph_batch_limit(b.input_ids.shape[0]):
-                    return graphs(b)
-            graphs_above_the_limit.model = graphs.model
-            runners[(f"bertsilicon+graphs@{bsz}", "fp16")] = graphs_above_the_limit
-        return runners
-
     def cell(self, name: str, bsz: int) -> None:
         """Time every runner of (model, batch) interleaved, then one row per provider (accuracy on the batch too)."""
         import torch
@@ -286,9 +259,8 @@ class E2ERun:
 
         st = self.state[name]
         batch = self.batch(self.time_texts[:bsz])
-        runners = self.cell_runners(name, bsz)
-        keys = [k for k in st["info"] if k in runners or not k[0].endswith("graphs")]  # unbuilt ones: a row saying why
-        keys += [k for k in runners if k not in st["info"]]
+        runners = st["runners"]
+        keys = list(st["info"])  # unbuilt ones too: a row saying why
         if self.args.budget_s is not None and time.perf_counter() - self.started > self.args.budget_s:
             self.stopped = f"budget {self.args.budget_s:.0f} s reached"
         timed, ref_b = {}, None
@@ -408,28 +380,20 @@ def main(argv=None) -> int:
     return 0
 
 
-def _graph_max_batch() -> int:
-    from bertsilicon.models.optimize import GRAPH_MAX_BATCH
-
-    return GRAPH_MAX_BATCH
-
-
 def target_verdicts(rows: list, batch: int, seq: int) -> list:
     """Issue 5: bertsilicon fp16 >= ``TARGET_SPEEDUP`` x HF SDPA fp16 at the headline batch and length, per model:
-    the eager row (``cuda_graphs=False``, ``path`` "eager") and, where it was measured, the experimental graph row
-    (``bertsilicon+graphs@<batch>``, ``path`` "CUDA graphs", ``GRAPH_MAX_BATCH`` raised for it), so one run says
-    whether raising the graph limit would meet the target. A speed-up counts only when the fp16 output is right
-    (timed-batch mean cosine vs HF fp32 >= 0.999)."""
+    the default path (``bertsilicon+graphs``, ``path`` "CUDA graphs": what ``optimize`` does on a CUDA model at this
+    size) and the eager one (``cuda_graphs=False``, ``path`` "eager"). A speed-up counts only when the fp16 output is
+    right (timed-batch mean cosine vs HF fp32 >= 0.999)."""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         def row(provider, precision):
             return next((r for r in rows if (r["model"], r["batch"], r["seq"], r["provider"], r["precision"]) ==
                          (model, batch, seq, provider, precision)), None)
         peer = row(*BASELINE)
-        graphs = row(f"bertsilicon+graphs@{batch}", "fp16")
-        for path, label, ours in (("eager", "bertsilicon fp16", row("bertsilicon", "fp16")),
-                                  ("CUDA graphs", f"bertsilicon+graphs@{batch} fp16", graphs)):
-            if path == "CUDA graphs" and graphs is None:
+        for path, label, ours in (("CUDA graphs", "bertsilicon+graphs fp16", row("bertsilicon+graphs", "fp16")),
+                                  ("eager", "bertsilicon fp16", row("bertsilicon", "fp16"))):
+            if path == "CUDA graphs" and ours is None:  # no graph provider at all (a CPU dry run)
                 continue
             entry = {"model": model, "batch": batch, "seq": seq, "path": path, "target": TARGET_SPEEDUP,
                      "speedup": None, "ours_ms": None, "peer_ms": None, "verdict": None}
@@ -469,7 +433,7 @@ def markdown(result: dict) -> str:
               f"{c['repeats']} samples of >= {c['min_sample_s'] * 1e3:.0f} ms, interleaved and rotated; median "
               f"[min-max] (samples x calls per sample). Triton autotuning: {m['autotune']}.",
               f"- Accuracy: mean-pooled last hidden state vs HF fp32 (SDPA): 'cos 64' over {c['accuracy_texts']} "
-              f"further texts in batches of {c['accuracy_batch']} (graph rows run those eagerly: '-'); 'cos batch' on "
+              f"further texts in batches of {c['accuracy_batch']}; 'cos batch' on "
               "the timed batch itself.", "",
               "## Issue-5 target: bertsilicon fp16 >= 1.5x HF SDPA fp16, batch 32, length 128", "",
               "| model | path | bertsilicon fp16 (ms) | HF SDPA fp16 (ms) | speed-up | target | verdict |",

@@ -366,9 +366,12 @@ def test_gpu_e2e_target_verdicts():
     assert got["x"] == "n/a (bertsilicon fp16: failed boom)"
     assert {v["path"] for v in verdicts} == {"eager"}  # no graph row measured: no graph verdict
     both = e2e.target_verdicts([row("torch-sdpa", "fp16", 3.0), row("bertsilicon", "fp16", 2.5),
-                                row("bertsilicon+graphs@32", "fp16", 1.0)], batch=32, seq=128)
-    assert [(v["path"], v["verdict"]) for v in both] == [("eager", "misses"), ("CUDA graphs", "meets")]
-    assert both[1]["speedup"] == pytest.approx(3.0)
+                                row("bertsilicon+graphs", "fp16", 1.0)], batch=32, seq=128)
+    assert [(v["path"], v["verdict"]) for v in both] == [("CUDA graphs", "meets"), ("eager", "misses")]
+    assert both[0]["speedup"] == pytest.approx(3.0)
+    failed = e2e.target_verdicts([row("torch-sdpa", "fp16", 3.0), row("bertsilicon", "fp16", 1.0),
+                                  row("bertsilicon+graphs", "fp16", None)], batch=32, seq=128)
+    assert failed[0]["verdict"] == "n/a (bertsilicon+graphs fp16: failed boom)"  # a graph row that failed says so
 
 
 def test_gpu_session_reads_kernel_results_and_junit(tmp_path):

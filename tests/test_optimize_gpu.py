@@ -138,9 +138,9 @@ def graph_models():
     return model, eager, graphs
 
 
-def _graph_keys(model) -> set:
-    """The (batch, length bucket, dtype, device) keys of the graphs the model's encoder has captured."""
-    return {k for k in _encoder(model).__dict__["_graphs"] if k != "pool"}
+def _graph_keys(model) -> list:
+    """The ``GraphKey``s of the graphs the model's encoder holds, least recently used first."""
+    return list(_encoder(model).__dict__["_graphs"])
 
 
 def _encoder(model) -> opt.FusedEncoder:
@@ -166,7 +166,8 @@ def test_cuda_graph_replay_equals_eager_and_reuses_its_bucket(graph_models, capt
     assert bucket in opt.GRAPH_BUCKETS
     full = _inputs("cuda", batch=4, length=bucket, seed=9)  # a full bucket: no bucket padding
     got = _hidden(graphs, full)
-    assert len(captures) == 1 and (4, bucket, torch.float16, got.device) in _graph_keys(graphs)
+    assert len(captures) == 1
+    assert opt.GraphKey("padded", 4, bucket, 4 * bucket, torch.float16, got.device) in _graph_keys(graphs)
     assert torch.equal(got, _hidden(eager, full)), "graph replay differs from the eager padded path"
     assert _encoder(graphs).cuda_graphs and not graphs.bertsilicon_report.notes  # no capture fell back
 
@@ -178,27 +179,54 @@ def test_cuda_graph_replay_equals_eager_and_reuses_its_bucket(graph_models, capt
     ref64 = _hidden(copy.deepcopy(model).double(), shorter)
     hf16 = _hidden(copy.deepcopy(model).half(), shorter)
     assert_numerics(out[real].cpu(), ref64[real].cpu(), hf16[real].cpu(), "graph replay, length 77 in bucket 128")
+    assert torch.equal(out, _hidden(eager, shorter)), "bucket padding changed the real positions"
 
 
 @pytest.mark.gpu
-def test_batch_over_the_graph_limit_runs_eagerly(graph_models, captures):
+def test_calls_over_the_token_budget_run_eagerly(graph_models, captures):
     _, eager, graphs = graph_models
-    big = _inputs("cuda", batch=opt.GRAPH_MAX_BATCH + 1, length=64, seed=11)
+    batch = opt.GRAPH_MAX_TOKENS // 64 + 1  # batch x length bucket 64 > GRAPH_MAX_TOKENS
+    big = _inputs("cuda", batch=batch, length=64, seed=11)
     assert torch.equal(_hidden(graphs, big), _hidden(eager, big))
-    assert not captures and not any(k[0] == opt.GRAPH_MAX_BATCH + 1 for k in _graph_keys(graphs))
+    assert not captures and not any(k.batch == batch for k in _graph_keys(graphs))
 
 
 @pytest.mark.gpu
-def test_cuda_graphs_with_unpad_zero_the_padded_positions():
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("int8", None)])
+def test_packed_cuda_graph_equals_the_eager_padding_free_path(captures, precision, dtype):
+    """unpad=True: the graph runs the layers on the packed real tokens (scratch rows up to the token bucket,
+    empty sequences up to the batch bucket); bit for bit the eager padding-free path."""
     model = _model("distilbert", "cuda", seed=12)
-    m = _optimize(model, "bf16", cuda_graphs=True)  # unpad=True: padded positions are 0, as the eager path gives
-    eager = _optimize(model, "bf16", cuda_graphs=False)
-    inputs = _inputs("cuda", batch=opt.GRAPH_MAX_BATCH, length=50, seed=13)
+    kwargs = dict(smooth=0.5) if precision == "int8" else {}
+    m = _optimize(model, precision, cuda_graphs=True, **kwargs)
+    eager = _optimize(model, precision, cuda_graphs=False, **kwargs)
+    inputs = _inputs("cuda", batch=6, length=50, seed=13)  # batch bucket 8, length bucket 64
     out = _hidden(m, inputs)
-    assert any(k[0] == opt.GRAPH_MAX_BATCH for k in _graph_keys(m)) and not m.bertsilicon_report.notes
+    (key,) = _graph_keys(m)
     real = inputs["attention_mask"].bool()
+    assert (key.path, key.batch, key.length, key.tokens) == ("packed", 8, 64, opt.graph_tokens(int(real.sum())))
+    assert not m.bertsilicon_report.notes and len(captures) == 1
+    assert torch.equal(out, _hidden(eager, inputs))
     assert torch.equal(out[~real], torch.zeros_like(out[~real]))
-    ref64 = _hidden(copy.deepcopy(model).double(), inputs)
-    hf16 = _hidden(copy.deepcopy(model).to(torch.bfloat16), inputs)
-    assert_numerics(out[real].cpu(), ref64[real].cpu(), hf16[real].cpu(), "graphs + unpad, bf16")
-    assert_numerics(_hidden(eager, inputs)[real].cpu(), ref64[real].cpu(), hf16[real].cpu(), "eager + unpad, bf16")
+    again = _inputs("cuda", batch=5, length=60, seed=14)  # another batch: replayed or captured, never stale
+    assert torch.equal(_hidden(m, again), _hidden(eager, again))
+    if dtype is not None:
+        ref64 = _hidden(copy.deepcopy(model).double(), inputs)
+        hf = _hidden(copy.deepcopy(model).to(dtype), inputs)
+        assert_numerics(out[real].cpu(), ref64[real].cpu(), hf[real].cpu(), f"packed graph, {precision}")
+
+
+@pytest.mark.gpu
+def test_the_headline_batch_replays_a_graph():
+    """Issue 5's GPU target shape, batch 32 x 128 of real text on the real MiniLM: a packed graph, no fallback."""
+    model, _, _ = _int8_case("cuda")
+    tok = bertsilicon.load_tokenizer()
+    texts = bertsilicon.data.corpus("pydoc").subset(32, seed=3).texts
+    enc = tok(texts, padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+    inputs = {k: enc[k].cuda() for k in ("input_ids", "attention_mask")}
+    m = _optimize(model, "fp16", calibration=None, cuda_graphs=True)
+    out = _hidden(m, inputs)
+    (key,) = _graph_keys(m)
+    assert key.path == "packed" and key.batch == 32 and key.length == 128 and not m.bertsilicon_report.notes
+    eager = _optimize(model, "fp16", calibration=None, cuda_graphs=False)
+    assert torch.equal(out, _hidden(eager, inputs))

@@ -18,13 +18,23 @@ Per call, the encoder:
    training mode, ``output_attentions``, cross-attention / cache inputs, or a 4-D mask that is not a
    key-padding mask. ``model.bertsilicon_report.runtime_fallbacks`` counts such calls by reason.
 
-``output_hidden_states`` works on both paths (the encoder hands HF's output collector its states).
+4. on a CUDA model (``cuda_graphs``), replays a captured CUDA graph of the layers instead of launching
+   their kernels one by one from Python, when they run on at most ``GRAPH_MAX_TOKENS`` token rows: on the
+   padding-free path the graph of the (batch, length, token) bucket runs on the packed tokens (the gather,
+   the scatter back and one device sync stay outside it), otherwise the padded layers' graph of
+   (batch, length bucket). Same kernels and tile configs on the same rows as the eager path.
+
+``output_hidden_states`` works on both paths (the encoder hands HF's output collector its states; such
+calls run eagerly).
 """
 from __future__ import annotations
 
 import inspect
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -45,8 +55,9 @@ COMPUTE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 DEFAULT_INT8_BUDGET = 2e-2
 CALIBRATION_SENTENCES = 8
 CALIBRATION_MAX_LENGTH = 128
-GRAPH_BUCKETS = (16, 32, 64, 128, 256, 512)
-GRAPH_MAX_BATCH = 8
+GRAPH_BUCKETS = (16, 32, 64, 128, 256, 512)  # sequence-length buckets of the CUDA graphs (longer: eager)
+GRAPH_MAX_TOKENS = 8192  # graphs for calls whose layers run on <= this many token rows (see FusedEncoder)
+GRAPH_CACHE_SIZE = 32    # captured graphs kept per encoder, least recently used dropped
 _STATE = "_bertsilicon_state"
 
 
@@ -125,6 +136,82 @@ def key_padding_mask(mask: Optional[torch.Tensor], batch: int, length: int) -> O
 
 
 # ---------------------------------------------------------------------------------------------- #
+# CUDA graphs: shape buckets and capture                                                          #
+# ---------------------------------------------------------------------------------------------- #
+_GRAPH_DEVICES = ("cuda",)  # where FusedEncoder captures graphs (tests add "cpu" with an eager stand-in)
+_GRAPH_LOCK = threading.Lock()  # graph replays write shared static buffers: one at a time per process
+
+
+def _pow2(n: int) -> int:
+    """The next power of two >= n (>= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _length_bucket(length: int) -> int:
+    """The graph length bucket of a sequence length (<= GRAPH_BUCKETS[-1]): the kernels' power-of-two
+    bucket (attention's grid and autotuning key)."""
+    return next(b for b in GRAPH_BUCKETS if b >= length)
+
+
+def graph_batch(path: str, batch: int) -> int:
+    """The batch a graph is captured for: packed, the batch's power of two (the extra sequences are empty and
+    cost nothing); padded, the batch itself (extra rows would be computed)."""
+    return _pow2(batch) if path == "packed" else int(batch)
+
+
+def graph_tokens(tokens: int) -> int:
+    """Token rows of the packed graph for ``tokens`` real tokens: rounded up to a multiple of 1/8 of their
+    power-of-two bucket (>= 16), so at most 8 graphs per octave, at most 1/8 of a bucket of wasted rows
+    (e.g. 1919 -> 2048, 426 -> 448, 2049 -> 2560), and the same power-of-two bucket as ``tokens``: the
+    kernels' autotuning key (``kernels._common.token_bucket``), so the graph runs the eager path's configs."""
+    bucket = max(16, _pow2(tokens))
+    step = max(16, bucket // 8)
+    return min(bucket, -(-max(int(tokens), 1) // step) * step)
+
+
+@dataclass(frozen=True)
+class GraphKey:
+    path: str        # "packed" (unpad=True, padding in the batch) | "padded"
+    batch: int       # packed: the batch's power of two; padded: the batch size
+    length: int      # length bucket (GRAPH_BUCKETS)
+    tokens: int      # token rows the layers run on (packed: graph_tokens(T); padded: batch * length)
+    dtype: torch.dtype
+    device: torch.device
+
+
+@dataclass
+class CapturedGraph:
+    """A recorded forward: ``replay()`` recomputes ``output`` from the current contents of ``inputs``."""
+
+    replay: object   # () -> None
+    inputs: tuple    # static input tensors, written before each replay
+    output: torch.Tensor
+    graph: object = None  # the torch.cuda.CUDAGraph
+
+
+def _new_graph_pool(device: torch.device):
+    return torch.cuda.graph_pool_handle() if device.type == "cuda" else None
+
+
+def capture_graph(body, inputs: tuple, pool) -> CapturedGraph:
+    """Capture ``body()`` (it reads ``inputs``, returns the output tensor) as a CUDA graph: two warm-up runs on
+    a side stream first (Triton compiles and autotunes, the allocator settles), then the capture into
+    ``pool``, shared by the encoder's graphs (they never run concurrently; each output is copied out, or
+    read, before another graph replays)."""
+    device = inputs[0].device
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        output = body()
+    return CapturedGraph(graph.replay, inputs, output, graph)
+
+
+# ---------------------------------------------------------------------------------------------- #
 # the fused encoder                                                                              #
 # ---------------------------------------------------------------------------------------------- #
 class FusedEncoder(nn.Module):
@@ -143,11 +230,11 @@ class FusedEncoder(nn.Module):
         self.compute_dtype = compute_dtype
         self.unpad = unpad
         self.cuda_graphs = cuda_graphs
-        self.__dict__["_graphs"] = {}
+        self.__dict__["_graphs"] = OrderedDict()  # GraphKey -> CapturedGraph, least recently used first
         self.train(original.training)
 
     def _apply(self, fn, *args, **kwargs):
-        self.__dict__["_graphs"].clear()  # captured graphs point at the old tensors
+        self._drop_graphs()  # captured graphs point at the old tensors
         return super()._apply(fn, *args, **kwargs)
 
     def train(self, mode: bool = True):
@@ -211,78 +298,140 @@ class FusedEncoder(nn.Module):
         in_dtype = hidden_states.dtype
         x = hidden_states.to(self.compute_dtype)
         B, L, H = x.shape
-        if (self.cuda_graphs and on_layer is None and x.is_cuda and B <= GRAPH_MAX_BATCH and L <= GRAPH_BUCKETS[-1]
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
-            try:
-                return self._graph_run(x, key_mask).to(in_dtype)
-            except Exception as exc:  # capture failed (an op that syncs, ...): say so, run eagerly from now on
-                self.cuda_graphs = False
-                self.__dict__["_graphs"].clear()
-                note = f"CUDA graph capture failed, running eagerly: {type(exc).__name__}: {exc}"
-                self.__dict__["report"].notes.append(note)
-                warnings.warn(f"bertsilicon: {note}", stacklevel=2)
+        graphs = self._graphs_serve(x, on_layer)
         if key_mask is not None and self.unpad:
-            index = key_mask.reshape(-1).nonzero().squeeze(1)
+            index = key_mask.reshape(-1).nonzero().squeeze(1)  # one device sync per forward
             cu_seqlens, max_seqlen = _pack(key_mask)
             packed = x.reshape(B * L, H).index_select(0, index)
 
             def repad(t):
                 return t.new_zeros(B * L, H).index_copy_(0, index, t).view(B, L, H)
 
+            if graphs and 0 < packed.shape[0] and graph_tokens(packed.shape[0]) <= GRAPH_MAX_TOKENS:
+                with _GRAPH_LOCK:  # the static buffers are shared: one call at a time, until its output is out
+                    out = self._eager_if_capture_fails(lambda: self._graph_packed(packed, cu_seqlens, B, L))
+                    if out is not None:
+                        return repad(out).to(in_dtype)
             for layer in self.layer:
                 packed = layer.forward_packed(packed, cu_seqlens, max_seqlen, offsets_checked=True)  # built from the mask
                 if on_layer is not None:
                     on_layer(repad(packed).to(in_dtype))
             return repad(packed).to(in_dtype)
+        if graphs and B * _length_bucket(L) <= GRAPH_MAX_TOKENS:
+            with _GRAPH_LOCK:
+                out = self._eager_if_capture_fails(lambda: self._graph_padded(x, key_mask))
+            if out is not None:
+                return out.to(in_dtype)
         for layer in self.layer:
             x = layer.forward_padded(x, key_mask)
             if on_layer is not None:
                 on_layer(x.to(in_dtype))
         return x.to(in_dtype)
 
-    # -- CUDA graphs: small batches replay one captured graph per (batch, length bucket) -------- #
-    def _padded_stack(self, x, key_mask):
+    def _eager_if_capture_fails(self, run_graph) -> Optional[torch.Tensor]:
+        """``run_graph()``; when capturing fails (an op that syncs, ...): None, graphs off from now on, and the
+        report and a warning say why (the caller then runs eagerly)."""
+        try:
+            return run_graph()
+        except Exception as exc:
+            self.cuda_graphs = False
+            self._drop_graphs()
+            note = f"CUDA graph capture failed, running eagerly: {type(exc).__name__}: {exc}"
+            self.__dict__["report"].notes.append(note)
+            warnings.warn(f"bertsilicon: {note}", stacklevel=3)
+            return None
+
+    def _drop_graphs(self) -> None:
+        self.__dict__["_graphs"].clear()
+        self.__dict__.pop("_graph_pool", None)
+
+    # -- CUDA graphs: a captured graph per (batch, length, token) bucket, replayed ----------------- #
+    # Host time (Python, op validation, Triton's launcher: tens of microseconds a launch, 7-11 launches a
+    # layer) is larger than an H100's time for the kernels of a student layer on a few thousand tokens, so
+    # every call whose layers run on at most GRAPH_MAX_TOKENS token rows replays a graph: the host then
+    # does ~10 small launches per forward instead of ~50-70. Graphs are keyed on bucketed shapes (the
+    # batch's power of two, GRAPH_BUCKETS for the length, graph_tokens() for the packed rows), so a new
+    # length or batch in a known bucket replays instead of capturing; at most GRAPH_CACHE_SIZE graphs are
+    # kept (least recently used dropped). The buckets match the kernels' autotuning buckets, so the graph
+    # runs the same tile configs as the eager path on the same rows.
+    def _graphs_serve(self, x: torch.Tensor, on_layer) -> bool:
+        return (self.cuda_graphs and on_layer is None and x.device.type in _GRAPH_DEVICES
+                and x.shape[1] <= GRAPH_BUCKETS[-1] and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling())
+
+    def _graph_replay(self, key: GraphKey, make_inputs, fill, body) -> torch.Tensor:
+        """Replay the graph for ``key`` on this call's data and return its static output: ``make_inputs()``
+        allocates the static inputs (first use only), ``fill(*inputs)`` writes this call's data into them, and
+        ``body(*inputs)`` is the work the graph records (it returns the output). A new graph is captured after
+        ``fill``, so the warm-up runs (where Triton autotunes new shapes) see real data, not empty buffers."""
+        cache = self.__dict__["_graphs"]
+        graph = cache.get(key)
+        if graph is not None:
+            cache.move_to_end(key)
+            fill(*graph.inputs)
+        else:
+            with torch.inference_mode(False):  # normal tensors: a later call outside inference_mode writes them
+                inputs = make_inputs()
+            fill(*inputs)
+            if "_graph_pool" not in self.__dict__:  # one memory pool for all of this encoder's graphs
+                self.__dict__["_graph_pool"] = _new_graph_pool(key.device)
+            graph = capture_graph(lambda: body(*inputs), inputs, self.__dict__["_graph_pool"])
+            cache[key] = graph
+            while len(cache) > GRAPH_CACHE_SIZE:
+                cache.popitem(last=False)
+        graph.replay()
+        return graph.output
+
+    def _layers_packed(self, x, cu_seqlens, max_seqlen):
+        for layer in self.layer:
+            x = layer.forward_packed(x, cu_seqlens, max_seqlen, offsets_checked=True)
+        return x
+
+    def _layers_padded(self, x, key_mask):
         for layer in self.layer:
             x = layer.forward_padded(x, key_mask)
         return x
 
-    def _graph_run(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Pad ``x [B, L, H]`` to the next length bucket, copy into the static inputs of the graph captured
-        for ``(B, bucket)`` (captured on first use), replay, and return the first L positions. Bucket
-        padding is masked, so real positions are unchanged; with ``unpad=True`` padded positions are
-        zeroed as the padding-free path leaves them."""
+    def _graph_packed(self, packed: torch.Tensor, cu_seqlens: torch.Tensor, B: int, L: int) -> torch.Tensor:
+        """The layers on packed tokens ``[T, H]`` of B sequences (``cu_seqlens [B + 1]``, longest <= L) by
+        replaying the graph of ``(batch bucket, length bucket, graph_tokens(T))``. Its static inputs: token
+        rows ``[T_g, H]`` (rows T.. are scratch: no sequence covers them, every op on them is row-local, and
+        they are never read back) and offsets ``[B_g + 1]`` (entries past B repeat T: empty sequences,
+        whose attention programs return at once). Attention's grid covers the length bucket. Returns ``[T, H]``."""
+        T, H = packed.shape
+        key = GraphKey("packed", graph_batch("packed", B), _length_bucket(L), graph_tokens(T), packed.dtype, packed.device)
+
+        def make_inputs():
+            return (packed.new_zeros(key.tokens, H),
+                    torch.zeros(key.batch + 1, dtype=torch.int32, device=packed.device))
+
+        def fill(static_x, static_cu):
+            static_x[:T].copy_(packed)
+            static_cu[:B + 1].copy_(cu_seqlens)
+            static_cu[B + 1:].fill_(T)  # empty sequences; T is known here: no host read
+
+        out = self._graph_replay(key, make_inputs, fill, lambda x, cu: self._layers_packed(x, cu, key.length))
+        return out[:T]
+
+    def _graph_padded(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The padded layers on ``x [B, L, H]`` by replaying the graph of ``(B, length bucket)``: x is
+        padded to the bucket with masked keys, so real positions are unchanged. Returns ``[B, L, H]``."""
         B, L, H = x.shape
-        bucket = next(b for b in GRAPH_BUCKETS if b >= L)
-        key = (B, bucket, x.dtype, x.device)
-        graphs = self.__dict__["_graphs"]
-        if key not in graphs:
-            static_x = torch.zeros(B, bucket, H, dtype=x.dtype, device=x.device)
-            static_mask = torch.zeros(B, bucket, dtype=torch.bool, device=x.device)
-            static_mask[:, :L] = True
-            side = torch.cuda.Stream(device=x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):  # warm up: Triton compiles, allocator settles
-                for _ in range(2):
-                    self._padded_stack(static_x, static_mask)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            pool = graphs.setdefault("pool", torch.cuda.graph_pool_handle())
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                static_out = self._padded_stack(static_x, static_mask)
-            graphs[key] = (graph, static_x, static_mask, static_out)
-        graph, static_x, static_mask, static_out = graphs[key]
-        static_x.zero_()
-        static_x[:, :L].copy_(x)
-        static_mask.zero_()
-        if key_mask is None:
-            static_mask[:, :L] = True
-        else:
-            static_mask[:, :L].copy_(key_mask)
-        graph.replay()
-        out = static_out[:, :L].clone()
-        if self.unpad and key_mask is not None:
-            out = out * key_mask[..., None].to(out.dtype)
-        return out
+        key = GraphKey("padded", graph_batch("padded", B), _length_bucket(L), B * _length_bucket(L), x.dtype, x.device)
+
+        def make_inputs():
+            return (x.new_zeros(B, key.length, H), torch.zeros(B, key.length, dtype=torch.bool, device=x.device))
+
+        def fill(static_x, static_mask):
+            static_x[:, L:].zero_()
+            static_x[:, :L].copy_(x)
+            static_mask[:, L:].zero_()
+            if key_mask is None:
+                static_mask[:, :L].fill_(True)
+            else:
+                static_mask[:, :L].copy_(key_mask)
+
+        return self._graph_replay(key, make_inputs, fill, self._layers_padded)[:, :L].clone()
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -477,8 +626,9 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         tokenizer: to tokenize ``calibration`` texts (default: the built-in uncased WordPiece).
         error_budget: int8 per-layer relative-error budget (default ``DEFAULT_INT8_BUDGET``); a layer over
             it moves its most sensitive GEMMs to fp32, and the report says which.
-        cuda_graphs: replay captured CUDA graphs for batches <= 8 (None: on for CUDA models; must be
-            off for CPU models).
+        cuda_graphs: replay a captured CUDA graph per (batch, length, token) bucket for every call whose
+            layers run on at most ``GRAPH_MAX_TOKENS`` token rows (8192: batch 32 x 128 unpadded or padded;
+            lengths <= 512); larger calls run eagerly (None: on for CUDA models; must be off for CPU models).
 
     ``model.bertsilicon_report`` describes what happened; ``bertsilicon.restore(model)`` undoes it.
     """

@@ -1,0 +1,221 @@
+"""The CUDA-graph path of ``FusedEncoder`` (bertsilicon/models/optimize.py), exercised without a GPU.
+
+A captured graph is, to the encoder, ``CapturedGraph(replay, inputs, output)``: ``replay()`` recomputes the
+static ``output`` from the static ``inputs``. Here ``capture_graph`` is replaced by an eager stand-in (replay =
+run the recorded body again and copy into the same output tensor) and the graph path is allowed on CPU
+tensors, so everything but the CUDA capture itself runs in CI: the bucketing, the static buffers (scratch
+rows past the real tokens, empty sequences past the batch), copy-in / copy-out, reuse, the cache limit and
+the capture-failure fallback. The encoder must give the eager path's output bit for bit (same kernels on
+the same rows: every op is row-local or bounded by the offsets). The real capture is tested on a GPU
+(tests/test_optimize_gpu.py).
+"""
+import copy
+
+import pytest
+import torch
+import transformers
+
+import bertsilicon
+from bertsilicon.models import optimize as opt
+from numerics import ragged_mask
+
+H, HEADS = 52, 2  # head dim 26
+
+
+def _model(seed: int = 0, layers: int = 2) -> transformers.BertModel:
+    cfg = bertsilicon.student_config("bert-base", num_hidden_layers=layers, hidden_size=H, num_attention_heads=HEADS,
+                                     intermediate_size=72)
+    cfg.initializer_range = 1.5 / H ** 0.5  # spread-out attention scores: a masking bug moves the output
+    torch.manual_seed(seed)
+    return transformers.BertModel(cfg).eval()
+
+
+def _inputs(batch: int, length: int, seed: int, fully_padded_row: bool = True) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = ragged_mask(batch, length, g, fully_padded_row=fully_padded_row)
+    return {"input_ids": torch.randint(1000, 30000, (batch, length), generator=g), "attention_mask": mask}
+
+
+def _hidden(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).last_hidden_state
+
+
+def _encoder(model) -> opt.FusedEncoder:
+    return next(m for m in model.modules() if isinstance(m, opt.FusedEncoder))
+
+
+@pytest.fixture
+def captures(monkeypatch):
+    """Graph path on CPU with an eager stand-in for the capture; yields the GraphKey-less list of captures made."""
+    made = []
+
+    def eager_capture(body, inputs, pool):
+        out = body()
+        made.append(out)
+
+        def replay():  # a CUDA graph writes its output whatever the autograd mode; so does this
+            with torch.inference_mode():
+                out.copy_(body())
+        return opt.CapturedGraph(replay, inputs, out)
+
+    monkeypatch.setattr(opt, "capture_graph", eager_capture)
+    monkeypatch.setattr(opt, "_GRAPH_DEVICES", ("cuda", "cpu"))
+    return made
+
+
+def _pair(model, precision, backend="cpu", **kwargs):
+    """(eager, graphs): the same optimized model twice, the second with its graph path switched on."""
+    calib = _inputs(4, 19, seed=99)
+    eager = bertsilicon.optimize(copy.deepcopy(model), precision, backend=backend, calibration=calib, **kwargs)
+    graphs = copy.deepcopy(eager)
+    _encoder(graphs).cuda_graphs = True
+    return eager, graphs
+
+
+def _keys(model) -> list:
+    return list(_encoder(model).__dict__["_graphs"])
+
+
+def test_graph_tokens_keep_the_kernels_bucket_and_waste_at_most_an_eighth():
+    from bertsilicon.kernels._common import token_bucket
+
+    seen = {}
+    for tokens in range(1, 9000):
+        g = opt.graph_tokens(tokens)
+        assert g >= tokens and token_bucket(g) == token_bucket(tokens), tokens
+        assert g - tokens < max(16, token_bucket(tokens) // 8), tokens
+        seen.setdefault(token_bucket(tokens), set()).add(g)
+    assert all(len(v) <= 8 for v in seen.values())
+    assert [opt.graph_tokens(t) for t in (1, 27, 426, 1919, 2049)] == [16, 32, 448, 2048, 2560]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_packed_graph_equals_the_eager_padding_free_path(captures, precision):
+    eager, graphs = _pair(_model(1), precision)
+    inputs = _inputs(5, 77, seed=2)  # batch bucket 8 (3 empty sequences), a fully padded row, scratch rows
+    out = _hidden(graphs, inputs)
+    (key,) = _keys(graphs)
+    real_tokens = int(inputs["attention_mask"].sum())
+    assert (key.path, key.batch, key.length, key.tokens) == ("packed", 8, 128, opt.graph_tokens(real_tokens))
+    assert key.tokens > real_tokens  # the scratch rows are exercised
+    assert torch.equal(out, _hidden(eager, inputs))
+    real = inputs["attention_mask"].bool()
+    assert torch.equal(out[~real], torch.zeros_like(out[~real]))
+
+
+def test_packed_graph_is_reused_within_its_buckets(captures):
+    eager, graphs = _pair(_model(3), "fp32")
+    first = _inputs(5, 60, seed=4)
+    _hidden(graphs, first)
+    tokens = int(first["attention_mask"].sum())
+    # another batch with a batch size, lengths and a token count in the same buckets: replayed, not captured
+    g = torch.Generator().manual_seed(5)
+    for _ in range(50):
+        other = _inputs(6, 64, seed=int(torch.randint(0, 1 << 30, (1,), generator=g)))
+        if opt.graph_tokens(int(other["attention_mask"].sum())) == opt.graph_tokens(tokens):
+            break
+    else:
+        pytest.fail("no batch with the same token bucket found")
+    out = _hidden(graphs, other)
+    assert len(captures) == 1 and len(_keys(graphs)) == 1
+    assert torch.equal(out, _hidden(eager, other))  # stale rows of the previous call are not read
+    _hidden(graphs, _inputs(2, 9, seed=6))  # new buckets: a second graph
+    assert len(captures) == 2 and len(_keys(graphs)) == 2
+
+
+def _lengths_batch(lengths, length: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).to(torch.int64)
+    return {"input_ids": torch.randint(1000, 30000, mask.shape, generator=g), "attention_mask": mask}
+
+
+def test_a_smaller_batch_in_the_same_graph_sees_only_its_own_sequences(captures):
+    eager, graphs = _pair(_model(22), "fp32")
+    big = _lengths_batch([40] * 8, 64, seed=23)     # batch bucket 8, 320 tokens: offsets 0, 40, ..., 320
+    small = _lengths_batch([64, 64, 64, 64, 63], 64, seed=24)  # batch 5 in bucket 8, 319 -> 320 rows: same graph
+    assert torch.equal(_hidden(graphs, big), _hidden(eager, big))
+    out = _hidden(graphs, small)
+    assert len(captures) == 1  # the offsets past batch 5 must not keep the big batch's (they would cover real rows)
+    assert torch.equal(out, _hidden(eager, small))
+
+
+def test_padded_graph_equals_the_eager_padded_path(captures):
+    eager, graphs = _pair(_model(7), "fp32", unpad=False)
+    inputs = _inputs(3, 77, seed=8)  # padded to the length bucket 128 inside the graph, keys masked
+    out = _hidden(graphs, inputs)
+    (key,) = _keys(graphs)
+    assert (key.path, key.batch, key.length, key.tokens) == ("padded", 3, 128, 3 * 128)
+    assert torch.equal(out, _hidden(eager, inputs))  # padded query positions too: they see the same real keys
+    longer = _inputs(3, 120, seed=10, fully_padded_row=False)  # same graph, then the shorter batch again:
+    assert torch.equal(_hidden(graphs, longer), _hidden(eager, longer))  # the longer call's mask and tokens
+    assert torch.equal(_hidden(graphs, inputs), out) and len(captures) == 1  # past 77 must not be seen
+    full = _inputs(3, 50, seed=9, fully_padded_row=False)
+    full["attention_mask"].fill_(1)  # no padding: the padded path, graph of (3, 64)
+    assert torch.equal(_hidden(graphs, full), _hidden(eager, full))
+    assert [k.length for k in _keys(graphs)] == [128, 64]
+
+
+def test_triton_backend_packed_graph_equals_eager(captures):
+    pytest.importorskip("triton")
+    eager, graphs = _pair(_model(10, layers=1), "fp32", backend="triton")
+    inputs = _inputs(3, 13, seed=11)
+    assert torch.equal(_hidden(graphs, inputs), _hidden(eager, inputs))
+    assert _keys(graphs)[0].path == "packed"
+
+
+def test_calls_over_the_token_budget_or_the_longest_bucket_run_eagerly(captures, monkeypatch):
+    eager, graphs = _pair(_model(12), "fp32")
+    inputs = _inputs(4, 40, seed=13)
+    monkeypatch.setattr(opt, "GRAPH_MAX_TOKENS", opt.graph_tokens(int(inputs["attention_mask"].sum())) - 1)
+    assert torch.equal(_hidden(graphs, inputs), _hidden(eager, inputs))
+    assert not captures and not _keys(graphs)
+    monkeypatch.setattr(opt, "GRAPH_BUCKETS", (16, 32))  # length 40 past the longest bucket
+    monkeypatch.setattr(opt, "GRAPH_MAX_TOKENS", 1 << 20)
+    assert torch.equal(_hidden(graphs, inputs), _hidden(eager, inputs))
+    assert not captures
+
+
+def test_cache_keeps_the_most_recently_used_graphs(captures, monkeypatch):
+    monkeypatch.setattr(opt, "GRAPH_CACHE_SIZE", 2)
+    _, graphs = _pair(_model(14), "fp32")
+    a, b, c = _inputs(2, 9, seed=15), _inputs(2, 30, seed=16), _inputs(2, 60, seed=17)
+    for inputs in (a, b, a, c):  # a is used again before c arrives: b is the least recently used
+        _hidden(graphs, inputs)
+    assert [k.length for k in _keys(graphs)] == [16, 64]
+    assert len(captures) == 3
+
+
+def test_a_failing_capture_runs_eagerly_and_says_so(monkeypatch):
+    monkeypatch.setattr(opt, "_GRAPH_DEVICES", ("cuda", "cpu"))
+
+    def failing(body, inputs, pool):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(opt, "capture_graph", failing)
+    eager, graphs = _pair(_model(18), "fp32")
+    inputs = _inputs(3, 20, seed=19)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        out = _hidden(graphs, inputs)
+    assert torch.equal(out, _hidden(eager, inputs))
+    assert not _encoder(graphs).cuda_graphs and not _keys(graphs)
+    assert any("stream is capturing" in n for n in graphs.bertsilicon_report.notes)
+
+
+def test_moving_the_model_drops_its_graphs(captures):
+    _, graphs = _pair(_model(20), "fp32")
+    _hidden(graphs, _inputs(2, 9, seed=21))
+    assert _keys(graphs)
+    graphs.to(torch.float32)  # nn.Module._apply: captured graphs would point at the old tensors
+    assert not _keys(graphs) and "_graph_pool" not in _encoder(graphs).__dict__
+
+
+def test_a_graph_captured_under_inference_mode_serves_no_grad_calls_too(captures):
+    eager, graphs = _pair(_model(25), "fp32")
+    inputs = _inputs(3, 30, seed=26)
+    with torch.inference_mode():  # what benchmarks and servers use
+        first = graphs(**inputs).last_hidden_state
+    with torch.no_grad():  # the static inputs must be normal tensors, written outside inference mode
+        second = graphs(**inputs).last_hidden_state
+    assert len(captures) == 1 and _encoder(graphs).cuda_graphs and not graphs.bertsilicon_report.notes
+    assert torch.equal(first, second) and torch.equal(second, _hidden(eager, inputs))
