@@ -66,7 +66,8 @@ def captures(monkeypatch):
 
 def _pair(model, precision, backend="cpu", **kwargs):
     """(eager, graphs): the same optimized model twice, the second with its graph path switched on."""
-    calib = _inputs(4, 19, seed=99)
+    device = next(model.parameters()).device
+    calib = {k: v.to(device) for k, v in _inputs(4, 19, seed=99).items()}
     eager = bertsilicon.optimize(copy.deepcopy(model), precision, backend=backend, calibration=calib, **kwargs)
     graphs = copy.deepcopy(eager)
     _encoder(graphs).cuda_graphs = True
@@ -156,10 +157,10 @@ def test_padded_graph_equals_the_eager_padded_path(captures):
     assert [k.length for k in _keys(graphs)] == [128, 64]
 
 
-def test_triton_backend_packed_graph_equals_eager(captures):
+def test_triton_backend_packed_graph_equals_eager(captures, triton_device):
     pytest.importorskip("triton")
-    eager, graphs = _pair(_model(10, layers=1), "fp32", backend="triton")
-    inputs = _inputs(3, 13, seed=11)
+    eager, graphs = _pair(_model(10, layers=1).to(triton_device), "fp32", backend="triton")
+    inputs = {k: v.to(triton_device) for k, v in _inputs(3, 13, seed=11).items()}
     assert torch.equal(_hidden(graphs, inputs), _hidden(eager, inputs))
     assert _keys(graphs)[0].path == "packed"
 
