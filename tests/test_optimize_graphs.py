@@ -220,3 +220,22 @@ def test_a_graph_captured_under_inference_mode_serves_no_grad_calls_too(captures
         second = graphs(**inputs).last_hidden_state
     assert len(captures) == 1 and _encoder(graphs).cuda_graphs and not graphs.bertsilicon_report.notes
     assert torch.equal(first, second) and torch.equal(second, _hidden(eager, inputs))
+
+
+def test_the_gpu_benchmark_tells_a_graph_row_from_an_eager_one(captures):
+    """bench/gpu_e2e.py marks a graph row 'failed: not the graph path' unless a graph serves that batch size."""
+    import importlib
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    e2e = importlib.import_module("bench.gpu_e2e")
+    eager, graphs = _pair(_model(27), "fp32")
+    run = SimpleNamespace(model=graphs)
+    assert e2e.graph_problem(run, 5) == "no graph was captured for batch 5"
+    _hidden(graphs, _inputs(5, 40, seed=28))  # packed: the graph of batch bucket 8 serves batch 5
+    assert e2e.graph_problem(run, 5) is None and e2e.graph_problem(run, 3) is not None
+    assert e2e.graph_problem(SimpleNamespace(model=eager), 5) == "cuda_graphs is off"
