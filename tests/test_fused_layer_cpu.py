@@ -3,7 +3,7 @@
 Contract: bit-identical (``torch.equal``) to the per-op path (``layer.one_call = False``: the same kernels
 called one by one from Python), which the rest of the suite checks against Hugging Face and float64. Here:
 every GEMM precision mix the model wrapper builds (fp32, bf16, int8 with and without SmoothQuant, int8
-layers with bf16 / fp32 fallback GEMMs), every activation, head dims 32 and 26, ragged lengths with 1 and
+layers with bf16 / fp32 fallback GEMMs, fp16 as fp16 operands on the fp32 kernel, alone and mixed), every activation, head dims 32 and 26, ragged lengths with 1 and
 77, packed and padded forms, every ISA path; weights changed in place; bad input.
 """
 import copy
@@ -33,6 +33,10 @@ MIXES = {
     "int8-smooth": (dict.fromkeys(GEMMS, "int8"), torch.float32, True, "gelu"),
     "int8-bf16-fp32": ({"qkv": "int8", "o": "bf16", "up": "fp32", "down": "int8"}, torch.float32, True, "gelu_tanh"),
     "int8-bf16-on-bf16": ({"qkv": "bf16", "o": "int8", "up": "int8", "down": "bf16"}, torch.bfloat16, True, "relu"),
+    # fp16 on a CPU: fp16 operands on the fp32 kernel, fp32 activations (optimize's fp16 mix), and fp16 next
+    # to every other GEMM precision the per-op path runs on fp32 activations
+    "fp16": (dict.fromkeys(GEMMS, "fp16"), torch.float32, False, "gelu"),
+    "fp16-int8-bf16-fp32": ({"qkv": "fp16", "o": "int8", "up": "bf16", "down": "fp32"}, torch.float32, True, "relu"),
 }
 
 
@@ -181,6 +185,22 @@ def test_optimize_end_to_end_matches_hf(small_bert, unpad, monkeypatch):
     assert counter.calls["packed" if unpad else "padded"] == 2  # both layers, one call each
     real = inputs["attention_mask"].bool()
     assert _rel(got, want, real) <= 1e-5
+
+
+@pytest.mark.parametrize("unpad", [True, False])
+def test_optimize_fp16_runs_one_call_per_layer(small_bert, unpad, monkeypatch):
+    """optimize(model, "fp16") on a CPU: fp16 operands on the fp32 kernel, each layer one C++ call,
+    bit-identical to the per-op path (ops.round_to + the fp32 GEMM, which test_optimize_models checks)."""
+    base, inputs = small_bert
+    m = bertsilicon.optimize(copy.deepcopy(base), "fp16", unpad=unpad)
+    counter = _Counter(monkeypatch)
+    with torch.no_grad():
+        one = m(**inputs).last_hidden_state
+        for layer in m.encoder.layer:
+            layer.one_call = False
+        per_op = m(**inputs).last_hidden_state
+    assert counter.calls["packed" if unpad else "padded"] == 2
+    assert not one.isnan().any() and torch.equal(one, per_op)
 
 
 def test_weights_changed_in_place_after_optimize(small_bert):

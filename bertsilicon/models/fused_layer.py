@@ -17,10 +17,12 @@ bf16 or fp32), and the activations between GEMMs are the layer's ``compute_dtype
 How a call runs:
 
 * **cpu backend, one call** (CPU tensors, backend None/"cpu", the C++ extension built, fp32/bf16
-  activations and fp32/bf16/int8 GEMMs, outside ``torch.compile`` tracing, no calibration ``stats``):
-  the whole layer is one C++ call, ``_C.encoder_layer_packed`` / ``_C.encoder_layer_padded``
-  (csrc/encoder_layer.cpp, :mod:`._cpu_layer`): the four packed GEMMs (``linear`` for fp32/bf16 weights,
-  ``int8_linear_dynamic`` with the SmoothQuant factors for int8), attention reading q, k, v in place from
+  activations and fp32/bf16/int8 GEMMs, or fp16 GEMMs on fp32 activations, outside ``torch.compile``
+  tracing, no calibration ``stats``): the whole layer is one C++ call, ``_C.encoder_layer_packed`` /
+  ``_C.encoder_layer_padded`` (csrc/encoder_layer.cpp, :mod:`._cpu_layer`): the four packed GEMMs
+  (``linear`` for fp32/bf16 weights; for fp16, the input rounded to fp16 by the ``round_to`` kernel, then
+  ``linear`` on the fp16 weight's values held in fp32; ``int8_linear_dynamic`` with the SmoothQuant
+  factors for int8), attention reading q, k, v in place from
   the qkv output through strides, and both residual + LayerNorms, over one C++ scratch block. Same kernels,
   same order, bit-identical to the per-op path below, without ~10 Python-level calls per layer.
   ``layer.one_call = False`` (or ``BERTSILICON_LAYER_ONE_CALL=0`` before import) forces the per-op path.
@@ -149,6 +151,12 @@ class PreparedLinear(nn.Module):
             return buffers["w_q"], buffers["bias"], buffers["w_scale"], buffers["inv_smooth"]
         src = self.__dict__["source"]
         return module_weight_and_bias(src) if src is not None else (buffers["weight"], buffers["bias"])
+
+    def cpu_operands(self) -> tuple:
+        """:meth:`operands` as the cpu backend's GEMMs read them: an fp16 GEMM with the fp32 copy
+        (``weight_fp16_in_fp32``, its fp16 weight's values) reads ``(weight_fp16_in_fp32, bias)``."""
+        w16 = self._buffers.get("weight_fp16_in_fp32")
+        return self.operands() if w16 is None else (w16, self.operands()[1])
 
     def forward(self, x: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
         cpu = self._cpu_gemm(x)
