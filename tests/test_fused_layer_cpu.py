@@ -124,6 +124,7 @@ def test_one_call_is_bit_identical_to_per_op(isa, shape, mix, monkeypatch):
         one, per_op = _both_paths(layer, lambda: layer.forward_packed(x, cu, max_len), x)
         one_p, per_op_p = _both_paths(layer, lambda: layer.forward_padded(xp, mask), xp)
     assert counter.calls == {"packed": 1, "padded": 1}
+    assert layer.call_path() == "one C++ call"  # what the report says is what ran
     for got, want in ((one, per_op), (one_p, per_op_p)):
         assert got.dtype == layer.compute_dtype and got.shape == want.shape
         assert not got.isnan().any()
@@ -158,6 +159,12 @@ def test_calibration_stats_and_disabled_flag_take_the_per_op_path(monkeypatch):
                                 torch.float32, backend="reference")
         ref.forward_packed(x, cu, max_len)
     assert counter.calls["packed"] == 0
+    assert ref.call_path() == "per op (backend='reference')" and layer.call_path() == "per op (layer.one_call = False)"
+    original, parts = layer.__dict__["original"], layer.__dict__["parts"]
+    fp16_on_bf16 = FusedEncoderLayer(original, parts, dict.fromkeys(GEMMS, "fp16"), torch.bfloat16)
+    assert fp16_on_bf16.call_path() == "per op (fp16 GEMMs need fp32 activations)"
+    assert FusedEncoderLayer(original, parts, dict.fromkeys(GEMMS, "fp16"), torch.float16).call_path() == \
+        "per op (float16 activations)"
 
 
 @pytest.fixture(scope="module")

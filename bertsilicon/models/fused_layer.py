@@ -363,6 +363,39 @@ class FusedEncoderLayer(nn.Module):
         snap = _one_call_module().snapshot(self)
         return snap if snap.plan is not None else None
 
+    def call_path(self, device=None) -> str:
+        """How a call on ``device`` (default: where the layer's weights are) runs, without running it:
+        ``"one C++ call"`` or ``"per op (<why>)"``. The verdict is :meth:`_one_call`'s on a one-token probe in
+        the compute dtype (what every forward asks; it builds the one-call snapshot the first call would);
+        the reason names a condition of the module docstring that is not met."""
+        parts = self.__dict__["parts"]
+        device = torch.device(device) if device is not None else parts.ln1.weight.device
+        probe = torch.zeros(1, self.hidden, dtype=self.compute_dtype, device=device)
+        if self._one_call(probe, None) is not None:
+            return "one C++ call"
+        return f"per op ({self._per_op_reason(device)})"
+
+    def _per_op_reason(self, device: torch.device) -> str:
+        """Why :meth:`call_path` found the per-op path: what the layer is (backend, device, dtypes) before
+        the ``one_call`` switch, which alone would not make it one call."""
+        if self.backend not in (None, "cpu"):
+            return f"backend={self.backend!r}"
+        if device.type == "cuda":
+            return "CUDA: Triton per op"
+        if device.type != "cpu":
+            return f"{device.type} tensors"
+        if _cpu_gemm_module() is None:
+            return "C++ extension not built"
+        dtype = self.compute_dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            return f"{str(dtype).replace('torch.', '')} activations"
+        p = self.gemm_precision
+        if dtype != torch.float32 and "fp16" in p.values():
+            return "fp16 GEMMs need fp32 activations"
+        if not self.one_call:
+            return "layer.one_call = False"
+        return "GEMM mix " + ", ".join(f"{g}={p[g]}" for g in GEMMS) + " not served in one call"
+
     def _block(self, x, attend, stats: Optional[dict] = None):
         """The layer on tokens ``x [..., H]`` with ``attend(qkv) -> ctx [..., H]``; ``stats`` (calibration)
         collects the per-channel max |input| of every GEMM."""
