@@ -160,6 +160,8 @@ def test_calibration_stats_and_disabled_flag_take_the_per_op_path(monkeypatch):
         ref.forward_packed(x, cu, max_len)
     assert counter.calls["packed"] == 0
     assert ref.call_path() == "per op (backend='reference')" and layer.call_path() == "per op (layer.one_call = False)"
+    assert layer._per_op_reason(torch.device("cuda")) == "CUDA: Triton per op"  # the reason alone: no GPU here
+    assert ref._per_op_reason(torch.device("cuda")) == "backend='reference'"
     original, parts = layer.__dict__["original"], layer.__dict__["parts"]
     fp16_on_bf16 = FusedEncoderLayer(original, parts, dict.fromkeys(GEMMS, "fp16"), torch.bfloat16)
     assert fp16_on_bf16.call_path() == "per op (fp16 GEMMs need fp32 activations)"

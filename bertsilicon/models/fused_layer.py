@@ -378,10 +378,10 @@ class FusedEncoderLayer(nn.Module):
     def _per_op_reason(self, device: torch.device) -> str:
         """Why :meth:`call_path` found the per-op path: what the layer is (backend, device, dtypes) before
         the ``one_call`` switch, which alone would not make it one call."""
+        if device.type == "cuda" and self.backend in (None, "triton"):
+            return "CUDA: Triton per op"
         if self.backend not in (None, "cpu"):
             return f"backend={self.backend!r}"
-        if device.type == "cuda":
-            return "CUDA: Triton per op"
         if device.type != "cpu":
             return f"{device.type} tensors"
         if _cpu_gemm_module() is None:
