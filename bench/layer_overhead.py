@@ -11,7 +11,7 @@ are checked bit-identical first.
 
 Cases: MiniLM-L6 (the real all-MiniLM-L6-v2, ``load_student("minilm-l6")``) at batch 1 and 8, max length
 128, on real text (the e2e benchmark's draw from ``corpus("pydoc")``: batch 1 is the first text of batch 8),
-fp32 / bf16 / int8 (int8: ``smooth=0.5``, calibrated on ``corpus("docstrings-train")[:64]``); TinyBERT4
+fp32 / bf16 / fp16 / int8 (fp16 on a CPU: fp16 operands on the fp32 kernel; int8: ``smooth=0.5``, calibrated on ``corpus("docstrings-train")[:64]``); TinyBERT4
 (``student_config("tinybert4")``, random weights) at batch 1 in the same precisions.
 Writes ``layer_overhead.json`` and ``layer_overhead.md`` to ``--out``.
 """
@@ -36,7 +36,7 @@ from bertsilicon.benchmark.machine import load_average, machine_info
 from bertsilicon.benchmark.runner import BenchConfig, text_pool, tokenize
 
 MODES = ("per-op", "one-call")
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def _optimize(model, precision: str):

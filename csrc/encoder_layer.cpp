@@ -61,20 +61,31 @@ bool rounds_input(const LayerGemm& g, DType dt) {
   return !g.int8 && g.w_type == ElemType::BF16 && dt == DType::F32 && g.kind != PackKind::Bf16x64;
 }
 
+// Bytes per input element of the GEMM's rounded copy of its input (0: it reads its input as it is).
+size_t rounded_input_bytes(const LayerGemm& g, DType dt) {
+  return g.round_input ? sizeof(float) : rounds_input(g, dt) ? sizeof(uint16_t) : 0;
+}
+
 // out [M, g.N] = act(x [M, g.K] @ W^T + bias), activations and output of dtype dt.
-// x_scale: M floats (int8 GEMMs write the per-token scales there); round_buf: M * g.K bf16 when
-// rounds_input(g, dt).
+// x_scale: M floats (int8 GEMMs write the per-token scales there); round_buf: M * g.K elements of
+// rounded_input_bytes(g, dt) when that is nonzero.
 void run_gemm(const LayerGemm& g, DType dt, const void* x, int64_t M, void* out, Activation act, float* x_scale,
-              uint16_t* round_buf, int threads) {
+              void* round_buf, int threads) {
   const ElemType xt = dt == DType::BF16 ? ElemType::BF16 : ElemType::F32;
   const Epilogue ep{g.bias, act, dt == DType::BF16 ? OutType::BF16 : OutType::F32, out, g.N};
   if (g.int8) {
     int8_linear_dynamic(g.kind, x, xt, M, g.K, g.inv_smooth, g.w, g.N, g.w_scale, x_scale, ep, threads);
+  } else if (g.round_input) {  // fp16 operands on the fp32 kernel: the round_to kernel, then an fp32 GEMM
+    RoundArgs r = g.rounding;
+    r.x = x, r.out = round_buf, r.n = M * g.K, r.threads = threads;
+    round_to(r);
+    linear(g.kind, round_buf, ElemType::F32, M, g.K, g.w, g.N, ep, threads);
   } else if (rounds_input(g, dt)) {
     const float* xf = static_cast<const float*>(x);
+    uint16_t* xb = static_cast<uint16_t*>(round_buf);
     const int64_t K = g.K;
     parallel_for(M, threads, std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(K, 1)), [&](int64_t m0, int64_t m1) {
-      for (int64_t i = m0 * K; i < m1 * K; ++i) round_buf[i] = f32_to_bf16(xf[i]);
+      for (int64_t i = m0 * K; i < m1 * K; ++i) xb[i] = f32_to_bf16(xf[i]);
     });
     linear(g.kind, round_buf, ElemType::BF16, M, K, g.w, g.N, ep, threads);
   } else {
@@ -92,11 +103,11 @@ void run_layer(const EncoderLayerPlan& p, const void* x, int64_t M, int64_t batc
   if (M <= 0) return;
   const int64_t H = p.hidden, F = p.ffn, d = p.head_dim;
   const size_t e = p.dtype == DType::BF16 ? 2 : 4;
-  const bool rounding = rounds_input(p.qkv, p.dtype) || rounds_input(p.o, p.dtype) || rounds_input(p.up, p.dtype) ||
-                        rounds_input(p.down, p.dtype);
+  const size_t round_bytes = std::max({rounded_input_bytes(p.qkv, p.dtype), rounded_input_bytes(p.o, p.dtype),
+                                        rounded_input_bytes(p.up, p.dtype), rounded_input_bytes(p.down, p.dtype)});
   const size_t um = size_t(M);
   const size_t need = round_up(um * 3 * H * e) + round_up(um * H * e) * 2 + round_up(um * F * e) + round_up(um * 4) +
-                      (rounding ? round_up(um * std::max(H, F) * 2) : 0);
+                      round_up(um * std::max(H, F) * round_bytes);
   TrimOnExit trim_on_exit;
   Carve c{tls_scratch.get(need)};
   unsigned char* qkv = c.take<unsigned char>(um * 3 * H * e);  // later: the o and down GEMM outputs
@@ -104,7 +115,7 @@ void run_layer(const EncoderLayerPlan& p, const void* x, int64_t M, int64_t batc
   unsigned char* h = c.take<unsigned char>(um * H * e);
   unsigned char* u = c.take<unsigned char>(um * F * e);
   float* x_scale = c.take<float>(um);
-  uint16_t* round_buf = rounding ? c.take<uint16_t>(um * std::max(H, F)) : nullptr;
+  void* round_buf = round_bytes ? c.take<unsigned char>(um * std::max(H, F) * round_bytes) : nullptr;
 
   run_gemm(p.qkv, p.dtype, x, M, qkv, Activation::None, x_scale, round_buf, threads);
 
@@ -125,7 +136,7 @@ void run_layer(const EncoderLayerPlan& p, const void* x, int64_t M, int64_t batc
   add_layernorm(p.dtype, proj, h, p.ln2.weight, p.ln2.bias, out, M, H, p.ln2.eps, threads);
 }
 
-void check_gemm(const char* name, const LayerGemm& g, int64_t N, int64_t K) {
+void check_gemm(const char* name, const LayerGemm& g, DType dt, int64_t N, int64_t K) {
   auto fail = [name](const std::string& why) {
     throw std::invalid_argument(std::string("encoder layer plan: GEMM ") + name + ": " + why);
   };
@@ -136,6 +147,9 @@ void check_gemm(const char* name, const LayerGemm& g, int64_t N, int64_t K) {
   if (g.int8 != (g.w_type == ElemType::I8)) fail("int8 flag and weight type disagree");
   if (g.int8 && !g.w_scale) fail("int8 weight without w_scale");
   if (!gemm_kind_runs_here(g.kind)) fail("packed layout " + std::to_string(int(g.kind)) + " needs instructions this CPU lacks");
+  if (g.round_input && (g.int8 || g.w_type != ElemType::F32 || dt != DType::F32))
+    fail("input rounding needs fp32 activations and an fp32 weight");
+  if (g.round_input && g.rounding.stochastic) fail("input rounding is nearest-even only");
 }
 
 }  // namespace
@@ -145,10 +159,10 @@ void check_encoder_layer_plan(const EncoderLayerPlan& p) {
     throw std::invalid_argument("encoder layer plan: activations must be fp32 or bf16");
   if (p.hidden <= 0 || p.heads <= 0 || p.ffn <= 0 || p.heads * p.head_dim != p.hidden)
     throw std::invalid_argument("encoder layer plan: hidden must be heads * head_dim (all positive)");
-  check_gemm("qkv", p.qkv, 3 * p.hidden, p.hidden);
-  check_gemm("o", p.o, p.hidden, p.hidden);
-  check_gemm("up", p.up, p.ffn, p.hidden);
-  check_gemm("down", p.down, p.hidden, p.ffn);
+  check_gemm("qkv", p.qkv, p.dtype, 3 * p.hidden, p.hidden);
+  check_gemm("o", p.o, p.dtype, p.hidden, p.hidden);
+  check_gemm("up", p.up, p.dtype, p.ffn, p.hidden);
+  check_gemm("down", p.down, p.dtype, p.hidden, p.ffn);
   if (!p.ln1.weight || !p.ln1.bias || !p.ln2.weight || !p.ln2.bias)
     throw std::invalid_argument("encoder layer plan: LayerNorm weight/bias not set");
 }

@@ -11,9 +11,12 @@
 //   out = LayerNorm(u W_down^T + b_down + h)     [M, H]    (GEMM 3, then add_layernorm with ln2)
 // Each GEMM has its own kind: fp32 or bf16 weights through linear() (fp32 activations on a bf16 weight are
 // rounded to bf16 first where the kernel has no vdpbf16ps, as linear_packed does), or int8 weights through
-// int8_linear_dynamic() (per-token quantization of its input, optional SmoothQuant inv_smooth).
+// int8_linear_dynamic() (per-token quantization of its input, optional SmoothQuant inv_smooth). An fp16 GEMM
+// on a CPU without fp16 arithmetic is an fp32 GEMM whose weight holds fp16 values and whose fp32 input is
+// first rounded to fp16 values by round_to() (rounding.cpp, nearest even; LayerGemm::round_input), as the
+// per-op path's ops.round_to(x, "fp16") then linear_packed does: exact products, fp32 sums and output.
 // Every intermediate lives in one scratch block of the calling thread, M (5H + F) elements (+ M floats of
-// int8 scales, + M max(H, F) bf16 where a GEMM rounds its input); only `out` is the caller's.
+// int8 scales, + M max(H, F) bf16 or fp32 where a GEMM rounds its input); only `out` is the caller's.
 // Results are bit-identical to calling the same kernels one by one on contiguous copies of q, k, v.
 #pragma once
 
@@ -34,6 +37,11 @@ struct LayerGemm {
   const float* bias = nullptr;        // fp32 [N] or null
   const float* w_scale = nullptr;     // int8: fp32 [N] per output channel
   const float* inv_smooth = nullptr;  // int8: fp32 [K] (x * inv_smooth is quantized) or null
+  // round_input: the fp32 input is rounded to the format of `rounding` (its mbits, emin, max_finite, ieee,
+  // saturate, stochastic = false; set from bertsilicon.formats by Python) into scratch before the GEMM,
+  // fp32 activations and an fp32 weight only (fp16 GEMMs on fp32 kernels). x / out / n / threads are per call.
+  bool round_input = false;
+  RoundArgs rounding{};
 };
 
 struct LayerNormParams {

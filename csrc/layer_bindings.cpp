@@ -14,6 +14,12 @@ namespace py = pybind11;
 
 namespace {
 template <class T> T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
+
+bs::LayerGemm& gemm_at(bs::EncoderLayerPlan& p, int index) {
+  bs::LayerGemm* gemms[] = {&p.qkv, &p.o, &p.up, &p.down};
+  if (index < 0 || index > 3) throw std::invalid_argument("GEMM index must be 0 qkv, 1 o, 2 up, 3 down");
+  return *gemms[index];
+}
 }  // namespace
 
 void bind_encoder_layer(py::module_& m) {
@@ -34,17 +40,27 @@ void bind_encoder_layer(py::module_& m) {
       .def("set_gemm",
            [](Plan& p, int index, int kind, uintptr_t w, int w_elem, int64_t N, int64_t K, uintptr_t bias,
               uintptr_t w_scale, uintptr_t inv_smooth) {
-             bs::LayerGemm* gemms[] = {&p.qkv, &p.o, &p.up, &p.down};
-             if (index < 0 || index > 3) throw std::invalid_argument("GEMM index must be 0 qkv, 1 o, 2 up, 3 down");
+             bs::LayerGemm& g = gemm_at(p, index);
              if (kind < 0 || kind > int(bs::PackKind::S16x16)) throw std::invalid_argument("unknown packed layout");
              if (w_elem < 0 || w_elem > int(bs::ElemType::I8)) throw std::invalid_argument("unknown weight type");
-             bs::LayerGemm& g = *gemms[index];
              g.int8 = w_elem == int(bs::ElemType::I8), g.kind = bs::PackKind(kind), g.w = ptr<const void>(w);
              g.w_type = bs::ElemType(w_elem), g.N = N, g.K = K, g.bias = ptr<const float>(bias);
              g.w_scale = ptr<const float>(w_scale), g.inv_smooth = ptr<const float>(inv_smooth);
            },
            py::arg("index"), py::arg("kind"), py::arg("w"), py::arg("w_elem"), py::arg("N"), py::arg("K"),
            py::arg("bias"), py::arg("w_scale"), py::arg("inv_smooth"))
+      .def("set_input_rounding",
+           [](Plan& p, int index, int mbits, int emin, double max_finite, bool ieee, bool saturate) {
+             bs::LayerGemm& g = gemm_at(p, index);
+             if (mbits < 1 || mbits > 23) throw std::invalid_argument("mbits must be in [1, 23]");
+             g.round_input = true;
+             g.rounding = bs::RoundArgs{bs::DType::F32, nullptr, nullptr, 0, mbits, emin, max_finite, ieee,
+                                        /*stochastic=*/false, saturate, /*seed=*/0, /*threads=*/1};
+           },
+           py::arg("index"), py::arg("mbits"), py::arg("emin"), py::arg("max_finite"), py::arg("ieee"),
+           py::arg("saturate"),
+           "Round GEMM index's fp32 input to a float format (nearest even, the round_to kernel) before it; the "
+           "format's parameters as _C.round_to takes them (fp16 GEMMs on the fp32 kernel).")
       .def("set_layernorm",
            [](Plan& p, int index, uintptr_t weight, uintptr_t bias, float eps) {
              if (index != 0 && index != 1) throw std::invalid_argument("LayerNorm index must be 0 (ln1) or 1 (ln2)");

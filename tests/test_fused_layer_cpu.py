@@ -3,7 +3,7 @@
 Contract: bit-identical (``torch.equal``) to the per-op path (``layer.one_call = False``: the same kernels
 called one by one from Python), which the rest of the suite checks against Hugging Face and float64. Here:
 every GEMM precision mix the model wrapper builds (fp32, bf16, int8 with and without SmoothQuant, int8
-layers with bf16 / fp32 fallback GEMMs), every activation, head dims 32 and 26, ragged lengths with 1 and
+layers with bf16 / fp32 fallback GEMMs, fp16 as fp16 operands on the fp32 kernel, alone and mixed), every activation, head dims 32 and 26, ragged lengths with 1 and
 77, packed and padded forms, every ISA path; weights changed in place; bad input.
 """
 import copy
@@ -33,6 +33,10 @@ MIXES = {
     "int8-smooth": (dict.fromkeys(GEMMS, "int8"), torch.float32, True, "gelu"),
     "int8-bf16-fp32": ({"qkv": "int8", "o": "bf16", "up": "fp32", "down": "int8"}, torch.float32, True, "gelu_tanh"),
     "int8-bf16-on-bf16": ({"qkv": "bf16", "o": "int8", "up": "int8", "down": "bf16"}, torch.bfloat16, True, "relu"),
+    # fp16 on a CPU: fp16 operands on the fp32 kernel, fp32 activations (optimize's fp16 mix), and fp16 next
+    # to every other GEMM precision the per-op path runs on fp32 activations
+    "fp16": (dict.fromkeys(GEMMS, "fp16"), torch.float32, False, "gelu"),
+    "fp16-int8-bf16-fp32": ({"qkv": "fp16", "o": "int8", "up": "bf16", "down": "fp32"}, torch.float32, True, "relu"),
 }
 
 
@@ -120,6 +124,7 @@ def test_one_call_is_bit_identical_to_per_op(isa, shape, mix, monkeypatch):
         one, per_op = _both_paths(layer, lambda: layer.forward_packed(x, cu, max_len), x)
         one_p, per_op_p = _both_paths(layer, lambda: layer.forward_padded(xp, mask), xp)
     assert counter.calls == {"packed": 1, "padded": 1}
+    assert layer.call_path() == "one C++ call"  # what the report says is what ran
     for got, want in ((one, per_op), (one_p, per_op_p)):
         assert got.dtype == layer.compute_dtype and got.shape == want.shape
         assert not got.isnan().any()
@@ -154,6 +159,14 @@ def test_calibration_stats_and_disabled_flag_take_the_per_op_path(monkeypatch):
                                 torch.float32, backend="reference")
         ref.forward_packed(x, cu, max_len)
     assert counter.calls["packed"] == 0
+    assert ref.call_path() == "per op (backend='reference')" and layer.call_path() == "per op (layer.one_call = False)"
+    assert layer._per_op_reason(torch.device("cuda")) == "CUDA: Triton per op"  # the reason alone: no GPU here
+    assert ref._per_op_reason(torch.device("cuda")) == "backend='reference'"
+    original, parts = layer.__dict__["original"], layer.__dict__["parts"]
+    fp16_on_bf16 = FusedEncoderLayer(original, parts, dict.fromkeys(GEMMS, "fp16"), torch.bfloat16)
+    assert fp16_on_bf16.call_path() == "per op (fp16 GEMMs need fp32 activations)"
+    assert FusedEncoderLayer(original, parts, dict.fromkeys(GEMMS, "fp16"), torch.float16).call_path() == \
+        "per op (float16 activations)"
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +196,27 @@ def test_optimize_end_to_end_matches_hf(small_bert, unpad, monkeypatch):
     assert _rel(got, want, real) <= 1e-5
 
 
+@pytest.mark.parametrize("unpad", [True, False])
+def test_optimize_fp16_runs_one_call_per_layer(small_bert, unpad, monkeypatch):
+    """optimize(model, "fp16") on a CPU: fp16 operands on the fp32 kernel, each layer one C++ call,
+    bit-identical to the per-op path (ops.round_to + the fp32 GEMM, which test_optimize_models checks)."""
+    base, inputs = small_bert
+    m = bertsilicon.optimize(copy.deepcopy(base), "fp16", unpad=unpad)
+    counter = _Counter(monkeypatch)
+    with torch.no_grad():
+        one = m(**inputs).last_hidden_state
+        for layer in m.encoder.layer:
+            layer.one_call = False
+        per_op = m(**inputs).last_hidden_state
+    assert counter.calls["packed" if unpad else "padded"] == 2
+    assert not one.isnan().any() and torch.equal(one, per_op)
+
+
 def test_weights_changed_in_place_after_optimize(small_bert):
     """fp32 GEMMs read the model's weights (and every path reads LayerNorm parameters): changed in place,
     they are picked up on the next call. bf16 / int8 GEMMs and the concatenated qkv weight are prepared
-    copies: on both paths they keep the weights optimize() saw (the module docstring says so)."""
+    copies, re-derived in place on the next call (sync_prepared; tests/test_prepared_sync.py): both paths
+    see the change alike."""
     base, inputs = small_bert
     real = inputs["attention_mask"].bool()
     m = bertsilicon.optimize(copy.deepcopy(base), "fp32")
@@ -207,7 +237,7 @@ def test_weights_changed_in_place_after_optimize(small_bert):
         for layer in q.encoder.layer:
             layer.one_call = False
         per_op = q(**inputs).last_hidden_state
-    assert torch.equal(after, before) and torch.equal(after, per_op)
+    assert not torch.equal(after, before) and torch.equal(after, per_op)
 
 
 def test_isa_switch_after_optimize_repacks(small_bert):

@@ -303,3 +303,23 @@ def test_fp16_on_the_reference_backend_keeps_no_fp32_weight_copy():
 
     w = torch.randn(8, 6)
     assert "weight_fp16_in_fp32" not in PreparedLinear(w, None, "fp16", backend="reference")._buffers
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8"])
+def test_report_says_how_each_layer_runs(precision, monkeypatch):
+    """model.bertsilicon_report: per fused layer, "one C++ call" (cpu backend) or "per op (why)"."""
+    from bertsilicon.models import fused_layer
+
+    inputs = _inputs("BertModel")
+    if bertsilicon.ops.backend_status()["cpu"] is None:
+        m = bertsilicon.optimize(_build("BertModel"), precision, backend="cpu", calibration=inputs)
+        rep = m.bertsilicon_report
+        assert [r.call for r in rep.layers] == ["one C++ call"] * 2 and "one C++ call" in str(rep)
+        m.encoder.layer[1].one_call = False
+        assert m.encoder.layer[1].call_path() == "per op (layer.one_call = False)"
+        monkeypatch.setattr(fused_layer, "ONE_CALL", False)  # what BERTSILICON_LAYER_ONE_CALL=0 sets
+        off = bertsilicon.optimize(_build("BertModel"), precision, backend="cpu", calibration=inputs)
+        assert [r.call for r in off.bertsilicon_report.layers] == ["per op (layer.one_call = False)"] * 2
+    ref = bertsilicon.optimize(_build("BertModel"), precision, backend="reference", calibration=inputs)
+    assert [r.call for r in ref.bertsilicon_report.layers] == ["per op (backend='reference')"] * 2
+    assert "per op (backend='reference')" in str(ref.bertsilicon_report)

@@ -7,8 +7,12 @@ runs the same kernels in the same order on the same bits — attention reads q, 
 GEMM's output through strides, every intermediate lives in one C++ scratch block of the calling thread —
 so the result is bit-identical to the per-op path (tests/test_fused_layer_cpu.py).
 
+An fp16 GEMM (fp32 activations: a CPU without fp16 arithmetic) is the per-op path's fp16-on-fp32 GEMM: its input
+rounded to fp16 values (nearest even) by the C++ round_to kernel, ``ops.round_to(x, "fp16")``'s own code and
+format parameters (``round_format_args``), then the fp32 GEMM on the pack of ``weight_fp16_in_fp32``.
+
 A layer's :class:`Snapshot` is the C++ plan (each GEMM's pack layout and pointer, fp32 bias, int8 scales and
-SmoothQuant factors; LayerNorm weight/bias as fp32 and eps; heads, head dim, activation), every tensor the
+SmoothQuant factors, fp16 input rounding; LayerNorm weight/bias as fp32 and eps; heads, head dim, activation), every tensor the
 plan points into, and what it was built from: the layer's operand tensors (identity and version counter),
 the LayerNorm eps values and the active ISA path. Each call compares those (~20 dict lookups and version
 reads, a few microseconds) and builds a new snapshot when anything differs; the packs then come from the
@@ -29,7 +33,7 @@ from .. import _C
 from .. import ops as _public_ops
 from ..ops import _cpu_gemm
 from ..ops import _validate as V
-from ..ops._cpu import threads
+from ..ops._cpu import round_format_args, threads
 from .fused_layer import module_weight_and_bias
 
 _DTYPE = {torch.float32: 0, torch.bfloat16: 1}  # bs::DType
@@ -65,11 +69,11 @@ def _versions(tensors: tuple) -> tuple:
 
 def operands(layer) -> tuple:
     """Every tensor the layer's call reads, in a fixed order: per GEMM (qkv, o, up, down) its
-    ``PreparedLinear.operands()``, then ln1 weight, bias, ln2 weight, bias."""
+    ``PreparedLinear.cpu_operands()``, then ln1 weight, bias, ln2 weight, bias."""
     modules = layer._modules
     parts = layer.__dict__["parts"]
-    return (*modules["qkv"].operands(), *modules["o"].operands(), *modules["up"].operands(),
-            *modules["down"].operands(), *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
+    return (*modules["qkv"].cpu_operands(), *modules["o"].cpu_operands(), *modules["up"].cpu_operands(),
+            *modules["down"].cpu_operands(), *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
 
 
 def _fp32_vector(name: str, t: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
@@ -96,13 +100,18 @@ def _build(layer, isa: str, ops: tuple, eps: tuple) -> Snapshot:
     shapes = ((3 * H, H), (H, H), (F, H), (H, F))
     pos = 0
     for i, name in enumerate(("qkv", "o", "up", "down")):
-        int8 = layer._modules[name].precision == "int8"
+        precision = layer._modules[name].precision
+        int8 = precision == "int8"
         w, b, w_scale, inv = (*ops[pos:pos + (4 if int8 else 2)], None, None)[:4]
         pos += 4 if int8 else 2
         N, K = shapes[i]
         if tuple(w.shape) != (N, K):
             raise ValueError(f"{name} GEMM weight has shape {tuple(w.shape)}; expected [{N}, {K}]")
         if not int8 and w.dtype not in _FLOAT_WEIGHTS[dtype]:
+            return unserved()
+        # fp16: served only as fp16 values on the fp32 kernel (weight_fp16_in_fp32, fp32 activations)
+        fp16_on_fp32 = precision == "fp16"
+        if fp16_on_fp32 and (w.dtype != torch.float32 or dtype != torch.float32):
             return unserved()
         pack = _cpu_gemm.cached_pack(w).current()
         bias32 = _fp32_vector(f"{name} bias", b, N)
@@ -112,6 +121,8 @@ def _build(layer, isa: str, ops: tuple, eps: tuple) -> Snapshot:
                              f"{tuple(inv.shape)}")
         plan.set_gemm(i, pack.kind, pack.ptr(), _ELEM[w.dtype], N, K, _cpu_gemm._ptr(bias32), _cpu_gemm._ptr(ws),
                       _cpu_gemm._ptr(inv))
+        if fp16_on_fp32:
+            plan.set_input_rounding(i, *round_format_args("fp16"))
         held += [pack, bias32, ws]
     for j, (weight, bias) in enumerate((ops[pos:pos + 2], ops[pos + 2:pos + 4])):
         lw, lb = _fp32_vector(f"ln{j + 1} weight", weight, H), _fp32_vector(f"ln{j + 1} bias", bias, H)

@@ -17,10 +17,12 @@ bf16 or fp32), and the activations between GEMMs are the layer's ``compute_dtype
 How a call runs:
 
 * **cpu backend, one call** (CPU tensors, backend None/"cpu", the C++ extension built, fp32/bf16
-  activations and fp32/bf16/int8 GEMMs, outside ``torch.compile`` tracing, no calibration ``stats``):
-  the whole layer is one C++ call, ``_C.encoder_layer_packed`` / ``_C.encoder_layer_padded``
-  (csrc/encoder_layer.cpp, :mod:`._cpu_layer`): the four packed GEMMs (``linear`` for fp32/bf16 weights,
-  ``int8_linear_dynamic`` with the SmoothQuant factors for int8), attention reading q, k, v in place from
+  activations and fp32/bf16/int8 GEMMs, or fp16 GEMMs on fp32 activations, outside ``torch.compile``
+  tracing, no calibration ``stats``): the whole layer is one C++ call, ``_C.encoder_layer_packed`` /
+  ``_C.encoder_layer_padded`` (csrc/encoder_layer.cpp, :mod:`._cpu_layer`): the four packed GEMMs
+  (``linear`` for fp32/bf16 weights; for fp16, the input rounded to fp16 by the ``round_to`` kernel, then
+  ``linear`` on the fp16 weight's values held in fp32; ``int8_linear_dynamic`` with the SmoothQuant
+  factors for int8), attention reading q, k, v in place from
   the qkv output through strides, and both residual + LayerNorms, over one C++ scratch block. Same kernels,
   same order, bit-identical to the per-op path below, without ~10 Python-level calls per layer.
   ``layer.one_call = False`` (or ``BERTSILICON_LAYER_ONE_CALL=0`` before import) forces the per-op path.
@@ -31,12 +33,18 @@ How a call runs:
 The layer keeps the original layer's sub-modules registered under their original names (so
 ``state_dict()`` keys, ``parameters()`` and ``.to()`` are those of the original model); the prepared
 weights are non-persistent buffers. Weights read straight from the model (fp32 GEMMs of an fp32 model,
-LayerNorm parameters) follow in-place changes on both paths; the prepared copies (the concatenated qkv
-weight, bf16 / int8 copies) do not.
+LayerNorm parameters) are always current. The prepared copies (the concatenated qkv weight and bias,
+bf16 / fp16 casts, int8 weights, scales and biases) follow the model too: each forward first calls
+:meth:`FusedEncoderLayer.sync_prepared`, which re-derives, in place, every copy whose source parameters
+changed in place (``model.load_state_dict(checkpoint)`` after ``optimize``, ``weight.mul_(2)``) or were
+replaced by tensors of the same shape (int8: re-quantized with the SmoothQuant factors of the calibration;
+the int8 fallback choice is not revisited). A shape change is a ValueError (re-optimize). Writes through
+``.data`` bypass version counters and are not seen.
 """
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -99,45 +107,134 @@ def module_weight_and_bias(module: nn.Module) -> tuple:
     return module.weight, module.bias
 
 
+def _linear_tensors(linears) -> list:
+    """``[weight, bias, weight, bias, ...]`` of ``nn.Linear`` modules, as they are now (bias may be None)."""
+    out = []
+    for lin in linears:
+        out += module_weight_and_bias(lin)
+    return out
+
+
+class _SourceState:
+    """Which tensors (identity, held so an id is never reused) at which versions prepared copies were
+    derived from; ``matches`` is the hot-path check (identity and a version read per tensor)."""
+
+    __slots__ = ("tensors", "versions")
+
+    def __init__(self, tensors):
+        self.tensors = list(tensors)
+        self.versions = [None if t is None else t._version for t in self.tensors]
+
+    def matches(self, tensors: list) -> bool:
+        return (len(tensors) == len(self.tensors) and all(map(operator.is_, tensors, self.tensors))
+                and [None if t is None else t._version for t in tensors] == self.versions)
+
+
 class PreparedLinear(nn.Module):
     """One GEMM of the fused layer, its weight prepared once in its precision.
 
     * float (``fp32 | bf16 | fp16``): ``ops.linear(x, W, b, activation)``. When the wanted dtype is the
       source weight's own dtype and no concatenation is needed, the source ``nn.Linear`` is read directly
-      (no copy, always in sync with the model's parameters).
+      (no copy, always in sync with the model's parameters). fp16 on the cpu backend (no fp16 arithmetic):
+      also ``weight_fp16_in_fp32``, the fp16 weight's values held in fp32, for the fp32 kernel.
     * ``int8``: per-channel int8 weight (``W * s`` when SmoothQuant factors ``s`` are given), per-token
       dynamic activations, :func:`bertsilicon.quant.int8_matmul`.
+
+    ``derived_from``: the ``nn.Linear`` modules ``weight`` / ``bias`` were made from, their weights
+    concatenated along the output dimension (q, k, v for the fused qkv GEMM; default ``(source,)``).
+    :meth:`sync_prepared` re-derives the prepared copies when their parameters change.
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], precision: str, *,
                  source: Optional[nn.Linear] = None, smooth: Optional[torch.Tensor] = None,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, derived_from: Optional[tuple] = None):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} is unknown; expected one of {tuple(PRECISIONS)}")
         self.precision = precision
         self.backend = backend
         self.out_features, self.in_features = weight.shape
-        self.__dict__["source"] = None  # plain attribute: the shared nn.Linear stays registered where it was
-        dtype = PRECISIONS[precision]
-        if precision == "int8":
-            w_q, w_scale = quant.quantize_weight(weight, smooth, backend=backend)
-            self.register_buffer("w_q", w_q, persistent=False)
-            self.register_buffer("w_scale", w_scale, persistent=False)
-            self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
+        # plain attributes: the shared nn.Linear modules stay registered where they were
+        self.__dict__["source"] = None
+        self.__dict__["derived_from"] = tuple(derived_from) if derived_from is not None else (
+            (source,) if source is not None else ())
+        if precision == "int8":  # the SmoothQuant factors are kept: sync_prepared re-quantizes with them
+            self.register_buffer("smooth", None if smooth is None else smooth.detach(), persistent=False)
             self.register_buffer("inv_smooth", None if smooth is None else (1.0 / smooth.float()).contiguous(),
                                  persistent=False)
-        elif source is not None and source.weight.dtype == dtype:
+        elif source is not None and source.weight.dtype == PRECISIONS[precision]:
             self.__dict__["source"] = source
-        else:
-            self.register_buffer("weight", weight.detach().to(dtype).contiguous(), persistent=False)
-            self.register_buffer("bias", None if bias is None else bias.detach().to(dtype).contiguous(),
-                                 persistent=False)
-        if precision == "fp16" and weight.device.type == "cpu" and backend in (None, "cpu"):
+        prepared = self._prepare(weight, bias)
+        for name, t in prepared.items():
+            self.register_buffer(name, t, persistent=False)
+        self.__dict__["prepared_names"] = tuple(prepared)
+        self.__dict__["synced"] = _SourceState(_linear_tensors(self.__dict__["derived_from"]))
+
+    def _prepare(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> dict:
+        """Every copy this GEMM prepares from its weight ``[N, K]`` and bias ``[N]`` (or None), by buffer
+        name: int8 ``w_q`` (int8 ``[N, K]``), ``w_scale`` (fp32 ``[N]``), ``bias`` (fp32); a float GEMM not
+        reading its source directly ``weight`` / ``bias`` in its dtype; fp16 on the cpu backend
+        ``weight_fp16_in_fp32``. Used at construction and by :meth:`sync_prepared`, so both derive alike."""
+        weight = weight.detach()
+        bias = None if bias is None else bias.detach()
+        out = {}
+        if self.precision == "int8":
+            out["w_q"], out["w_scale"] = quant.quantize_weight(weight, self._buffers["smooth"], backend=self.backend)
+            out["bias"] = None if bias is None else bias.float().clone()
+        elif self.__dict__["source"] is None:
+            dtype = PRECISIONS[self.precision]
+            out["weight"] = weight.to(dtype).contiguous()
+            out["bias"] = None if bias is None else bias.to(dtype).contiguous()
+        if self.precision == "fp16" and weight.device.type == "cpu" and self.backend in (None, "cpu"):
             # CPUs without AVX512-FP16 have no fp16 arithmetic: the cpu backend runs an fp16 GEMM on its fp32
             # kernel, on the fp16 weight's values held in fp32 (exact) and fp16-rounded activations (forward).
-            w16 = weight.detach().to(torch.float16) if self.__dict__["source"] is None else source.weight.detach()
-            self.register_buffer("weight_fp16_in_fp32", w16.float().contiguous(), persistent=False)
+            out["weight_fp16_in_fp32"] = weight.to(torch.float16).float().contiguous()
+        return out
+
+    def prepared_sources(self) -> tuple:
+        """The ``nn.Linear`` modules whose parameters this GEMM holds prepared copies of (empty when it
+        holds none: it reads its source directly, or was built from bare tensors)."""
+        return self.__dict__["derived_from"] if self.__dict__["prepared_names"] else ()
+
+    def prepared_tensors(self) -> dict:
+        """The prepared copies by buffer name (None where there is no bias)."""
+        return {name: self._buffers[name] for name in self.__dict__["prepared_names"]}
+
+    def sync_prepared(self) -> bool:
+        """Re-derive the prepared copies if a source parameter changed in place or was replaced by
+        another tensor since they were made (``load_state_dict``, ``weight.mul_(2)``, a new
+        ``nn.Parameter``); the new values are written into the existing tensors (``copy_``: their storage
+        and ``data_ptr`` never change, so captured CUDA graphs and the cpu packs, which re-pack through
+        their version check, see them). int8 re-quantizes with the SmoothQuant factors the layer was
+        calibrated with (they are not re-calibrated; neither is the int8 fallback choice). Returns True
+        when something was re-derived. ValueError when a source's shape changed (re-optimize)."""
+        sources = self.prepared_sources()
+        if not sources:
+            return False
+        tensors = _linear_tensors(sources)
+        if self.__dict__["synced"].matches(tensors):
+            return False
+        weights, biases = tensors[0::2], tensors[1::2]
+        weight = weights[0] if len(weights) == 1 else torch.cat([w.detach() for w in weights], 0)
+        bias = None
+        if any(b is not None for b in biases):
+            bias = torch.cat([(b if b is not None else w.new_zeros(w.shape[0])).detach().reshape(-1)
+                              for w, b in zip(weights, biases)])
+        prepared = self.prepared_tensors()
+        N, K = self.out_features, self.in_features
+        had_bias = prepared.get("bias", bias) is not None
+        if tuple(weight.shape) != (N, K) or (bias is not None) != had_bias or (bias is not None and bias.numel() != N):
+            now = f"weight {tuple(weight.shape)}, bias {None if bias is None else tuple(bias.shape)}"
+            raise ValueError(
+                f"the {self.precision} GEMM [{N}, {K}]{' bias [' + str(N) + ']' if had_bias else ''} was prepared "
+                f"from parameters that are now {now}: prepared copies follow new values, not new shapes; call "
+                "bertsilicon.restore(model), then bertsilicon.optimize(model) again")
+        with torch.no_grad():
+            for name, new in self._prepare(weight, bias).items():
+                if new is not None:
+                    prepared[name].copy_(new)
+        self.__dict__["synced"] = _SourceState(tensors)
+        return True
 
     def operands(self) -> tuple:
         """Every tensor this GEMM reads now: ``(w_q, bias, w_scale, inv_smooth)`` for int8; ``(weight, bias)``
@@ -149,6 +246,12 @@ class PreparedLinear(nn.Module):
             return buffers["w_q"], buffers["bias"], buffers["w_scale"], buffers["inv_smooth"]
         src = self.__dict__["source"]
         return module_weight_and_bias(src) if src is not None else (buffers["weight"], buffers["bias"])
+
+    def cpu_operands(self) -> tuple:
+        """:meth:`operands` as the cpu backend's GEMMs read them: an fp16 GEMM with the fp32 copy
+        (``weight_fp16_in_fp32``, its fp16 weight's values) reads ``(weight_fp16_in_fp32, bias)``."""
+        w16 = self._buffers.get("weight_fp16_in_fp32")
+        return self.operands() if w16 is None else (w16, self.operands()[1])
 
     def forward(self, x: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
         cpu = self._cpu_gemm(x)
@@ -214,17 +317,35 @@ class FusedEncoderLayer(nn.Module):
         self.one_call = ONE_CALL
         smooth = smooth or {}
 
-        def prep(name, w, b, source=None):
+        def prep(name, w, b, source=None, derived_from=None):
             p = self.gemm_precision[name]
             return PreparedLinear(w, b, p, source=source, smooth=smooth.get(name) if p == "int8" else None,
-                                  backend=backend)
+                                  backend=backend, derived_from=derived_from)
 
         w_qkv = torch.cat([parts.q.weight, parts.k.weight, parts.v.weight], dim=0).detach()
         b_qkv = torch.cat([parts.q.bias, parts.k.bias, parts.v.bias], dim=0).detach()
-        self.qkv = prep("qkv", w_qkv, b_qkv)
+        self.qkv = prep("qkv", w_qkv, b_qkv, derived_from=(parts.q, parts.k, parts.v))
         self.o = prep("o", parts.o.weight, parts.o.bias, parts.o)
         self.up = prep("up", parts.up.weight, parts.up.bias, parts.up)
         self.down = prep("down", parts.down.weight, parts.down.bias, parts.down)
+        # the nn.Linear modules behind any prepared copy, and their parameters as the copies were made
+        self.__dict__["prepared_sources"] = tuple(m for g in GEMMS for m in self._modules[g].prepared_sources())
+        self.__dict__["synced"] = _SourceState(_linear_tensors(self.__dict__["prepared_sources"]))
+
+    def sync_prepared(self) -> bool:
+        """Bring every prepared copy (concatenated qkv weight and bias, bf16 / fp16 casts, int8 weights,
+        scales and biases) up to date with the model's parameters: True when something was re-derived
+        (:meth:`PreparedLinear.sync_prepared`: in place, same tensors, int8 with the calibrated SmoothQuant
+        factors; ValueError when a parameter's shape changed). When nothing changed, the cost is one
+        identity and version read per source parameter (~12 for a layer with all four GEMMs prepared).
+        Both forwards call it first (not under ``torch.compile`` tracing: call it before a compiled call);
+        call it before replaying a captured CUDA graph, which never runs the forwards."""
+        tensors = _linear_tensors(self.__dict__["prepared_sources"])
+        if self.__dict__["synced"].matches(tensors):
+            return False
+        changed = [self._modules[g].sync_prepared() for g in GEMMS]
+        self.__dict__["synced"] = _SourceState(tensors)
+        return any(changed)
 
     # ------------------------------------------------------------------------------------------ #
     def _add_ln(self, x, residual, ln: nn.LayerNorm):
@@ -241,6 +362,39 @@ class FusedEncoderLayer(nn.Module):
             return None
         snap = _one_call_module().snapshot(self)
         return snap if snap.plan is not None else None
+
+    def call_path(self, device=None) -> str:
+        """How a call on ``device`` (default: where the layer's weights are) runs, without running it:
+        ``"one C++ call"`` or ``"per op (<why>)"``. The verdict is :meth:`_one_call`'s on a one-token probe in
+        the compute dtype (what every forward asks; it builds the one-call snapshot the first call would);
+        the reason names a condition of the module docstring that is not met."""
+        parts = self.__dict__["parts"]
+        device = torch.device(device) if device is not None else parts.ln1.weight.device
+        probe = torch.zeros(1, self.hidden, dtype=self.compute_dtype, device=device)
+        if self._one_call(probe, None) is not None:
+            return "one C++ call"
+        return f"per op ({self._per_op_reason(device)})"
+
+    def _per_op_reason(self, device: torch.device) -> str:
+        """Why :meth:`call_path` found the per-op path: what the layer is (backend, device, dtypes) before
+        the ``one_call`` switch, which alone would not make it one call."""
+        if device.type == "cuda" and self.backend in (None, "triton"):
+            return "CUDA: Triton per op"
+        if self.backend not in (None, "cpu"):
+            return f"backend={self.backend!r}"
+        if device.type != "cpu":
+            return f"{device.type} tensors"
+        if _cpu_gemm_module() is None:
+            return "C++ extension not built"
+        dtype = self.compute_dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            return f"{str(dtype).replace('torch.', '')} activations"
+        p = self.gemm_precision
+        if dtype != torch.float32 and "fp16" in p.values():
+            return "fp16 GEMMs need fp32 activations"
+        if not self.one_call:
+            return "layer.one_call = False"
+        return "GEMM mix " + ", ".join(f"{g}={p[g]}" for g in GEMMS) + " not served in one call"
 
     def _block(self, x, attend, stats: Optional[dict] = None):
         """The layer on tokens ``x [..., H]`` with ``attend(qkv) -> ctx [..., H]``; ``stats`` (calibration)
@@ -265,6 +419,8 @@ class FusedEncoderLayer(nn.Module):
         ``[B + 1]``); attention via ``ops.attention_varlen``. Returns ``[T, H]``. ``offsets_checked=True``: the
         caller built ``cu_seqlens`` from a key mask (or ran ``ops.check_cu_seqlens``), so it is not read on the
         host again: on CUDA that read is a device sync per layer."""
+        if not torch.compiler.is_compiling():
+            self.sync_prepared()
         snap = self._one_call(x, stats)
         if snap is not None:
             return _one_call_module().forward_packed(self, snap, x, cu_seqlens, max_seqlen, offsets_checked)
@@ -283,6 +439,8 @@ class FusedEncoderLayer(nn.Module):
                        stats: Optional[dict] = None) -> torch.Tensor:
         """Padded: ``x [B, L, H]``, ``key_mask [B, L]`` (1 = real token) or None; padded query positions
         are computed as Hugging Face computes them (they attend to the real keys). Returns ``[B, L, H]``."""
+        if not torch.compiler.is_compiling():
+            self.sync_prepared()
         snap = self._one_call(x, stats)
         if snap is not None:
             return _one_call_module().forward_padded(self, snap, x, key_mask)

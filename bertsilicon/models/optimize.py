@@ -711,6 +711,8 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
                                               inputs[i], outputs[i], real, smooth, budget)
             fused.append(fused_layer)
             report.layers.append(entry)
+        for entry, fused_layer in zip(report.layers, fused):  # asked of the layer as it will run
+            entry.call = fused_layer.call_path(device)
         report.backends_used = _backends_used(fused[0], inputs[0][real][:4].to(compute_dtype).contiguous(), backend)
         new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, unpad, bool(cuda_graphs))
         setattr(base, adapter.encoder_attr, new_encoder)

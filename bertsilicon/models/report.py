@@ -16,6 +16,7 @@ class LayerReport:
     rel_error: Optional[float] = None   # ||fused - original||_F / ||original||_F on real tokens (layer alone)
     max_abs_error: Optional[float] = None
     fallbacks: list = field(default_factory=list)  # int8 GEMMs moved to a higher precision, with their error
+    call: str = ""                      # how a call on the model's device runs: "one C++ call" | "per op (why)"
 
 
 @dataclass
@@ -61,13 +62,13 @@ class OptimizeReport:
         if self.refused:
             lines.append(f"  NOT optimized: {self.refused}")
         if self.layers:
-            rows = [("layer", "status", "qkv", "o", "up", "down", "rel err", "max abs err", "note")]
+            rows = [("layer", "status", "qkv", "o", "up", "down", "rel err", "max abs err", "call", "note")]
             for r in self.layers:
                 g = [r.gemms.get(k, "-") for k in ("qkv", "o", "up", "down")]
                 err = "-" if r.rel_error is None else f"{r.rel_error:.2e}"
                 mae = "-" if r.max_abs_error is None else f"{r.max_abs_error:.2e}"
                 note = r.reason or "; ".join(r.fallbacks)
-                rows.append((str(r.index), r.status, *g, err, mae, note))
+                rows.append((str(r.index), r.status, *g, err, mae, r.call or "-", note))
             widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
             for i, row in enumerate(rows):
                 lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])

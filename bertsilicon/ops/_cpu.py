@@ -165,16 +165,23 @@ def _check_round_to(x, fmt, rounding, seed) -> Optional[str]:
     return reason
 
 
+def round_format_args(fmt) -> tuple:
+    """``(mbits, emin, max_finite, ieee, saturate)`` of a float format as the C++ round_to kernel takes
+    them (``saturate``: the format's default overflow policy); also what the one-call encoder layer gives
+    its fp16 GEMMs' input rounding (``EncoderLayerPlan.set_input_rounding``), so both round alike."""
+    f = _formats.get_format(fmt)
+    return f.mbits, f.emin, f.max_finite, f.ieee, _formats.default_overflow(f) == "saturate"
+
+
 @register("round_to", "cpu", check=_check_round_to)
 def round_to(x, fmt, rounding, seed):
-    f = _formats.get_format(fmt)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return out
-    saturate = _formats.default_overflow(f) == "saturate"
+    mbits, emin, max_finite, ieee, saturate = round_format_args(fmt)
     stochastic = rounding == "stochastic"
-    _C.round_to(_DTYPE_CODE[x.dtype], x.data_ptr(), out.data_ptr(), x.numel(), f.mbits, f.emin, f.max_finite,
-                f.ieee, stochastic, (int(seed) & 0xFFFFFFFFFFFFFFFF) if stochastic else 0, saturate, threads())
+    _C.round_to(_DTYPE_CODE[x.dtype], x.data_ptr(), out.data_ptr(), x.numel(), mbits, emin, max_finite,
+                ieee, stochastic, (int(seed) & 0xFFFFFFFFFFFFFFFF) if stochastic else 0, saturate, threads())
     return out
 
 
