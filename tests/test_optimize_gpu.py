@@ -228,5 +228,6 @@ def test_the_headline_batch_replays_a_graph():
     out = _hidden(m, inputs)
     (key,) = _graph_keys(m)
     assert key.path == "packed" and key.batch == 32 and key.length == 128 and not m.bertsilicon_report.notes
+    assert m.bertsilicon_report.layers[0].call.startswith("CUDA graph (calls on <= 8192 token rows), else per op")
     eager = _optimize(model, "fp16", calibration=None, cuda_graphs=False)
     assert torch.equal(out, _hidden(eager, inputs))

@@ -17,6 +17,7 @@ import transformers
 
 import bertsilicon
 from bertsilicon.models import optimize as opt
+from bertsilicon.models.fused_layer import FusedEncoderLayer
 from numerics import ragged_mask
 
 H, HEADS = 52, 2  # head dim 26
@@ -55,7 +56,10 @@ def captures(monkeypatch):
         made.append(out)
 
         def replay():  # a CUDA graph writes its output whatever the autograd mode; so does this
-            with torch.inference_mode():
+            with torch.inference_mode(), monkeypatch.context() as m:
+                # and it runs no Python: what the layers' forwards check on the host (their prepared copies'
+                # sync) does not happen in a replay
+                m.setattr(FusedEncoderLayer, "sync_prepared", lambda self: False)
                 out.copy_(body())
         return opt.CapturedGraph(replay, inputs, out)
 
@@ -239,3 +243,26 @@ def test_the_gpu_benchmark_tells_a_graph_row_from_an_eager_one(captures):
     _hidden(graphs, _inputs(5, 40, seed=28))  # packed: the graph of batch bucket 8 serves batch 5
     assert e2e.graph_problem(run, 5) is None and e2e.graph_problem(run, 3) is not None
     assert e2e.graph_problem(SimpleNamespace(model=eager), 5) == "cuda_graphs is off"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graphs_follow_weight_changes(captures, precision):
+    """A replay never runs the layers' forwards: the encoder syncs the prepared copies in place first (the
+    graph keeps reading the same tensors) and drops its graphs when a tensor the layers read was replaced."""
+    model = _model(29)
+    eager, graphs = _pair(model, precision)
+    inputs = _inputs(4, 30, seed=30)
+    before = _hidden(graphs, inputs)
+    other = _model(31).state_dict()
+    for m in (eager, graphs):  # in place: same parameters, new values (prepared copies re-derived in place)
+        m.load_state_dict(other)
+    after = _hidden(graphs, inputs)
+    assert len(captures) == 1 and not torch.equal(after, before)
+    assert torch.equal(after, _hidden(eager, inputs))
+    for m in (eager, graphs):  # replaced: a new Parameter object, read directly by fp32 GEMMs / LayerNorm
+        ln = m.encoder.layer[0].output.LayerNorm
+        ln.weight = torch.nn.Parameter(ln.weight.detach() * 1.5)
+    replaced = _hidden(graphs, inputs)
+    assert len(captures) == 2, "a replaced parameter must drop the graphs that read the old one"
+    assert not torch.equal(replaced, after) and torch.equal(replaced, _hidden(eager, inputs))
+

@@ -34,7 +34,6 @@ from .. import ops as _public_ops
 from ..ops import _cpu_gemm
 from ..ops import _validate as V
 from ..ops._cpu import round_format_args, threads
-from .fused_layer import module_weight_and_bias
 
 _DTYPE = {torch.float32: 0, torch.bfloat16: 1}  # bs::DType
 _ACT = _cpu_gemm._ACT
@@ -68,12 +67,8 @@ def _versions(tensors: tuple) -> tuple:
 
 
 def operands(layer) -> tuple:
-    """Every tensor the layer's call reads, in a fixed order: per GEMM (qkv, o, up, down) its
-    ``PreparedLinear.cpu_operands()``, then ln1 weight, bias, ln2 weight, bias."""
-    modules = layer._modules
-    parts = layer.__dict__["parts"]
-    return (*modules["qkv"].cpu_operands(), *modules["o"].cpu_operands(), *modules["up"].cpu_operands(),
-            *modules["down"].cpu_operands(), *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
+    """Every tensor the layer's call reads on the cpu backend (:meth:`FusedEncoderLayer.operand_tensors`)."""
+    return layer.operand_tensors(cpu=True)
 
 
 def _fp32_vector(name: str, t: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:

@@ -347,6 +347,17 @@ class FusedEncoderLayer(nn.Module):
         self.__dict__["synced"] = _SourceState(tensors)
         return any(changed)
 
+    def operand_tensors(self, cpu: bool = False) -> tuple:
+        """Every tensor a call of the layer reads, in a fixed order: per GEMM (qkv, o, up, down) its
+        :meth:`PreparedLinear.operands` (``cpu``: :meth:`PreparedLinear.cpu_operands`, what the cpu GEMMs
+        read), then ln1 weight, bias, ln2 weight, bias. What the one-call snapshot and the CUDA graphs check
+        before reusing what they recorded."""
+        modules = self._modules
+        parts = self.__dict__["parts"]
+        read = PreparedLinear.cpu_operands if cpu else PreparedLinear.operands
+        return (*read(modules["qkv"]), *read(modules["o"]), *read(modules["up"]), *read(modules["down"]),
+                *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
+
     # ------------------------------------------------------------------------------------------ #
     def _add_ln(self, x, residual, ln: nn.LayerNorm):
         return ops.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=self.backend)

@@ -344,6 +344,7 @@ class FusedEncoder(nn.Module):
     def _drop_graphs(self) -> None:
         self.__dict__["_graphs"].clear()
         self.__dict__.pop("_graph_pool", None)
+        self.__dict__.pop("_graph_operands", None)
 
     # -- CUDA graphs: a captured graph per (batch, length, token) bucket, replayed ----------------- #
     # Host time (Python, op validation, Triton's launcher: tens of microseconds a launch, 7-11 launches a
@@ -359,11 +360,27 @@ class FusedEncoder(nn.Module):
                 and x.shape[1] <= GRAPH_BUCKETS[-1] and not torch.is_grad_enabled()
                 and not torch.compiler.is_compiling())
 
+    def _graphs_read_current_weights(self) -> None:
+        """Before a replay (which never runs the layers' forwards): every layer's prepared copies brought up
+        to date in place (:meth:`FusedEncoderLayer.sync_prepared`: same tensors, so the graphs see the new
+        values), and every graph dropped when a tensor the layers read was *replaced* since they were
+        captured (a new ``nn.Parameter``: the graphs hold the old one's address). The tensors are held, so
+        an old one is never freed while a graph may read it."""
+        tensors = []
+        for layer in self.layer:
+            layer.sync_prepared()
+            tensors += layer.operand_tensors()
+        held = self.__dict__.get("_graph_operands")
+        if held is not None and (len(held) != len(tensors) or any(a is not b for a, b in zip(held, tensors))):
+            self._drop_graphs()
+        self.__dict__["_graph_operands"] = tuple(tensors)
+
     def _graph_replay(self, key: GraphKey, make_inputs, fill, body) -> torch.Tensor:
         """Replay the graph for ``key`` on this call's data and return its static output: ``make_inputs()``
         allocates the static inputs (first use only), ``fill(*inputs)`` writes this call's data into them, and
         ``body(*inputs)`` is the work the graph records (it returns the output). A new graph is captured after
         ``fill``, so the warm-up runs (where Triton autotunes new shapes) see real data, not empty buffers."""
+        self._graphs_read_current_weights()
         cache = self.__dict__["_graphs"]
         graph = cache.get(key)
         if graph is not None:
@@ -713,6 +730,8 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
             report.layers.append(entry)
         for entry, fused_layer in zip(report.layers, fused):  # asked of the layer as it will run
             entry.call = fused_layer.call_path(device)
+            if cuda_graphs:
+                entry.call = f"CUDA graph (calls on <= {GRAPH_MAX_TOKENS} token rows), else {entry.call}"
         report.backends_used = _backends_used(fused[0], inputs[0][real][:4].to(compute_dtype).contiguous(), backend)
         new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, unpad, bool(cuda_graphs))
         setattr(base, adapter.encoder_attr, new_encoder)
