@@ -323,3 +323,42 @@ def test_report_says_how_each_layer_runs(precision, monkeypatch):
     ref = bertsilicon.optimize(_build("BertModel"), precision, backend="reference", calibration=inputs)
     assert [r.call for r in ref.bertsilicon_report.layers] == ["per op (backend='reference')"] * 2
     assert "per op (backend='reference')" in str(ref.bertsilicon_report)
+
+
+# ---------------------------------------------------------------------------------------------- #
+# the encoder's mask: HF hands it 2-D, 4-D bool or 4-D additive                                   #
+# ---------------------------------------------------------------------------------------------- #
+@pytest.fixture
+def host_reads(monkeypatch):
+    """How often a tensor is read on the host (``tolist`` / ``bool`` / ``item``: a device sync each on CUDA)."""
+    count = [0]
+    for name in ("tolist", "__bool__", "item"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            count[0] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return count
+
+
+def test_key_padding_mask_from_every_form_hf_passes(host_reads):
+    from bertsilicon.models.optimize import _NotKeyPadding, key_padding_mask
+
+    g = torch.Generator().manual_seed(40)
+    real = ragged_mask(5, 13, g).bool()
+    as_bool = real[:, None, None, :].expand(5, 1, 13, 13)          # HF's SDPA mask: True = attend
+    additive = torch.zeros(5, 1, 13, 13).masked_fill(~as_bool, torch.finfo(torch.float32).min)
+    for form in (real.long(), as_bool, additive, additive.half().masked_fill(~as_bool, torch.finfo(torch.half).min)):
+        host_reads[0] = 0
+        assert torch.equal(key_padding_mask(form, 5, 13), real)
+        assert host_reads[0] == 1, "every check must be read back at once (one device sync)"
+    assert key_padding_mask(torch.ones(5, 13), 5, 13) is None  # no padding: the padded path
+    causal = torch.ones(13, 13).tril().bool()[None, None].expand(5, 1, 13, 13)
+    bias = additive.clone()
+    bias[0, 0, 3, 4] = -2.0  # an additive bias that is not a mask (ALiBi-like)
+    for not_key_padding in (causal, bias, real[:, None, :]):
+        with pytest.raises(_NotKeyPadding):
+            key_padding_mask(not_key_padding, 5, 13)
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        key_padding_mask(real[:, :12], 5, 13)

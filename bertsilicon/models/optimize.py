@@ -113,9 +113,11 @@ def key_padding_mask(mask: Optional[torch.Tensor], batch: int, length: int) -> O
     """``[B, L]`` bool (True = real token) from HF's encoder mask, or None when every token is real.
 
     Accepts a 2-D 0/1 mask, HF's 4-D bool mask (True = attend) or 4-D additive float mask (0 = attend,
-    dtype-min = masked). Raises :class:`_NotKeyPadding` for a 4-D mask that is not a key-padding mask."""
+    dtype-min = masked). Raises :class:`_NotKeyPadding` for a 4-D mask that is not a key-padding mask.
+    Every check is computed on the mask's device and read back at once: one device sync for a CUDA mask."""
     if mask is None:
         return None
+    checks = []  # booleans that must all hold for a key-padding mask
     if mask.dim() == 2:
         if tuple(mask.shape) != (batch, length):
             raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; expected [batch, length] = [{batch}, {length}]")
@@ -123,16 +125,17 @@ def key_padding_mask(mask: Optional[torch.Tensor], batch: int, length: int) -> O
     elif mask.dim() == 4 and mask.shape[0] == batch and mask.shape[-1] == length:
         if mask.dtype == torch.bool:
             attend = mask
-        else:
+        else:  # additive: every value 0 (attend) or about dtype-min (masked)
             attend = mask == 0
-            if not bool((attend | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
-                raise _NotKeyPadding
+            checks.append((attend | (mask <= torch.finfo(mask.dtype).min / 2)).all())
         real = attend[:, 0].all(dim=1)
-        if not bool((attend == real[:, None, None, :]).all()):
-            raise _NotKeyPadding
+        checks.append((attend == real[:, None, None, :]).all())  # the same keys masked for every query
     else:
         raise _NotKeyPadding
-    return None if bool(real.all()) else real
+    all_real, *ok = torch.stack([real.all(), *checks]).tolist()
+    if not all(ok):
+        raise _NotKeyPadding
+    return None if all_real else real
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -300,18 +303,20 @@ class FusedEncoder(nn.Module):
         B, L, H = x.shape
         graphs = self._graphs_serve(x, on_layer)
         if key_mask is not None and self.unpad:
-            index = key_mask.reshape(-1).nonzero().squeeze(1)  # one device sync per forward
-            cu_seqlens, max_seqlen = _pack(key_mask)
+            index = key_mask.reshape(-1).nonzero().squeeze(1)  # a device sync (the token count)
             packed = x.reshape(B * L, H).index_select(0, index)
+            graphs = graphs and 0 < packed.shape[0] and graph_tokens(packed.shape[0]) <= GRAPH_MAX_TOKENS
+            cu_seqlens, max_seqlen = _pack(key_mask, longest=not graphs)  # a graph needs no longest (a sync)
 
             def repad(t):
                 return t.new_zeros(B * L, H).index_copy_(0, index, t).view(B, L, H)
 
-            if graphs and 0 < packed.shape[0] and graph_tokens(packed.shape[0]) <= GRAPH_MAX_TOKENS:
+            if graphs:
                 with _GRAPH_LOCK:  # the static buffers are shared: one call at a time, until its output is out
                     out = self._eager_if_capture_fails(lambda: self._graph_packed(packed, cu_seqlens, B, L))
                     if out is not None:
                         return repad(out).to(in_dtype)
+                cu_seqlens, max_seqlen = _pack(key_mask)  # the capture failed: eager from here
             for layer in self.layer:
                 packed = layer.forward_packed(packed, cu_seqlens, max_seqlen, offsets_checked=True)  # built from the mask
                 if on_layer is not None:
@@ -524,11 +529,14 @@ def _capture_layers(base, layers, ids, mask):
     return inputs, outputs, final
 
 
-def _pack(real: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(cu_seqlens int32 [B + 1], max_seqlen)`` of a key-padding mask ``[B, L]``."""
+def _pack(real: torch.Tensor, longest: bool = True) -> tuple[torch.Tensor, Optional[int]]:
+    """``(cu_seqlens int32 [B + 1], max_seqlen)`` of a key-padding mask ``[B, L]``; ``longest=False``: max_seqlen
+    None (reading it is a device sync on CUDA)."""
     lengths = real.sum(1, dtype=torch.int32)
     cu = torch.zeros(real.shape[0] + 1, dtype=torch.int32, device=real.device)
     cu[1:] = torch.cumsum(lengths, 0)
+    if not longest:
+        return cu, None
     return cu, int(lengths.max()) if real.shape[0] else 0
 
 
