@@ -313,7 +313,7 @@ class FusedEncoder(nn.Module):
 
             if graphs:
                 with _GRAPH_LOCK:  # the static buffers are shared: one call at a time, until its output is out
-                    out = self._eager_if_capture_fails(lambda: self._graph_packed(packed, cu_seqlens, B, L))
+                    out = self._graph_packed(packed, cu_seqlens, B, L)
                     if out is not None:
                         return repad(out).to(in_dtype)
                 cu_seqlens, max_seqlen = _pack(key_mask)  # the capture failed: eager from here
@@ -324,7 +324,7 @@ class FusedEncoder(nn.Module):
             return repad(packed).to(in_dtype)
         if graphs and B * _length_bucket(L) <= GRAPH_MAX_TOKENS:
             with _GRAPH_LOCK:
-                out = self._eager_if_capture_fails(lambda: self._graph_padded(x, key_mask))
+                out = self._graph_padded(x, key_mask)
             if out is not None:
                 return out.to(in_dtype)
         for layer in self.layer:
@@ -332,19 +332,6 @@ class FusedEncoder(nn.Module):
             if on_layer is not None:
                 on_layer(x.to(in_dtype))
         return x.to(in_dtype)
-
-    def _eager_if_capture_fails(self, run_graph) -> Optional[torch.Tensor]:
-        """``run_graph()``; when capturing fails (an op that syncs, ...): None, graphs off from now on, and the
-        report and a warning say why (the caller then runs eagerly)."""
-        try:
-            return run_graph()
-        except Exception as exc:
-            self.cuda_graphs = False
-            self._drop_graphs()
-            note = f"CUDA graph capture failed, running eagerly: {type(exc).__name__}: {exc}"
-            self.__dict__["report"].notes.append(note)
-            warnings.warn(f"bertsilicon: {note}", stacklevel=3)
-            return None
 
     def _drop_graphs(self) -> None:
         self.__dict__["_graphs"].clear()
@@ -380,11 +367,13 @@ class FusedEncoder(nn.Module):
             self._drop_graphs()
         self.__dict__["_graph_operands"] = tuple(tensors)
 
-    def _graph_replay(self, key: GraphKey, make_inputs, fill, body) -> torch.Tensor:
+    def _graph_replay(self, key: GraphKey, make_inputs, fill, body) -> Optional[torch.Tensor]:
         """Replay the graph for ``key`` on this call's data and return its static output: ``make_inputs()``
         allocates the static inputs (first use only), ``fill(*inputs)`` writes this call's data into them, and
         ``body(*inputs)`` is the work the graph records (it returns the output). A new graph is captured after
-        ``fill``, so the warm-up runs (where Triton autotunes new shapes) see real data, not empty buffers."""
+        ``fill``, so the warm-up runs (where Triton autotunes new shapes) see real data, not empty buffers.
+        None when the capture fails (an op that syncs, ...): graphs are then off for this encoder, the report
+        and a warning say why, and the caller runs the layers eagerly."""
         self._graphs_read_current_weights()
         cache = self.__dict__["_graphs"]
         graph = cache.get(key)
@@ -397,7 +386,15 @@ class FusedEncoder(nn.Module):
             fill(*inputs)
             if "_graph_pool" not in self.__dict__:  # one memory pool for all of this encoder's graphs
                 self.__dict__["_graph_pool"] = _new_graph_pool(key.device)
-            graph = capture_graph(lambda: body(*inputs), inputs, self.__dict__["_graph_pool"])
+            try:
+                graph = capture_graph(lambda: body(*inputs), inputs, self.__dict__["_graph_pool"])
+            except Exception as exc:
+                self.cuda_graphs = False
+                self._drop_graphs()
+                note = f"CUDA graph capture failed, running eagerly: {type(exc).__name__}: {exc}"
+                self.__dict__["report"].notes.append(note)
+                warnings.warn(f"bertsilicon: {note}", stacklevel=4)
+                return None
             cache[key] = graph
             while len(cache) > GRAPH_CACHE_SIZE:
                 cache.popitem(last=False)
@@ -419,7 +416,8 @@ class FusedEncoder(nn.Module):
         replaying the graph of ``(batch bucket, length bucket, graph_tokens(T))``. Its static inputs: token
         rows ``[T_g, H]`` (rows T.. are scratch: no sequence covers them, every op on them is row-local, and
         they are never read back) and offsets ``[B_g + 1]`` (entries past B repeat T: empty sequences,
-        whose attention programs return at once). Attention's grid covers the length bucket. Returns ``[T, H]``."""
+        whose attention programs return at once). Attention's grid covers the length bucket. Returns ``[T, H]``
+        (a view of the static output: read it before the next replay), or None when the capture failed."""
         T, H = packed.shape
         key = GraphKey("packed", graph_batch("packed", B), _length_bucket(L), graph_tokens(T), packed.dtype, packed.device)
 
@@ -433,11 +431,12 @@ class FusedEncoder(nn.Module):
             static_cu[B + 1:].fill_(T)  # empty sequences; T is known here: no host read
 
         out = self._graph_replay(key, make_inputs, fill, lambda x, cu: self._layers_packed(x, cu, key.length))
-        return out[:T]
+        return None if out is None else out[:T]
 
     def _graph_padded(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """The padded layers on ``x [B, L, H]`` by replaying the graph of ``(B, length bucket)``: x is
-        padded to the bucket with masked keys, so real positions are unchanged. Returns ``[B, L, H]``."""
+        padded to the bucket with masked keys, so real positions are unchanged. Returns ``[B, L, H]``, or None
+        when the capture failed."""
         B, L, H = x.shape
         key = GraphKey("padded", graph_batch("padded", B), _length_bucket(L), B * _length_bucket(L), x.dtype, x.device)
 
@@ -453,7 +452,8 @@ class FusedEncoder(nn.Module):
             else:
                 static_mask[:, :L].copy_(key_mask)
 
-        return self._graph_replay(key, make_inputs, fill, self._layers_padded)[:, :L].clone()
+        out = self._graph_replay(key, make_inputs, fill, self._layers_padded)
+        return None if out is None else out[:, :L].clone()
 
 
 # ---------------------------------------------------------------------------------------------- #
