@@ -266,3 +266,14 @@ def test_graphs_follow_weight_changes(captures, precision):
     assert len(captures) == 2, "a replaced parameter must drop the graphs that read the old one"
     assert not torch.equal(replaced, after) and torch.equal(replaced, _hidden(eager, inputs))
 
+
+
+
+def test_optimize_captures_no_graph_for_its_calibration_batch(captures):
+    """optimize's own error measurement runs eagerly: no graph is captured (and held) for the calibration shape."""
+    calib = _inputs(4, 19, seed=99)
+    model = bertsilicon.optimize(_model(33), "fp32", backend="cpu", calibration=calib, cuda_graphs=True)
+    assert _encoder(model).cuda_graphs and model.bertsilicon_report.cuda_graphs
+    assert not captures and not _keys(model)
+    _hidden(model, calib)  # the same shape afterwards: captured now, on the first real call
+    assert len(captures) == 1 and len(_keys(model)) == 1

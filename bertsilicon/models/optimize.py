@@ -712,7 +712,7 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
     device = _check_device(base, backend)
     if cuda_graphs is None:
         cuda_graphs = device.type == "cuda"
-    if cuda_graphs and device.type != "cuda":
+    if cuda_graphs and device.type not in _GRAPH_DEVICES:
         raise ValueError(f"cuda_graphs=True needs a CUDA model; the model is on {device}")
     report.cuda_graphs = bool(cuda_graphs)
     compute_dtype = COMPUTE_DTYPE[precision]
@@ -745,8 +745,12 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         setattr(base, adapter.encoder_attr, new_encoder)
         handle = base.register_forward_pre_hook(_validate_inputs_hook(adapter.max_positions(config)), with_kwargs=True)
         model.__dict__[_STATE] = {"base": base, "attr": adapter.encoder_attr, "original": encoder, "hook": handle}
-        with torch.no_grad():
-            got = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        new_encoder.cuda_graphs = False  # measured eagerly (the graph path is the same kernels on the same rows):
+        try:                             # no graph captured, and held, for the calibration batch's shape
+            with torch.no_grad():
+                got = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        finally:
+            new_encoder.cuda_graphs = bool(cuda_graphs)
         from .eval import mean_pool, pooled_cosines
 
         rows = real.any(1)  # a fully padded row pools to zeros on both sides: no cosine to report
