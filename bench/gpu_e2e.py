@@ -13,6 +13,7 @@ truncated to 128 tokens, padded to the longest):
   on <= ``GRAPH_MAX_TOKENS`` token rows; int8 with SmoothQuant 0.5 as the README recommends) and ``bertsilicon``, the
   same without graphs (``cuda_graphs=False``: every kernel launched from Python; what a call over the token budget
   runs).
+  In ``--dry-run`` the graph rows run on CPU with an eager stand-in for the capture (``replay_eagerly``).
 * cells, in order of value: batch 32 for every model (the issue-5 headline), then batches 8 and 1.
 * timing: CUDA events around ``inner`` back-to-back calls (one sample >= ``--min-sample-ms``), ``--warmup`` calls
   first (they compile, autotune and capture), samples taken in rotated round-robin order across providers
@@ -30,6 +31,7 @@ on-disk cache side by side before the timed run (``bench/gpu_session.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -105,7 +107,7 @@ def build_summary(run) -> dict:
 
 def _providers(precisions, dev_is_cuda: bool, warm_only: bool, calibration=None):
     """HF SDPA fp32 / fp16 / bf16 (none when warming: no Triton in them), bertsilicon eager per precision,
-    and with CUDA graphs on a GPU. ``calibration``: optimize's (None: its default, 8 paragraphs of real text)."""
+    and with CUDA graphs on a GPU (or emulated: ``--dry-run``). ``calibration``: optimize's (None: its default, 8 paragraphs of real text)."""
     import torch
 
     from bertsilicon.benchmark import providers as P
@@ -117,11 +119,32 @@ def _providers(precisions, dev_is_cuda: bool, warm_only: bool, calibration=None)
     for p in precisions:
         out.append(P.Provider("bertsilicon", p, f"optimize(model, {p!r}, backend='triton', cuda_graphs=False)",
                               P._bertsilicon(p, cuda_graphs=False, **opts)))
-    if dev_is_cuda:
+    if dev_is_cuda or graphs_emulated():
         for p in precisions:
             out.append(P.Provider("bertsilicon+graphs", p, f"optimize(model, {p!r}, backend='triton', cuda_graphs=True)",
                                   P._bertsilicon(p, cuda_graphs=True, **opts)))
     return out
+
+
+@contextlib.contextmanager
+def graphs_emulated_on_cpu():
+    """--dry-run: the graph rows run on CPU with ``replay_eagerly`` in place of the CUDA capture, so the dry run
+    also checks the graph rows' plumbing (builds, graph_problem, accuracy, verdicts); their timings mean nothing.
+    Undone on exit (the tests call ``main`` in their own process)."""
+    from bertsilicon.models import optimize as opt
+
+    saved = opt._GRAPH_DEVICES, opt.capture_graph
+    opt._GRAPH_DEVICES, opt.capture_graph = (*opt._GRAPH_DEVICES, "cpu"), opt.replay_eagerly
+    try:
+        yield
+    finally:
+        opt._GRAPH_DEVICES, opt.capture_graph = saved
+
+
+def graphs_emulated() -> bool:
+    from bertsilicon.models import optimize as opt
+
+    return "cpu" in opt._GRAPH_DEVICES
 
 
 def _weights_note(name: str, pretrained: bool) -> str:
@@ -338,7 +361,7 @@ def main(argv=None) -> int:
 
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
-    from bench.gpu import Stop, _commit, compile_only_autotuning, short_autotune_benchmarks, stop_on_sigterm
+    from bench.gpu import stop_on_sigterm
 
     stop_on_sigterm()
     import torch
@@ -347,6 +370,13 @@ def main(argv=None) -> int:
         print("no CUDA GPU here: run `python -m bench.gpu_e2e --dry-run` to check the script, or run it on a lent GPU")
         return 2
     cuda = not args.dry_run
+    with graphs_emulated_on_cpu() if args.dry_run else contextlib.nullcontext():
+        return _run(args, models, precisions, cells, cuda)
+
+
+def _run(args, models, precisions, cells, cuda: bool) -> int:
+    from bench.gpu import Stop, _commit, compile_only_autotuning, short_autotune_benchmarks
+
     if args.warm_only and cuda:
         compile_only_autotuning()
     elif cuda:

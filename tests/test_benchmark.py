@@ -330,20 +330,26 @@ def test_gpu_e2e_dry_run(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_e2e.json", "gpu_e2e.md"]
     data = json.loads((tmp_path / "gpu_e2e.json").read_text())
     rows = {(r["batch"], r["provider"], r["precision"]): r for r in data["rows"]}
-    keys = [("torch-sdpa", "fp32"), ("torch-sdpa", "fp16"), ("torch-sdpa", "bf16"), ("bertsilicon", "fp16")]
-    assert sorted(rows) == sorted((b, p, q) for b in (3, 2, 1) for p, q in keys)  # no graph rows without CUDA
+    keys = [("torch-sdpa", "fp32"), ("torch-sdpa", "fp16"), ("torch-sdpa", "bf16"), ("bertsilicon", "fp16"),
+            ("bertsilicon+graphs", "fp16")]  # the graph rows with an eager stand-in for the capture on CPU
+    assert sorted(rows) == sorted((b, p, q) for b in (3, 2, 1) for p, q in keys)
     for r in rows.values():
         assert r["status"] == "ok" and r["latency_ms"]["n"] == 1 and r["real_tokens"] <= r["batch"] * 16
         assert r["cos_batch_min"] > 0.999 and r["cos64_min"] > 0.999  # fp16 / bf16 of a tiny model vs fp32
     assert rows[(3, "torch-sdpa", "fp32")]["cos_batch_min"] == pytest.approx(1.0, abs=1e-9)
     assert rows[(3, "torch-sdpa", "fp16")]["speedup_vs_baseline"] == 1.0
     assert data["builds"]["minilm-l6 bertsilicon fp16"]["backends_used"]["linear[fp16]"] == "triton"
-    (target,) = data["target"]
-    assert target["model"] == "minilm-l6" and target["batch"] == 3 and target["verdict"] in ("meets", "misses")
+    assert [t["path"] for t in data["target"]] == ["CUDA graphs", "eager"]
+    for target in data["target"]:
+        assert target["model"] == "minilm-l6" and target["batch"] == 3 and target["verdict"] in ("meets", "misses")
+    assert data["builds"]["minilm-l6 bertsilicon+graphs fp16"]["cuda_graphs"] is True
+    from bertsilicon.models import optimize as opt
+    assert opt._GRAPH_DEVICES == ("cuda",) and opt.capture_graph is not opt.replay_eagerly  # the emulation is undone
     md = (tmp_path / "gpu_e2e.md").read_text()
     assert "## Issue-5 target" in md and "random weights" in md and "| bertsilicon | fp16 |" in md
     summary = session.e2e_summary(tmp_path / "gpu_e2e.json")
-    assert [(r["batch"], r["provider"]) for r in summary["ours"]] == [(b, "bertsilicon") for b in (3, 2, 1)]
+    assert [(r["batch"], r["provider"]) for r in summary["ours"]] == [(b, p) for b in (3, 2, 1)
+                                                                      for p in ("bertsilicon", "bertsilicon+graphs")]
     assert "minilm-l6" in session.summary_markdown({"dry_run": True, "commit": "x", "started_utc": "-", "budget_s": 1,
                                                     "minilm": "-"}, {"e2e": {"status": "ok", **summary}})
 

@@ -48,20 +48,20 @@ def _encoder(model) -> opt.FusedEncoder:
 
 @pytest.fixture
 def captures(monkeypatch):
-    """Graph path on CPU with an eager stand-in for the capture; yields the GraphKey-less list of captures made."""
+    """Graph path on CPU with an eager stand-in for the capture (:func:`opt.replay_eagerly`, made to run no
+    layer sync on replay, as a graph); returns the list of the graphs captured."""
     made = []
 
     def eager_capture(body, inputs, pool):
-        out = body()
-        made.append(out)
+        graph = opt.replay_eagerly(body, inputs, pool)
+        made.append(graph)
 
-        def replay():  # a CUDA graph writes its output whatever the autograd mode; so does this
-            with torch.inference_mode(), monkeypatch.context() as m:
-                # and it runs no Python: what the layers' forwards check on the host (their prepared copies'
-                # sync) does not happen in a replay
+        def replay():  # a CUDA graph runs no Python: what the layers' forwards check on the host (their
+            with monkeypatch.context() as m:  # prepared copies' sync) does not happen in a replay
                 m.setattr(FusedEncoderLayer, "sync_prepared", lambda self: False)
-                out.copy_(body())
-        return opt.CapturedGraph(replay, inputs, out)
+                graph_replay()
+        graph_replay, graph.replay = graph.replay, replay
+        return graph
 
     monkeypatch.setattr(opt, "capture_graph", eager_capture)
     monkeypatch.setattr(opt, "_GRAPH_DEVICES", ("cuda", "cpu"))

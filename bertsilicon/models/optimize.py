@@ -214,6 +214,20 @@ def capture_graph(body, inputs: tuple, pool) -> CapturedGraph:
     return CapturedGraph(graph.replay, inputs, output, graph)
 
 
+def replay_eagerly(body, inputs: tuple, pool=None) -> CapturedGraph:
+    """A stand-in for :func:`capture_graph` where no graph can be captured (CPU): ``replay()`` runs ``body``
+    again and copies its result into the same output tensor. For checking everything around the capture
+    (buckets, static buffers, reuse, limits) without a GPU: ``tests/test_optimize_graphs.py`` and
+    ``python -m bench.gpu_e2e --dry-run`` put it in place of :func:`capture_graph` and add ``"cpu"`` to
+    ``_GRAPH_DEVICES``. (Unlike a graph it runs the layers' Python again on each replay.)"""
+    output = body()
+
+    def replay():
+        with torch.inference_mode():  # a graph writes its output whatever the autograd mode
+            output.copy_(body())
+    return CapturedGraph(replay, inputs, output)
+
+
 # ---------------------------------------------------------------------------------------------- #
 # the fused encoder                                                                              #
 # ---------------------------------------------------------------------------------------------- #
