@@ -231,3 +231,20 @@ def test_the_headline_batch_replays_a_graph():
     assert m.bertsilicon_report.layers[0].call.startswith("CUDA graph (calls on <= 8192 token rows), else per op")
     eager = _optimize(model, "fp16", calibration=None, cuda_graphs=False)
     assert torch.equal(out, _hidden(eager, inputs))
+
+
+@pytest.mark.gpu
+def test_graph_calls_on_two_streams_see_their_own_inputs(graph_models):
+    """The static buffers are shared: a call on a second stream must wait for the first call's copy-out."""
+    _, eager, graphs = graph_models
+    a, b = _inputs("cuda", batch=4, length=128, seed=40), _inputs("cuda", batch=4, length=128, seed=41)
+    _hidden(graphs, a)  # captured (or replayed) on the default stream
+    streams = torch.cuda.Stream(), torch.cuda.Stream()
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())  # the inputs were made on the default stream
+    with torch.cuda.stream(streams[0]):
+        out_a = _hidden(graphs, a)
+    with torch.cuda.stream(streams[1]):
+        out_b = _hidden(graphs, b)
+    torch.cuda.synchronize()
+    assert torch.equal(out_a, _hidden(eager, a)) and torch.equal(out_b, _hidden(eager, b))

@@ -29,6 +29,7 @@ calls run eagerly).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import warnings
@@ -143,6 +144,23 @@ def key_padding_mask(mask: Optional[torch.Tensor], batch: int, length: int) -> O
 # ---------------------------------------------------------------------------------------------- #
 _GRAPH_DEVICES = ("cuda",)  # where FusedEncoder captures graphs (tests add "cpu" with an eager stand-in)
 _GRAPH_LOCK = threading.Lock()  # graph replays write shared static buffers: one at a time per process
+_GRAPH_DONE: dict = {}  # device -> CUDA event recorded after the last graph call's output was copied out
+
+
+@contextlib.contextmanager
+def _graph_turn(device: torch.device):
+    """One graph call at a time, on the host (the lock) and on the GPU: a call on another CUDA stream waits for
+    the previous call's copy-out before it writes the static inputs (the lock alone orders only the launches)."""
+    with _GRAPH_LOCK:
+        done = _GRAPH_DONE.get(device) if device.type == "cuda" else None
+        if done is not None:
+            torch.cuda.current_stream(device).wait_event(done)
+        try:
+            yield
+        finally:
+            if device.type == "cuda":
+                event = _GRAPH_DONE[device] = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(device))
 
 
 def _pow2(n: int) -> int:
@@ -326,7 +344,7 @@ class FusedEncoder(nn.Module):
                 return t.new_zeros(B * L, H).index_copy_(0, index, t).view(B, L, H)
 
             if graphs:
-                with _GRAPH_LOCK:  # the static buffers are shared: one call at a time, until its output is out
+                with _graph_turn(x.device):  # the static buffers are shared: one call at a time, until its output is out
                     out = self._graph_packed(packed, cu_seqlens, B, L)
                     if out is not None:
                         return repad(out).to(in_dtype)
@@ -337,7 +355,7 @@ class FusedEncoder(nn.Module):
                     on_layer(repad(packed).to(in_dtype))
             return repad(packed).to(in_dtype)
         if graphs and B * _length_bucket(L) <= GRAPH_MAX_TOKENS:
-            with _GRAPH_LOCK:
+            with _graph_turn(x.device):
                 out = self._graph_padded(x, key_mask)
             if out is not None:
                 return out.to(in_dtype)
