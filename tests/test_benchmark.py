@@ -397,3 +397,13 @@ def test_gpu_session_reads_kernel_results_and_junit(tmp_path):
     c = session.junit_counts([tmp_path / "t.xml", tmp_path / "absent.xml"])
     assert (c["tests"], c["passed"], c["skipped"], c["failed"], c["errors"]) == (4, 1, 1, 1, 1)
     assert c["failures"] == ["b::f: assert 1 == 2", "c::e: CUDA error"]
+
+
+def test_gpu_host_overhead_counts_seven_launches_per_layer():
+    """bench/gpu_host_overhead.py (own process: it stubs Triton's launches): MiniLM-L6 fp16 is 7 launches a layer."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_host_overhead.py"), "--batch", "2", "--rounds", "2"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "minilm-l6 fp16 batch 2" in out.stdout and "; 42 launches per forward" in out.stdout, out.stdout
