@@ -46,7 +46,7 @@ _FLOAT_WEIGHTS = {torch.float32: (torch.float32, torch.bfloat16), torch.bfloat16
 @dataclass(frozen=True)
 class Snapshot:
     isa: str          # the kernel path the packs were made for (_C.active_isa())
-    operands: tuple   # the tensors it was built from (operands(layer)); held, so their ids stay unique
+    operands: tuple   # the tensors it was built from (layer.operand_tensors(cpu=True)); held, so their ids stay unique
     ids: tuple        # their id()s
     versions: tuple   # their version counters at the time
     eps: tuple        # (ln1.eps, ln2.eps)
@@ -64,11 +64,6 @@ class Snapshot:
 
 def _versions(tensors: tuple) -> tuple:
     return tuple([t._version for t in tensors if t is not None])
-
-
-def operands(layer) -> tuple:
-    """Every tensor the layer's call reads on the cpu backend (:meth:`FusedEncoderLayer.operand_tensors`)."""
-    return layer.operand_tensors(cpu=True)
 
 
 def _fp32_vector(name: str, t: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
@@ -134,7 +129,7 @@ _SNAPSHOTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def snapshot(layer) -> Snapshot:
     """The layer's current snapshot, rebuilt when any weight, bias, scale or LayerNorm parameter was
     replaced or changed in place, or the kernel path changed (the packs are then re-packed)."""
-    isa, ops = _C.active_isa(), operands(layer)
+    isa, ops = _C.active_isa(), layer.operand_tensors(cpu=True)
     parts = layer.__dict__["parts"]
     eps = (float(parts.ln1.eps), float(parts.ln2.eps))
     snap = _SNAPSHOTS.get(layer)
