@@ -207,6 +207,42 @@ def test_a_failing_capture_runs_eagerly_and_says_so(monkeypatch):
     assert any("stream is capturing" in n for n in graphs.bertsilicon_report.notes)
 
 
+@pytest.mark.parametrize("host_read", [
+    lambda t: t[0].item(), lambda t: bool(t[-1] > 0), lambda t: int(t.sum()), lambda t: t.tolist(),
+    lambda t: t.nonzero(), lambda t: t[t > 0], lambda t: t.masked_select(t > 0), lambda t: t.unique(),
+    lambda t: torch.tensor([1, 2], device=t.device),
+], ids=["item", "bool", "int", "tolist", "nonzero", "bool-index", "masked_select", "unique", "torch.tensor"])
+def test_the_stand_in_refuses_what_a_stream_capture_refuses(host_read):
+    t = torch.arange(6, dtype=torch.int32)
+    with pytest.raises(opt.GraphCaptureError), opt.no_host_reads():
+        host_read(t)
+    host_read(t)  # fine outside, and tolist is restored
+    assert t.tolist() == list(range(6))
+
+
+def test_the_stand_in_allows_the_work_of_a_graph():
+    x, cu = torch.randn(8, 4), torch.tensor([0, 3, 8], dtype=torch.int32)
+    with opt.no_host_reads():  # shapes, views, device-side copies and index ops with index tensors: all capturable
+        y = x.new_zeros(8, 4).index_copy_(0, torch.arange(8), x @ torch.eye(4))
+        x.index_select(0, cu[:2].long()), y[:3].copy_(x[:3]), cu[1:].fill_(8), torch.where(x > 0, x, 0.0)
+    assert torch.equal(y, x)
+
+
+def test_a_host_read_in_the_layers_turns_graphs_off_with_a_note(captures, monkeypatch):
+    """A planted bug: the packed layers check their offsets on the host again (a sync per layer, which a CUDA
+    capture refuses): the stand-in's capture fails as the GPU's would, the call runs eagerly, and says why."""
+    eager, graphs = _pair(_model(30), "fp32")
+    forward_packed = FusedEncoderLayer.forward_packed
+    monkeypatch.setattr(FusedEncoderLayer, "forward_packed",
+                        lambda self, x, cu, longest, stats=None, offsets_checked=False:
+                        forward_packed(self, x, cu, longest, stats, offsets_checked=False))
+    inputs = _inputs(4, 40, seed=31)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed.*tolist"):
+        out = _hidden(graphs, inputs)
+    assert torch.equal(out, _hidden(eager, inputs))
+    assert not _encoder(graphs).cuda_graphs and not _keys(graphs) and not captures
+
+
 def test_moving_the_model_drops_its_graphs(captures):
     _, graphs = _pair(_model(20), "fp32")
     _hidden(graphs, _inputs(2, 9, seed=21))

@@ -40,6 +40,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import ops, quant
 from . import bert, distilbert, mobilebert
@@ -232,16 +233,59 @@ def capture_graph(body, inputs: tuple, pool) -> CapturedGraph:
     return CapturedGraph(graph.replay, inputs, output, graph)
 
 
+class GraphCaptureError(RuntimeError):
+    """Raised by :func:`replay_eagerly` where a CUDA graph capture would fail: the body read a tensor on the host."""
+
+
+class _NoHostReads(TorchDispatchMode):
+    """Raises :class:`GraphCaptureError` on the ops a CUDA stream capture refuses, seen on any device: a value
+    read on the host (``.item()``, ``bool()``, ``int()``, ``.tolist()``: ``_local_scalar_dense``, a device
+    sync), ops whose output shape depends on the data (``nonzero``, boolean indexing, ``masked_select``,
+    ``unique``: a sync for the size), and tensors made from host data (``torch.tensor([...])``: a copy from
+    pageable host memory). So on CPU a body that would break the capture fails as it would on the GPU."""
+
+    _DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
+                       "unique_consecutive", "repeat_interleave", "argwhere", "lift_fresh", "lift_fresh_copy",
+                       "_local_scalar_dense"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name == "index" and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                                   for i in (args[1] if len(args) > 1 else ())):
+            name = "boolean indexing"
+        if name in self._DATA_DEPENDENT or name == "boolean indexing":
+            raise GraphCaptureError(f"{name} inside a CUDA graph's body: it reads the device on the host (a sync "
+                                    "or a data-dependent size), which a stream capture does not allow")
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """:class:`_NoHostReads` on, and ``Tensor.tolist`` refused (on a CPU tensor it dispatches no op)."""
+    def tolist(self):
+        raise GraphCaptureError("Tensor.tolist inside a CUDA graph's body: a device sync, which a stream capture "
+                                "does not allow")
+    saved = torch.Tensor.tolist
+    torch.Tensor.tolist = tolist
+    try:
+        with _NoHostReads():
+            yield
+    finally:
+        torch.Tensor.tolist = saved
+
+
 def replay_eagerly(body, inputs: tuple, pool=None) -> CapturedGraph:
     """A stand-in for :func:`capture_graph` where no graph can be captured (CPU): ``replay()`` runs ``body``
     again and copies its result into the same output tensor. For checking everything around the capture
     (buckets, static buffers, reuse, limits) without a GPU: ``tests/test_optimize_graphs.py`` and
     ``python -m bench.gpu_e2e --dry-run`` put it in place of :func:`capture_graph` and add ``"cpu"`` to
-    ``_GRAPH_DEVICES``. (Unlike a graph it runs the layers' Python again on each replay.)"""
-    output = body()
+    ``_GRAPH_DEVICES``. (Unlike a graph it runs the layers' Python again on each replay.) The body runs under
+    :func:`no_host_reads`, so what would make the real capture fail (a sync, ...) fails here too, at capture."""
+    with no_host_reads():
+        output = body()
 
     def replay():
-        with torch.inference_mode():  # a graph writes its output whatever the autograd mode
+        with torch.inference_mode(), no_host_reads():  # a graph writes its output whatever the autograd mode
             output.copy_(body())
     return CapturedGraph(replay, inputs, output)
 
