@@ -124,10 +124,12 @@ def row_kernel_cases():
     for dt in ("fp16", "bf16", "fp32"):
         for N in (768, 3072):
             block_n, warps = E.quantize_block(N)
-            types = dict(x_ptr=f"*{dt}", q_ptr="*i8", scale_ptr="*fp32", rows="i32", N="i32", stride_x="i32")
-            consts = dict(BLOCK_N=block_n)
+            types = dict(x_ptr=f"*{dt}", inv_smooth_ptr="*fp32", q_ptr="*i8", scale_ptr="*fp32", rows="i32", N="i32",
+                         stride_x="i32")
+            consts = dict(BLOCK_N=block_n, SMOOTH=True)
             yield Case(f"quantize per_token {dt} N{N}", E._quantize_rows_kernel, types, consts,
-                       ["x_ptr", "q_ptr", "scale_ptr", "N", "stride_x"], warps, 1, _describe(consts, warps, 1))
+                       ["x_ptr", "inv_smooth_ptr", "q_ptr", "scale_ptr", "N", "stride_x"], warps, 1,
+                       _describe(consts, warps, 1))
     for fmt, dt, rounding in (("bf16", "fp32", "stochastic"), ("bf16", "fp32", "nearest"), ("e4m3", "bf16", "stochastic"),
                               ("e5m2", "fp16", "nearest"), ("q3.4", "fp32", "stochastic")):
         bf16 = dt == "bf16"

@@ -14,6 +14,8 @@ Launchers take already-validated tensors (see :mod:`bertsilicon.ops`).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -68,18 +70,24 @@ _RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: (y + M) - M rounds |y| < 2^
 
 
 @triton.jit(do_not_specialize=["rows"])
-def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, rows, N, stride_x, BLOCK_N: tl.constexpr):
-    """One program per row: scale = amax / 127 (1 when amax == 0, NaN when the row has NaN),
-    q = round_half_even(x / scale) clamped to [-127, 127], NaN -> 0. Divisions are IEEE (div_rn), so
-    q and scale are bit-identical to :func:`bertsilicon.reference.quantize` in fp32."""
+def _quantize_rows_kernel(x_ptr, inv_smooth_ptr, q_ptr, scale_ptr, rows, N, stride_x, BLOCK_N: tl.constexpr,
+                          SMOOTH: tl.constexpr):
+    """One program per row of x ``[rows, N]``: xs = x (``SMOOTH``: x * inv_smooth, one fp32 factor per
+    column, SmoothQuant's division by its factors, fused so xs is never written), scale = amax|xs| / 127
+    (1 when amax == 0, NaN when the row has NaN), q = round_half_even(xs / scale) clamped to [-127, 127],
+    NaN -> 0. The product is one fp32 multiply (as torch's ``x * inv_smooth``) and the divisions are IEEE
+    (div_rn), so q and scale are bit-identical to :func:`bertsilicon.reference.quantize` of xs in fp32."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x
     cols = tl.arange(0, BLOCK_N)
     amax = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         x = tl.load(x_row + n0 + cols, mask=n0 + cols < N, other=0.0).to(tl.float32)
+        if SMOOTH:
+            x = x * tl.load(inv_smooth_ptr + n0 + cols, mask=n0 + cols < N, other=0.0)
         a = tl.abs(x)
-        amax = tl.where(a != a, a, tl.maximum(amax, a))  # keep NaN sticky: tl.maximum may drop it
+        # NaN sticky per lane, also across blocks of a long row: tl.maximum may drop a NaN on either side
+        amax = tl.where((a != a) | (amax != amax), a + amax, tl.maximum(amax, a))
     has_nan = tl.sum((amax != amax).to(tl.int32), axis=0) > 0
     row_amax = tl.max(amax, axis=0)
     row_amax = tl.where(has_nan, float("nan"), row_amax)
@@ -88,6 +96,8 @@ def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, rows, N, stride_x, BLOCK_N: t
     for n0 in range(0, N, BLOCK_N):
         mask = n0 + cols < N
         x = tl.load(x_row + n0 + cols, mask=mask, other=0.0).to(tl.float32)
+        if SMOOTH:
+            x = x * tl.load(inv_smooth_ptr + n0 + cols, mask=mask, other=0.0)
         y = tl.math.div_rn(x, tl.zeros_like(x) + scale)
         y = tl.where(y != y, 0.0, y)  # NaN -> 0 before the clamp (min/max may drop NaN either way)
         y = tl.minimum(tl.maximum(y, -127.0), 127.0)
@@ -101,25 +111,30 @@ def quantize_block(N: int) -> tuple[int, int]:
     return BLOCK_N, 4 if BLOCK_N <= 2048 else 8
 
 
-def quantize_rows(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launcher: int8 quantization with one scale per row of x2 ``[rows, N]`` (last dim contiguous).
-    Returns ``(q [rows, N] int8, scale [rows] float32)``."""
+def quantize_rows(x2: torch.Tensor, inv_smooth: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launcher: int8 quantization with one scale per row of x2 ``[rows, N]`` (last dim contiguous), of
+    ``x2 * inv_smooth`` when given (fp32 ``[N]``, contiguous). Returns ``(q [rows, N] int8, scale [rows] float32)``."""
     rows, N = x2.shape
     q = torch.empty((rows, N), dtype=torch.int8, device=x2.device)
     scale = torch.empty((rows,), dtype=torch.float32, device=x2.device)
     if rows:
         BLOCK_N, num_warps = quantize_block(N)
-        _quantize_rows_kernel[(rows,)](x2, q, scale, rows, N, x2.stride(0), BLOCK_N=BLOCK_N, num_warps=num_warps)
+        _quantize_rows_kernel[(rows,)](x2, inv_smooth if inv_smooth is not None else scale, q, scale, rows, N,
+                                       x2.stride(0), BLOCK_N=BLOCK_N, SMOOTH=inv_smooth is not None,
+                                       num_warps=num_warps)
     return q, scale
 
 
-def quantize(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(x: torch.Tensor, granularity: str, inv_smooth: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher for every granularity, each as rows of one kernel: ``per_token`` rows = tokens (last
     dim), ``per_channel`` rows = dim 0 (a weight's output channels), ``per_tensor`` one row (a single
-    program: fine for weights and calibration, not for large activations)."""
+    program: fine for weights and calibration, not for large activations). ``inv_smooth`` (fp32 ``[K]``,
+    ``per_token`` only): quantize ``x * inv_smooth`` (SmoothQuant's activation side) in the same pass."""
     if granularity == "per_token":
-        q, s = quantize_rows(x.reshape(-1, x.shape[-1]))
+        q, s = quantize_rows(x.reshape(-1, x.shape[-1]), inv_smooth)
         return q.view(x.shape), s.view(*x.shape[:-1], 1)
+    if inv_smooth is not None:
+        raise ValueError(f"inv_smooth is for per_token quantization (activations), not {granularity}")
     x = x.contiguous()  # per_channel / per_tensor rows span several dims: flatten them densely
     if granularity == "per_channel":
         q, s = quantize_rows(x.reshape(x.shape[0], -1))

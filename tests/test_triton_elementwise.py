@@ -52,6 +52,31 @@ def test_quantize_bit_exact(triton_device, dtype, granularity, shape):
     assert torch.equal(q.cpu(), q_ref.cpu()), f"{int((q.cpu() != q_ref.cpu()).sum())} quantized values differ"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 33, 78), (3, 5000), (2, 7)])
+def test_quantize_with_smoothing_equals_quantizing_the_smoothed_input(triton_device, dtype, shape):
+    """The per-token launcher's fused SmoothQuant factors (what the fused layer's int8 GEMMs use): bit for bit
+    the reference quantize of ``x * inv_smooth`` computed by torch (fp32), including a zero row and a NaN."""
+    from bertsilicon.kernels import elementwise
+
+    g = torch.Generator().manual_seed(shape[-1] + 7)
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    x.view(-1, shape[-1])[0] = 0.0
+    if x.numel() > 2 * shape[-1]:
+        x.view(-1, shape[-1])[1, 3] = float("nan")
+    inv_smooth = 1.0 / (torch.rand(shape[-1], generator=g) * 8 + 0.05)  # spread factors, as calibration gives
+    x, inv_smooth = x.to(triton_device), inv_smooth.to(triton_device)
+    q_ref, s_ref = R.quantize(x * inv_smooth, "int8", "per_token")
+    q, s = elementwise.quantize(x, "per_token", inv_smooth)
+    assert s.shape == s_ref.shape and torch.equal(torch.isnan(s.cpu()), torch.isnan(s_ref.cpu()))
+    assert torch.equal(s.cpu().nan_to_num(), s_ref.cpu().nan_to_num()), "scales differ"
+    assert torch.equal(q.cpu(), q_ref.cpu()), f"{int((q.cpu() != q_ref.cpu()).sum())} quantized values differ"
+    q_plain, _ = elementwise.quantize(x, "per_token")  # the factors do change the result (the test can fail)
+    assert not torch.equal(q_plain.cpu(), q.cpu())
+    with pytest.raises(ValueError, match="per_token"):
+        elementwise.quantize(x.reshape(shape[0], -1), "per_channel", inv_smooth)
+
+
 def test_quantize_ties_zero_row_nan_row(triton_device):
     x = torch.randn(4, 64)
     x[0, :3] = torch.tensor([127.0, 0.5, -2.5])   # scale 1: 0.5 -> 0 and -2.5 -> -2 (ties to even)
@@ -64,6 +89,13 @@ def test_quantize_ties_zero_row_nan_row(triton_device):
     assert q[0, :3].tolist() == [127, 0, -2]
     assert torch.equal(q.cpu(), q_ref.cpu()) and float(s[1]) == 1.0 and bool(torch.isnan(s[2]))
     assert torch.equal(torch.isnan(s.cpu()), torch.isnan(s_ref.cpu()))
+    # rows longer than one block (4096): a NaN in the first block stays NaN through the later blocks
+    # (tl.maximum may drop a NaN; the kernel keeps it per lane), and one in the last block too
+    long = torch.randn(3, 5000)
+    long[0, 3], long[2, 4999] = float("nan"), float("nan")
+    q, s = ops.quantize(long.to(triton_device), backend="triton")
+    assert torch.isnan(s.cpu()).flatten().tolist() == [True, False, True]
+    assert torch.equal(q.cpu(), R.quantize(long)[0])
 
 
 def _wide_values(n, seed):
