@@ -99,6 +99,58 @@ def test_unpadded_path_equals_padded_path_at_real_positions(triton_device, kind)
     assert torch.equal(unpadded[~real], torch.zeros_like(unpadded[~real]))
 
 
+@pytest.mark.parametrize("precision,unpad,smooth", [
+    ("fp32", True, None), ("fp16", True, None), ("bf16", False, None), ("int8", True, 0.5), ("int8", False, None)])
+def test_direct_triton_launches_equal_the_public_ops(triton_device, monkeypatch, precision, unpad, smooth):
+    """The layers call the triton launchers directly (bertsilicon/models/_triton_layer.py): bit for bit what
+    the same layers give through the public ops (validation + dispatch per op), and no public op runs."""
+    from bertsilicon import ops
+    from bertsilicon.models.fused_layer import FusedEncoderLayer
+
+    model = _model("bert", triton_device, seed=12)
+    inputs = _inputs(triton_device, seed=13)
+    direct = _optimize(model, precision, unpad=unpad, smooth=smooth, cuda_graphs=False)
+    # optimize calibrates through the direct path: a wrong int8 GEMM there would move every GEMM to fp32
+    assert {p for layer in _encoder(direct).layer for p in layer.gemm_precision.values()} == {precision}
+    public = copy.deepcopy(direct)
+    for layer in _encoder(public).layer:
+        layer.direct_launch = False
+    with torch.no_grad():
+        want = public(**inputs).last_hidden_state
+        calls = {"public": 0}
+
+        def refuse(*args, **kwargs):
+            calls["public"] += 1
+            raise AssertionError("a public op ran on the direct path")
+        with monkeypatch.context() as m:
+            for name in ("linear", "add_layernorm", "attention", "attention_varlen", "quantize", "int8_linear"):
+                m.setattr(ops, name, refuse)
+            got = direct(**inputs).last_hidden_state
+    assert calls["public"] == 0 and all(layer.direct_triton(got.new_zeros(1, layer.hidden))
+                                        for layer in _encoder(direct).layer)
+    assert torch.equal(got, want)
+
+
+def test_direct_triton_launches_keep_an_unservable_op_on_the_public_path(triton_device):
+    """backend=None and an op the triton kernels refuse (a head dim over 128): the layer takes the public path,
+    which sends that op to the reference — never a triton launch it cannot do."""
+    layer = _encoder(_optimize(_model("bert", triton_device), "fp32")).layer[0]
+    layer.backend = None
+    x = torch.zeros(1, layer.hidden, device=triton_device)
+    layer.head_dim, saved = 130, layer.head_dim  # what backends_used asks the attention check about
+    try:
+        if triton_device == "cpu":  # backend=None on CPU tensors is the cpu backend's: never direct triton
+            assert not layer.direct_triton(x)
+        else:
+            assert layer.backends_used(x)["attention"] == "reference" and not layer.direct_triton(x)
+    finally:
+        layer.head_dim = saved
+    layer.__dict__["_direct_verdicts"].clear()
+    layer.backend = "triton"
+    strided = torch.zeros(layer.hidden, 2, device=triton_device).t()  # [2, H], last-dim stride 2
+    assert layer.direct_triton(x) and not layer.direct_triton(strided)
+
+
 def _int8_case(device):
     """(fp32 model, test inputs, calibration): the real MiniLM and real text on a GPU; tiny random BERT on CPU."""
     if device != "cuda":

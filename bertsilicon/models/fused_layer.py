@@ -28,7 +28,10 @@ How a call runs:
   ``layer.one_call = False`` (or ``BERTSILICON_LAYER_ONE_CALL=0`` before import) forces the per-op path.
 * **per op** otherwise: every op goes through :mod:`bertsilicon.ops` with the layer's ``backend``, except
   the GEMMs on the cpu backend, which call its packed-weight entry points directly
-  (:class:`PreparedLinear`): same kernels, same results, without the public op's validation and dispatch.
+  (:class:`PreparedLinear`), and every op on the triton backend, whose launchers the layer calls directly
+  once the public dispatch has said it would pick them (:meth:`FusedEncoderLayer.direct_triton`,
+  :mod:`._triton_layer`): same kernels, same results, without the public op's validation and dispatch.
+  ``layer.direct_launch = False`` sends the triton ops through the public ops.
 
 The layer keeps the original layer's sub-modules registered under their original names (so
 ``state_dict()`` keys, ``parameters()`` and ``.to()`` are those of the original model); the prepared
@@ -88,6 +91,14 @@ def _cpu_gemm_module():
     from ..ops import _cpu_gemm
 
     return _cpu_gemm
+
+
+@functools.cache
+def _triton_layer_module():
+    """:mod:`._triton_layer` (imported on first use: it imports triton)."""
+    from . import _triton_layer
+
+    return _triton_layer
 
 
 @functools.cache
@@ -315,6 +326,8 @@ class FusedEncoderLayer(nn.Module):
         self.backend = backend
         self.gemm_precision = dict(gemm_precision)
         self.one_call = ONE_CALL
+        self.direct_launch = True  # the triton per-op path calls the launchers directly (see direct_triton)
+        self.__dict__["_direct_verdicts"] = {}  # (device, dtype) -> whether every op resolves to triton
         smooth = smooth or {}
 
         def prep(name, w, b, source=None, derived_from=None):
@@ -358,8 +371,61 @@ class FusedEncoderLayer(nn.Module):
         return (*read(modules["qkv"]), *read(modules["o"]), *read(modules["up"]), *read(modules["down"]),
                 *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
 
+    def backends_used(self, x: torch.Tensor) -> dict:
+        """Which backend the public dispatch picks for each op of this layer on activations like
+        ``x [T, H]`` (a few tokens are enough: no check depends on their number), with the layer's own
+        weights: ``{"attention_varlen": ..., "attention": ..., "add_layernorm": ..., "linear[bf16]": ...,
+        "quantize": ..., "int8_linear": ...}``. Raises as the op would when an explicit backend cannot
+        serve it. For the report and :meth:`direct_triton`."""
+        backend = self.backend
+        t, n, d = x.shape[0], self.num_heads, self.head_dim
+        q = x.new_ones(t, n, d)
+        q4 = q.transpose(0, 1)[None].contiguous()
+        cu = torch.tensor([0, t], dtype=torch.int32, device=x.device)
+        ln = self.__dict__["parts"].ln1
+        used = {"attention_varlen": ops.which_backend("attention_varlen", q, q, q, cu, t, None, backend=backend),
+                "attention": ops.which_backend("attention", q4, q4, q4, None, None, backend=backend),
+                "add_layernorm": ops.which_backend("add_layernorm", x, x, ln.weight, ln.bias, ln.eps, backend=backend)}
+        for name in GEMMS:
+            g = self._modules[name]
+            xi = x.new_ones(t, g.in_features)
+            if g.precision == "int8":
+                xq, xs = quant.quantize_activations(xi, backend=backend)
+                used["quantize"] = ops.which_backend("quantize", xi, "int8", "per_token", backend=backend)
+                used["int8_linear"] = ops.which_backend("int8_linear", xq, xs, g.w_q, g.w_scale, g.bias, None,
+                                                        x.dtype, backend=backend)
+            elif g._cpu_gemm(xi) is not None:  # the layer calls the cpu GEMM directly (PreparedLinear.forward)
+                used[f"linear[{g.precision}]"] = "cpu"
+            else:
+                w = g.operands()[0]
+                used[f"linear[{g.precision}]"] = ops.which_backend("linear", xi.to(w.dtype), w, None, None,
+                                                                   backend=backend)
+        return used
+
+    def direct_triton(self, x: torch.Tensor) -> bool:
+        """Whether this call's per-op path launches the triton kernels directly (:mod:`._triton_layer`):
+        ``direct_launch`` on, backend None or "triton", CUDA tensors (or CPU under the Triton interpreter with
+        ``backend="triton"``), not tracing, x's last dim contiguous, and every op of the layer resolving to
+        triton for x's device and dtype (:meth:`backends_used`, asked once per device and dtype)."""
+        if (not self.direct_launch or self.backend not in (None, "triton") or torch.compiler.is_compiling()
+                or (x.dim() and x.stride(-1) != 1)):
+            return False
+        if x.device.type != "cuda":
+            from ..ops._dispatch import triton_interpreter
+
+            if not (x.device.type == "cpu" and self.backend == "triton" and triton_interpreter()):
+                return False
+        key = (x.device, x.dtype)
+        verdicts = self.__dict__["_direct_verdicts"]
+        if key not in verdicts:
+            probe = x.reshape(-1, x.shape[-1])[:2].contiguous()
+            verdicts[key] = all(b == "triton" for b in self.backends_used(probe).values())
+        return verdicts[key]
+
     # ------------------------------------------------------------------------------------------ #
-    def _add_ln(self, x, residual, ln: nn.LayerNorm):
+    def _add_ln(self, x, residual, ln: nn.LayerNorm, direct: bool = False):
+        if direct:
+            return _triton_layer_module().add_layernorm(x, residual, ln)
         return ops.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=self.backend)
 
     def _one_call(self, x: torch.Tensor, stats: Optional[dict]):
@@ -407,22 +473,25 @@ class FusedEncoderLayer(nn.Module):
             return "layer.one_call = False"
         return "GEMM mix " + ", ".join(f"{g}={p[g]}" for g in GEMMS) + " not served in one call"
 
-    def _block(self, x, attend, stats: Optional[dict] = None):
+    def _block(self, x, attend, stats: Optional[dict] = None, direct: bool = False):
         """The layer on tokens ``x [..., H]`` with ``attend(qkv) -> ctx [..., H]``; ``stats`` (calibration)
-        collects the per-channel max |input| of every GEMM."""
+        collects the per-channel max |input| of every GEMM; ``direct``: the GEMMs and LayerNorms launch the
+        triton kernels directly (:meth:`direct_triton`)."""
         parts = self.__dict__["parts"]
+        modules = self._modules
+        gemm = _triton_layer_module().linear if direct else (lambda g, t, act=None: g(t, act))
         if stats is not None:
             stats.setdefault("qkv", quant.ChannelAbsMax()).update(x)
-        ctx = attend(self.qkv(x))
+        ctx = attend(gemm(modules["qkv"], x))
         if stats is not None:
             stats.setdefault("o", quant.ChannelAbsMax()).update(ctx)
-        h = self._add_ln(self.o(ctx), x, parts.ln1)
+        h = self._add_ln(gemm(modules["o"], ctx), x, parts.ln1, direct)
         if stats is not None:
             stats.setdefault("up", quant.ChannelAbsMax()).update(h)
-        u = self.up(h, self.activation)
+        u = gemm(modules["up"], h, self.activation)
         if stats is not None:
             stats.setdefault("down", quant.ChannelAbsMax()).update(u)
-        return self._add_ln(self.down(u), h, parts.ln2)
+        return self._add_ln(gemm(modules["down"], u), h, parts.ln2, direct)
 
     def forward_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
                        stats: Optional[dict] = None, *, offsets_checked: bool = False) -> torch.Tensor:
@@ -436,15 +505,19 @@ class FusedEncoderLayer(nn.Module):
         if snap is not None:
             return _one_call_module().forward_packed(self, snap, x, cu_seqlens, max_seqlen, offsets_checked)
         n, d = self.num_heads, self.head_dim
+        direct = self.direct_triton(x) and offsets_checked  # the direct path never reads the offsets
 
         def attend(qkv):
             T = qkv.shape[0]
             q, k, v = qkv.view(T, 3, n, d).unbind(1)  # strided views (last dim contiguous): no copies
-            ctx = ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, self.scale, backend=self.backend,
-                                       offsets_checked=offsets_checked)
+            if direct:
+                ctx = _triton_layer_module().attention_varlen(q, k, v, cu_seqlens, max_seqlen, self.scale)
+            else:
+                ctx = ops.attention_varlen(q, k, v, cu_seqlens, max_seqlen, self.scale, backend=self.backend,
+                                           offsets_checked=offsets_checked)
             return ctx.reshape(T, n * d)
 
-        return self._block(x, attend, stats)
+        return self._block(x, attend, stats, direct)
 
     def forward_padded(self, x: torch.Tensor, key_mask: Optional[torch.Tensor],
                        stats: Optional[dict] = None) -> torch.Tensor:
@@ -456,14 +529,24 @@ class FusedEncoderLayer(nn.Module):
         if snap is not None:
             return _one_call_module().forward_padded(self, snap, x, key_mask)
         n, d = self.num_heads, self.head_dim
+        direct = self.direct_triton(x) and (key_mask is None or self._mask_ok(key_mask, x))
 
         def attend(qkv):
             B, L = qkv.shape[:2]
             q, k, v = qkv.view(B, L, 3, n, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, n, L, d] views, no copies
-            ctx = ops.attention(q, k, v, key_mask, self.scale, backend=self.backend)  # [B, n, L, d]
+            if direct:
+                ctx = _triton_layer_module().attention(q, k, v, key_mask, self.scale)
+            else:
+                ctx = ops.attention(q, k, v, key_mask, self.scale, backend=self.backend)  # [B, n, L, d]
             return ctx.transpose(1, 2).reshape(B, L, n * d)
 
-        return self._block(x, attend, stats)
+        return self._block(x, attend, stats, direct)
+
+    @staticmethod
+    def _mask_ok(key_mask: torch.Tensor, x: torch.Tensor) -> bool:
+        """What ``ops.attention`` checks of a mask: ``[B, L]`` on x's device (a bad one takes the public path,
+        which raises)."""
+        return key_mask.dim() == 2 and tuple(key_mask.shape) == tuple(x.shape[:2]) and key_mask.device == x.device
 
     def extra_repr(self) -> str:
         p = ", ".join(f"{k}={v}" for k, v in self.gemm_precision.items())

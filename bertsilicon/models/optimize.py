@@ -681,33 +681,6 @@ def _check_device(base: nn.Module, backend: Optional[str]) -> torch.device:
     return device
 
 
-def _backends_used(layer: FusedEncoderLayer, x: torch.Tensor, backend: Optional[str]) -> dict:
-    """Which backend serves each op of ``layer`` for activations like ``x [T, H]`` (for the report)."""
-    t, n, d = x.shape[0], layer.num_heads, layer.head_dim
-    q = x.new_ones(t, n, d)
-    q4 = q.transpose(0, 1)[None].contiguous()
-    cu = torch.tensor([0, t], dtype=torch.int32, device=x.device)
-    ln = layer.__dict__["parts"].ln1
-    used = {"attention_varlen": ops.which_backend("attention_varlen", q, q, q, cu, t, None, backend=backend),
-            "attention": ops.which_backend("attention", q4, q4, q4, None, None, backend=backend),
-            "add_layernorm": ops.which_backend("add_layernorm", x, x, ln.weight, ln.bias, ln.eps, backend=backend)}
-    for name in GEMMS:
-        g = getattr(layer, name)
-        xi = x.new_ones(t, g.in_features)
-        if g.precision == "int8":
-            xq, xs = quant.quantize_activations(xi, backend=backend)
-            used["quantize"] = ops.which_backend("quantize", xi, "int8", "per_token", backend=backend)
-            used["int8_linear"] = ops.which_backend("int8_linear", xq, xs, g.w_q, g.w_scale, g.bias, None, x.dtype,
-                                                    backend=backend)
-        elif g._cpu_gemm(xi) is not None:  # the layer calls the cpu GEMM directly (PreparedLinear.forward)
-            used[f"linear[{g.precision}]"] = "cpu"
-        else:
-            src = g.__dict__["source"]
-            w = src.weight if src is not None else g.weight
-            used[f"linear[{g.precision}]"] = ops.which_backend("linear", xi.to(w.dtype), w, None, None, backend=backend)
-    return used
-
-
 def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] = None, unpad: bool = True,
              calibration: Union[None, Sequence[str], Mapping] = None, smooth: Optional[float] = None, *,
              tokenizer=None, error_budget: Optional[float] = None, cuda_graphs: Optional[bool] = None) -> nn.Module:
@@ -816,7 +789,7 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
             entry.call = fused_layer.call_path(device)
             if cuda_graphs:
                 entry.call = f"CUDA graph (calls on <= {GRAPH_MAX_TOKENS} token rows), else {entry.call}"
-        report.backends_used = _backends_used(fused[0], inputs[0][real][:4].to(compute_dtype).contiguous(), backend)
+        report.backends_used = fused[0].backends_used(inputs[0][real][:4].to(compute_dtype).contiguous())
         new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, unpad, bool(cuda_graphs))
         setattr(base, adapter.encoder_attr, new_encoder)
         handle = base.register_forward_pre_hook(_validate_inputs_hook(adapter.max_positions(config)), with_kwargs=True)
