@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_configs, fma_dots, fp32_dot_precision, hardware_class, mma, token_bucket, upcast_bf16_dots
+from ._common import (autotune_configs, cdiv, fma_dots, fp32_dot_precision, hardware_class, mma, next_pow2, token_bucket,
+                      upcast_bf16_dots)
 
 _LOG2E = 1.4426950408889634
 
@@ -162,7 +163,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask:
     mask = attention_mask
     if mask is not None and mask.stride(-1) != 1:
         mask = mask.contiguous()
-    grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
+    grid = lambda meta: (cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
     precision = _dot_precision(q.dtype)
     _autotuned(q.dtype, precision)[grid](
         q, k, v, out, mask if mask is not None else q, q,
@@ -171,7 +172,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask:
         mask.stride(0) if mask is not None else 0,
         H, Lq, Lk, D, _scale(scale, D),
         L_BUCKET=token_bucket(max(Lq, Lk)), HAS_MASK=mask is not None, VARLEN=False,
-        DOT_PRECISION=precision, UPCAST=upcast_bf16_dots(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+        DOT_PRECISION=precision, UPCAST=upcast_bf16_dots(q.dtype), BLOCK_D=max(16, next_pow2(D)))
     return out
 
 
@@ -185,7 +186,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     if out.numel() == 0 or B <= 0 or max_seqlen == 0:
         return out
     cu = cu_seqlens.contiguous()
-    grid = lambda meta: (triton.cdiv(max_seqlen, meta["BLOCK_M"]), B * H)  # noqa: E731
+    grid = lambda meta: (cdiv(max_seqlen, meta["BLOCK_M"]), B * H)  # noqa: E731
     precision = _dot_precision(q.dtype)
     _autotuned(q.dtype, precision)[grid](
         q, k, v, out, cu, cu,
@@ -193,7 +194,7 @@ def attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         0, v.stride(1), v.stride(0), 0, out.stride(1), out.stride(0), 0,
         H, max_seqlen, max_seqlen, D, _scale(scale, D),
         L_BUCKET=token_bucket(max_seqlen), HAS_MASK=False, VARLEN=True,
-        DOT_PRECISION=precision, UPCAST=upcast_bf16_dots(q.dtype), BLOCK_D=max(16, triton.next_power_of_2(D)))
+        DOT_PRECISION=precision, UPCAST=upcast_bf16_dots(q.dtype), BLOCK_D=max(16, next_pow2(D)))
     return out
 
 

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from bertsilicon import formats as _formats
 
-from ._common import ACT_GELU, ACT_GELU_TANH, activate
+from ._common import ACT_GELU, ACT_GELU_TANH, activate, cdiv, next_pow2
 
 # ---------------------------------------------------------------------------------------------- #
 # bias_gelu                                                                                       #
@@ -44,7 +44,7 @@ def _bias_act_kernel(x_ptr, bias_ptr, out_ptr, rows, N, stride_x, ACTIVATION: tl
 
 def bias_act_blocks(N: int) -> tuple[int, int]:
     """``(BLOCK_R, BLOCK_N)`` tile of :func:`_bias_act_kernel` for rows of N elements (~4K per program)."""
-    BLOCK_N = min(triton.next_power_of_2(N), 1024)
+    BLOCK_N = min(next_pow2(N), 1024)
     return max(1, min(64, 4096 // BLOCK_N)), BLOCK_N
 
 
@@ -56,7 +56,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Te
     rows = x2.shape[0]
     if out.numel():
         BLOCK_R, BLOCK_N = bias_act_blocks(N)
-        grid = (triton.cdiv(rows, BLOCK_R), triton.cdiv(N, BLOCK_N))
+        grid = (cdiv(rows, BLOCK_R), cdiv(N, BLOCK_N))
         _bias_act_kernel[grid](x2, bias.contiguous(), out, rows, N, x2.stride(0),
                                ACTIVATION=ACT_GELU_TANH if approximate == "tanh" else ACT_GELU,
                                BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, num_warps=4)
@@ -107,7 +107,7 @@ def _quantize_rows_kernel(x_ptr, inv_smooth_ptr, q_ptr, scale_ptr, rows, N, stri
 
 def quantize_block(N: int) -> tuple[int, int]:
     """``(BLOCK_N, num_warps)`` of :func:`_quantize_rows_kernel` for rows of N elements."""
-    BLOCK_N = min(triton.next_power_of_2(max(N, 1)), 4096)
+    BLOCK_N = min(next_pow2(max(N, 1)), 4096)
     return BLOCK_N, 4 if BLOCK_N <= 2048 else 8
 
 
@@ -276,7 +276,7 @@ def round_to(x: torch.Tensor, fmt, rounding: str, seed) -> torch.Tensor:
     seed64 = int(seed or 0) & 0xFFFFFFFFFFFFFFFF
     if seed64 >= 1 << 63:  # pass as a signed int64 with the same bits (tl.randint splits it into two words)
         seed64 -= 1 << 64
-    _round_to_kernel[(triton.cdiv(n, ROUND_TO_BLOCK),)](
+    _round_to_kernel[(cdiv(n, ROUND_TO_BLOCK),)](
         xc.view(torch.int16) if bf16 else xc, out.view(torch.int16) if bf16 else out, n, seed64,
         **round_to_constexprs(f, rounding, bf16), num_warps=ROUND_TO_WARPS)
     return out.view(x.shape)

@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ACTIVATION_CODE, activate, autotune_configs, fma_dots, fp32_dot_precision, hardware_class, mma,
-                      token_bucket, upcast_bf16_dots)
+from ._common import (ACTIVATION_CODE, activate, autotune_configs, cdiv, fma_dots, fp32_dot_precision, hardware_class,
+                      mma, token_bucket, upcast_bf16_dots)
 
 
 def _configs(int8: bool, kind: Optional[str] = None, fma: bool = False) -> list[triton.Config]:
@@ -120,7 +120,7 @@ def _launch(x2, w, out, bias, xs, ws, activation, int8: bool):
     precision = "ieee" if int8 else (fp32_dot_precision() if x2.dtype == torch.float32 else "tf32")
     kernel = _gemm_int8 if int8 else (_gemm_fma if fma_dots(x2.dtype, precision) else _gemm_float)
     dummy = out  # never read when its flag is off
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    grid = lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     kernel[grid](x2, w, out, bias if bias is not None else dummy, xs if xs is not None else dummy,
                  ws if ws is not None else dummy, M, N, K,
                  x2.stride(0), x2.stride(1), w.stride(0), w.stride(1), out.stride(0),

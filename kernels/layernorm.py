@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import cdiv, next_pow2
+
 
 @triton.jit(do_not_specialize=["rows"])  # a new token count never recompiles
 def _add_layernorm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, out_ptr, rows, N, stride_x, stride_r, stride_out,
@@ -38,7 +40,7 @@ def launch_config(N: int) -> tuple[int, int, int]:
     """``(ROWS, BLOCK_N, num_warps)`` for rows of N elements: the whole row in registers
     (``BLOCK_N = next_pow2(N)``) and, for short rows, several rows per program so each program moves
     >= ~4K elements."""
-    BLOCK_N = triton.next_power_of_2(N)
+    BLOCK_N = next_pow2(N)
     return max(1, min(16, 4096 // BLOCK_N)), BLOCK_N, 4 if BLOCK_N <= 1024 else 8
 
 
@@ -53,7 +55,7 @@ def add_layernorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     if rows == 0 or N == 0:
         return out.view(x.shape)
     ROWS, BLOCK_N, num_warps = launch_config(N)
-    grid = (triton.cdiv(rows, ROWS),)
+    grid = (cdiv(rows, ROWS),)
     _add_layernorm_kernel[grid](x2, r2, weight, bias, out, rows, N, x2.stride(0), r2.stride(0),
                                 out.stride(0), eps, ROWS=ROWS, BLOCK_N=BLOCK_N, num_warps=num_warps)
     return out.view(x.shape)

@@ -58,3 +58,14 @@ def test_sass_report_keeps_one_section_per_triton_version(tmp_path):
     assert text.startswith("# SASS\n\nintro\n\n## triton 3.6.0\n")
     assert text.index("| 36 |") < text.index("## triton 3.9.0") < text.index("| 39 again |")
     assert "| 39 |" not in text and text.count("## triton") == 2
+
+
+def test_host_side_pow2_and_cdiv_equal_tritons():
+    """The launchers' plain-Python next_pow2 / cdiv (triton 3.9 wraps its own in a costly constexpr_function):
+    the same values as triton's for every size a launcher sees (and 1, not 0, for 0)."""
+    import triton
+
+    assert [_common.next_pow2(n) for n in range(1, 1 << 17)] == [triton.next_power_of_2(n) for n in range(1, 1 << 17)]
+    assert _common.next_pow2(0) == 1
+    assert all(_common.cdiv(a, b) == triton.cdiv(a, b) for a in range(0, 5000, 7) for b in (1, 3, 16, 64, 128, 256))
+    assert [_common.token_bucket(n) for n in (0, 1, 16, 17, 1919, 2048, 2049)] == [16, 16, 16, 32, 2048, 2048, 4096]
