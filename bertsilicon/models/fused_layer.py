@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from .. import ops, quant
+from ..ops._dispatch import triton_interpreter
 
 GEMMS = ("qkv", "o", "up", "down")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
@@ -407,14 +408,12 @@ class FusedEncoderLayer(nn.Module):
         ``direct_launch`` on, backend None or "triton", CUDA tensors (or CPU under the Triton interpreter with
         ``backend="triton"``), not tracing, x's last dim contiguous, and every op of the layer resolving to
         triton for x's device and dtype (:meth:`backends_used`, asked once per device and dtype)."""
-        if (not self.direct_launch or self.backend not in (None, "triton") or torch.compiler.is_compiling()
-                or (x.dim() and x.stride(-1) != 1)):
+        if x.device.type == "cuda":
+            served = self.backend in (None, "triton")
+        else:  # CPU tensors run triton only when asked for by name, under the interpreter
+            served = self.backend == "triton" and x.device.type == "cpu" and triton_interpreter()
+        if not served or not self.direct_launch or torch.compiler.is_compiling() or (x.dim() and x.stride(-1) != 1):
             return False
-        if x.device.type != "cuda":
-            from ..ops._dispatch import triton_interpreter
-
-            if not (x.device.type == "cpu" and self.backend == "triton" and triton_interpreter()):
-                return False
         key = (x.device, x.dtype)
         verdicts = self.__dict__["_direct_verdicts"]
         if key not in verdicts:
