@@ -346,6 +346,10 @@ class FusedEncoderLayer(nn.Module):
         self.__dict__["prepared_sources"] = tuple(m for g in GEMMS for m in self._modules[g].prepared_sources())
         self.__dict__["synced"] = _SourceState(_linear_tensors(self.__dict__["prepared_sources"]))
 
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__["_direct_verdicts"].clear()  # .to() / .half(): the weights the verdicts were asked about change
+        return super()._apply(fn, *args, **kwargs)
+
     def sync_prepared(self) -> bool:
         """Bring every prepared copy (concatenated qkv weight and bias, bf16 / fp16 casts, int8 weights,
         scales and biases) up to date with the model's parameters: True when something was re-derived
