@@ -24,9 +24,11 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 def gelu(h: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """GELU with its limits at infinity stated: gelu(+inf) = +inf, gelu(-inf) = 0 (both forms).
-    torch's own F.gelu returns NaN there (0 * inf inside the formula); NaN stays NaN."""
+    torch's own F.gelu returns NaN there (0 * inf inside the formula), and its erf form overflows to inf
+    for h above half the dtype's largest value; above 10 gelu(h) is h itself in every float dtype
+    (Phi(10) = 1 - 7.6e-24, and the tanh form's 1 + tanh rounds to 2), so h is taken. NaN stays NaN."""
     y = F.gelu(h, approximate=approximate)
-    return torch.where(torch.isinf(h), torch.where(h > 0, h, torch.zeros_like(h)), y)
+    return torch.where(torch.isinf(h) | (h > 10), torch.where(h > 0, h, torch.zeros_like(h)), y)
 
 
 def activate(y: torch.Tensor, activation: Optional[str]) -> torch.Tensor:

@@ -74,7 +74,11 @@ static void tile(const Tiles& t, int64_t m0, int64_t panel, int64_t s0, int64_t 
           store_out(ep, i, y, vc);
           continue;
         }
-        y = Vec::mul(i32_to_f32(y), Vec::mul(Vec::set1(t.x_scale[m0 + r]), ws));
+        // y (x_scale w_scale): overflows only with the result (an int sum is 0 or >= 1 in magnitude), but
+        // where the sum is 0 and x_scale w_scale alone overflows, inf * 0 would be NaN: there (0 x_scale)
+        // w_scale, the reference's 0 (NaN only for a NaN / inf scale)
+        const F xs = Vec::set1(t.x_scale[m0 + r]), yf = i32_to_f32(y);
+        y = Vec::select(Vec::eq(yf, Vec::zero()), Vec::mul(Vec::mul(yf, xs), ws), Vec::mul(yf, Vec::mul(xs, ws)));
       }
       if (ep.bias) y = Vec::add(y, bias);
       store_out(ep, i, activate(y, ep.act), vc);

@@ -16,7 +16,8 @@ m = -inf throughout: the exponent base is then taken as 0 (every p = 0) and the 
 (the reference's convention). With a mask, a first pass over the mask row finds the last real key and
 the key loop stops there: trailing padding (the usual right-padded batch) costs no matrix work, so a
 ragged batch does ~sum(l_b) * L instead of B * L^2 score blocks. NaN in a row of q (or in a real key)
-propagates (l is then NaN, not 0).
+propagates (l is then NaN, not 0); padded keys are masked out of the v loads too (NaN / inf there never
+reach the output, as the reference).
 p is rounded to v's dtype for the second matrix product (as every flash kernel does); fp32 operands
 use ``input_precision`` from :func:`bertsilicon.kernels._common.fp32_dot_precision`.
 
@@ -121,8 +122,9 @@ def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, cu_ptr,
         alpha = tl.math.exp2(m_i - base)
         p = tl.math.exp2(s - base[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
+        # padded keys read as 0: p = 0 there, and 0 * NaN / inf in a padded v would be NaN
         v = tl.load(v_base + keys[:, None] * stride_vl + offs_d[None, :],
-                    mask=(keys[:, None] < seq_k) & d_ok[None, :], other=0.0)          # [BLOCK_N, BLOCK_D]
+                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)                  # [BLOCK_N, BLOCK_D]
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST)
         m_i = m_new
 

@@ -100,7 +100,10 @@ def _gemm_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, xs_ptr, ws_ptr, M, N, K,
             ws = tl.load(ws_ptr + cols, mask=cols < N, other=0.0)
         else:
             ws = tl.load(ws_ptr + tl.zeros_like(cols))
-        y = y * xs[:, None] * ws[None, :]
+        # y (xs ws), not (y xs) ws: acc * x_scale can overflow where the result does not (activations near
+        # fp32's largest value, weight scales < 1); a zero sum keeps (0 xs) ws, as xs ws alone may overflow
+        # (inf * 0 = NaN; the reference gives 0, NaN only for a NaN / inf scale). As the C++ epilogue.
+        y = tl.where(y == 0, y * xs[:, None] * ws[None, :], y * (xs[:, None] * ws[None, :]))
     if HAS_BIAS:
         y += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     y = activate(y, ACTIVATION)
