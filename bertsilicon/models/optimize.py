@@ -244,16 +244,15 @@ class _NoHostReads(TorchDispatchMode):
     ``unique``: a sync for the size), and tensors made from host data (``torch.tensor([...])``: a copy from
     pageable host memory). So on CPU a body that would break the capture fails as it would on the GPU."""
 
-    _DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
-                       "unique_consecutive", "repeat_interleave", "argwhere", "lift_fresh", "lift_fresh_copy",
-                       "_local_scalar_dense"}
+    _REFUSED = {"_local_scalar_dense", "nonzero", "argwhere", "masked_select", "unique", "_unique", "_unique2",
+                "unique_dim", "unique_consecutive", "repeat_interleave", "lift_fresh", "lift_fresh_copy"}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if name == "index" and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
                                    for i in (args[1] if len(args) > 1 else ())):
-            name = "boolean indexing"
-        if name in self._DATA_DEPENDENT or name == "boolean indexing":
+            name = "boolean indexing"  # a nonzero inside
+        if name in self._REFUSED or name == "boolean indexing":
             raise GraphCaptureError(f"{name} inside a CUDA graph's body: it reads the device on the host (a sync "
                                     "or a data-dependent size), which a stream capture does not allow")
         return func(*args, **(kwargs or {}))
