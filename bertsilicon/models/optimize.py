@@ -26,6 +26,11 @@ Per call, the encoder:
 
 ``output_hidden_states`` works on both paths (the encoder hands HF's output collector its states; such
 calls run eagerly).
+
+Gradients: a call in grad mode whose input or encoder weights require a gradient (an eval-mode model
+outside ``torch.no_grad()``) runs the fused forward, and its backward is the original layers' backward,
+recomputed on the encoder's input as activation checkpointing does (:class:`_FusedForwardOriginalBackward`;
+the report counts such calls). A call that needs no gradient runs under ``no_grad``, graphs included.
 """
 from __future__ import annotations
 
@@ -290,6 +295,48 @@ def replay_eagerly(body, inputs: tuple, pool=None) -> CapturedGraph:
 
 
 # ---------------------------------------------------------------------------------------------- #
+# gradients: the fused forward, the original layers' backward                                     #
+# ---------------------------------------------------------------------------------------------- #
+class _FusedForwardOriginalBackward(torch.autograd.Function):
+    """The output of the fused layers; in backward, the gradient of the original (HF) layers, recomputed
+    on the saved input as activation checkpointing does.
+
+    A call in grad mode whose input or weights require a gradient (an eval-mode model is not in
+    ``torch.no_grad()`` by itself; saliency, adversarial inputs, fine-tuning with dropout off) keeps the
+    fused forward's speed and gets the original model's gradients: d(loss)/d(hidden_states) and
+    d(loss)/d(every encoder parameter) of the layers in the model's own dtype and weights, at the
+    input the fused layers saw. (So under int8 / bf16 the gradients are the full-precision model's, a
+    straight-through estimate of the quantized forward.) Where the padding-free path returns 0 at
+    padded positions (``zero_padded``: the key mask ``[B, L]``), the incoming gradient there is dropped,
+    as the derivative of a constant 0 is. Not twice differentiable.
+
+    ``forward(ctx, run_fused, run_original, zero_padded, hidden_states, *params)``: ``run_fused(h)`` and
+    ``run_original(h)`` map ``[B, L, H]`` to ``[B, L, H]``; ``params`` are the parameters that receive
+    gradients (inputs here so that ``torch.autograd.grad(loss, params)`` works, not only ``.backward()``)."""
+
+    @staticmethod
+    def forward(ctx, run_fused, run_original, zero_padded, hidden_states, *params):
+        ctx.run_original = run_original
+        ctx.save_for_backward(hidden_states, zero_padded, *params)
+        return run_fused(hidden_states)  # autograd is off inside forward: the fused path as in no_grad
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        hidden_states, zero_padded, *params = ctx.saved_tensors
+        wants_input, wanted = ctx.needs_input_grad[3], ctx.needs_input_grad[4:]
+        h = hidden_states.detach().requires_grad_(wants_input)
+        with torch.enable_grad():
+            ref = ctx.run_original(h)
+        if zero_padded is not None:
+            grad_out = grad_out * zero_padded.unsqueeze(-1).to(grad_out.dtype)
+        wrt = ([h] if wants_input else []) + [p for p, w in zip(params, wanted) if w]
+        grads = list(torch.autograd.grad(ref, wrt, grad_out, allow_unused=True))
+        grad_h = grads.pop(0) if wants_input else None
+        return (None, None, None, grad_h, *[grads.pop(0) if w else None for w in wanted])
+
+
+# ---------------------------------------------------------------------------------------------- #
 # the fused encoder                                                                              #
 # ---------------------------------------------------------------------------------------------- #
 class FusedEncoder(nn.Module):
@@ -363,11 +410,34 @@ class FusedEncoder(nn.Module):
             self.__dict__["report"].runtime_fallbacks[reason] += 1
             return self._run_original(hidden_states, attention_mask, args, kwargs, collected)
         want_states = collected is not None and "hidden_states" in collected
+        params = self._grad_params(hidden_states)
+        if params is not None:
+            if want_states:  # the states handed to the collector would carry no gradient
+                reason = "gradients needed with output_hidden_states"
+                self.__dict__["report"].runtime_fallbacks[reason] += 1
+                return self._run_original(hidden_states, attention_mask, args, kwargs, collected)
+            self.__dict__["report"].recomputed_backward += 1
+            zero_padded = key_mask is not None and self.unpad  # the fused output is 0 there, HF's is not
+
+            def original(h):
+                return self._run_original(h, attention_mask, args, kwargs, None)[0]
+            out = _FusedForwardOriginalBackward.apply(lambda h: self.run(h, key_mask), original,
+                                                      key_mask if zero_padded else None, hidden_states, *params)
+            return self.__dict__["adapter"].encoder_output(out)
         if want_states:
             _append_hidden(collected, hidden_states)
-        out = self.run(hidden_states, key_mask,
-                       (lambda h: _append_hidden(collected, h)) if want_states else None)
+        with torch.no_grad():  # nothing needs a gradient: so CUDA graphs serve even in grad mode
+            out = self.run(hidden_states, key_mask,
+                           (lambda h: _append_hidden(collected, h)) if want_states else None)
         return self.__dict__["adapter"].encoder_output(out)
+
+    def _grad_params(self, hidden_states: torch.Tensor) -> Optional[list]:
+        """None when this call needs no gradient (grad mode off, or neither the input nor any parameter of
+        the layers requires one), else the parameters that require one."""
+        if not torch.is_grad_enabled():
+            return None
+        params = [p for p in self.parameters() if p.requires_grad]
+        return params if params or hidden_states.requires_grad else None
 
     def run(self, hidden_states: torch.Tensor, key_mask: Optional[torch.Tensor], on_layer=None) -> torch.Tensor:
         """The fused layers on ``hidden_states [B, L, H]`` with ``key_mask [B, L]`` bool (or None: no

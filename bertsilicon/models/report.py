@@ -36,6 +36,7 @@ class OptimizeReport:
     error_budget: Optional[float] = None
     notes: list = field(default_factory=list)
     runtime_fallbacks: Counter = field(default_factory=Counter)  # calls run on the original layers, by reason
+    recomputed_backward: int = 0        # calls that needed gradients: fused forward, original layers' backward
 
     @property
     def replaced(self) -> list:
@@ -88,6 +89,9 @@ class OptimizeReport:
         if self.runtime_fallbacks:
             lines.append("  calls run on the original layers: " +
                          ", ".join(f"{k} x{v}" for k, v in self.runtime_fallbacks.items()))
+        if self.recomputed_backward:
+            lines.append(f"  calls with gradients (fused forward; backward recomputed on the original layers): "
+                         f"{self.recomputed_backward}")
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -7,6 +7,11 @@ Triton kernels are captured in the graph as opaque nodes.
 
 Meaning of each op: :mod:`bertsilicon.reference`. Dtypes: float ops take fp32, bf16, fp16 (and float64,
 served by the reference backend); the result has the input's dtype.
+
+Autograd: the C++ and Triton kernels are forward kernels. When an input requires a gradient (in grad
+mode), the op runs its kernel forward and the backward of its reference definition, recomputed from the
+saved inputs (:func:`reference_backward`), eagerly and under ``torch.compile`` alike: the gradient is the
+same, bit for bit, whichever backend ran the forward.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from . import _validate as V
 from ._dispatch import BACKENDS, available, backend_status, resolve
 
 __all__ = ["attention", "attention_varlen", "check_cu_seqlens", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to",
-           "BACKENDS", "available", "backend_status", "which_backend"]
+           "reference_backward", "BACKENDS", "available", "backend_status", "which_backend"]
 
 _F = V.FLOAT_DTYPES
 
@@ -30,8 +35,60 @@ def _run(op: str, backend: Optional[str], device: torch.device, *args):
     if torch.compiler.is_compiling():
         from . import _library  # noqa: F401  (registers torch.ops.bertsilicon.*)
         return getattr(torch.ops.bertsilicon, op)(*args, backend or "")
-    _, fn = resolve(op, backend, device, *args)
+    name, fn = resolve(op, backend, device, *args)
+    if name != "reference" and _needs_grad(args):
+        return _KernelForwardReferenceBackward.apply(op, fn, *args)
     return fn(*args)
+
+
+def _needs_grad(args) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+def reference_backward(op: str, args: tuple, grads: tuple, needs_input_grad) -> tuple:
+    """Gradients of ``op``'s reference definition (:mod:`bertsilicon.reference`) at ``args``, for the
+    incoming ``grads`` (one per output, None for none), one entry per arg (None where not needed).
+
+    The C++ and Triton kernels are forward kernels; every backend's backward is this one, recomputed from
+    the saved inputs, so an op's gradient does not depend on the backend that ran its forward (and equals
+    what ``backend="reference"`` gives, bit for bit)."""
+    inputs = [a.detach().requires_grad_(need) if isinstance(a, torch.Tensor) else a
+              for a, need in zip(args, needs_input_grad)]
+    with torch.enable_grad():
+        outs = getattr(_ref, op)(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+    wrt = [a for a, need in zip(inputs, needs_input_grad) if need]
+    found = (list(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
+             if pairs else [None] * len(wrt))
+    return tuple(found.pop(0) if need else None for need in needs_input_grad)
+
+
+def _save_args(ctx, args) -> None:
+    """Keep an op's arguments on an autograd ``ctx``: the tensors saved for backward, the rest as they are."""
+    ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
+    ctx.constants = [None if t else a for a, t in zip(args, ctx.is_tensor)]
+    ctx.save_for_backward(*[a for a, t in zip(args, ctx.is_tensor) if t])
+
+
+def _saved_args(ctx) -> tuple:
+    saved = iter(ctx.saved_tensors)
+    return tuple(next(saved) if t else c for t, c in zip(ctx.is_tensor, ctx.constants))
+
+
+class _KernelForwardReferenceBackward(torch.autograd.Function):
+    """``fn(*args)`` (a C++ or Triton kernel) forward; :func:`reference_backward` backward."""
+
+    @staticmethod
+    def forward(ctx, op, fn, *args):
+        ctx.op = op
+        _save_args(ctx, args)
+        return fn(*args)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        return (None, None, *reference_backward(ctx.op, _saved_args(ctx), grads, ctx.needs_input_grad[2:]))
 
 
 def which_backend(op: str, *args, backend: Optional[str] = None) -> str:

@@ -100,3 +100,23 @@ def round_to(x: Tensor, fmt: str, rounding: str, seed: Optional[int], backend: s
 @round_to.register_fake
 def _(x, fmt, rounding, seed, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# -- autograd: every op's backward is its reference definition's (ops.reference_backward), as in eager --
+def _setup_context(ctx, inputs, output):
+    from . import _save_args
+
+    _save_args(ctx, inputs)
+
+
+def _backward_of(op: str):
+    def backward(ctx, *grads):
+        from . import reference_backward, _saved_args
+
+        *args, _backend = _saved_args(ctx)
+        return (*reference_backward(op, tuple(args), grads, ctx.needs_input_grad[:-1]), None)
+    return backward
+
+
+for _op in (attention, attention_varlen, bias_gelu, add_layernorm, linear, quantize, int8_linear, round_to):
+    _op.register_autograd(_backward_of(_op._name), setup_context=_setup_context)
