@@ -2,6 +2,10 @@
 
 * ``corpus("pydoc")``: paragraphs of ``pydoc_data.topics`` (the Python language reference topics,
   ~465k characters); label = the topic the paragraph comes from (e.g. ``"assignment"``).
+* ``corpus("pydoc-passages")``: the same paragraphs joined, in order and within one topic, into passages
+  of at least ``PASSAGE_CHARS`` characters (most are 450-700 tokens: the long inputs of passage retrieval
+  and reranking, for sequence lengths 256-512); a topic's short remainder joins its last passage, a topic
+  shorter than that is one passage. Label = the topic.
 * ``corpus("docstrings")``: first paragraphs of the docstrings of standard-library modules, their
   classes and functions; label = the module (e.g. ``"json"``). Labels no one wrote by hand give a real
   retrieval / kNN classification task.
@@ -21,7 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-CORPORA = ("pydoc", "docstrings", "docstrings-train")
+CORPORA = ("pydoc", "pydoc-passages", "docstrings", "docstrings-train")
+PASSAGE_CHARS = 2500  # ~4.5 characters per token of this text: passages of about 550 tokens and more
 
 # Standard-library modules with substantial docstrings, present on every CPython >= 3.10 build.
 DOCSTRING_MODULES = (
@@ -100,6 +105,24 @@ def _pydoc(min_chars: int) -> Corpus:
 
 
 @lru_cache(maxsize=None)
+def _pydoc_passages(min_chars: int) -> Corpus:
+    paragraphs = _pydoc(min_chars)
+    c = Corpus("pydoc-passages")
+    current: list[str] = []
+    for i, (text, topic) in enumerate(zip(paragraphs.texts, paragraphs.labels)):
+        current.append(text)
+        topic_ends = i + 1 == len(paragraphs) or paragraphs.labels[i + 1] != topic
+        if topic_ends or sum(map(len, current)) >= PASSAGE_CHARS:
+            if topic_ends and sum(map(len, current)) < PASSAGE_CHARS and c.labels and c.labels[-1] == topic:
+                c.texts[-1] += " " + " ".join(current)  # a short remainder joins the topic's last passage
+            else:
+                c.texts.append(" ".join(current))
+                c.labels.append(topic)
+            current = []
+    return c
+
+
+@lru_cache(maxsize=None)
 def _docstrings(min_chars: int, train: bool = False) -> Corpus:
     with warnings.catch_warnings():  # touching deprecated aliases (typing.io, ...) warns
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -143,6 +166,8 @@ def corpus(name: str = "pydoc", min_chars: int = 60) -> Corpus:
     """Real text from CPython's documentation; see the module docstring. Returns a fresh :class:`Corpus`."""
     if name == "pydoc":
         c = _pydoc(min_chars)
+    elif name == "pydoc-passages":
+        c = _pydoc_passages(min_chars)
     elif name == "docstrings":
         c = _docstrings(min_chars)
     elif name == "docstrings-train":

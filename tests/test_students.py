@@ -62,6 +62,23 @@ def test_corpora_are_real_and_labelled():
         data.corpus("wikipedia")
 
 
+def test_passages_are_the_paragraphs_of_one_topic_joined_in_order():
+    p, passages = data.corpus("pydoc"), data.corpus("pydoc-passages")
+    by_topic: dict = {}
+    for text, topic in zip(p.texts, p.labels):
+        by_topic.setdefault(topic, []).append(text)
+    joined: dict = {}
+    for text, topic in zip(passages.texts, passages.labels):
+        joined.setdefault(topic, []).append(text)
+    assert joined.keys() == by_topic.keys()
+    for topic, texts in joined.items():  # nothing lost, nothing added, order kept, topics not mixed
+        assert " ".join(texts) == " ".join(by_topic[topic])
+        assert all(len(t) >= data.PASSAGE_CHARS for t in texts[:-1])
+        assert len(texts) == 1 or len(texts[-1]) >= data.PASSAGE_CHARS  # a short remainder joined the last one
+    long = sum(len(t) >= data.PASSAGE_CHARS for t in passages.texts)
+    assert len(passages) > 120 and long > 100  # enough passages of ~512 tokens for batches of 8 at seq 512
+
+
 def test_minilm_path_override(monkeypatch, tmp_path):
     """BERTSILICON_MINILM_PATH (the lent GPU's carried copy) replaces the package's folder; a folder without the
     model's files is an error naming the variable."""

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="timed rounds per provider (default 10; quick 5)")
     p.add_argument("--warmup", type=int, help="untimed calls per provider before timing (default 2; quick 1)")
     p.add_argument("--accuracy-texts", type=int, help="texts for the cosine check (default 64; quick 16)")
-    p.add_argument("--corpus", default="pydoc", help="real-text corpus: pydoc or docstrings (default pydoc)")
+    p.add_argument("--corpus", default="pydoc", help="real-text corpus: pydoc (paragraphs), pydoc-passages (~550-token passages, for --seq 256,512) or docstrings (default pydoc)")
     p.add_argument("--padding", default="longest", choices=PADDINGS,
                    help="pad to the longest text of the batch (default) or always to the max length")
     p.add_argument("--note", default="", help="a remark stored with the results, e.g. 'preliminary (shared machine)'")
