@@ -13,7 +13,8 @@ Algorithm (FlashAttention-2 forward): one program owns BLOCK_M query rows of one
 keys in BLOCK_N blocks keeping the running max m, the running sum l and the unnormalised output acc in
 fp32 registers; scores are scaled by ``scale * log2(e)`` so the softmax uses exp2. A fully padded row has
 m = -inf throughout: the exponent base is then taken as 0 (every p = 0) and the row is written as zeros
-(the reference's convention). With a mask, a first pass over the mask row finds the last real key and
+(the reference's convention); a row whose real keys all score -inf (an inf in q) ends the same way but
+is written as NaN, the reference's softmax over them. With a mask, a first pass over the mask row finds the last real key and
 the key loop stops there: trailing padding (the usual right-padded batch) costs no matrix work, so a
 ragged batch does ~sum(l_b) * L instead of B * L^2 score blocks. NaN in a row of q (or in a real key)
 propagates (l is then NaN, not 0); padded keys are masked out of the v loads too (NaN / inf there never
@@ -128,8 +129,11 @@ def _attention_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, mask_ptr, cu_ptr,
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST)
         m_i = m_new
 
+    # l = 0: no real key (a fully padded row: zeros, the reference's convention), or real keys whose
+    # scores are all -inf (an inf in q): the softmax over them is 0 / 0, NaN as in the reference
     no_keys = l_i == 0.0
-    out = tl.where(no_keys[:, None], 0.0, acc / tl.where(no_keys, 1.0, l_i)[:, None])
+    empty = tl.where(kv_end > 0, float("nan"), 0.0)
+    out = tl.where(no_keys[:, None], empty, acc / tl.where(no_keys, 1.0, l_i)[:, None])
     tl.store(o_base + offs_m[:, None] * stride_ol + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
              mask=(offs_m[:, None] < seq_q) & d_ok[None, :])
 

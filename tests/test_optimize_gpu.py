@@ -300,3 +300,34 @@ def test_graph_calls_on_two_streams_see_their_own_inputs(graph_models):
         out_b = _hidden(graphs, b)
     torch.cuda.synchronize()
     assert torch.equal(out_a, _hidden(eager, a)) and torch.equal(out_b, _hidden(eager, b))
+
+
+@pytest.mark.gpu
+def test_gradients_on_cuda_keep_the_graph_forward_and_get_hfs_gradients(captures):
+    """Grad mode with weights that require a gradient: the forward is the graph replay's (bit for bit the
+    no-grad call), the gradients are HF's (tests/test_gradients.py on CPU); with frozen weights a grad-mode
+    call needs no autograd at all and replays the same graph."""
+    model = _model("bert", "cuda", seed=21)
+    inputs = _inputs("cuda", batch=4, length=64, seed=22)
+    m = _optimize(model, "fp16", cuda_graphs=True)
+    plain = _hidden(m, inputs)
+    assert len(captures) == 1
+    real = inputs["attention_mask"].bool()
+    weight = torch.randn(plain.shape, device="cuda") * real[..., None]
+
+    def grads(net):
+        net.zero_grad()
+        out = net(**inputs).last_hidden_state
+        (out * weight).sum().backward()
+        return out.detach(), {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    out, got = grads(m)
+    _, expected = grads(copy.deepcopy(model))
+    assert torch.equal(out, plain) and len(captures) == 1, "the grad-mode forward must replay the same graph"
+    assert got.keys() == expected.keys() and any(".layer." in n for n in got)
+    for name, g in got.items():  # the same HF kernels on the same input: equal up to cuBLAS's reduction order
+        torch.testing.assert_close(g, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    frozen = m(**inputs).last_hidden_state
+    assert frozen.grad_fn is None and torch.equal(frozen, plain) and len(captures) == 1
+    assert m.bertsilicon_report.recomputed_backward == 1

@@ -446,8 +446,10 @@ def _attention_inputs(L, dtype, g):
     2  full length; NaN in k at the last key (the tail of the last key block): every row NaN
     3  full length; NaN in k at a key of the first key block: every row NaN
     4  fully padded, NaN in its q, k and v: zeros
+    5  ragged; -inf in a real row of q and every real key's k > 0 there: that row's scores are all -inf,
+       so its softmax is NaN (not the zeros of a row without keys); the other rows finite
     """
-    B, H = 5, 1
+    B, H = 6, 1
     q, k, v = (torch.randn(B, H, L, D_HEAD, generator=g) * s for s in (1.5, 1.5, 1.0))
     mask = torch.ones(B, L, dtype=torch.int64)
     first, last = _randint(0, min(32, L), g), _randint(L - L % 32 if L % 32 else L - 32, L, g)
@@ -464,6 +466,9 @@ def _attention_inputs(L, dtype, g):
     k[3, 0, first, 4] = NAN
     mask[4] = 0
     q[4, 0, 0, 0], k[4, 0, 0, 1], v[4, 0, L - 1, 2] = NAN, NAN, NAN
+    mask[5, L // 2:] = 0
+    k[5, 0, :, 0] = k[5, 0, :, 0].abs() + 0.25
+    q[5, 0, _randint(0, L // 2, g), 0] = -INF
     return [t.to(dtype) for t in (q, k, v)] + [mask]
 
 
@@ -472,13 +477,16 @@ def _attention_inputs(L, dtype, g):
 def test_attention(backend, dtype, L):
     """NaN in a real position of q / k / v propagates (a row of q: that row; a real key: every row; v:
     that column), +-inf in a real v gives +-inf columns, padded keys never contribute (not even NaN or
-    inf in their k or v, wherever the padding sits), a fully padded row gives zeros."""
+    inf in their k or v, wherever the padding sits), a fully padded row gives zeros, a row whose real
+    scores are all -inf gives NaN."""
     _skip_unserved(backend, "attention", dtype)
     g = torch.Generator().manual_seed(19 + L)
     q, k, v, mask = (t.to(backend.device) for t in _attention_inputs(L, dtype, g))
     out = _run("attention", backend, q, k, v, mask)
     ref64 = R.attention(q.double(), k.double(), v.double(), mask)
-    assert not ref64[1].isnan().any() and ref64[2:4].isnan().all() and bool((ref64[4] == 0).all())  # the premise
+    all_inf_rows = ref64[5].isnan().all(dim=-1)  # the premise: one row of case 5 NaN, the others finite
+    assert not ref64[1].isnan().any() and ref64[2:4].isnan().all() and bool((ref64[4] == 0).all())
+    assert int(all_inf_rows.sum()) == 1 and not ref64[5][~all_inf_rows].isnan().any()
     assert_specials(out, ref64, torch_attention(q, k, v, mask), f"attention[{backend}] {dtype} L={L}")
     assert bool((out[4] == 0).all()), "the fully padded row must give zeros"
 
