@@ -73,4 +73,10 @@ void encoder_layer_packed(const EncoderLayerPlan& p, const void* x, int64_t T, c
 void encoder_layer_padded(const EncoderLayerPlan& p, const void* x, int64_t B, int64_t L, const uint8_t* keep,
                           void* out, int threads);
 
+// While held (hold_layer_scratch(true) ... hold_layer_scratch(false), nestable), the calling thread keeps
+// its layer scratch block whatever its size, so the layers of one forward share it; the last release frees
+// a block over the keep size (64 MB). FusedEncoder holds it around its layer loop.
+void hold_layer_scratch(bool hold);
+size_t layer_scratch_bytes();  // the calling thread's block (0: none); for tests and diagnostics
+
 }  // namespace bs

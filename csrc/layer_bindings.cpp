@@ -82,6 +82,11 @@ void bind_encoder_layer(py::module_& m) {
         py::arg("plan"), py::arg("x"), py::arg("T"), py::arg("cu_seqlens"), py::arg("B"), py::arg("max_seqlen"),
         py::arg("out"), py::arg("threads"),
         "One encoder layer on packed tokens x [T, H] -> out [T, H] (see csrc/encoder_layer.h).");
+  m.def("hold_layer_scratch", &bs::hold_layer_scratch, py::arg("hold"),
+        "hold=True: this thread keeps its encoder-layer scratch block between calls whatever its size (nestable); "
+        "hold=False ends one hold, and the last frees a block over 64 MB (see csrc/encoder_layer.h).");
+  m.def("layer_scratch_bytes", &bs::layer_scratch_bytes,
+        "Bytes of this thread's encoder-layer scratch block (0: none); for tests and diagnostics.");
   m.def("encoder_layer_padded",
         [](const Plan& plan, uintptr_t x, int64_t B, int64_t L, uintptr_t keep, uintptr_t out, int threads) {
           const Plan p = plan;

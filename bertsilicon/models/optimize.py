@@ -462,20 +462,22 @@ class FusedEncoder(nn.Module):
                     if out is not None:
                         return repad(out).to(in_dtype)
                 cu_seqlens, max_seqlen = _pack(key_mask)  # the capture failed: eager from here
-            for layer in self.layer:
-                packed = layer.forward_packed(packed, cu_seqlens, max_seqlen, offsets_checked=True)  # built from the mask
-                if on_layer is not None:
-                    on_layer(repad(packed).to(in_dtype))
+            with _layer_scratch_held(x.device):
+                for layer in self.layer:
+                    packed = layer.forward_packed(packed, cu_seqlens, max_seqlen, offsets_checked=True)  # from the mask
+                    if on_layer is not None:
+                        on_layer(repad(packed).to(in_dtype))
             return repad(packed).to(in_dtype)
         if graphs and B * _length_bucket(L) <= GRAPH_MAX_TOKENS:
             with _graph_turn(x.device):
                 out = self._graph_padded(x, key_mask)
             if out is not None:
                 return out.to(in_dtype)
-        for layer in self.layer:
-            x = layer.forward_padded(x, key_mask)
-            if on_layer is not None:
-                on_layer(x.to(in_dtype))
+        with _layer_scratch_held(x.device):
+            for layer in self.layer:
+                x = layer.forward_padded(x, key_mask)
+                if on_layer is not None:
+                    on_layer(x.to(in_dtype))
         return x.to(in_dtype)
 
     def _drop_graphs(self) -> None:
@@ -672,6 +674,17 @@ def _capture_layers(base, layers, ids, mask):
         for h in hooks:
             h.remove()
     return inputs, outputs, final
+
+
+def _layer_scratch_held(device: torch.device):
+    """On a CPU, the one-call layers of this forward share one C++ scratch block (``_cpu_layer.scratch_held``)."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    try:
+        from ._cpu_layer import scratch_held
+    except ImportError:  # no C++ extension: no one-call layers
+        return contextlib.nullcontext()
+    return scratch_held()
 
 
 def _pack(real: torch.Tensor, longest: bool = True) -> tuple[torch.Tensor, Optional[int]]:
