@@ -678,7 +678,7 @@ def _capture_layers(base, layers, ids, mask):
 
 def _layer_scratch_held(device: torch.device):
     """On a CPU, the one-call layers of this forward share one C++ scratch block (``_cpu_layer.scratch_held``)."""
-    if device.type != "cpu":
+    if device.type != "cpu" or torch.compiler.is_compiling():  # compiled: the layers run as custom ops
         return contextlib.nullcontext()
     try:
         from ._cpu_layer import scratch_held
