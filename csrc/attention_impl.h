@@ -179,15 +179,7 @@ struct DotBf16 {
   BS_AI F exp2_nonpos(F x) {
     x = Vec::max(Vec::set1(-127.f), x);  // NaN passes (2nd operand)
     const F n = Vec::round(x);
-    const F r = Vec::sub(x, n);
-    F p = Vec::set1(1.5467369e-04f);
-    p = Vec::fmadd(p, r, Vec::set1(1.3400437e-03f));
-    p = Vec::fmadd(p, r, Vec::set1(9.6180355e-03f));
-    p = Vec::fmadd(p, r, Vec::set1(5.550327e-02f));
-    p = Vec::fmadd(p, r, Vec::set1(2.402265e-01f));
-    p = Vec::fmadd(p, r, Vec::set1(6.931472e-01f));
-    p = Vec::fmadd(p, r, Vec::set1(1.f));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_scalef_ps(vexp2_frac(Vec::sub(x, n)), n);
   }
 
   // prow = bf16 pairs of P = 2^(srow - m) over keys; returns the sum of the rounded P (see the header).

@@ -22,18 +22,22 @@
 //             (the sigmoid form has no cancellation); +inf at +inf, 0 at -inf.
 using F = Vec::F;
 
-static inline __attribute__((always_inline)) F vexp2(F x) {
-  x = Vec::min(Vec::set1(127.f), Vec::max(Vec::set1(-127.f), x));  // NaN passes both (2nd operand)
-  const F n = Vec::round(x);
-  const F r = Vec::sub(x, n);
+// 2^r for r = x - round(x) in [-1/2, 1/2]: the polynomial of vexp2 (also used by the attention kernel's
+// exp2 of non-positive scores, which applies 2^n its own way).
+static inline __attribute__((always_inline)) F vexp2_frac(F r) {
   F p = Vec::set1(1.5467369e-04f);
   p = Vec::fmadd(p, r, Vec::set1(1.3400437e-03f));
   p = Vec::fmadd(p, r, Vec::set1(9.6180355e-03f));
   p = Vec::fmadd(p, r, Vec::set1(5.550327e-02f));
   p = Vec::fmadd(p, r, Vec::set1(2.402265e-01f));
   p = Vec::fmadd(p, r, Vec::set1(6.931472e-01f));
-  p = Vec::fmadd(p, r, Vec::set1(1.f));
-  return Vec::mul(p, Vec::pow2(n));  // n = -127 gives pow2 == +0
+  return Vec::fmadd(p, r, Vec::set1(1.f));
+}
+
+static inline __attribute__((always_inline)) F vexp2(F x) {
+  x = Vec::min(Vec::set1(127.f), Vec::max(Vec::set1(-127.f), x));  // NaN passes both (2nd operand)
+  const F n = Vec::round(x);
+  return Vec::mul(vexp2_frac(Vec::sub(x, n)), Vec::pow2(n));  // n = -127 gives pow2 == +0
 }
 
 // e^x for x in [-87, 88] (no clamping; callers bound x).
