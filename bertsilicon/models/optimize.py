@@ -406,16 +406,14 @@ class FusedEncoder(nn.Module):
                 key_mask = key_padding_mask(attention_mask, B, L)
             except _NotKeyPadding:
                 reason = "attention mask is not a key-padding mask (custom 4-D mask)"
+        want_states = collected is not None and "hidden_states" in collected
+        params = self._grad_params(hidden_states) if reason is None else None
+        if params is not None and want_states:  # the states handed to the collector would carry no gradient
+            reason = "gradients needed with output_hidden_states"
         if reason is not None:
             self.__dict__["report"].runtime_fallbacks[reason] += 1
             return self._run_original(hidden_states, attention_mask, args, kwargs, collected)
-        want_states = collected is not None and "hidden_states" in collected
-        params = self._grad_params(hidden_states)
         if params is not None:
-            if want_states:  # the states handed to the collector would carry no gradient
-                reason = "gradients needed with output_hidden_states"
-                self.__dict__["report"].runtime_fallbacks[reason] += 1
-                return self._run_original(hidden_states, attention_mask, args, kwargs, collected)
             self.__dict__["report"].recomputed_backward += 1
             zero_padded = key_mask is not None and self.unpad  # the fused output is 0 there, HF's is not
 
