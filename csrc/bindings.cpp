@@ -23,17 +23,30 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "bertsilicon C++ CPU kernels (no torch headers; raw pointers validated in Python)";
 
   m.def("cpu_features", [] {
-    const bs::CpuFeatures& f = bs::cpu_features();
+    const bs::CpuFeatures &f = bs::cpu_features(), &cpu = bs::detected_cpu_features();
     py::dict d;
-    d["avx2"] = f.avx2; d["fma"] = f.fma; d["f16c"] = f.f16c;
-    d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl;
-    d["avx512dq"] = f.avx512dq; d["avx512_vnni"] = f.avx512_vnni; d["avx512_bf16"] = f.avx512_bf16;
-    d["avx_vnni"] = f.avx_vnni; d["amx_tile"] = f.amx_tile; d["amx_int8"] = f.amx_int8;
-    d["amx_bf16"] = f.amx_bf16;
+    py::list hidden;
+    for (int i = 0; i < bs::kNumCpuFeatureNames; ++i) {
+      const bs::CpuFeatureName& n = bs::kCpuFeatureNames[i];
+      d[n.name] = f.*(n.flag);
+      if (cpu.*(n.flag) && !(f.*(n.flag))) hidden.append(n.name);
+    }
+    d["hidden"] = hidden;
     d["best_isa"] = bs::isa_name(bs::best_isa());
     d["active_isa"] = bs::isa_name(bs::active_isa());
     return d;
-  }, "What this CPU supports, the widest kernel path it allows, and the path in use.");
+  }, "What the kernels may use (this CPU's features less the hidden ones), the hidden ones, the widest "
+     "kernel path that allows, and the path in use.");
+
+  m.def("hide_cpu_features", [](const std::vector<std::string>& names) {
+    const std::string unknown = bs::hide_cpu_features(names);
+    if (!unknown.empty()) {
+      std::string known;
+      for (int i = 0; i < bs::kNumCpuFeatureNames; ++i)
+        known += std::string(i ? ", " : "") + bs::kCpuFeatureNames[i].name;
+      throw std::invalid_argument("unknown CPU feature '" + unknown + "'; expected some of: " + known);
+    }
+  }, py::arg("names"), "Hide CPU features from the kernels (replaces the hidden set; [] shows all again).");
 
   m.def("best_isa", [] { return std::string(bs::isa_name(bs::best_isa())); });
   m.def("active_isa", [] { return std::string(bs::isa_name(bs::active_isa())); });

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -25,8 +26,26 @@ struct CpuFeatures {
        amx_bf16 = false;
 };
 
+// The features kernels may use: what CPUID reports, less any hidden by hide_cpu_features.
 const CpuFeatures& cpu_features();
-Isa best_isa();               // the widest path this CPU supports
+const CpuFeatures& detected_cpu_features();  // what CPUID reports
+
+// Every flag of CpuFeatures by its Python name ("avx512_bf16"), for the bindings and hide_cpu_features.
+struct CpuFeatureName {
+  const char* name;
+  bool CpuFeatures::*flag;
+};
+extern const CpuFeatureName kCpuFeatureNames[];
+extern const int kNumCpuFeatureNames;
+
+// Hide features from every kernel, so this CPU runs the code an older one would (an AVX-512 CPU
+// without BF16 or VNNI, an AVX2-only CPU): the hidden set replaces the previous one; hiding a feature
+// hides the ones that imply it (avx512f hides every avx512*; avx2 hides fma and AVX-512 too), and
+// the active path is lowered to what is left. Returns "" or the first unknown name (nothing changed).
+// Not while kernels run; weight packs made for other features are re-packed by their Python owners.
+std::string hide_cpu_features(const std::vector<std::string>& names);
+
+Isa best_isa();               // the widest path cpu_features() allows
 Isa active_isa();             // the path kernels take now (best_isa() unless lowered by set_isa)
 void set_isa(Isa isa);        // caller checks isa <= best_isa()
 const char* isa_name(Isa isa);

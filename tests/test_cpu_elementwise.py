@@ -162,3 +162,36 @@ def test_isa_switch_env_and_errors():
     with pytest.raises(ValueError, match="isa='sse9' is unknown"):
         _cpu.set_isa("sse9")
     assert _cpu.cpu_features()["best_isa"] == ISAS[-1]
+
+
+def test_hide_cpu_features_env_and_errors():
+    """BERTSILICON_HIDE_CPU_FEATURES hides features at import (an AVX-512 CPU without VNNI and BF16 here);
+    hiding avx512f hides every AVX-512 extension and lowers the path; unknown names are refused."""
+    import subprocess
+    import sys
+
+    from bertsilicon.ops import _cpu
+
+    code = ("from bertsilicon.ops import _cpu; f = _cpu.cpu_features(); "
+            "print(_cpu.kernel_path(), f['avx512_vnni'], f['avx512_bf16'])")
+    env = {**__import__("os").environ, "BERTSILICON_HIDE_CPU_FEATURES": "avx512_vnni, avx512_bf16"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    has = _cpu.cpu_features()
+    hidden = " ".join(f"-{n}" for n in ("avx512_vnni", "avx512_bf16") if has[n])
+    assert got.stdout.split() == f"{_cpu._C.active_isa()} {hidden} False False".split(), got.stderr[-500:]
+
+    before = _cpu._C.active_isa()
+    try:
+        _cpu.hide_cpu_features(["avx512f"])
+        f = _cpu.cpu_features()
+        assert not any(f[n] for n in ("avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"))
+        assert f["best_isa"] == f["active_isa"] == ("avx2" if has["avx2"] else "scalar")
+        with pytest.raises(ValueError, match="unknown CPU feature 'avx512_fp16'; expected some of: avx2, fma"):
+            _cpu.hide_cpu_features(["avx512_fp16"])
+        assert _cpu.cpu_features()["avx512f"] is False  # a refused call changes nothing
+        with pytest.raises(TypeError, match="names must be a list"):
+            _cpu.hide_cpu_features("avx512f")
+    finally:
+        _cpu.hide_cpu_features([])
+        _cpu.set_isa(before)
+    assert _cpu.cpu_features() == has

@@ -19,7 +19,7 @@ from cpu_isa import cpu_isas, isa  # noqa: F401  (isa is a fixture)
 
 pytestmark = pytest.mark.skipif(_dispatch._load("cpu") is not None, reason="C++ extension not built")
 
-ISAS = cpu_isas()
+ISAS = cpu_isas(older_avx512=True)  # pack layouts depend on AVX512_BF16 and VNNI
 ACTS = [None, "gelu", "gelu_tanh", "relu"]
 # (M, K, N): BERT-student K, odd M and N (tails of the 6-row and 64/16-column tiles), one 1024-token M
 SHAPES = [(1, 384, 384), (7, 768, 200), (77, 1536, 70), (1024, 26, 129), (130, 384, 1536)]
@@ -144,6 +144,31 @@ def test_packed_weight_follows_isa_switch():
         assert G.linear_packed(x, pw, b).shape == (8, 40) and pw.layout == "f32x16"
     finally:
         _cpu.set_isa(before)
+
+
+# What each path packs fp32 / bf16 / int8 weights as: the micro-kernel that runs (scalar reads the weight)
+LAYOUTS = {"scalar": ("raw", "raw", "raw"), "avx2": ("f32x16", "f32x16", "s16x16"),
+           "avx512-novnni": ("f32x64", "f32x64", "s16x16"), "avx512-nobf16": ("f32x64", "f32x64", "u8s8x64")}
+
+
+@pytest.mark.parametrize("isa", ISAS, indirect=True)
+def test_pack_layout_per_path(isa):
+    """Each path packs for the kernel its CPU can run: AVX-512 without BF16 widens bf16 weights to the fp32
+    kernel, without VNNI int8 takes the int16-pair kernel; a pack made before the switch is re-made."""
+    from bertsilicon.ops import _cpu
+
+    G = _gemm_module()
+    has = _cpu.cpu_features()
+    full = ("f32x64", "bf16x64" if has["avx512_bf16"] else "f32x64", "u8s8x64" if has["avx512_vnni"] else "s16x16")
+    expected = LAYOUTS.get(isa, full)
+    w = torch.randn(40, 96)
+    packs = [G.pack_linear(w), G.pack_linear(w.to(torch.bfloat16)), G.pack_int8(torch.randint(-128, 128, (40, 96),
+                                                                                              dtype=torch.int8))]
+    assert tuple(p.layout for p in packs) == expected
+    assert G.native_bf16() == (expected[1] == "bf16x64")
+    other = "avx2" if isa != "avx2" else "scalar"
+    _cpu.set_isa(other)
+    assert tuple(p.layout for p in packs) == LAYOUTS[other]
 
 
 # ---------------------------------------------------------------------------------------------- #

@@ -17,7 +17,7 @@ from transformers.models.bert import modeling_bert
 import bertsilicon
 from bertsilicon.models import bert
 from bertsilicon.models.fused_layer import GEMMS, FusedEncoderLayer
-from cpu_isa import cpu_isas, isa, needs_cpu  # noqa: F401  (isa: fixture)
+from cpu_isa import cpu_isas, isa, needs_cpu, use_path  # noqa: F401  (isa: fixture)
 from numerics import poison_allocator, ragged_mask
 
 pytestmark = needs_cpu
@@ -113,7 +113,7 @@ def _both_paths(layer, run, like):
     return one, per_op
 
 
-@pytest.mark.parametrize("isa", cpu_isas(), indirect=True)
+@pytest.mark.parametrize("isa", cpu_isas(older_avx512=True), indirect=True)
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("mix", list(MIXES))
 def test_one_call_is_bit_identical_to_per_op(isa, shape, mix, monkeypatch):
@@ -241,15 +241,22 @@ def test_weights_changed_in_place_after_optimize(small_bert):
     assert not torch.equal(after, before) and torch.equal(after, per_op)
 
 
-def test_isa_switch_after_optimize_repacks(small_bert):
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_isa_switch_after_optimize_repacks(small_bert, precision):
+    """Switching the kernel path (also to an older AVX-512 CPU's, by hiding features) after optimize: the
+    one-call layers re-make their plans for the new packs, so they still equal the per-op path. int8 on
+    AVX-512 gives the same bits with VNNI or without."""
     base, inputs = small_bert
-    m = bertsilicon.optimize(copy.deepcopy(base), "int8", smooth=0.5)
-    from bertsilicon.ops import _cpu
+    m = bertsilicon.optimize(copy.deepcopy(base), precision, smooth=0.5 if precision == "int8" else None)
+    from bertsilicon import _C
+    from bertsilicon.models import _cpu_layer
+    from bertsilicon.ops import _cpu, _cpu_gemm
 
-    before = _cpu._C.active_isa()
+    before, outputs = _C.active_isa(), {}
     try:
-        for path in cpu_isas():
-            _cpu.set_isa(path)
+        paths = cpu_isas(older_avx512=True)
+        for path in paths + paths[-2::-1]:  # narrowest to widest and back: each switch in both directions
+            use_path(path)
             with torch.no_grad():
                 one = m(**inputs).last_hidden_state
                 for layer in m.encoder.layer:
@@ -258,8 +265,16 @@ def test_isa_switch_after_optimize_repacks(small_bert):
                 for layer in m.encoder.layer:
                     layer.one_call = True
             assert torch.equal(one, per_op), path
+            for layer in m.encoder.layer:  # the plan points at packs made for this path's kernels
+                packs = [p for p in _cpu_layer.snapshot(layer).held if isinstance(p, _cpu_gemm._Pack)]
+                assert packs and all(p.kind == _C.gemm_pack_kind(_cpu_gemm._ELEM[p.source.dtype]) for p in packs)
+            outputs[path] = one
     finally:
+        _cpu.hide_cpu_features([])
         _cpu.set_isa(before)
+    if precision == "int8":  # VNNI and the int16-pair kernel both sum exactly in int32: the same bits
+        avx512 = [path for path in outputs if path.startswith("avx512")]
+        assert all(torch.equal(outputs[path], outputs[avx512[-1]]) for path in avx512)
 
 
 def test_bad_input_is_a_clear_error():

@@ -32,7 +32,7 @@ import torch
 
 from .. import _C
 from .. import ops as _public_ops
-from ..ops import _cpu_gemm
+from ..ops import _cpu, _cpu_gemm
 from ..ops import _validate as V
 from ..ops._cpu import round_format_args, threads
 
@@ -46,7 +46,7 @@ _FLOAT_WEIGHTS = {torch.float32: (torch.float32, torch.bfloat16), torch.bfloat16
 
 @dataclass(frozen=True)
 class Snapshot:
-    isa: str          # the kernel path the packs were made for (_C.active_isa())
+    isa: str          # the kernel path the packs were made for (_cpu.kernel_path())
     operands: tuple   # the tensors it was built from (layer.operand_tensors(cpu=True)); held, so their ids stay unique
     ids: tuple        # their id()s
     versions: tuple   # their version counters at the time
@@ -145,7 +145,7 @@ _SNAPSHOTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def snapshot(layer) -> Snapshot:
     """The layer's current snapshot, rebuilt when any weight, bias, scale or LayerNorm parameter was
     replaced or changed in place, or the kernel path changed (the packs are then re-packed)."""
-    isa, ops = _C.active_isa(), layer.operand_tensors(cpu=True)
+    isa, ops = _cpu.kernel_path(), layer.operand_tensors(cpu=True)
     parts = layer.__dict__["parts"]
     eps = (float(parts.ln1.eps), float(parts.ln2.eps))
     snap = _SNAPSHOTS.get(layer)

@@ -7,7 +7,10 @@ returns ``None`` or the reason this backend cannot serve the input, so ``backend
 and use torch's intra-op thread count.
 
 ``BERTSILICON_ISA=avx512|avx2|scalar`` (read at import) or :func:`set_isa` forces a kernel path no wider
-than the CPU supports, so every path is testable anywhere.
+than the CPU supports, so every path is testable anywhere. ``BERTSILICON_HIDE_CPU_FEATURES=avx512_bf16,...``
+(read at import, before ``BERTSILICON_ISA``) or :func:`hide_cpu_features` hides CPU features from the kernels,
+so a Zen 4 or Sapphire Rapids machine runs exactly the code an AVX-512 CPU without BF16 (Cascade Lake, Ice
+Lake: ``avx512_bf16``) or without VNNI too (Skylake-SP: ``avx512_bf16,avx512_vnni``) would run.
 
 Dtypes: attention, bias_gelu and add_layernorm take float32 or bfloat16 (fp32 math); round_to takes
 float32, bfloat16 or float16.
@@ -38,10 +41,30 @@ def set_isa(isa: str) -> None:
     _C.set_isa(isa)
 
 
+def hide_cpu_features(names) -> None:
+    """Hide CPU features (names as in :func:`cpu_features`) from every kernel, as on a CPU without them;
+    the set replaces the previous one (``[]`` shows everything again). Hiding a feature hides those that
+    need it (``avx512f`` hides every ``avx512*``) and lowers the active path to what is left. Weight packs
+    and layer plans made before are re-made on their next use. ValueError on an unknown name."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of feature names, got the string {names!r}")
+    _C.hide_cpu_features([str(n) for n in names])
+
+
 def cpu_features() -> dict:
+    """The features the kernels may use (the CPU's less the hidden ones), ``hidden``, ``best_isa`` and
+    ``active_isa``."""
     return dict(_C.cpu_features())
 
 
+def kernel_path() -> str:
+    """The active path and the hidden features, e.g. ``"avx512"`` or ``"avx512 -avx512_bf16"``: what weight
+    packs and one-call layer plans are made for."""
+    return " ".join([_C.active_isa(), *(f"-{name}" for name in _C.cpu_features()["hidden"])])
+
+
+if os.environ.get("BERTSILICON_HIDE_CPU_FEATURES"):
+    hide_cpu_features([n.strip() for n in os.environ["BERTSILICON_HIDE_CPU_FEATURES"].split(",") if n.strip()])
 if os.environ.get("BERTSILICON_ISA"):
     set_isa(os.environ["BERTSILICON_ISA"])
 
