@@ -25,7 +25,8 @@
 //   int8  (G 4): acc += sum_j (a_j + 128) b_j  (u8 x s8)          vpdpbusd, then acc -= comp[n]
 //                with comp[n] = 128 sum_k b[n, k] precomputed at packing; int32 wrap-around
 //                arithmetic makes the result exact whenever the true sum fits int32.
-//   int8 w/o VNNI (G 2): acc += a0 b0 + a1 b1 on sign-extended int16  vpmaddwd + vpaddd: the
+//   int8 w/o VNNI (G 2): acc += a0 b0 + a1 b1 on sign-extended int16  vpmaddwd + vpaddd (zmm on
+//                AVX-512BW, as on Skylake-SP: 2x the fp32 kernel's multiplies per instruction; ymm on AVX2): the
 //                pair sum is at most 2 * 128 * 128 = 32768 in int32, so nothing saturates (the
 //                vpmaddubsw path would saturate its int16 pair sums at 32767).
 #include <algorithm>
@@ -124,6 +125,7 @@ void gemm_pack(PackKind kind, const void* w, ElemType wt, int64_t N, int64_t K, 
       break;
     }
     case PackKind::S16x16:
+    case PackKind::S16x64:
       pack_panels(static_cast<const int8_t*>(w), N, K, static_cast<int16_t*>(dst), p.nr, p.group, threads,
                   [](int8_t v) { return int16_t(v); });
       break;
@@ -141,8 +143,9 @@ PackKind gemm_pack_kind(ElemType t) {
     case ElemType::BF16:
       if (isa == Isa::Avx512) return f.avx512_bf16 ? PackKind::Bf16x64 : PackKind::F32x64;
       return PackKind::F32x16;
-    default:  // int8: VNNI where present, else the non-saturating int16 pair kernel (AVX2 code)
-      return (isa == Isa::Avx512 && f.avx512_vnni) ? PackKind::U8S8x64 : PackKind::S16x16;
+    default:  // int8: VNNI where present, else the non-saturating int16 pair kernel
+      if (isa == Isa::Avx512) return f.avx512_vnni ? PackKind::U8S8x64 : PackKind::S16x64;
+      return PackKind::S16x16;
   }
 }
 
@@ -150,7 +153,8 @@ bool gemm_kind_runs_here(PackKind kind) {
   const CpuFeatures& f = cpu_features();
   const bool avx512 = best_isa() == Isa::Avx512, avx2 = best_isa() >= Isa::Avx2;
   switch (kind) {
-    case PackKind::F32x64: return avx512;
+    case PackKind::F32x64:
+    case PackKind::S16x64: return avx512;
     case PackKind::Bf16x64: return avx512 && f.avx512_bf16;
     case PackKind::U8S8x64: return avx512 && f.avx512_vnni;
     case PackKind::F32x16:
@@ -185,9 +189,9 @@ constexpr int kGroupBlocks = 16;
 
 // -------------------------------------------------------------------------------------------- //
 // AVX-512: 6 x 64 tile. The whole AVX-512 GEMM family is compiled with one target that includes //
-// VNNI and BF16, so one templated micro-kernel serves the fp32, bf16 (vdpbf16ps) and int8        //
-// (vpdpbusd) instantiations; only the instantiation whose instructions CPUID reports is ever      //
-// entered (gemm_kind_runs_here). The fp32 instantiation is FMA intrinsics only.                  //
+// VNNI and BF16, so one templated micro-kernel serves the fp32, bf16 (vdpbf16ps), int8 (vpdpbusd) //
+// and int8-without-VNNI (vpmaddwd) instantiations; only the instantiation whose instructions      //
+// CPUID reports is ever entered (gemm_kind_runs_here). The fp32 one is FMA intrinsics only.       //
 // -------------------------------------------------------------------------------------------- //
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx2,f16c,avx512vnni,avx512bf16")
@@ -213,6 +217,9 @@ struct MacU8S8 {  // exact integer sums (int32 lanes carried in __m512)
   static BS_INLINE __m512 add(__m512 a, __m512 b) {
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
   }
+};
+struct MacS16 : MacU8S8 {  // int16 pairs (AVX512BW vpmaddwd, no VNNI): exact, like gemm256::MacS16
+  static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) { return add(acc, _mm512_castsi512_ps(_mm512_madd_epi16(a, b))); }
 };
 
 static BS_INLINE VI load_b(const int32_t* p) { return _mm512_loadu_si512(p); }
@@ -356,6 +363,7 @@ static const TileFn* tiles_for(PackKind kind) {
     case PackKind::F32x64: return TileTable<Avx512Tile, gemm512::MacF32>::fns;
     case PackKind::Bf16x64: return TileTable<Avx512Tile, gemm512::MacBf16>::fns;
     case PackKind::U8S8x64: return TileTable<Avx512Tile, gemm512::MacU8S8>::fns;
+    case PackKind::S16x64: return TileTable<Avx512Tile, gemm512::MacS16>::fns;
     case PackKind::F32x16: return TileTable<Avx2Tile, gemm256::MacF32>::fns;
     case PackKind::S16x16: return TileTable<Avx2Tile, gemm256::MacS16>::fns;
     default: return nullptr;

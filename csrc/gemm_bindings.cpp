@@ -11,7 +11,7 @@ namespace py = pybind11;
 namespace {
 template <class T> T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 bs::PackKind kind_of(int k) {
-  if (k < 0 || k > int(bs::PackKind::S16x16)) throw std::invalid_argument("unknown packed layout " + std::to_string(k));
+  if (k < 0 || k > int(bs::PackKind::LastKind)) throw std::invalid_argument("unknown packed layout " + std::to_string(k));
   return bs::PackKind(k);
 }
 }  // namespace
@@ -20,7 +20,7 @@ void bind_gemm(py::module_& m) {
   m.def("gemm_pack_kind", [](int elem) { return int(bs::gemm_pack_kind(bs::ElemType(elem))); }, py::arg("elem"),
         "Packed weight layout the active ISA path uses for weights of this element type.");
   m.def("gemm_pack_name", [](int kind) {
-    static const char* names[] = {"raw", "f32x64", "bf16x64", "f32x16", "u8s8x64", "s16x16"};
+    static const char* names[] = {"raw", "f32x64", "bf16x64", "f32x16", "u8s8x64", "s16x16", "s16x64"};
     return std::string(names[int(kind_of(kind))]);
   }, py::arg("kind"));
   m.def("gemm_packed_bytes", [](int kind, int64_t n, int64_t k) { return bs::gemm_packed_bytes(kind_of(kind), n, k); },

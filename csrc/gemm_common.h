@@ -72,6 +72,8 @@ enum class PackKind : int {
   F32x16 = 3,       // AVX2 fp32 (and bf16 widened): NR 16, G 1, fp32
   U8S8x64 = 4,      // AVX-512 VNNI: NR 64, G 4, int8 + comp, for vpdpbusd (activations shifted to u8)
   S16x16 = 5,       // AVX2 int8 without VNNI: NR 16, G 2, int16 pairs for vpmaddwd (never saturates)
+  S16x64 = 6,       // AVX-512 int8 without VNNI (Skylake-SP): NR 64, G 2, int16 pairs for vpmaddwd zmm
+  LastKind = S16x64,
 };
 
 struct PackInfo {
@@ -86,6 +88,7 @@ inline PackInfo pack_info(PackKind k) {
     case PackKind::F32x16: return {16, 1, 4, false};
     case PackKind::U8S8x64: return {64, 4, 1, true};
     case PackKind::S16x16: return {16, 2, 2, false};
+    case PackKind::S16x64: return {64, 2, 2, false};
     default: return {1, 1, 0, false};
   }
 }

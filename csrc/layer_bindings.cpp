@@ -41,7 +41,7 @@ void bind_encoder_layer(py::module_& m) {
            [](Plan& p, int index, int kind, uintptr_t w, int w_elem, int64_t N, int64_t K, uintptr_t bias,
               uintptr_t w_scale, uintptr_t inv_smooth) {
              bs::LayerGemm& g = gemm_at(p, index);
-             if (kind < 0 || kind > int(bs::PackKind::S16x16)) throw std::invalid_argument("unknown packed layout");
+             if (kind < 0 || kind > int(bs::PackKind::LastKind)) throw std::invalid_argument("unknown packed layout");
              if (w_elem < 0 || w_elem > int(bs::ElemType::I8)) throw std::invalid_argument("unknown weight type");
              g.int8 = w_elem == int(bs::ElemType::I8), g.kind = bs::PackKind(kind), g.w = ptr<const void>(w);
              g.w_type = bs::ElemType(w_elem), g.N = N, g.K = K, g.bias = ptr<const float>(bias);

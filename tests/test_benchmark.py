@@ -410,3 +410,16 @@ def test_gpu_host_overhead_counts_seven_launches_per_layer():
     assert "minilm-l6 fp16 (GEMMs: fp16) batch 2" in out.stdout, out.stdout
     for path in ("direct launches", "public ops"):  # both paths launch the same kernels
         assert re.search(rf"{path} +median [0-9.]+ ms \(min [0-9.]+\), 42 launches per forward", out.stdout), out.stdout
+
+
+def test_hidden_cpu_features_are_in_the_machine_lines(tiny_run):
+    """A run with BERTSILICON_HIDE_CPU_FEATURES (an older CPU emulated) says so next to the SIMD flags."""
+    result = json.loads(json.dumps(tiny_run[0]))
+    features = result["machine"]["cpu"]["bertsilicon_cpu_features"]
+    if features is None:
+        pytest.skip("C++ extension not built")
+    simd = next(line for line in report.machine_lines(result) if "SIMD flags" in line)
+    assert f"bertsilicon kernels: {features['active_isa']} path" in simd and "hidden" not in simd
+    result["machine"]["cpu"]["bertsilicon_cpu_features"] = dict(features, hidden=["avx512_vnni", "avx512_bf16"])
+    simd = next(line for line in report.machine_lines(result) if "SIMD flags" in line)
+    assert "features hidden from them: avx512_vnni, avx512_bf16" in simd

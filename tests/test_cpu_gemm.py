@@ -148,7 +148,7 @@ def test_packed_weight_follows_isa_switch():
 
 # What each path packs fp32 / bf16 / int8 weights as: the micro-kernel that runs (scalar reads the weight)
 LAYOUTS = {"scalar": ("raw", "raw", "raw"), "avx2": ("f32x16", "f32x16", "s16x16"),
-           "avx512-novnni": ("f32x64", "f32x64", "s16x16"), "avx512-nobf16": ("f32x64", "f32x64", "u8s8x64")}
+           "avx512-novnni": ("f32x64", "f32x64", "s16x64"), "avx512-nobf16": ("f32x64", "f32x64", "u8s8x64")}
 
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
@@ -159,7 +159,7 @@ def test_pack_layout_per_path(isa):
 
     G = _gemm_module()
     has = _cpu.cpu_features()
-    full = ("f32x64", "bf16x64" if has["avx512_bf16"] else "f32x64", "u8s8x64" if has["avx512_vnni"] else "s16x16")
+    full = ("f32x64", "bf16x64" if has["avx512_bf16"] else "f32x64", "u8s8x64" if has["avx512_vnni"] else "s16x64")
     expected = LAYOUTS.get(isa, full)
     w = torch.randn(40, 96)
     packs = [G.pack_linear(w), G.pack_linear(w.to(torch.bfloat16)), G.pack_int8(torch.randint(-128, 128, (40, 96),

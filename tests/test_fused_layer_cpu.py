@@ -345,3 +345,24 @@ def test_the_layers_of_one_forward_share_one_scratch_block(monkeypatch):
     assert torch.equal(held, freed)
     _C.hold_layer_scratch(False)  # an unmatched release is harmless
     assert _C.layer_scratch_bytes() == 0
+
+
+@pytest.mark.parametrize("isa", cpu_isas(older_avx512=True), indirect=True)
+def test_report_names_the_cpu_kernels(small_bert, isa):
+    """The report says which C++ path and GEMM instructions run, and where a precision buys no speed here."""
+    from bertsilicon.ops import _cpu
+
+    base, _ = small_bert
+    int8 = bertsilicon.optimize(copy.deepcopy(base), "int8").bertsilicon_report.cpu_kernels
+    bf16 = bertsilicon.optimize(copy.deepcopy(base), "bf16").bertsilicon_report.cpu_kernels
+    has = _cpu.cpu_features()  # less the features the path hides
+    assert int8.startswith(f"{_cpu.kernel_path()} path, int8 GEMM") and bf16.startswith(f"{_cpu.kernel_path()} path")
+    avx512 = isa.startswith("avx512")
+    vnni, native_bf16 = avx512 and has["avx512_vnni"], avx512 and has["avx512_bf16"]
+    expected_int8 = {"scalar": "raw (scalar)", "avx2": "s16x16 (vpmaddwd ymm)"}.get(
+        isa, "u8s8x64 (vpdpbusd zmm)" if vnni else "s16x64 (vpmaddwd zmm)")
+    assert f"int8 GEMM {expected_int8}" in int8
+    assert ("no VNNI here" in int8) == (not vnni and isa != "scalar")
+    assert ("bf16 GEMM bf16x64 (vdpbf16ps zmm), bf16 attention vdpbf16ps" in bf16) == native_bf16
+    assert ("no AVX512_BF16 here" in bf16) == (not native_bf16)
+    assert f"cpu kernels: {int8}" in str(bertsilicon.optimize(copy.deepcopy(base), "int8").bertsilicon_report)

@@ -64,11 +64,22 @@ def machine_lines(result) -> list[str]:
     return lines + [
         f"- **CPU**: {cpu['model']}, {cpu['usable_cores']} usable cores ({cpu['physical_cores']} physical); "
         f"**threads fixed at {m['threads']}** (torch intra-op, ONNX Runtime intra-op; inter-op 1). GPU: {gpu}.",
-        f"- **SIMD flags**: {' '.join(cpu['simd_flags']) or 'n/a'}",
+        f"- **SIMD flags**: {' '.join(cpu['simd_flags']) or 'n/a'}" + _kernel_path(cpu),
         "- **Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + f", Python {m['python']}",
         f"- **Commit** {commit}, {m['date_utc']}; load average at start {m.get('load_average_start')}, "
         f"at end {m.get('load_average_end')}; wall time {m.get('wall_s')} s.",
     ]
+
+
+def _kernel_path(cpu: dict) -> str:
+    """`; bertsilicon kernels: ...` — the C++ path, and the features hidden from it (BERTSILICON_HIDE_CPU_FEATURES)."""
+    f = cpu.get("bertsilicon_cpu_features") or {}
+    if not f.get("active_isa"):
+        return ""
+    hidden = f.get("hidden") or []
+    return (f"; bertsilicon kernels: {f['active_isa']} path" +
+            (f", **features hidden from them: {', '.join(hidden)}** (they run the code of a CPU without these)"
+             if hidden else ""))
 
 
 def _targets_table(result) -> list[str]:

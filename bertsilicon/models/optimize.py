@@ -870,6 +870,8 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
             if cuda_graphs:
                 entry.call = f"CUDA graph (calls on <= {GRAPH_MAX_TOKENS} token rows), else {entry.call}"
         report.backends_used = fused[0].backends_used(inputs[0][real][:4].to(compute_dtype).contiguous())
+        if "cpu" in report.backends_used.values():
+            report.cpu_kernels = _cpu_kernels(fused, compute_dtype)
         new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, unpad, bool(cuda_graphs))
         setattr(base, adapter.encoder_attr, new_encoder)
         handle = base.register_forward_pre_hook(_validate_inputs_hook(adapter.max_positions(config)), with_kwargs=True)
@@ -936,6 +938,15 @@ def _build_layer(i, layer, adapter, config, precision, compute_dtype, backend, u
     entry.gemms = dict(gemms)
     entry.rel_error, entry.max_abs_error = err, max_err
     return fused, entry
+
+
+def _cpu_kernels(fused: list, compute_dtype: torch.dtype) -> str:
+    """The report's ``cpu kernels`` line: which C++ path and GEMM / attention instructions the layers run."""
+    from ..ops import _cpu_gemm
+
+    weight_dtype = {"int8": torch.int8, "bf16": torch.bfloat16}  # fp32 and CPU fp16: the fp32 kernel
+    dtypes = [weight_dtype.get(layer._modules[name].precision, torch.float32) for layer in fused for name in GEMMS]
+    return _cpu_gemm.kernel_summary(dtypes, compute_dtype)
 
 
 def _fp16_on_fp32_kernels(device: torch.device, backend: Optional[str]) -> bool:

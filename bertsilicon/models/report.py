@@ -35,6 +35,7 @@ class OptimizeReport:
     calibration: str = ""
     error_budget: Optional[float] = None
     notes: list = field(default_factory=list)
+    cpu_kernels: str = ""               # the C++ path and the GEMM / attention instructions it runs (cpu backend)
     runtime_fallbacks: Counter = field(default_factory=Counter)  # calls run on the original layers, by reason
     recomputed_backward: int = 0        # calls that needed gradients: fused forward, original layers' backward
 
@@ -84,6 +85,8 @@ class OptimizeReport:
             lines.append(f"  per-layer error budget (int8 fallback rule): {self.error_budget:.1e}")
         if self.backends_used:
             lines.append("  backends: " + ", ".join(f"{k}={v}" for k, v in sorted(self.backends_used.items())))
+        if self.cpu_kernels:
+            lines.append(f"  cpu kernels: {self.cpu_kernels}")
         for n in self.notes:
             lines.append(f"  note: {n}")
         if self.runtime_fallbacks:

@@ -153,6 +153,33 @@ def native_bf16() -> bool:
     return _C.gemm_pack_name(_C.gemm_pack_kind(_ELEM[torch.bfloat16])) == "bf16x64"
 
 
+# What each packed layout's micro-kernel multiplies with (csrc/gemm_common.h, PackKind).
+_INSTRUCTIONS = {"raw": "scalar", "f32x64": "FMA zmm", "f32x16": "FMA ymm", "bf16x64": "vdpbf16ps zmm",
+                 "u8s8x64": "vpdpbusd zmm", "s16x64": "vpmaddwd zmm", "s16x16": "vpmaddwd ymm"}
+_SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}
+
+
+def kernel_summary(gemm_dtypes, attention_dtype: torch.dtype) -> str:
+    """One line for a model's report: the active path; for each GEMM weight dtype in ``gemm_dtypes`` the
+    layout and instruction that run; bf16 attention's kernel; and what it means where the CPU lacks the
+    feature that makes a low precision faster (VNNI for int8, AVX512_BF16 for bf16)."""
+    from . import _cpu
+
+    parts, remarks = [f"{_cpu.kernel_path()} path"], []
+    for dtype in dict.fromkeys(gemm_dtypes):
+        layout = _C.gemm_pack_name(_C.gemm_pack_kind(_ELEM[dtype]))
+        parts.append(f"{_SHORT[dtype]} GEMM {layout} ({_INSTRUCTIONS[layout]})")
+        if dtype == torch.int8 and layout.startswith("s16"):
+            remarks.append("no VNNI here: int8 GEMMs run exact int16 pairs, about the fp32 kernel's speed")
+        if dtype == torch.bfloat16 and layout != "bf16x64":
+            remarks.append("no AVX512_BF16 here: bf16 runs on the fp32 kernels (widened exactly), so it saves "
+                           "memory, not time")
+    if attention_dtype == torch.bfloat16:  # csrc/attention_impl.h: DotBf16 on avx512 with AVX512_BF16
+        native = _C.active_isa() == "avx512" and _C.cpu_features()["avx512_bf16"]
+        parts.append(f"bf16 attention {'vdpbf16ps' if native else 'widened to fp32'}")
+    return ", ".join(parts) + "".join(f"; {r}" for r in remarks)
+
+
 def pack_linear(weight: torch.Tensor) -> PackedWeight:
     """Pack an fp32 or bf16 ``nn.Linear`` weight ``[N, K]`` once for :func:`linear_packed`."""
     reason = _check_weight("weight", weight, (torch.float32, torch.bfloat16))
@@ -163,7 +190,8 @@ def pack_linear(weight: torch.Tensor) -> PackedWeight:
 
 def pack_int8(w_q: torch.Tensor) -> PackedWeight:
     """Pack an int8 weight ``[N, K]`` once for :func:`int8_linear_packed` (VNNI layout with its
-    ``128 * sum_k w`` compensation where the CPU has AVX512-VNNI, int16 pairs on AVX2)."""
+    ``128 * sum_k w`` compensation where the CPU has AVX512-VNNI, else int16 pairs for ``vpmaddwd``: 64
+    columns wide on AVX-512, 16 on AVX2)."""
     reason = _check_weight("w_q", w_q, (torch.int8,))
     if reason:
         raise ValueError(reason)
