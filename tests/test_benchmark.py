@@ -423,3 +423,17 @@ def test_hidden_cpu_features_are_in_the_machine_lines(tiny_run):
     result["machine"]["cpu"]["bertsilicon_cpu_features"] = dict(features, hidden=["avx512_vnni", "avx512_bf16"])
     simd = next(line for line in report.machine_lines(result) if "SIMD flags" in line)
     assert "features hidden from them: avx512_vnni, avx512_bf16" in simd
+
+
+def test_kernel_environment_is_part_of_the_command(monkeypatch, tiny_run):
+    """Variables that change which kernels run are written in front of the command that repeats the run."""
+    cli = bench_cli
+    for name in cli.KERNEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert cli.env_prefix() == ""
+    monkeypatch.setenv("BERTSILICON_HIDE_CPU_FEATURES", "avx512_bf16,avx512_vnni")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    prefix = cli.env_prefix()
+    assert prefix == "BERTSILICON_HIDE_CPU_FEATURES=avx512_bf16,avx512_vnni ONEDNN_MAX_CPU_ISA=AVX512_CORE "
+    result = dict(json.loads(json.dumps(tiny_run[0])), env=prefix, argv="--models minilm-l6")
+    assert f"`{prefix}bertsilicon bench --models minilm-l6`" in report.markdown(result)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -62,6 +63,15 @@ def config_from_args(args):
     return cfg.validate()
 
 
+# Environment variables that change which kernels run (so the results): repeated in front of the command.
+KERNEL_ENV = ("BERTSILICON_HIDE_CPU_FEATURES", "BERTSILICON_ISA", "ONEDNN_MAX_CPU_ISA", "TRITON_INTERPRET")
+
+
+def env_prefix() -> str:
+    """``NAME=value `` for each :data:`KERNEL_ENV` variable set now (empty when none is)."""
+    return "".join(f"{k}={shlex.quote(os.environ[k])} " for k in KERNEL_ENV if os.environ.get(k))
+
+
 def command_line(cfg, out: str) -> str:
     """The explicit arguments that repeat a run (everything the results depend on)."""
     parts = ["--quick"] if cfg.quick else []
@@ -92,6 +102,7 @@ def bench(args, parser=None) -> int:
         parser.error(str(exc))  # exits with status 2 and the message
     result = run_bench(cfg, quiet=args.quiet)
     result["argv"] = command_line(cfg, args.out)
+    result["env"] = env_prefix()
     paths = write_results(result, args.out, plot=not args.no_plots)
     md = markdown(result)
     print(md.split("## Method")[0].rstrip())

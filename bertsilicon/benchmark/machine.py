@@ -72,9 +72,9 @@ def _gpu():
 
 
 def _bertsilicon_cpu_features():
-    try:
-        from bertsilicon import _C
-        return dict(_C.cpu_features())
+    try:  # through ops._cpu: it applies BERTSILICON_HIDE_CPU_FEATURES / BERTSILICON_ISA at import
+        from bertsilicon.ops import _cpu
+        return _cpu.cpu_features()
     except (ImportError, AttributeError, TypeError):
         return None
 

@@ -134,7 +134,7 @@ def markdown(result) -> str:
     lines += [f"- **Input**: real text (`bertsilicon.data.corpus({cfg['corpus']!r})`), truncated to the max length, "
               f"padding `{cfg['padding']}`; every provider gets the same batch. Accuracy: mean-pooled last hidden "
               f"state of {cfg['accuracy_texts']} other texts, cosine against the same model in HF fp32 (SDPA).",
-              f"- **Command**: `bertsilicon bench {result.get('argv', '')}`".rstrip(), "",
+              f"- **Command**: `{result.get('env', '')}bertsilicon bench {result.get('argv', '')}`".rstrip(), "",
               "## Issue-5 speed targets", "",
               "Latency of ours divided by the peer's, same batch, same run (lower is better); "
               f"**bold**: the configuration the targets are stated for (MiniLM-L6, real text, batch 8, max length "
