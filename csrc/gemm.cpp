@@ -202,6 +202,7 @@ constexpr int NV = 4;
 #include "vmath_impl.h"
 
 struct MacF32 {
+  static constexpr int kMaxRows = 6;
   static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) {
     return _mm512_fmadd_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), acc);
   }
@@ -211,6 +212,7 @@ struct MacBf16 : MacF32 {
   static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
 };
 struct MacU8S8 {  // exact integer sums (int32 lanes carried in __m512)
+  static constexpr int kMaxRows = 6;
   static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) {
     return _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), a, b));
   }
@@ -219,6 +221,7 @@ struct MacU8S8 {  // exact integer sums (int32 lanes carried in __m512)
   }
 };
 struct MacS16 : MacU8S8 {  // int16 pairs (AVX512BW vpmaddwd, no VNNI): exact, like gemm256::MacS16
+  static constexpr int kMaxRows = 4;  // 16 acc + 4 B + broadcasts + temps in 32 zmm
   static BS_INLINE __m512 mac(__m512 acc, VI a, VI b) { return add(acc, _mm512_castsi512_ps(_mm512_madd_epi16(a, b))); }
 };
 
@@ -280,12 +283,14 @@ constexpr int NV = 2;
 #include "vmath_impl.h"
 
 struct MacF32 {
+  static constexpr int kMaxRows = 6;
   static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) {
     return _mm256_fmadd_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), acc);
   }
   static BS_INLINE __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
 };
 struct MacS16 {  // int16 pairs: vpmaddwd never saturates (|a0 b0 + a1 b1| <= 2^15 fits its int32 lanes)
+  static constexpr int kMaxRows = 4;  // see gemm_tile_impl.h; 6 spilled ~195 vector ops to the stack
   static BS_INLINE __m256 add(__m256 a, __m256 b) {
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b)));
   }

@@ -20,9 +20,19 @@ static inline __attribute__((always_inline)) F activate(F y, Activation act) {
 // store the running sum back. The last block: the epilogue (int8: minus the u8-shift compensation,
 // dequantize; + bias; activation; rounding to the output type) runs on the registers before the
 // tile's only store to the output.
+//
+// A Mac whose step needs a temporary per product (int16 pairs: vpmaddwd, then vpaddd) declares
+// kMaxRows < 6: R accumulators rows plus the B vectors, R broadcasts and the temporaries would not fit
+// the register file (16 ymm / 32 zmm) and the compiler would spill accumulators to the stack in the
+// inner loop; a taller tile is then run as sub-tiles of kMaxRows rows (B re-read from L1).
 template <class Mac, int R>
 static void tile(const Tiles& t, int64_t m0, int64_t panel, int64_t s0, int64_t s1, float* partial) {
   constexpr int W = Vec::W, NR = NV * W;
+  if constexpr (R > Mac::kMaxRows) {
+    tile<Mac, Mac::kMaxRows>(t, m0, panel, s0, s1, partial);
+    tile<Mac, R - Mac::kMaxRows>(t, m0 + Mac::kMaxRows, panel, s0, s1, partial + Mac::kMaxRows * NR);
+    return;
+  }
   F acc[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
