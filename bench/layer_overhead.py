@@ -51,38 +51,50 @@ def _set_mode(model, mode: str) -> None:
         layer.one_call = mode == "one-call"
 
 
-def _time_case(model, batch, rounds: int, min_sample_s: float) -> dict:
-    """{mode: seconds per forward samples}, interleaved rounds; raises if the two paths' outputs differ."""
-    def run():
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-
+def time_modes(run, modes: dict, rounds: int, min_sample_s: float) -> tuple[dict, dict]:
+    """Time ``run()`` under each mode (``{name: setter}``, the setter switches the model to that mode) in
+    interleaved rounds (the order alternates every round) after 3 warm-up calls per mode; each sample is the
+    mean of ``inner`` back-to-back calls, ``inner`` sized so a sample lasts >= ``min_sample_s``. Returns
+    ``({mode: {median_ms, min_ms, n, inner, samples_ms}}, {mode: the last output})``; the model is left in
+    the first mode."""
+    names = list(modes)
     outs, inner = {}, {}
     with torch.inference_mode():
-        for mode in MODES:
-            _set_mode(model, mode)
+        for mode in names:
+            modes[mode]()
             for _ in range(3):
                 outs[mode] = run()
             t = time.perf_counter()
             run()
             inner[mode] = max(1, round(min_sample_s / (time.perf_counter() - t)))
-        if not torch.equal(outs["per-op"], outs["one-call"]):
-            raise AssertionError("the one-call path's output differs from the per-op path's")
-        samples = {m: [] for m in MODES}
+        samples = {m: [] for m in names}
         gc.collect()
         gc.disable()
         try:
             for r in range(rounds):
-                for mode in (MODES if r % 2 == 0 else MODES[::-1]):
-                    _set_mode(model, mode)
+                for mode in (names if r % 2 == 0 else names[::-1]):
+                    modes[mode]()
                     t = time.perf_counter()
                     for _ in range(inner[mode]):
                         run()
                     samples[mode].append((time.perf_counter() - t) / inner[mode])
         finally:
             gc.enable()
-    _set_mode(model, "one-call")
-    return {m: {"median_ms": statistics.median(s) * 1e3, "min_ms": min(s) * 1e3, "n": len(s), "inner": inner[m],
-                "samples_ms": [round(x * 1e3, 4) for x in s]} for m, s in samples.items()}
+    modes[names[0]]()
+    return ({m: {"median_ms": statistics.median(s) * 1e3, "min_ms": min(s) * 1e3, "n": len(s), "inner": inner[m],
+                 "samples_ms": [round(x * 1e3, 4) for x in s]} for m, s in samples.items()}, outs)
+
+
+def _time_case(model, batch, rounds: int, min_sample_s: float) -> dict:
+    """{mode: seconds per forward samples}, interleaved rounds; raises if the two paths' outputs differ."""
+    def run():
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+
+    res, outs = time_modes(run, {"one-call": lambda: _set_mode(model, "one-call"),
+                                 "per-op": lambda: _set_mode(model, "per-op")}, rounds, min_sample_s)
+    if not torch.equal(outs["per-op"], outs["one-call"]):
+        raise AssertionError("the one-call path's output differs from the per-op path's")
+    return {m: res[m] for m in MODES}
 
 
 def main(argv=None) -> int:
@@ -133,14 +145,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def markdown(result: dict) -> str:
+def provenance(result: dict) -> str:
+    """The line under a result's title: the command, commit, date, CPU, threads, load average and note."""
     m = result["machine"]
-    load = f"{m.get('load_average_start')} at the start, {m.get('load_average_end')} at the end"
-    lines = ["# Per-layer overhead: per-op path vs one C++ call per layer (cpu backend)", "",
-             f"`{result['command']}` — commit {m['git']['commit']}{' (dirty)' if m['git']['dirty'] else ''}, "
-             f"{m.get('date_utc', '')}, "
-             f"{m['cpu']['model']}, threads={m.get('threads', '?')}, load average {load}."
-             + (f" **{result['note']}**" if result["note"] else ""), "",
+    return (f"`{result['command']}` — commit {m['git']['commit']}{' (dirty)' if m['git']['dirty'] else ''}, "
+            f"{m.get('date_utc', '')}, {m['cpu']['model']}, threads={m.get('threads', '?')}, load average "
+            f"{m.get('load_average_start')} at the start, {m.get('load_average_end')} at the end."
+            + (f" **{result['note']}**" if result["note"] else ""))
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Per-layer overhead: per-op path vs one C++ call per layer (cpu backend)", "", provenance(result), "",
              "Latency per forward (ms): median and min (best-of) of interleaved rounds in one process; "
              "speed-up = per-op / one-call. Outputs of both paths checked bit-identical (`torch.equal`). "
              "Real text (`corpus('pydoc')`, the e2e draw), max length 128; TinyBERT4 with random weights.", "",

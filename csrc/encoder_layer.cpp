@@ -73,13 +73,13 @@ size_t rounded_input_bytes(const LayerGemm& g, DType dt) {
   return g.round_input ? sizeof(float) : rounds_input(g, dt) ? sizeof(uint16_t) : 0;
 }
 
-// out [M, g.N] = act(x [M, g.K] @ W^T + bias), activations and output of dtype dt.
-// x_scale: M floats (int8 GEMMs write the per-token scales there); round_buf: M * g.K elements of
-// rounded_input_bytes(g, dt) when that is nonzero.
-void run_gemm(const LayerGemm& g, DType dt, const void* x, int64_t M, void* out, Activation act, float* x_scale,
-              void* round_buf, int threads) {
+// out [M, g.N] = act(x [M, g.K] @ W^T + bias), input of dtype dt, output of dtype out_dt (dt, or another
+// for an int8 GEMM: the epilogue rounds to it). x_scale: M floats (int8 GEMMs write the per-token scales
+// there); round_buf: M * g.K elements of rounded_input_bytes(g, dt) when that is nonzero.
+void run_gemm(const LayerGemm& g, DType dt, DType out_dt, const void* x, int64_t M, void* out, Activation act,
+              float* x_scale, void* round_buf, int threads) {
   const ElemType xt = dt == DType::BF16 ? ElemType::BF16 : ElemType::F32;
-  const Epilogue ep{g.bias, act, dt == DType::BF16 ? OutType::BF16 : OutType::F32, out, g.N};
+  const Epilogue ep{g.bias, act, out_dt == DType::BF16 ? OutType::BF16 : OutType::F32, out, g.N};
   if (g.int8) {
     int8_linear_dynamic(g.kind, x, xt, M, g.K, g.inv_smooth, g.w, g.N, g.w_scale, x_scale, ep, threads);
   } else if (g.round_input) {  // fp16 operands on the fp32 kernel: the round_to kernel, then an fp32 GEMM
@@ -110,24 +110,27 @@ void run_layer(const EncoderLayerPlan& p, const void* x, int64_t M, int64_t batc
   if (M <= 0) return;
   const int64_t H = p.hidden, F = p.ffn, d = p.head_dim;
   const size_t e = p.dtype == DType::BF16 ? 2 : 4;
+  const DType att = p.attention_bf16 ? DType::BF16 : p.dtype;  // q, k, v and ctx
+  const size_t ea = att == DType::BF16 ? 2 : 4;
   const size_t round_bytes = std::max({rounded_input_bytes(p.qkv, p.dtype), rounded_input_bytes(p.o, p.dtype),
                                         rounded_input_bytes(p.up, p.dtype), rounded_input_bytes(p.down, p.dtype)});
   const size_t um = size_t(M);
-  const size_t need = round_up(um * 3 * H * e) + round_up(um * H * e) * 2 + round_up(um * F * e) + round_up(um * 4) +
-                      round_up(um * std::max(H, F) * round_bytes);
+  // qkv rows, later the o and down outputs (M H e bytes: 3 H ea >= H e, as e <= 2 ea)
+  const size_t need = round_up(um * 3 * H * ea) + round_up(um * H * ea) + round_up(um * H * e) + round_up(um * F * e) +
+                      round_up(um * 4) + round_up(um * std::max(H, F) * round_bytes);
   TrimOnExit trim_on_exit;
   Carve c{tls_scratch.get(need)};
-  unsigned char* qkv = c.take<unsigned char>(um * 3 * H * e);  // later: the o and down GEMM outputs
-  unsigned char* ctx = c.take<unsigned char>(um * H * e);
+  unsigned char* qkv = c.take<unsigned char>(um * 3 * H * ea);  // later: the o and down GEMM outputs
+  unsigned char* ctx = c.take<unsigned char>(um * H * ea);
   unsigned char* h = c.take<unsigned char>(um * H * e);
   unsigned char* u = c.take<unsigned char>(um * F * e);
   float* x_scale = c.take<float>(um);
   void* round_buf = round_bytes ? c.take<unsigned char>(um * std::max(H, F) * round_bytes) : nullptr;
 
-  run_gemm(p.qkv, p.dtype, x, M, qkv, Activation::None, x_scale, round_buf, threads);
+  run_gemm(p.qkv, p.dtype, att, x, M, qkv, Activation::None, x_scale, round_buf, threads);
 
-  attn.dtype = p.dtype;
-  attn.q = qkv, attn.k = qkv + H * e, attn.v = qkv + 2 * H * e, attn.out = ctx;
+  attn.dtype = att;
+  attn.q = qkv, attn.k = qkv + H * ea, attn.v = qkv + 2 * H * ea, attn.out = ctx;
   attn.q_sl = attn.k_sl = attn.v_sl = 3 * H;
   attn.q_sh = attn.k_sh = attn.v_sh = d;
   attn.q_sb = attn.k_sb = attn.v_sb = batch_rows * 3 * H;
@@ -136,10 +139,10 @@ void run_layer(const EncoderLayerPlan& p, const void* x, int64_t M, int64_t batc
   attention(attn);
 
   void* proj = qkv;  // the qkv rows are dead after attention: the o and down GEMMs write there
-  run_gemm(p.o, p.dtype, ctx, M, proj, Activation::None, x_scale, round_buf, threads);
+  run_gemm(p.o, att, p.dtype, ctx, M, proj, Activation::None, x_scale, round_buf, threads);
   add_layernorm(p.dtype, proj, x, p.ln1.weight, p.ln1.bias, h, M, H, p.ln1.eps, threads);
-  run_gemm(p.up, p.dtype, h, M, u, p.act, x_scale, round_buf, threads);
-  run_gemm(p.down, p.dtype, u, M, proj, Activation::None, x_scale, round_buf, threads);
+  run_gemm(p.up, p.dtype, p.dtype, h, M, u, p.act, x_scale, round_buf, threads);
+  run_gemm(p.down, p.dtype, p.dtype, u, M, proj, Activation::None, x_scale, round_buf, threads);
   add_layernorm(p.dtype, proj, h, p.ln2.weight, p.ln2.bias, out, M, H, p.ln2.eps, threads);
 }
 
@@ -172,6 +175,8 @@ void check_encoder_layer_plan(const EncoderLayerPlan& p) {
   check_gemm("down", p.down, p.dtype, p.hidden, p.ffn);
   if (!p.ln1.weight || !p.ln1.bias || !p.ln2.weight || !p.ln2.bias)
     throw std::invalid_argument("encoder layer plan: LayerNorm weight/bias not set");
+  if (p.attention_bf16 && (p.dtype != DType::F32 || !p.qkv.int8 || !p.o.int8))
+    throw std::invalid_argument("encoder layer plan: bf16 attention needs fp32 activations and int8 qkv and o GEMMs");
 }
 
 void encoder_layer_packed(const EncoderLayerPlan& p, const void* x, int64_t T, const int32_t* cu_seqlens, int64_t B,

@@ -15,6 +15,9 @@
 // on a CPU without fp16 arithmetic is an fp32 GEMM whose weight holds fp16 values and whose fp32 input is
 // first rounded to fp16 values by round_to() (rounding.cpp, nearest even; LayerGemm::round_input), as the
 // per-op path's ops.round_to(x, "fp16") then linear_packed does: exact products, fp32 sums and output.
+// attention_bf16 (fp32 activations, int8 qkv and o GEMMs only): the qkv GEMM rounds its output to bf16 in its
+// epilogue, attention runs on those bf16 q, k, v (vdpbf16ps where the CPU has AVX512_BF16), and the o GEMM
+// quantizes the bf16 ctx: as the per-op path's qkv(x).to(bf16), bf16 attention, o(ctx.float()) (exact).
 // Every intermediate lives in one scratch block of the calling thread, M (5H + F) elements (+ M floats of
 // int8 scales, + M max(H, F) bf16 or fp32 where a GEMM rounds its input); only `out` is the caller's.
 // Results are bit-identical to calling the same kernels one by one on contiguous copies of q, k, v.
@@ -57,6 +60,7 @@ struct EncoderLayerPlan {
   float scale = 1.f;                  // softmax scale (head_dim^-0.5)
   LayerGemm qkv, o, up, down;
   LayerNormParams ln1, ln2;
+  bool attention_bf16 = false;  // q, k, v and ctx in bf16 between the int8 qkv and o GEMMs (see above)
 };
 
 // Throws std::invalid_argument when the plan is inconsistent (shapes that do not chain, null pointers,

@@ -37,6 +37,8 @@ void bind_encoder_layer(py::module_& m) {
              return p;
            }),
            py::arg("dtype"), py::arg("hidden"), py::arg("heads"), py::arg("ffn"), py::arg("act"), py::arg("scale"))
+      .def_readwrite("attention_bf16", &Plan::attention_bf16,
+                     "q, k, v and ctx in bf16 between the int8 qkv and o GEMMs (fp32 activations; encoder_layer.h)")
       .def("set_gemm",
            [](Plan& p, int index, int kind, uintptr_t w, int w_elem, int64_t N, int64_t K, uintptr_t bias,
               uintptr_t w_scale, uintptr_t inv_smooth) {

@@ -241,13 +241,17 @@ def test_weights_changed_in_place_after_optimize(small_bert):
     assert not torch.equal(after, before) and torch.equal(after, per_op)
 
 
-@pytest.mark.parametrize("precision", ["int8", "bf16"])
+@pytest.mark.parametrize("precision", ["int8", "int8-fp32-attention", "bf16"])
 def test_isa_switch_after_optimize_repacks(small_bert, precision):
     """Switching the kernel path (also to an older AVX-512 CPU's, by hiding features) after optimize: the
-    one-call layers re-make their plans for the new packs, so they still equal the per-op path. int8 on
-    AVX-512 gives the same bits with VNNI or without."""
+    one-call layers re-make their plans for the new packs and attention dtype (int8 layers attend in bf16
+    only with AVX512_BF16), so they still equal the per-op path. int8 with fp32 attention gives the same
+    bits on every AVX-512 path, VNNI or not."""
     base, inputs = small_bert
-    m = bertsilicon.optimize(copy.deepcopy(base), precision, smooth=0.5 if precision == "int8" else None)
+    int8 = precision.startswith("int8")
+    m = bertsilicon.optimize(copy.deepcopy(base), precision[:4], smooth=0.5 if int8 else None)
+    for layer in m.encoder.layer:
+        layer.bf16_attention = precision == "int8"
     from bertsilicon import _C
     from bertsilicon.models import _cpu_layer
     from bertsilicon.ops import _cpu, _cpu_gemm
@@ -266,13 +270,18 @@ def test_isa_switch_after_optimize_repacks(small_bert, precision):
                     layer.one_call = True
             assert torch.equal(one, per_op), path
             for layer in m.encoder.layer:  # the plan points at packs made for this path's kernels
-                packs = [p for p in _cpu_layer.snapshot(layer).held if isinstance(p, _cpu_gemm._Pack)]
+                snap = _cpu_layer.snapshot(layer)
+                packs = [p for p in snap.held if isinstance(p, _cpu_gemm._Pack)]
                 assert packs and all(p.kind == _C.gemm_pack_kind(_cpu_gemm._ELEM[p.source.dtype]) for p in packs)
+                bf16_attention = precision == "int8" and _cpu.native_bf16_attention()
+                assert layer.attention_dtype(torch.device("cpu")) == (torch.bfloat16 if bf16_attention
+                                                                      else layer.compute_dtype)
+                assert snap.plan.attention_bf16 == bf16_attention, path
             outputs[path] = one
     finally:
         _cpu.hide_cpu_features([])
         _cpu.set_isa(before)
-    if precision == "int8":  # VNNI and the int16-pair kernel both sum exactly in int32: the same bits
+    if precision == "int8-fp32-attention":  # VNNI and the int16-pair kernel both sum exactly in int32
         avx512 = [path for path in outputs if path.startswith("avx512")]
         assert all(torch.equal(outputs[path], outputs[avx512[-1]]) for path in avx512)
 
@@ -366,3 +375,48 @@ def test_report_names_the_cpu_kernels(small_bert, isa):
     assert ("bf16 GEMM bf16x64 (vdpbf16ps zmm), bf16 attention vdpbf16ps" in bf16) == native_bf16
     assert ("no AVX512_BF16 here" in bf16) == (not native_bf16)
     assert f"cpu kernels: {int8}" in str(bertsilicon.optimize(copy.deepcopy(base), "int8").bertsilicon_report)
+
+
+def _native_bf16_attention() -> bool:
+    from bertsilicon.ops import _cpu
+
+    return _cpu.native_bf16_attention()
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_int8_layer_attends_in_bf16_where_that_is_faster(shape):
+    """An int8 layer on a CPU with AVX512_BF16 rounds q, k, v to bf16 and runs the vdpbf16ps attention: the
+    same result as doing that by hand (the qkv GEMM, a bf16 cast, bf16 attention, the rest of the layer), an
+    error against HF fp32 no larger than 1.1x the fp32-attention layer's, and different bits from it."""
+    if not _native_bf16_attention():
+        pytest.skip("needs AVX512_BF16 on the avx512 path (elsewhere int8 layers attend in fp32: tested above)")
+    from bertsilicon import ops
+
+    layer = _fused(shape, "int8-smooth", seed=7)
+    hf, _ = _hf_layer(shape, MIXES["int8-smooth"][3], seed=7)
+    assert layer.attention_dtype(torch.device("cpu")) == torch.bfloat16
+    x, cu, max_len = _packed_inputs(layer.hidden, torch.float32, seed=8)
+    with torch.no_grad():
+        got = layer.forward_packed(x, cu, max_len)
+        T, n, d = x.shape[0], layer.num_heads, layer.head_dim
+        q, k, v = layer.qkv(x).to(torch.bfloat16).view(T, 3, n, d).unbind(1)
+        ctx = ops.attention_varlen(q, k, v, cu, max_len, layer.scale, backend="cpu").reshape(T, n * d).float()
+        parts = layer.__dict__["parts"]
+        h = ops.add_layernorm(layer.o(ctx), x, parts.ln1.weight, parts.ln1.bias, parts.ln1.eps, backend="cpu")
+        by_hand = ops.add_layernorm(layer.down(layer.up(h, layer.activation)), h, parts.ln2.weight, parts.ln2.bias,
+                                    parts.ln2.eps, backend="cpu")
+        layer.bf16_attention = False
+        fp32_attention = layer.forward_packed(x, cu, max_len)
+        layer.bf16_attention = True
+        mask = torch.zeros(len(LENGTHS), max_len, dtype=torch.bool)
+        for b, length in enumerate(LENGTHS):
+            mask[b, :length] = True
+        padded = torch.zeros(len(LENGTHS), max_len, layer.hidden)
+        padded[mask] = x
+        ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        want = hf(padded, attention_mask=ext)
+        want = (want[0] if isinstance(want, tuple) else want)[mask].double()
+    assert torch.equal(got, by_hand)
+    assert not torch.equal(got, fp32_attention)
+    err = lambda y: float((y.double() - want).norm() / want.norm())  # noqa: E731
+    assert err(got) <= 1.1 * err(fp32_attention), (err(got), err(fp32_attention))

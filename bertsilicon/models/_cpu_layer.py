@@ -46,7 +46,7 @@ _FLOAT_WEIGHTS = {torch.float32: (torch.float32, torch.bfloat16), torch.bfloat16
 
 @dataclass(frozen=True)
 class Snapshot:
-    isa: str          # the kernel path the packs were made for (_cpu.kernel_path())
+    isa: str          # the kernel path the packs were made for (_cpu.kernel_path()) and the attention dtype
     operands: tuple   # the tensors it was built from (layer.operand_tensors(cpu=True)); held, so their ids stay unique
     ids: tuple        # their id()s
     versions: tuple   # their version counters at the time
@@ -134,6 +134,7 @@ def _build(layer, isa: str, ops: tuple, eps: tuple) -> Snapshot:
         lw, lb = _fp32_vector(f"ln{j + 1} weight", weight, H), _fp32_vector(f"ln{j + 1} bias", bias, H)
         plan.set_layernorm(j, lw.data_ptr(), lb.data_ptr(), eps[j])
         held += [lw, lb]
+    plan.attention_bf16 = layer.attention_dtype(torch.device("cpu")) != dtype
     plan.check()
     return Snapshot.of(isa, ops, eps, plan, tuple(held))
 
@@ -145,7 +146,7 @@ _SNAPSHOTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def snapshot(layer) -> Snapshot:
     """The layer's current snapshot, rebuilt when any weight, bias, scale or LayerNorm parameter was
     replaced or changed in place, or the kernel path changed (the packs are then re-packed)."""
-    isa, ops = _cpu.kernel_path(), layer.operand_tensors(cpu=True)
+    isa, ops = f"{_cpu.kernel_path()} attention {layer.attention_dtype(torch.device('cpu'))}", layer.operand_tensors(cpu=True)
     parts = layer.__dict__["parts"]
     eps = (float(parts.ln1.eps), float(parts.ln2.eps))
     snap = _SNAPSHOTS.get(layer)

@@ -946,7 +946,12 @@ def _cpu_kernels(fused: list, compute_dtype: torch.dtype) -> str:
 
     weight_dtype = {"int8": torch.int8, "bf16": torch.bfloat16}  # fp32 and CPU fp16: the fp32 kernel
     dtypes = [weight_dtype.get(layer._modules[name].precision, torch.float32) for layer in fused for name in GEMMS]
-    return _cpu_gemm.kernel_summary(dtypes, compute_dtype)
+    attention = [layer.attention_dtype(torch.device("cpu")) for layer in fused]
+    summary = _cpu_gemm.kernel_summary(dtypes, torch.bfloat16 if torch.bfloat16 in attention else compute_dtype)
+    if compute_dtype != torch.bfloat16 and torch.bfloat16 in attention:
+        summary += (f"; attention of {attention.count(torch.bfloat16)} of {len(fused)} int8 layers on bf16 q, k, v "
+                    "(layer.bf16_attention = False keeps fp32)")
+    return summary
 
 
 def _fp16_on_fp32_kernels(device: torch.device, backend: Optional[str]) -> bool:

@@ -57,6 +57,12 @@ def cpu_features() -> dict:
     return dict(_C.cpu_features())
 
 
+def native_bf16_attention() -> bool:
+    """Whether bf16 attention runs the ``vdpbf16ps`` kernel on the active path (avx512 with AVX512_BF16)
+    rather than fp32 math on widened inputs (csrc/attention_impl.h)."""
+    return _C.active_isa() == "avx512" and bool(_C.cpu_features()["avx512_bf16"])
+
+
 def kernel_path() -> str:
     """The active path and the hidden features, e.g. ``"avx512"`` or ``"avx512 -avx512_bf16"``: what weight
     packs and one-call layer plans are made for."""

@@ -175,8 +175,7 @@ def kernel_summary(gemm_dtypes, attention_dtype: torch.dtype) -> str:
             remarks.append("no AVX512_BF16 here: bf16 runs on the fp32 kernels (widened exactly), so it saves "
                            "memory, not time")
     if attention_dtype == torch.bfloat16:  # csrc/attention_impl.h: DotBf16 on avx512 with AVX512_BF16
-        native = _C.active_isa() == "avx512" and _C.cpu_features()["avx512_bf16"]
-        parts.append(f"bf16 attention {'vdpbf16ps' if native else 'widened to fp32'}")
+        parts.append(f"bf16 attention {'vdpbf16ps' if _cpu.native_bf16_attention() else 'widened to fp32'}")
     return ", ".join(parts) + "".join(f"; {r}" for r in remarks)
 
 
