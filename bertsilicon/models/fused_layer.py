@@ -82,6 +82,16 @@ class LayerParts:
     num_heads: int
 
 
+@torch.compiler.assume_constant_result  # read when torch.compile traces (a pybind call would break the graph)
+def _cpu_native_bf16_attention() -> bool:
+    """Whether the cpu backend is built and its bf16 attention runs ``vdpbf16ps`` on the active path."""
+    if _cpu_gemm_module() is None:
+        return False
+    from ..ops import _cpu
+
+    return _cpu.native_bf16_attention()
+
+
 @functools.cache
 def _cpu_gemm_module():
     """The cpu backend's GEMM module (:mod:`bertsilicon.ops._cpu_gemm`), or None when the C++ extension
@@ -440,11 +450,8 @@ class FusedEncoderLayer(nn.Module):
         layer)."""
         p = self.gemm_precision
         if (self.bf16_attention and self.compute_dtype == torch.float32 and p["qkv"] == "int8" and p["o"] == "int8"
-                and device.type == "cpu" and self.backend in (None, "cpu") and _cpu_gemm_module() is not None):
-            from ..ops import _cpu
-
-            if _cpu.native_bf16_attention():
-                return torch.bfloat16
+                and device.type == "cpu" and self.backend in (None, "cpu") and _cpu_native_bf16_attention()):
+            return torch.bfloat16
         return self.compute_dtype
 
     # ------------------------------------------------------------------------------------------ #
