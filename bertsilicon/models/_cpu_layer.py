@@ -37,6 +37,7 @@ from ..ops import _validate as V
 from ..ops._cpu import round_format_args, threads
 
 _DTYPE = {torch.float32: 0, torch.bfloat16: 1}  # bs::DType
+_CPU = torch.device("cpu")
 _ACT = _cpu_gemm._ACT
 _ELEM = _cpu_gemm._ELEM
 # Float GEMM weight dtypes the cpu linear takes for each activation dtype (fp32 activations on a bf16
@@ -46,7 +47,7 @@ _FLOAT_WEIGHTS = {torch.float32: (torch.float32, torch.bfloat16), torch.bfloat16
 
 @dataclass(frozen=True)
 class Snapshot:
-    isa: str          # the kernel path the packs were made for (_cpu.kernel_path()) and the attention dtype
+    isa: tuple        # (the kernel path the packs were made for: _cpu.kernel_path(), the attention dtype)
     operands: tuple   # the tensors it was built from (layer.operand_tensors(cpu=True)); held, so their ids stay unique
     ids: tuple        # their id()s
     versions: tuple   # their version counters at the time
@@ -55,10 +56,10 @@ class Snapshot:
     held: tuple       # the weight packs and fp32 copies the plan points into, kept alive with it
 
     @classmethod
-    def of(cls, isa: str, operands: tuple, eps: tuple, plan=None, held: tuple = ()) -> "Snapshot":
+    def of(cls, isa: tuple, operands: tuple, eps: tuple, plan=None, held: tuple = ()) -> "Snapshot":
         return cls(isa, operands, tuple(map(id, operands)), _versions(operands), eps, plan, held)
 
-    def describes(self, isa: str, operands: tuple, eps: tuple) -> bool:
+    def describes(self, isa: tuple, operands: tuple, eps: tuple) -> bool:
         return (isa == self.isa and eps == self.eps and tuple(map(id, operands)) == self.ids
                 and _versions(operands) == self.versions)
 
@@ -90,7 +91,7 @@ def _fp32_vector(name: str, t: Optional[torch.Tensor], n: int) -> Optional[torch
     return _cpu_gemm._f32(t, n)
 
 
-def _build(layer, isa: str, ops: tuple, eps: tuple) -> Snapshot:
+def _build(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
     """A new snapshot of the layer as it is now; packs come from the shared cache (PackedWeight.current()
     re-packs a stale one), so the per-op path and this one use the very same packs."""
     H, n, dtype = layer.hidden, layer.num_heads, layer.compute_dtype
@@ -134,7 +135,7 @@ def _build(layer, isa: str, ops: tuple, eps: tuple) -> Snapshot:
         lw, lb = _fp32_vector(f"ln{j + 1} weight", weight, H), _fp32_vector(f"ln{j + 1} bias", bias, H)
         plan.set_layernorm(j, lw.data_ptr(), lb.data_ptr(), eps[j])
         held += [lw, lb]
-    plan.attention_bf16 = layer.attention_dtype(torch.device("cpu")) != dtype
+    plan.attention_bf16 = layer.attention_dtype(_CPU) != dtype
     plan.check()
     return Snapshot.of(isa, ops, eps, plan, tuple(held))
 
@@ -146,7 +147,7 @@ _SNAPSHOTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def snapshot(layer) -> Snapshot:
     """The layer's current snapshot, rebuilt when any weight, bias, scale or LayerNorm parameter was
     replaced or changed in place, or the kernel path changed (the packs are then re-packed)."""
-    isa, ops = f"{_cpu.kernel_path()} attention {layer.attention_dtype(torch.device('cpu'))}", layer.operand_tensors(cpu=True)
+    isa, ops = (_cpu.kernel_path(), layer.attention_dtype(_CPU)), layer.operand_tensors(cpu=True)
     parts = layer.__dict__["parts"]
     eps = (float(parts.ln1.eps), float(parts.ln2.eps))
     snap = _SNAPSHOTS.get(layer)

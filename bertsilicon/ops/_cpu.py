@@ -34,11 +34,18 @@ _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 F32_BF16 = (torch.float32, torch.bfloat16)
 
 
+# (kernel_path(), native_bf16_attention()) of the current path, or None: read on every layer call, so kept
+# here and forgotten by set_isa / hide_cpu_features, the only ways the path changes (a few us less a call).
+_path_state: Optional[tuple] = None
+
+
 def set_isa(isa: str) -> None:
     """Force the kernel path (``"avx512" | "avx2" | "scalar"``); ValueError if the CPU cannot run it."""
+    global _path_state
     if isa not in ISAS:
         raise ValueError(f"isa={isa!r} is unknown; expected one of {ISAS}")
     _C.set_isa(isa)
+    _path_state = None
 
 
 def hide_cpu_features(names) -> None:
@@ -46,9 +53,11 @@ def hide_cpu_features(names) -> None:
     the set replaces the previous one (``[]`` shows everything again). Hiding a feature hides those that
     need it (``avx512f`` hides every ``avx512*``) and lowers the active path to what is left. Weight packs
     and layer plans made before are re-made on their next use. ValueError on an unknown name."""
+    global _path_state
     if isinstance(names, str):
         raise TypeError(f"names must be a list of feature names, got the string {names!r}")
     _C.hide_cpu_features([str(n) for n in names])
+    _path_state = None
 
 
 def cpu_features() -> dict:
@@ -57,16 +66,25 @@ def cpu_features() -> dict:
     return dict(_C.cpu_features())
 
 
+def _path() -> tuple:
+    global _path_state
+    if _path_state is None:
+        f = _C.cpu_features()
+        _path_state = (" ".join([f["active_isa"], *(f"-{name}" for name in f["hidden"])]),
+                       f["active_isa"] == "avx512" and bool(f["avx512_bf16"]))
+    return _path_state
+
+
 def native_bf16_attention() -> bool:
     """Whether bf16 attention runs the ``vdpbf16ps`` kernel on the active path (avx512 with AVX512_BF16)
     rather than fp32 math on widened inputs (csrc/attention_impl.h)."""
-    return _C.active_isa() == "avx512" and bool(_C.cpu_features()["avx512_bf16"])
+    return _path()[1]
 
 
 def kernel_path() -> str:
     """The active path and the hidden features, e.g. ``"avx512"`` or ``"avx512 -avx512_bf16"``: what weight
     packs and one-call layer plans are made for."""
-    return " ".join([_C.active_isa(), *(f"-{name}" for name in _C.cpu_features()["hidden"])])
+    return _path()[0]
 
 
 if os.environ.get("BERTSILICON_HIDE_CPU_FEATURES"):
