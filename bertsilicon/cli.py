@@ -61,7 +61,7 @@ def demo(args) -> int:
           f"({n_tokens} real tokens), batch {args.batch}, max length {args.seq_len}, {args.threads} threads")
 
     ref = embed_batches(model, batches)
-    rows = []
+    rows, kernels = [], {}
     base_ms = None
     for name, precision, build in tqdm(list(_providers(model)), desc="providers", file=sys.stderr):
         try:
@@ -69,6 +69,9 @@ def demo(args) -> int:
         except NotImplementedError as exc:
             rows.append((name, precision, None, None, None, None, str(exc)))
             continue
+        report = getattr(m, "bertsilicon_report", None)
+        if report is not None and report.cpu_kernels:
+            kernels[precision] = report.cpu_kernels
         emb = embed_batches(m, batches)
         cos = torch.nn.functional.cosine_similarity(emb, ref, dim=-1)
         ms = time_batches(m, batches, args.repeats)
@@ -83,6 +86,10 @@ def demo(args) -> int:
         else:
             print(f"{name:<20} {p:<9} {ms:9.2f} {su:8.2f}x {cm:9.6f} {cmin:9.6f}  {status}")
     print("\nspeed-up: against HF torch SDPA fp32 (first row); cosine: mean-pooled embedding against HF fp32.")
+    if kernels:
+        print("\nbertsilicon's C++ kernels on this CPU (the optimize report's 'cpu kernels' line):")
+        for precision, line in kernels.items():
+            print(f"  {precision}: {line}")
 
     print("\nFused ops by backend on this machine (reference = plain torch; '-' = not built yet):")
     status = ops.backend_status()
