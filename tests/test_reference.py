@@ -33,6 +33,7 @@ def test_attention_matches_explicit_formula(B, H, L, D):
             else:
                 s = q[b, h] @ k[b, h, real].T / math.sqrt(D)
                 expect = torch.softmax(s, -1) @ v[b, h, real]
+            # float64 against float64: tolerance argued in the module docstring
             torch.testing.assert_close(out[b, h], expect, rtol=1e-12, atol=1e-12)
 
 
@@ -59,6 +60,7 @@ def test_bias_gelu_formula(approximate, n):
         expect = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
     else:
         expect = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+    # float64 against float64: tolerance argued in the module docstring
     torch.testing.assert_close(ops.bias_gelu(x, b, approximate, backend="reference"), expect, rtol=1e-12, atol=1e-12)
 
 
@@ -71,6 +73,7 @@ def test_add_layernorm_formula(n):
     mu = h.mean(-1, keepdim=True)
     var = ((h - mu) ** 2).mean(-1, keepdim=True)
     expect = (h - mu) / torch.sqrt(var + 1e-12) * w + b
+    # float64 against float64: tolerance argued in the module docstring
     torch.testing.assert_close(ops.add_layernorm(x, r, w, b, backend="reference"), expect, rtol=1e-10, atol=1e-10)
 
 
@@ -82,6 +85,7 @@ def test_linear_formula(activation):
     b = torch.randn(33, generator=g, dtype=torch.float64)
     y = torch.einsum("btk,nk->btn", x, w) + b
     expect = {None: y, "gelu": F.gelu(y), "gelu_tanh": F.gelu(y, approximate="tanh"), "relu": y.clamp_min(0)}[activation]
+    # float64 against float64: tolerance argued in the module docstring
     torch.testing.assert_close(ops.linear(x, w, b, activation, backend="reference"), expect, rtol=1e-12, atol=1e-12)
 
 
@@ -156,6 +160,7 @@ def test_attention_varlen_equals_padded_attention_at_real_positions():
     pack = lambda t: torch.cat([t[b, :, :n].transpose(0, 1) for b, n in enumerate(lengths)])  # noqa: E731
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
     out = ops.attention_varlen(pack(q), pack(k), pack(v), cu, L, backend="reference")
+    # float64 against float64: tolerance argued in the module docstring
     torch.testing.assert_close(out, pack(padded), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
         ops.attention_varlen(pack(q), pack(k), pack(v), cu + 1, L)
