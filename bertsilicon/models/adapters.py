@@ -1,7 +1,8 @@
-"""What the model wrapper needs to know about one Hugging Face model family (see bert.py, distilbert.py).
+"""What the model wrapper needs to know about one Hugging Face model family (see bert.py, distilbert.py, mobilebert.py).
 
-An adapter finds the encoder (the module holding the ``layer`` ModuleList) and, per layer, the
-:class:`~bertsilicon.models.fused_layer.LayerParts`; it says why a model cannot be fused
+An adapter finds the encoder (the module holding the ``layer`` ModuleList) and, per layer, the parts its
+``layer_class`` is built from (:class:`~bertsilicon.models.fused_layer.LayerParts` for the post-LayerNorm
+BERT block); it says why a model cannot be fused
 (``unsupported_reason``) and builds the encoder's own output type from the last hidden state.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from .fused_layer import LayerParts
+from .fused_layer import FusedEncoderLayer, LayerParts
 
 # HF activation names -> the epilogue activations of ops.linear / ops.int8_linear
 ACTIVATION_NAMES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
@@ -28,10 +29,11 @@ class Adapter:
     pretrained_class: type                        # e.g. BertPreTrainedModel: which models this adapter serves
     base_class: type                              # e.g. BertModel
     encoder_attr: str                             # attribute of the base model holding the encoder
-    layer_parts: Callable[[nn.Module, object], LayerParts]
+    layer_parts: Callable[[nn.Module, object], object]  # -> LayerParts | MobileBertParts
     unsupported_reason: Callable[[object], Optional[str]]  # config -> None | why the layers are kept
     encoder_output: Callable[[object], object]    # last hidden state -> the encoder's ModelOutput
     max_positions: Callable[[object], Optional[int]]
+    layer_class: type = FusedEncoderLayer          # the fused layer built from layer_parts' parts
 
     def base_model(self, model: nn.Module) -> nn.Module:
         return model if isinstance(model, self.base_class) else model.base_model

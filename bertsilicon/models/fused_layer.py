@@ -310,102 +310,94 @@ class PreparedLinear(nn.Module):
         return f"{self.in_features} -> {self.out_features}, {self.precision}{', smoothed' if smooth else ''}"
 
 
-class FusedEncoderLayer(nn.Module):
-    """A drop-in for one HF encoder layer, run on the fused ops (see the module docstring).
+class FusedLayerBase(nn.Module):
+    """What every fused encoder layer shares (:class:`FusedEncoderLayer`, and MobileBERT's
+    :class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer`).
 
-    ``gemm_precision``: ``{"qkv" | "o" | "up" | "down": "fp32" | "bf16" | "fp16" | "int8"}``;
-    ``compute_dtype``: the dtype of activations between GEMMs (residual stream, attention inputs);
-    ``smooth``: optional SmoothQuant factors per GEMM (int8 GEMMs only);
-    ``one_call`` (attribute): run the whole layer as one C++ call where the cpu backend serves it (default
-    ``ONE_CALL``; see the module docstring).
-    ``bf16_attention`` (attribute, default True): let an int8 layer run attention in bf16 where that is faster
-    (:meth:`attention_dtype`); False keeps it in the compute dtype.
+    * The original layer's children registered under their own names (``state_dict()`` keys,
+      ``parameters()`` and ``.to()`` are the original model's); the GEMMs are :class:`PreparedLinear`
+      children named by ``gemm_precision``'s keys, in the order a call runs them.
+    * :meth:`sync_prepared`: every prepared copy follows the model's parameters.
+    * :meth:`backends_used`: which backend the public dispatch picks for each op of the layer.
+
+    A subclass sets ``num_heads``, ``head_dim``, ``scale`` and builds its GEMMs, then calls
+    :meth:`_track_prepared`; it implements ``forward_packed``, ``forward_padded``, ``operand_tensors``
+    and ``call_path``, and lists in ``NORM_OPS`` the public ops its normalisations call.
     """
 
-    def __init__(self, original: nn.Module, parts: LayerParts, gemm_precision: dict, compute_dtype: torch.dtype,
-                 smooth: Optional[dict] = None, backend: Optional[str] = None):
+    NORM_OPS: tuple = ("add_layernorm",)
+
+    def __init__(self, original: nn.Module, gemm_precision: dict, compute_dtype: torch.dtype,
+                 backend: Optional[str] = None):
         super().__init__()
         for name, child in original.named_children():  # same state_dict keys as the original layer
             self.add_module(name, child)
         self.__dict__["original"] = original
-        self.__dict__["parts"] = parts
-        self.num_heads = parts.num_heads
-        self.hidden = parts.q.in_features
-        if self.hidden % self.num_heads:
-            raise ValueError(f"hidden size {self.hidden} is not a multiple of {self.num_heads} heads")
-        self.head_dim = self.hidden // self.num_heads
-        self.scale = self.head_dim ** -0.5
-        self.activation = parts.activation
         self.compute_dtype = compute_dtype
         self.backend = backend
         self.gemm_precision = dict(gemm_precision)
-        self.one_call = ONE_CALL
-        self.direct_launch = True  # the triton per-op path calls the launchers directly (see direct_triton)
-        self.bf16_attention = True  # int8 layers on a CPU with AVX512_BF16: see attention_dtype
-        self.__dict__["_direct_verdicts"] = {}  # (device, dtype) -> whether every op resolves to triton
-        smooth = smooth or {}
 
-        def prep(name, w, b, source=None, derived_from=None):
-            p = self.gemm_precision[name]
-            return PreparedLinear(w, b, p, source=source, smooth=smooth.get(name) if p == "int8" else None,
-                                  backend=backend, derived_from=derived_from)
+    def _add_gemm(self, name: str, linears: tuple, smooth: Optional[dict] = None) -> None:
+        """Register GEMM ``name`` in its precision (``gemm_precision[name]``): one ``nn.Linear``, or several
+        reading the same input with their weights concatenated along the output dimension (a missing bias
+        counts as zeros); ``smooth``: SmoothQuant factors by GEMM name (int8 GEMMs only)."""
+        p = self.gemm_precision[name]
+        factors = (smooth or {}).get(name) if p == "int8" else None
+        if len(linears) == 1:
+            lin = linears[0]
+            gemm = PreparedLinear(lin.weight, lin.bias, p, source=lin, smooth=factors, backend=self.backend)
+        else:
+            weight = torch.cat([lin.weight.detach() for lin in linears], 0)
+            bias = None
+            if any(lin.bias is not None for lin in linears):
+                bias = torch.cat([(lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)).detach()
+                                  for lin in linears])
+            gemm = PreparedLinear(weight, bias, p, smooth=factors, backend=self.backend, derived_from=tuple(linears))
+        self.add_module(name, gemm)
 
-        w_qkv = torch.cat([parts.q.weight, parts.k.weight, parts.v.weight], dim=0).detach()
-        b_qkv = torch.cat([parts.q.bias, parts.k.bias, parts.v.bias], dim=0).detach()
-        self.qkv = prep("qkv", w_qkv, b_qkv, derived_from=(parts.q, parts.k, parts.v))
-        self.o = prep("o", parts.o.weight, parts.o.bias, parts.o)
-        self.up = prep("up", parts.up.weight, parts.up.bias, parts.up)
-        self.down = prep("down", parts.down.weight, parts.down.bias, parts.down)
-        # the nn.Linear modules behind any prepared copy, and their parameters as the copies were made
-        self.__dict__["prepared_sources"] = tuple(m for g in GEMMS for m in self._modules[g].prepared_sources())
+    def _track_prepared(self) -> None:
+        """Record the ``nn.Linear`` modules behind any prepared copy and their parameters as the copies were
+        made (what :meth:`sync_prepared` compares against); call once the GEMMs exist."""
+        self.__dict__["prepared_sources"] = tuple(m for g in self.gemm_precision
+                                                  for m in self._modules[g].prepared_sources())
         self.__dict__["synced"] = _SourceState(_linear_tensors(self.__dict__["prepared_sources"]))
 
-    def _apply(self, fn, *args, **kwargs):
-        self.__dict__["_direct_verdicts"].clear()  # .to() / .half(): the weights the verdicts were asked about change
-        return super()._apply(fn, *args, **kwargs)
-
     def sync_prepared(self) -> bool:
-        """Bring every prepared copy (concatenated qkv weight and bias, bf16 / fp16 casts, int8 weights,
+        """Bring every prepared copy (concatenated weights and biases, bf16 / fp16 casts, int8 weights,
         scales and biases) up to date with the model's parameters: True when something was re-derived
         (:meth:`PreparedLinear.sync_prepared`: in place, same tensors, int8 with the calibrated SmoothQuant
         factors; ValueError when a parameter's shape changed). When nothing changed, the cost is one
-        identity and version read per source parameter (~12 for a layer with all four GEMMs prepared).
+        identity and version read per source parameter (~12 for a BERT layer with all four GEMMs prepared).
         Both forwards call it first (not under ``torch.compile`` tracing: call it before a compiled call);
         call it before replaying a captured CUDA graph, which never runs the forwards."""
         tensors = _linear_tensors(self.__dict__["prepared_sources"])
         if self.__dict__["synced"].matches(tensors):
             return False
-        changed = [self._modules[g].sync_prepared() for g in GEMMS]
+        changed = [self._modules[g].sync_prepared() for g in self.gemm_precision]
         self.__dict__["synced"] = _SourceState(tensors)
         return any(changed)
 
-    def operand_tensors(self, cpu: bool = False) -> tuple:
-        """Every tensor a call of the layer reads, in a fixed order: per GEMM (qkv, o, up, down) its
-        :meth:`PreparedLinear.operands` (``cpu``: :meth:`PreparedLinear.cpu_operands`, what the cpu GEMMs
-        read), then ln1 weight, bias, ln2 weight, bias. What the one-call snapshot and the CUDA graphs check
-        before reusing what they recorded."""
-        modules = self._modules
-        parts = self.__dict__["parts"]
-        read = PreparedLinear.cpu_operands if cpu else PreparedLinear.operands
-        return (*read(modules["qkv"]), *read(modules["o"]), *read(modules["up"]), *read(modules["down"]),
-                *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
+    def attention_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype attention runs in for a call on ``device``: the compute dtype."""
+        return self.compute_dtype
 
     def backends_used(self, x: torch.Tensor) -> dict:
         """Which backend the public dispatch picks for each op of this layer on activations like
         ``x [T, H]`` (a few tokens are enough: no check depends on their number), with the layer's own
         weights: ``{"attention_varlen": ..., "attention": ..., "add_layernorm": ..., "linear[bf16]": ...,
         "quantize": ..., "int8_linear": ...}``. Raises as the op would when an explicit backend cannot
-        serve it. For the report and :meth:`direct_triton`."""
+        serve it. For the report and :meth:`FusedEncoderLayer.direct_triton`."""
         backend = self.backend
         t, n, d = x.shape[0], self.num_heads, self.head_dim
-        q = x.new_ones(t, n, d)
+        q = x.new_ones(t, n, d, dtype=self.attention_dtype(x.device))
         q4 = q.transpose(0, 1)[None].contiguous()
         cu = torch.tensor([0, t], dtype=torch.int32, device=x.device)
-        ln = self.__dict__["parts"].ln1
         used = {"attention_varlen": ops.which_backend("attention_varlen", q, q, q, cu, t, None, backend=backend),
-                "attention": ops.which_backend("attention", q4, q4, q4, None, None, backend=backend),
-                "add_layernorm": ops.which_backend("add_layernorm", x, x, ln.weight, ln.bias, ln.eps, backend=backend)}
-        for name in GEMMS:
+                "attention": ops.which_backend("attention", q4, q4, q4, None, None, backend=backend)}
+        if "add_layernorm" in self.NORM_OPS:
+            w = x.new_ones(x.shape[-1])
+            used["add_layernorm"] = ops.which_backend("add_layernorm", x, x, w, w, 1e-12, backend=backend)
+        for name in self.gemm_precision:
             g = self._modules[name]
             xi = x.new_ones(t, g.in_features)
             if g.precision == "int8":
@@ -420,6 +412,59 @@ class FusedEncoderLayer(nn.Module):
                 used[f"linear[{g.precision}]"] = ops.which_backend("linear", xi.to(w.dtype), w, None, None,
                                                                    backend=backend)
         return used
+
+
+class FusedEncoderLayer(FusedLayerBase):
+    """A drop-in for one HF encoder layer, run on the fused ops (see the module docstring).
+
+    ``gemm_precision``: ``{"qkv" | "o" | "up" | "down": "fp32" | "bf16" | "fp16" | "int8"}``;
+    ``compute_dtype``: the dtype of activations between GEMMs (residual stream, attention inputs);
+    ``smooth``: optional SmoothQuant factors per GEMM (int8 GEMMs only);
+    ``one_call`` (attribute): run the whole layer as one C++ call where the cpu backend serves it (default
+    ``ONE_CALL``; see the module docstring).
+    ``bf16_attention`` (attribute, default True): let an int8 layer run attention in bf16 where that is faster
+    (:meth:`attention_dtype`); False keeps it in the compute dtype.
+    """
+
+    def __init__(self, original: nn.Module, parts: LayerParts, gemm_precision: dict, compute_dtype: torch.dtype,
+                 smooth: Optional[dict] = None, backend: Optional[str] = None):
+        super().__init__(original, gemm_precision, compute_dtype, backend)
+        self.__dict__["parts"] = parts
+        self.num_heads = parts.num_heads
+        self.hidden = parts.q.in_features
+        if self.hidden % self.num_heads:
+            raise ValueError(f"hidden size {self.hidden} is not a multiple of {self.num_heads} heads")
+        self.head_dim = self.hidden // self.num_heads
+        self.scale = self.head_dim ** -0.5
+        self.activation = parts.activation
+        self.one_call = ONE_CALL
+        self.direct_launch = True  # the triton per-op path calls the launchers directly (see direct_triton)
+        self.bf16_attention = True  # int8 layers on a CPU with AVX512_BF16: see attention_dtype
+        self.__dict__["_direct_verdicts"] = {}  # (device, dtype) -> whether every op resolves to triton
+        linears = {"qkv": (parts.q, parts.k, parts.v), "o": (parts.o,), "up": (parts.up,), "down": (parts.down,)}
+        for name in GEMMS:
+            self._add_gemm(name, linears[name], smooth)
+        self._track_prepared()
+
+    @staticmethod
+    def gemm_names(parts: LayerParts) -> tuple:
+        """The GEMMs a layer of these parts runs, in order (the keys of ``gemm_precision``)."""
+        return GEMMS
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__["_direct_verdicts"].clear()  # .to() / .half(): the weights the verdicts were asked about change
+        return super()._apply(fn, *args, **kwargs)
+
+    def operand_tensors(self, cpu: bool = False) -> tuple:
+        """Every tensor a call of the layer reads, in a fixed order: per GEMM (qkv, o, up, down) its
+        :meth:`PreparedLinear.operands` (``cpu``: :meth:`PreparedLinear.cpu_operands`, what the cpu GEMMs
+        read), then ln1 weight, bias, ln2 weight, bias. What the one-call snapshot and the CUDA graphs check
+        before reusing what they recorded."""
+        modules = self._modules
+        parts = self.__dict__["parts"]
+        read = PreparedLinear.cpu_operands if cpu else PreparedLinear.operands
+        return (*read(modules["qkv"]), *read(modules["o"]), *read(modules["up"]), *read(modules["down"]),
+                *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
 
     def direct_triton(self, x: torch.Tensor) -> bool:
         """Whether this call's per-op path launches the triton kernels directly (:mod:`._triton_layer`):
