@@ -17,7 +17,7 @@ import transformers
 
 import bertsilicon
 from bertsilicon.models import optimize as opt
-from bertsilicon.models.fused_layer import FusedEncoderLayer
+from bertsilicon.models.fused_layer import FusedEncoderLayer, FusedLayerBase
 from numerics import ragged_mask
 
 H, HEADS = 52, 2  # head dim 26
@@ -58,7 +58,7 @@ def captures(monkeypatch):
 
         def replay():  # a CUDA graph runs no Python: what the layers' forwards check on the host (their
             with monkeypatch.context() as m:  # prepared copies' sync) does not happen in a replay
-                m.setattr(FusedEncoderLayer, "sync_prepared", lambda self: False)
+                m.setattr(FusedLayerBase, "sync_prepared", lambda self: False)
                 graph_replay()
         graph_replay, graph.replay = graph.replay, replay
         return graph

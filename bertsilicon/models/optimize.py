@@ -2,7 +2,8 @@
 
 The model object, its class and its ``forward`` signature stay the same; only the encoder (the module
 holding ``layer``: ``BertModel.encoder``, ``DistilBertModel.transformer``) is swapped for a
-:class:`FusedEncoder` whose layers are :class:`~bertsilicon.models.fused_layer.FusedEncoderLayer`.
+:class:`FusedEncoder` whose layers are :class:`~bertsilicon.models.fused_layer.FusedEncoderLayer` (MobileBERT:
+:class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer`).
 The fused layers keep the original sub-modules under their original names, so ``state_dict()`` keys,
 ``parameters()``, ``.to()`` and ``save_pretrained`` see the original model.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -49,12 +51,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import ops, quant
 from . import bert, distilbert, mobilebert
-from .fused_layer import GEMMS, PRECISIONS, FusedEncoderLayer
+from .fused_layer import PRECISIONS, FusedLayerBase
 from .report import LayerReport, OptimizeReport
 
 __all__ = ["optimize", "restore", "FusedEncoder", "supported_classes", "DEFAULT_INT8_BUDGET"]
 
-ADAPTERS = (bert.ADAPTER, distilbert.ADAPTER)
+ADAPTERS = (bert.ADAPTER, distilbert.ADAPTER, mobilebert.ADAPTER)
 COMPUTE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 # int8 per-layer budget: a layer whose relative output error (alone, on the calibration batch) exceeds
 # it moves its most sensitive int8 GEMMs to a higher precision until it fits: first to bf16 where the
@@ -69,13 +71,13 @@ _STATE = "_bertsilicon_state"
 
 
 def supported_classes() -> list[str]:
-    """Names of the model classes :func:`optimize` accepts (MobileBERT ones are accepted and refused)."""
+    """Names of the model classes :func:`optimize` accepts."""
     import transformers
 
     names = []
-    for module, base in ((bert.hf, bert.hf.BertPreTrainedModel), (distilbert.hf, distilbert.hf.DistilBertPreTrainedModel),
-                         (mobilebert.hf, mobilebert.PRETRAINED_CLASS)):
-        for name, obj in vars(module).items():
+    for adapter in ADAPTERS:  # every class of the family's modeling module deriving from its PreTrainedModel
+        base = adapter.pretrained_class
+        for name, obj in vars(sys.modules[base.__module__]).items():
             if inspect.isclass(obj) and issubclass(obj, base) and obj is not base and hasattr(transformers, name):
                 names.append(name)
     return sorted(set(names))
@@ -342,7 +344,7 @@ class _FusedForwardOriginalBackward(torch.autograd.Function):
 class FusedEncoder(nn.Module):
     """Replaces an HF encoder (``BertEncoder`` / DistilBERT ``Transformer``); see the module docstring."""
 
-    def __init__(self, original: nn.Module, layers: Sequence[FusedEncoderLayer], adapter, report: OptimizeReport,
+    def __init__(self, original: nn.Module, layers: Sequence[FusedLayerBase], adapter, report: OptimizeReport,
                  compute_dtype: torch.dtype, unpad: bool, cuda_graphs: bool):
         super().__init__()
         self.layer = nn.ModuleList(layers)  # same name as the original: state_dict keys unchanged
@@ -608,8 +610,6 @@ def _adapter_for(model: nn.Module):
     for adapter in ADAPTERS:
         if isinstance(model, adapter.pretrained_class):
             return adapter
-    if isinstance(model, mobilebert.PRETRAINED_CLASS):
-        return "mobilebert"
     return None
 
 
@@ -696,7 +696,7 @@ def _pack(real: torch.Tensor, longest: bool = True) -> tuple[torch.Tensor, Optio
     return cu, int(lengths.max()) if real.shape[0] else 0
 
 
-def _layer_error(layer: FusedEncoderLayer, x, y, real, unpad) -> tuple[float, float]:
+def _layer_error(layer: FusedLayerBase, x, y, real, unpad) -> tuple[float, float]:
     """Relative and max-abs error of the fused layer on real tokens, input ``x`` and reference ``y``."""
     with torch.no_grad():
         xc = x.to(layer.compute_dtype)
@@ -767,8 +767,9 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
     """Run a Hugging Face BERT-family model's encoder on bertsilicon's fused ops; returns the same object.
 
     Args:
-        model: ``BertModel`` or any ``BertFor*`` head, ``DistilBertModel`` or a head (MobileBERT is
-            refused with a reason in the report), or a wrapper holding one (e.g. a ``SentenceTransformer``).
+        model: ``BertModel`` or any ``BertFor*`` head, ``DistilBertModel`` or a head, ``MobileBertModel`` or a
+            head (its bottleneck layers fused as :class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer`),
+            or a wrapper holding one (e.g. a ``SentenceTransformer``).
         precision: ``"fp32" | "bf16" | "fp16" | "int8"`` for the encoder's GEMMs (LayerNorm statistics,
             softmax and accumulation stay fp32; int8 keeps the residual stream in fp32). Outputs come back
             in the model's own dtype.
@@ -817,15 +818,8 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         model.__dict__["bertsilicon_report"] = inner.bertsilicon_report
         return model
 
-    report = OptimizeReport(model_class=type(model).__name__, family="MobileBERT" if adapter == "mobilebert" else adapter.family,
-                            precision=precision, backend=backend, unpad=unpad, smooth=smooth)
-    if adapter == "mobilebert":
-        report.refused = mobilebert.REASON
-        warnings.warn(f"optimize: {type(model).__name__} kept unchanged: {mobilebert.REASON}", stacklevel=2)
-        model.__dict__[_STATE] = {"refused": True}
-        model.bertsilicon_report = report
-        return model
-
+    report = OptimizeReport(model_class=type(model).__name__, family=adapter.family, precision=precision,
+                            backend=backend, unpad=unpad, smooth=smooth)
     base = adapter.base_model(model)
     config = base.config
     encoder = getattr(base, adapter.encoder_attr)
@@ -904,28 +898,30 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
 
 def _build_layer(i, layer, adapter, config, precision, compute_dtype, backend, unpad, x, y, real, smooth, budget):
     parts = adapter.layer_parts(layer, config)
+    layer_class = adapter.layer_class
+    names = layer_class.gemm_names(parts)
     entry = LayerReport(i, "fused")
     factors = None
     if precision == "int8" and smooth is not None:
-        probe = FusedEncoderLayer(layer, parts, dict.fromkeys(GEMMS, "fp32"), torch.float32, backend=backend)
+        probe = layer_class(layer, parts, dict.fromkeys(names, "fp32"), torch.float32, backend=backend)
         stats: dict = {}
         with torch.no_grad():
             probe.forward_packed(x.float()[real], *_pack(real), stats=stats, offsets_checked=True)
-        weights = {"qkv": probe.qkv.weight, "o": parts.o.weight, "up": parts.up.weight, "down": parts.down.weight}
-        factors = {g: quant.smoothing_factors(stats[g].value, weights[g], smooth) for g in GEMMS}
+        # each GEMM's fp32 weight as it multiplies (the concatenated one where several linears share an input)
+        factors = {g: quant.smoothing_factors(stats[g].value, probe._modules[g].operands()[0], smooth) for g in names}
 
     def build(gemms):
-        return FusedEncoderLayer(layer, parts, gemms, compute_dtype, smooth=factors, backend=backend)
+        return layer_class(layer, parts, gemms, compute_dtype, smooth=factors, backend=backend)
 
-    gemms = dict.fromkeys(GEMMS, precision)
+    gemms = dict.fromkeys(names, precision)
     fused = build(gemms)
     err, max_err = _layer_error(fused, x, y, real, unpad)
     if budget is not None and err > budget:
         # sensitivity of each GEMM alone in int8 (others fp32); move the worst up a precision step at a
         # time (int8 -> bf16 for every GEMM in turn, then bf16 -> fp32) until the layer is within budget
-        sens = {g: _layer_error(build({k: ("int8" if k == g else "fp32") for k in GEMMS}), x, y, real, unpad)[0]
-                for g in GEMMS}
-        order = sorted(GEMMS, key=sens.get, reverse=True)
+        sens = {g: _layer_error(build({k: ("int8" if k == g else "fp32") for k in names}), x, y, real, unpad)[0]
+                for g in names}
+        order = sorted(names, key=sens.get, reverse=True)
         steps = [(g, "bf16") for g in order] if _native_bf16(x.device, backend) else []
         steps += [(g, "fp32") for g in order]
         for g, to in steps:
@@ -945,7 +941,7 @@ def _cpu_kernels(fused: list, compute_dtype: torch.dtype) -> str:
     from ..ops import _cpu_gemm
 
     weight_dtype = {"int8": torch.int8, "bf16": torch.bfloat16}  # fp32 and CPU fp16: the fp32 kernel
-    dtypes = [weight_dtype.get(layer._modules[name].precision, torch.float32) for layer in fused for name in GEMMS]
+    dtypes = [weight_dtype.get(p, torch.float32) for layer in fused for p in layer.gemm_precision.values()]
     attention = [layer.attention_dtype(torch.device("cpu")) for layer in fused]
     summary = _cpu_gemm.kernel_summary(dtypes, torch.bfloat16 if torch.bfloat16 in attention else compute_dtype)
     if compute_dtype != torch.bfloat16 and torch.bfloat16 in attention:

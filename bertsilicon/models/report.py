@@ -7,12 +7,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 
+BERT_GEMMS = ("qkv", "o", "up", "down")
+
+
+def _precision_counts(gemms: dict) -> str:
+    """``"11 int8, 2 bf16"``: how many of a layer's GEMMs run in each precision ("-" when none)."""
+    return ", ".join(f"{n} {p}" for p, n in Counter(gemms.values()).most_common()) or "-"
+
+
 @dataclass
 class LayerReport:
     index: int
     status: str                         # "fused" | "kept"
     reason: str = ""                    # why kept / what fell back
-    gemms: dict = field(default_factory=dict)   # {"qkv": "int8", "o": ..., "up": ..., "down": ...}
+    gemms: dict = field(default_factory=dict)   # GEMM -> precision: {"qkv": "int8", "o": ..., "up": ..., "down": ...}
     rel_error: Optional[float] = None   # ||fused - original||_F / ||original||_F on real tokens (layer alone)
     max_abs_error: Optional[float] = None
     fallbacks: list = field(default_factory=list)  # int8 GEMMs moved to a higher precision, with their error
@@ -64,9 +72,13 @@ class OptimizeReport:
         if self.refused:
             lines.append(f"  NOT optimized: {self.refused}")
         if self.layers:
-            rows = [("layer", "status", "qkv", "o", "up", "down", "rel err", "max abs err", "call", "note")]
+            # one column per GEMM for the BERT block; a layer of another shape (MobileBERT: 13 GEMMs) gets one
+            # "gemms" column counting its precisions (which GEMMs fell back is in the note)
+            names = [n for r in self.layers for n in r.gemms]
+            columns = BERT_GEMMS if set(names) <= set(BERT_GEMMS) else ("gemms",)
+            rows = [("layer", "status", *columns, "rel err", "max abs err", "call", "note")]
             for r in self.layers:
-                g = [r.gemms.get(k, "-") for k in ("qkv", "o", "up", "down")]
+                g = [r.gemms.get(k, "-") for k in columns] if columns == BERT_GEMMS else [_precision_counts(r.gemms)]
                 err = "-" if r.rel_error is None else f"{r.rel_error:.2e}"
                 mae = "-" if r.max_abs_error is None else f"{r.max_abs_error:.2e}"
                 note = r.reason or "; ".join(r.fallbacks)

@@ -57,6 +57,10 @@ def student_config(name: str, **overrides):
         if not hasattr(cfg, k):
             raise ValueError(f"{type(cfg).__name__} has no field {k!r}")
         setattr(cfg, k, v)
+    if isinstance(cfg, MobileBertConfig) and "true_hidden_size" not in overrides:
+        # derived in MobileBertConfig.__init__ (the attention / FFN width); set again after the overrides, so that
+        # e.g. intra_bottleneck_size=64 or use_bottleneck=False gives a consistent config
+        cfg.true_hidden_size = cfg.intra_bottleneck_size if cfg.use_bottleneck else cfg.hidden_size
     return cfg
 
 
