@@ -708,7 +708,9 @@ def _layer_error(layer: FusedEncoderLayer, x, y, real, unpad) -> tuple[float, fl
     return quant.relative_error(out, ref), float((out.double() - ref.double()).abs().max())
 
 
-def _validate_inputs_hook(max_positions: Optional[int]):
+def _validate_inputs_hook(max_positions: Optional[int], limit: Optional[str] = None):
+    """Forward pre-hook checking the inputs; ``limit``: how ``max_positions`` follows from the config (the error
+    says it)."""
     def hook(module, args, kwargs):
         try:
             bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
@@ -735,7 +737,7 @@ def _validate_inputs_hook(max_positions: Optional[int]):
                 raise ValueError(f"attention_mask has length {mask.shape[-1]}; the input has length {length}")
         if length is not None and max_positions is not None and length > max_positions:
             raise ValueError(f"input length {length} exceeds the model's position table "
-                             f"(max_position_embeddings={max_positions}); truncate it, e.g. "
+                             f"({limit or f'max_position_embeddings={max_positions}'}); truncate it, e.g. "
                              f"tokenizer(..., truncation=True, max_length={max_positions})")
         return None
 
@@ -874,7 +876,8 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
             report.cpu_kernels = _cpu_kernels(fused, compute_dtype)
         new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, unpad, bool(cuda_graphs))
         setattr(base, adapter.encoder_attr, new_encoder)
-        handle = base.register_forward_pre_hook(_validate_inputs_hook(adapter.max_positions(config)), with_kwargs=True)
+        check = _validate_inputs_hook(adapter.max_positions(config), adapter.position_limit_text(config))
+        handle = base.register_forward_pre_hook(check, with_kwargs=True)
         model.__dict__[_STATE] = {"base": base, "attr": adapter.encoder_attr, "original": encoder, "hook": handle}
         new_encoder.cuda_graphs = False  # measured eagerly (the graph path is the same kernels on the same rows):
         try:                             # no graph captured, and held, for the calibration batch's shape
