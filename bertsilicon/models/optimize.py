@@ -1,8 +1,9 @@
 """``bertsilicon.optimize(model)``: run a Hugging Face BERT-family model on the fused ops; ``restore`` undoes it.
 
 The model object, its class and its ``forward`` signature stay the same; only the encoder (the module
-holding ``layer``: ``BertModel.encoder``, ``DistilBertModel.transformer``) is swapped for a
-:class:`FusedEncoder` whose layers are :class:`~bertsilicon.models.fused_layer.FusedEncoderLayer`.
+holding ``layer``: ``BertModel.encoder``, likewise RoBERTa, XLM-R, CamemBERT and ELECTRA's, and
+``DistilBertModel.transformer``) is swapped for a :class:`FusedEncoder` whose layers are
+:class:`~bertsilicon.models.fused_layer.FusedEncoderLayer`.
 The fused layers keep the original sub-modules under their original names, so ``state_dict()`` keys,
 ``parameters()``, ``.to()`` and ``save_pretrained`` see the original model.
 
@@ -48,13 +49,13 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import ops, quant
-from . import bert, distilbert, mobilebert
+from . import bert, distilbert, electra, mobilebert, roberta
 from .fused_layer import GEMMS, PRECISIONS, FusedEncoderLayer
 from .report import LayerReport, OptimizeReport
 
 __all__ = ["optimize", "restore", "FusedEncoder", "supported_classes", "DEFAULT_INT8_BUDGET"]
 
-ADAPTERS = (bert.ADAPTER, distilbert.ADAPTER)
+ADAPTERS = (bert.ADAPTER, distilbert.ADAPTER, *roberta.ADAPTERS, electra.ADAPTER)
 COMPUTE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 # int8 per-layer budget: a layer whose relative output error (alone, on the calibration batch) exceeds
 # it moves its most sensitive int8 GEMMs to a higher precision until it fits: first to bf16 where the
@@ -73,9 +74,8 @@ def supported_classes() -> list[str]:
     import transformers
 
     names = []
-    for module, base in ((bert.hf, bert.hf.BertPreTrainedModel), (distilbert.hf, distilbert.hf.DistilBertPreTrainedModel),
-                         (mobilebert.hf, mobilebert.PRETRAINED_CLASS)):
-        for name, obj in vars(module).items():
+    for base in (*(adapter.pretrained_class for adapter in ADAPTERS), mobilebert.PRETRAINED_CLASS):
+        for name, obj in vars(inspect.getmodule(base)).items():
             if inspect.isclass(obj) and issubclass(obj, base) and obj is not base and hasattr(transformers, name):
                 names.append(name)
     return sorted(set(names))
@@ -769,8 +769,10 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
     """Run a Hugging Face BERT-family model's encoder on bertsilicon's fused ops; returns the same object.
 
     Args:
-        model: ``BertModel`` or any ``BertFor*`` head, ``DistilBertModel`` or a head (MobileBERT is
-            refused with a reason in the report), or a wrapper holding one (e.g. a ``SentenceTransformer``).
+        model: ``BertModel`` or any ``BertFor*`` head, ``DistilBertModel`` or a head, ``RobertaModel``,
+            ``XLMRobertaModel``, ``CamembertModel``, ``ElectraModel`` or one of their heads (BertLayer clones;
+            see :func:`supported_classes`; MobileBERT is refused with a reason in the report), or a wrapper
+            holding one (e.g. a ``SentenceTransformer``).
         precision: ``"fp32" | "bf16" | "fp16" | "int8"`` for the encoder's GEMMs (LayerNorm statistics,
             softmax and accumulation stay fp32; int8 keeps the residual stream in fp32). Outputs come back
             in the model's own dtype.
