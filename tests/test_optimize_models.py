@@ -9,6 +9,8 @@ import transformers
 
 import bertsilicon
 from bertsilicon.models.optimize import supported_classes
+from hf_parity import assert_fp32_head_matches_hf
+from hf_parity import rel_error as _compare
 from numerics import ragged_mask
 
 B, L = 4, 77
@@ -34,36 +36,13 @@ def _inputs(cls_name, seed=1, fully_padded_row=True):
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _compare(got, want, mask, padded_positions_too):
-    """Relative error on what HF defines: real tokens of token-level outputs; rows with a real token."""
-    rows = mask.reshape(-1, L).any(-1).reshape(mask.shape[:-1])
-    if got.shape[:mask.dim()] == mask.shape:  # token-level output [..., L, ...]
-        sel = rows[..., None].expand_as(mask) if padded_positions_too else mask.bool()
-    else:
-        sel = rows
-    g, w = got[sel].double(), want[sel].double()
-    return float((g - w).norm() / w.norm())
-
-
-HEADS = [n for n in supported_classes() if not n.startswith("MobileBert")]
+HEADS = [n for n in supported_classes() if n.startswith(("Bert", "DistilBert"))]  # other families: test_optimize_roberta.py
 
 
 @pytest.mark.parametrize("cls_name", HEADS)
 @pytest.mark.parametrize("unpad", [True, False])
 def test_every_head_fp32(cls_name, unpad):
-    m = _build(cls_name)
-    ref = copy.deepcopy(m)
-    inputs = _inputs(cls_name)
-    keys = list(m.state_dict())
-    assert bertsilicon.optimize(m, "fp32", unpad=unpad, calibration=None) is m
-    assert type(m).__name__ == cls_name and list(m.state_dict()) == keys
-    assert m.bertsilicon_report.replaced == [0, 1]
-    with torch.no_grad():
-        got, want = m(**inputs), ref(**inputs)
-    assert _compare(got[0], want[0], inputs["attention_mask"], padded_positions_too=not unpad) <= 1e-5
-    bertsilicon.restore(m)
-    with torch.no_grad():
-        assert torch.equal(m(**inputs)[0], want[0])
+    assert assert_fp32_head_matches_hf(_build(cls_name), _inputs(cls_name), unpad).replaced == [0, 1]
 
 
 @pytest.mark.parametrize("cls_name", ["BertModel", "DistilBertModel"])

@@ -1,5 +1,8 @@
-"""Adapter for ``BertModel`` and every ``BertFor*`` head (BERT-base, TinyBERT, MiniLM, BERT-PKD, ...)."""
+"""Adapter for ``BertModel`` and every ``BertFor*`` head (BERT-base, TinyBERT, MiniLM, BERT-PKD, ...), and
+:func:`bert_layer_adapter`, which serves the families whose encoder layers are BertLayer clones (roberta.py)."""
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.bert import modeling_bert as hf
@@ -25,8 +28,15 @@ def _unsupported(config):
     return None
 
 
-ADAPTER = Adapter(
-    family="BERT", pretrained_class=hf.BertPreTrainedModel, base_class=hf.BertModel, encoder_attr="encoder",
-    layer_parts=_parts, unsupported_reason=_unsupported,
-    encoder_output=lambda h: BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=h),
-    max_positions=lambda c: c.max_position_embeddings)
+def bert_layer_adapter(family: str, pretrained_class: type, base_class: type,
+                       max_positions: Callable[[object], Optional[int]] = lambda c: c.max_position_embeddings,
+                       position_limit: Optional[Callable[[object], str]] = None) -> Adapter:
+    """The adapter of a family whose base model holds ``encoder.layer`` of BertLayer clones (same sub-module
+    names, same math, same config fields): BERT itself, RoBERTa, XLM-R, CamemBERT, ELECTRA."""
+    return Adapter(family=family, pretrained_class=pretrained_class, base_class=base_class, encoder_attr="encoder",
+                   layer_parts=_parts, unsupported_reason=_unsupported,
+                   encoder_output=lambda h: BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=h),
+                   max_positions=max_positions, position_limit=position_limit)
+
+
+ADAPTER = bert_layer_adapter("BERT", hf.BertPreTrainedModel, hf.BertModel)

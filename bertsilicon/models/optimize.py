@@ -1,8 +1,9 @@
 """``bertsilicon.optimize(model)``: run a Hugging Face BERT-family model on the fused ops; ``restore`` undoes it.
 
 The model object, its class and its ``forward`` signature stay the same; only the encoder (the module
-holding ``layer``: ``BertModel.encoder``, ``DistilBertModel.transformer``) is swapped for a
-:class:`FusedEncoder` whose layers are :class:`~bertsilicon.models.fused_layer.FusedEncoderLayer` (MobileBERT:
+holding ``layer``: ``BertModel.encoder``, likewise RoBERTa, XLM-R, CamemBERT, ELECTRA and MobileBERT's, and
+``DistilBertModel.transformer``) is swapped for a :class:`FusedEncoder` whose layers are
+:class:`~bertsilicon.models.fused_layer.FusedEncoderLayer` (MobileBERT:
 :class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer`).
 The fused layers keep the original sub-modules under their original names, so ``state_dict()`` keys,
 ``parameters()``, ``.to()`` and ``save_pretrained`` see the original model.
@@ -50,13 +51,13 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import ops, quant
-from . import bert, distilbert, mobilebert
+from . import bert, distilbert, electra, mobilebert, roberta
 from .fused_layer import PRECISIONS, FusedLayerBase
 from .report import LayerReport, OptimizeReport
 
 __all__ = ["optimize", "restore", "FusedEncoder", "supported_classes", "DEFAULT_INT8_BUDGET"]
 
-ADAPTERS = (bert.ADAPTER, distilbert.ADAPTER, mobilebert.ADAPTER)
+ADAPTERS = (bert.ADAPTER, distilbert.ADAPTER, *roberta.ADAPTERS, electra.ADAPTER, mobilebert.ADAPTER)
 COMPUTE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 # int8 per-layer budget: a layer whose relative output error (alone, on the calibration batch) exceeds
 # it moves its most sensitive int8 GEMMs to a higher precision until it fits: first to bf16 where the
@@ -708,7 +709,9 @@ def _layer_error(layer: FusedLayerBase, x, y, real, unpad) -> tuple[float, float
     return quant.relative_error(out, ref), float((out.double() - ref.double()).abs().max())
 
 
-def _validate_inputs_hook(max_positions: Optional[int]):
+def _validate_inputs_hook(max_positions: Optional[int], limit: Optional[str] = None):
+    """Forward pre-hook checking the inputs; ``limit``: how ``max_positions`` follows from the config (the error
+    says it)."""
     def hook(module, args, kwargs):
         try:
             bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
@@ -735,7 +738,7 @@ def _validate_inputs_hook(max_positions: Optional[int]):
                 raise ValueError(f"attention_mask has length {mask.shape[-1]}; the input has length {length}")
         if length is not None and max_positions is not None and length > max_positions:
             raise ValueError(f"input length {length} exceeds the model's position table "
-                             f"(max_position_embeddings={max_positions}); truncate it, e.g. "
+                             f"({limit or f'max_position_embeddings={max_positions}'}); truncate it, e.g. "
                              f"tokenizer(..., truncation=True, max_length={max_positions})")
         return None
 
@@ -767,9 +770,11 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
     """Run a Hugging Face BERT-family model's encoder on bertsilicon's fused ops; returns the same object.
 
     Args:
-        model: ``BertModel`` or any ``BertFor*`` head, ``DistilBertModel`` or a head, ``MobileBertModel`` or a
-            head (its bottleneck layers fused as :class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer`),
-            or a wrapper holding one (e.g. a ``SentenceTransformer``).
+        model: ``BertModel`` or any ``BertFor*`` head, ``DistilBertModel`` or a head, ``RobertaModel``,
+            ``XLMRobertaModel``, ``CamembertModel``, ``ElectraModel`` or one of their heads (BertLayer clones;
+            see :func:`supported_classes`), ``MobileBertModel`` or a head (its bottleneck layers fused as
+            :class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer`), or a wrapper holding one (e.g. a
+            ``SentenceTransformer``).
         precision: ``"fp32" | "bf16" | "fp16" | "int8"`` for the encoder's GEMMs (LayerNorm statistics,
             softmax and accumulation stay fp32; int8 keeps the residual stream in fp32). Outputs come back
             in the model's own dtype.
@@ -868,7 +873,8 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
             report.cpu_kernels = _cpu_kernels(fused, compute_dtype)
         new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, unpad, bool(cuda_graphs))
         setattr(base, adapter.encoder_attr, new_encoder)
-        handle = base.register_forward_pre_hook(_validate_inputs_hook(adapter.max_positions(config)), with_kwargs=True)
+        check = _validate_inputs_hook(adapter.max_positions(config), adapter.position_limit_text(config))
+        handle = base.register_forward_pre_hook(check, with_kwargs=True)
         model.__dict__[_STATE] = {"base": base, "attr": adapter.encoder_attr, "original": encoder, "hook": handle}
         new_encoder.cuda_graphs = False  # measured eagerly (the graph path is the same kernels on the same rows):
         try:                             # no graph captured, and held, for the calibration batch's shape
