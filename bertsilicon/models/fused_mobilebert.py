@@ -141,10 +141,12 @@ class FusedMobileBertLayer(FusedLayerBase):
     def _norm(self, z: torch.Tensor, norm: nn.Module, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``Norm(z + residual)``; ``z`` is a GEMM output this layer owns (NoNorm runs in place on it)."""
         weight, bias = module_weight_and_bias(norm)
-        if self.__dict__["parts"].no_norm:
+        if self.__dict__["parts"].no_norm:  # as HF: (z + r) * gamma + beta, each step rounded to z's dtype
             if residual is not None:
                 z = z.add_(residual)
-            return z.mul_(weight).add_(bias)  # as HF: (z + r) * gamma + beta, each step rounded to z's dtype
+            if weight.dtype != z.dtype:  # gamma, beta in z's dtype, as HF's model in that dtype has them: a
+                weight, bias = weight.to(z.dtype), bias.to(z.dtype)  # same-dtype pass is ~3x faster in bf16
+            return z.mul_(weight).add_(bias)
         if residual is not None:
             return ops.add_layernorm(z, residual, weight, bias, norm.eps, backend=self.backend)
         return F.layer_norm(z, z.shape[-1:], weight.to(z.dtype), bias.to(z.dtype), norm.eps)
