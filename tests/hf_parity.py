@@ -9,6 +9,19 @@ import torch
 import bertsilicon
 
 
+def draw_norms_and_biases(model: torch.nn.Module) -> torch.nn.Module:
+    """HF's init makes every LayerNorm / NoNorm (1, 0) and every bias 0: a swapped LayerNorm or bias would go
+    unseen. Draw them at random (scales in [0.5, 1.5], shifts and biases N(0, 0.1)), from torch's global RNG."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if type(mod).__name__ in ("LayerNorm", "NoNorm"):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_(0, 0.1)
+            elif isinstance(mod, torch.nn.Linear) and mod.bias is not None:
+                mod.bias.normal_(0, 0.1)
+    return model
+
+
 def rel_error(got: torch.Tensor, want: torch.Tensor, mask: torch.Tensor, padded_positions_too: bool) -> float:
     """Relative error on what HF defines: real tokens of token-level outputs (all positions of rows with a real
     token with ``padded_positions_too``); rows with a real token of sequence-level outputs."""

@@ -11,7 +11,7 @@ import transformers
 import bertsilicon
 from bertsilicon.models.fused_mobilebert import FusedMobileBertLayer
 from bertsilicon.models.optimize import supported_classes
-from hf_parity import assert_fp32_head_matches_hf
+from hf_parity import assert_fp32_head_matches_hf, draw_norms_and_biases
 from numerics import assert_numerics, ragged_mask
 from test_optimize_graphs import captures  # noqa: F401  (the graph path's CPU stand-in for a capture)
 
@@ -33,16 +33,11 @@ HEADS = [n for n in supported_classes() if n.startswith("MobileBert")]
 def _build(cls_name="MobileBertModel", seed=0, dtype=None, shapes=SMALL, **overrides):
     """A random MobileBERT (``shapes``: SMALL, or ``{}`` for the released ones), eval mode. Weights are drawn with std 1 / sqrt(bottleneck width) instead of HF's
     0.02, so q and k have std ~1 and the attention scores a spread of a few units (with 0.02 every softmax is
-    flat and a wrong scale, mask or q/k order hardly moves the output); Norm scales and shifts are drawn too."""
+    flat and a wrong scale, mask or q/k order hardly moves the output); Norms and biases drawn too."""
     cfg = bertsilicon.student_config("mobilebert", **{**shapes, **overrides})
     cfg.initializer_range = cfg.true_hidden_size ** -0.5
     torch.manual_seed(seed)
-    m = getattr(transformers, cls_name)(cfg).eval()
-    with torch.no_grad():
-        for mod in m.modules():
-            if type(mod).__name__ in ("NoNorm", "LayerNorm"):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.normal_(0, 0.1)
+    m = draw_norms_and_biases(getattr(transformers, cls_name)(cfg).eval())
     return m if dtype is None else m.to(dtype)
 
 

@@ -9,7 +9,7 @@ import transformers
 
 import bertsilicon
 from bertsilicon.models.optimize import supported_classes
-from hf_parity import assert_fp32_head_matches_hf
+from hf_parity import assert_fp32_head_matches_hf, draw_norms_and_biases
 from hf_parity import rel_error as _compare
 from numerics import ragged_mask
 
@@ -25,7 +25,7 @@ def _build(cls_name, seed=0, **overrides):
     small = SMALL_DISTIL if family == "distilbert" else SMALL_BERT
     cfg = bertsilicon.student_config(family, **{**small, **overrides})
     torch.manual_seed(seed)
-    return cls(cfg).eval()
+    return draw_norms_and_biases(cls(cfg).eval())
 
 
 def _inputs(cls_name, seed=1, fully_padded_row=True):
@@ -97,11 +97,12 @@ def test_int8_fallback_steps_through_bf16_where_it_is_native(monkeypatch, native
     monkeypatch.setattr(opt, "_native_bf16", lambda device, backend: native)
     m = _build("BertModel", hidden_act="relu")
     ref = copy.deepcopy(m)
-    bertsilicon.optimize(m, "int8", error_budget=2e-4)
+    # all-int8 layers: 3.9e-4, 4.5e-4; with every GEMM bf16 ~2.5e-4: the budget is met within the bf16 steps
+    bertsilicon.optimize(m, "int8", error_budget=3e-4)
     report = m.bertsilicon_report
     moved = {g for layer in report.layers for g in layer.gemms.values()} - {"int8"}
     assert moved == ({"bf16"} if native else {"fp32"})
-    assert all(layer.rel_error <= 2e-4 for layer in report.layers)
+    assert all(layer.rel_error <= 3e-4 for layer in report.layers)
     assert f"int8 -> {'bf16' if native else 'fp32'}" in str(report)
     inputs = _inputs("BertModel")
     real = inputs["attention_mask"].bool()

@@ -10,7 +10,7 @@ import transformers
 
 import bertsilicon
 from bertsilicon.models.optimize import DEFAULT_INT8_BUDGET, supported_classes
-from hf_parity import assert_fp32_head_matches_hf
+from hf_parity import assert_fp32_head_matches_hf, draw_norms_and_biases
 from hf_parity import rel_error as _compare
 from numerics import assert_numerics, ragged_mask
 
@@ -41,14 +41,7 @@ def _build(cls_name, seed=0, **overrides):
     """HF's init makes every LayerNorm (1, 0) and every bias 0: a swapped LayerNorm or bias would go unseen, so
     they are drawn at random here too."""
     torch.manual_seed(seed + list(FAMILIES).index(_family(cls_name)))  # not the same weights in every family
-    m = getattr(transformers, cls_name)(_config(cls_name, **overrides)).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.1)
-            elif "LayerNorm" in name:
-                p.uniform_(0.5, 1.5)
-    return m
+    return draw_norms_and_biases(getattr(transformers, cls_name)(_config(cls_name, **overrides)).eval())
 
 
 def _inputs(cls_name, seed=1):
