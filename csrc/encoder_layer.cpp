@@ -7,6 +7,9 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 namespace bs {
 namespace {
@@ -146,6 +149,91 @@ void run_layer(const EncoderLayerPlan& p, const void* x, int64_t M, int64_t batc
   add_layernorm(p.dtype, proj, h, p.ln2.weight, p.ln2.bias, out, M, H, p.ln2.eps, threads);
 }
 
+void nonorm(DType dt, const void* z, int64_t z_ld, const void* residual, const NoNormParams& nn, void* dst,
+            int64_t M, int64_t n, int threads) {
+  add_nonorm(dt, z, z_ld, residual, nn.gamma, nn.beta, dst, M, n, threads);
+}
+
+// The MobileBERT layer on M rows of x (encoder_layer.h); attn as for run_layer.
+void run_mobilebert(const MobileBertLayerPlan& p, const void* x, int64_t M, int64_t batch_rows, AttnArgs attn,
+                    void* out, int threads) {
+  check_mobilebert_layer_plan(p);
+  if (M <= 0) return;
+  const int64_t H = p.hidden, h = p.width, F = p.ffn, Nx = p.x_proj.N, Na = p.has_attn_proj ? p.attn_proj.N : 0;
+  const size_t e = p.dtype == DType::BF16 ? 2 : 4, um = size_t(M);
+  const LayerGemm* gemms[4 + 2 * kMaxStackedFfns] = {&p.x_proj, &p.o, &p.up, &p.down};
+  int n_gemms = 4;
+  if (p.has_attn_proj) gemms[n_gemms++] = &p.attn_proj;
+  if (p.has_out_bottleneck) gemms[n_gemms++] = &p.out_bottleneck;
+  for (int j = 0; j < p.stacked; ++j) gemms[n_gemms++] = &p.ffn_up[j], gemms[n_gemms++] = &p.ffn_down[j];
+  size_t round_bytes = 0;
+  int64_t max_k = 0;
+  for (int i = 0; i < n_gemms; ++i)
+    round_bytes = std::max(round_bytes, rounded_input_bytes(*gemms[i], p.dtype)), max_k = std::max(max_k, gemms[i]->K);
+  const size_t need = round_up(um * Nx * e) + 2 * round_up(um * h * e) + round_up(um * Na * e) + round_up(um * h * e) +
+                      round_up(um * std::max(H, h) * e) + 2 * round_up(um * h * e) + round_up(um * F * e) +
+                      round_up(um * 4) + round_up(um * max_k * round_bytes);
+  TrimOnExit trim_on_exit;
+  Carve c{tls_scratch.get(need)};
+  unsigned char* xp = c.take<unsigned char>(um * Nx * e);
+  unsigned char* r = c.take<unsigned char>(um * h * e);     // the input bottleneck, normalised
+  unsigned char* s = c.take<unsigned char>(um * h * e);     // the shared bottleneck, normalised
+  unsigned char* ap = c.take<unsigned char>(um * Na * e);
+  unsigned char* ctx = c.take<unsigned char>(um * h * e);
+  unsigned char* t = c.take<unsigned char>(um * std::max(H, h) * e);  // the residual GEMMs' outputs
+  unsigned char* a[2] = {c.take<unsigned char>(um * h * e), c.take<unsigned char>(um * h * e)};
+  unsigned char* u = c.take<unsigned char>(um * F * e);
+  float* x_scale = c.take<float>(um);
+  void* round_buf = round_bytes ? c.take<unsigned char>(um * max_k * round_bytes) : nullptr;
+  const DType dt = p.dtype;
+
+  run_gemm(p.x_proj, dt, dt, x, M, xp, Activation::None, x_scale, round_buf, threads);
+  const void* residual = x;
+  if (p.xp_input >= 0) nonorm(dt, xp + p.xp_input * e, Nx, nullptr, p.norm_input, r, M, h, threads), residual = r;
+  if (p.xp_shared >= 0) nonorm(dt, xp + p.xp_shared * e, Nx, nullptr, p.norm_shared, s, M, h, threads);
+  if (p.has_attn_proj)
+    run_gemm(p.attn_proj, dt, dt, p.attn_source == 0 ? r : s, M, ap, Activation::None, x_scale, round_buf, threads);
+  auto role = [&](int64_t xp_off, int64_t ap_off, const void** ptr, int64_t* ld) {
+    if (xp_off >= 0) *ptr = xp + xp_off * e, *ld = Nx;
+    else *ptr = ap + ap_off * e, *ld = Na;
+  };
+  int64_t q_ld, k_ld, v_ld;
+  role(p.xp_q, p.ap_q, &attn.q, &q_ld), role(p.xp_k, p.ap_k, &attn.k, &k_ld), role(p.xp_v, p.ap_v, &attn.v, &v_ld);
+  attn.dtype = dt, attn.out = ctx;
+  attn.q_sl = q_ld, attn.k_sl = k_ld, attn.v_sl = v_ld;
+  attn.q_sh = attn.k_sh = attn.v_sh = p.head_dim;
+  attn.q_sb = batch_rows * q_ld, attn.k_sb = batch_rows * k_ld, attn.v_sb = batch_rows * v_ld;
+  attn.o_sl = h, attn.o_sh = p.head_dim, attn.o_sb = batch_rows * h;
+  attn.threads = threads;
+  attention(attn);
+
+  const bool last_is_out = !p.has_out_bottleneck;  // the down NoNorm then writes the caller's out
+  run_gemm(p.o, dt, dt, ctx, M, t, Activation::None, x_scale, round_buf, threads);
+  nonorm(dt, t, h, residual, p.norm_o, a[0], M, h, threads);
+  int cur = 0;
+  for (int j = 0; j < p.stacked; ++j, cur ^= 1) {
+    run_gemm(p.ffn_up[j], dt, dt, a[cur], M, u, p.act, x_scale, round_buf, threads);
+    run_gemm(p.ffn_down[j], dt, dt, u, M, t, Activation::None, x_scale, round_buf, threads);
+    nonorm(dt, t, h, a[cur], p.ffn_norm[j], a[cur ^ 1], M, h, threads);
+  }
+  run_gemm(p.up, dt, dt, a[cur], M, u, p.act, x_scale, round_buf, threads);
+  run_gemm(p.down, dt, dt, u, M, t, Activation::None, x_scale, round_buf, threads);
+  nonorm(dt, t, h, a[cur], p.norm_out, last_is_out ? out : a[cur ^ 1], M, h, threads);
+  if (last_is_out) return;
+  run_gemm(p.out_bottleneck, dt, dt, a[cur ^ 1], M, t, Activation::None, x_scale, round_buf, threads);
+  nonorm(dt, t, H, x, p.norm_ob, out, M, H, threads);
+}
+
+// The attention problem of a layer call (the runners fill in buffers and strides): B sequences of at most
+// L tokens, packed (cu_seqlens) or padded (keep: the key mask, or null).
+AttnArgs layer_attention(int64_t heads, int64_t head_dim, float scale, int64_t B, int64_t L, const int32_t* cu_seqlens,
+                         const uint8_t* keep) {
+  AttnArgs a{};
+  a.B = B, a.H = heads, a.Lq = a.Lk = L, a.D = head_dim;
+  a.cu_seqlens = cu_seqlens, a.keep = keep, a.scale = scale;
+  return a;
+}
+
 void check_gemm(const char* name, const LayerGemm& g, DType dt, int64_t N, int64_t K) {
   auto fail = [name](const std::string& why) {
     throw std::invalid_argument(std::string("encoder layer plan: GEMM ") + name + ": " + why);
@@ -164,6 +252,58 @@ void check_gemm(const char* name, const LayerGemm& g, DType dt, int64_t N, int64
 
 }  // namespace
 
+void check_mobilebert_layer_plan(const MobileBertLayerPlan& p) {
+  auto fail = [](const std::string& why) { throw std::invalid_argument("MobileBERT layer plan: " + why); };
+  if (p.dtype != DType::F32 && p.dtype != DType::BF16) fail("activations must be fp32 or bf16");
+  const int64_t H = p.hidden, h = p.width, F = p.ffn;
+  if (H <= 0 || h <= 0 || F <= 0 || p.heads <= 0 || p.heads * p.head_dim != h)
+    fail("width must be heads * head_dim, all sizes positive");
+  if (p.stacked < 0 || p.stacked > kMaxStackedFfns) fail("at most " + std::to_string(kMaxStackedFfns) + " stacked FFNs");
+  const int64_t Nx = p.x_proj.N, Na = p.has_attn_proj ? p.attn_proj.N : 0;
+  auto block = [&](const char* what, int64_t off, int64_t n) {  // -1 (absent) or an h-column block inside [0, n)
+    if (off < -1 || (off >= 0 && off + h > n)) fail(std::string(what) + " block outside its GEMM output");
+  };
+  for (auto [what, off] : {std::pair<const char*, int64_t>{"input", p.xp_input}, {"shared", p.xp_shared},
+                           {"q", p.xp_q}, {"k", p.xp_k}, {"v", p.xp_v}})
+    block(what, off, Nx);
+  for (auto [what, off] : {std::pair<const char*, int64_t>{"q", p.ap_q}, {"k", p.ap_k}, {"v", p.ap_v}}) block(what, off, Na);
+  for (auto [what, x_off, a_off] : {std::tuple<const char*, int64_t, int64_t>{"q", p.xp_q, p.ap_q}, {"k", p.xp_k, p.ap_k},
+                                    {"v", p.xp_v, p.ap_v}})
+    if ((x_off >= 0) == (a_off >= 0)) fail(std::string(what) + " must come from exactly one of x_proj, attn_proj");
+  if (p.xp_input < 0 && h != H) fail("without an input bottleneck the attention residual is x: width must be hidden");
+  if (p.xp_shared >= 0 && !(p.has_attn_proj && p.attn_source == 1)) fail("the shared bottleneck feeds attn_proj");
+  if (p.has_attn_proj && (p.attn_source == 0 ? p.xp_input : p.xp_shared) < 0) fail("attn_proj's input is not computed");
+  check_gemm("x_proj", p.x_proj, p.dtype, Nx, H);
+  if (p.has_attn_proj) check_gemm("attn_proj", p.attn_proj, p.dtype, Na, h);
+  check_gemm("o", p.o, p.dtype, h, h);
+  for (int j = 0; j < p.stacked; ++j) {
+    check_gemm("ffn up", p.ffn_up[j], p.dtype, F, h);
+    check_gemm("ffn down", p.ffn_down[j], p.dtype, h, F);
+  }
+  check_gemm("up", p.up, p.dtype, F, h);
+  check_gemm("down", p.down, p.dtype, h, F);
+  if (p.has_out_bottleneck) check_gemm("out_bottleneck", p.out_bottleneck, p.dtype, H, h);
+  else if (h != H) fail("without an output bottleneck the layer output is the FFN's: width must be hidden");
+  std::vector<const NoNormParams*> norms = {&p.norm_o, &p.norm_out};
+  if (p.xp_input >= 0) norms.push_back(&p.norm_input);
+  if (p.xp_shared >= 0) norms.push_back(&p.norm_shared);
+  if (p.has_out_bottleneck) norms.push_back(&p.norm_ob);
+  for (int j = 0; j < p.stacked; ++j) norms.push_back(&p.ffn_norm[j]);
+  for (const NoNormParams* nn : norms)
+    if (!nn->gamma || !nn->beta) fail("a NoNorm's gamma / beta is not set");
+}
+
+void mobilebert_layer_packed(const MobileBertLayerPlan& p, const void* x, int64_t T, const int32_t* cu_seqlens,
+                             int64_t B, int64_t max_seqlen, void* out, int threads) {
+  run_mobilebert(p, x, T, 0, layer_attention(p.heads, p.head_dim, p.scale, B, max_seqlen, cu_seqlens, nullptr), out,
+                 threads);
+}
+
+void mobilebert_layer_padded(const MobileBertLayerPlan& p, const void* x, int64_t B, int64_t L, const uint8_t* keep,
+                             void* out, int threads) {
+  run_mobilebert(p, x, B * L, L, layer_attention(p.heads, p.head_dim, p.scale, B, L, nullptr, keep), out, threads);
+}
+
 void check_encoder_layer_plan(const EncoderLayerPlan& p) {
   if (p.dtype != DType::F32 && p.dtype != DType::BF16)
     throw std::invalid_argument("encoder layer plan: activations must be fp32 or bf16");
@@ -181,18 +321,12 @@ void check_encoder_layer_plan(const EncoderLayerPlan& p) {
 
 void encoder_layer_packed(const EncoderLayerPlan& p, const void* x, int64_t T, const int32_t* cu_seqlens, int64_t B,
                           int64_t max_seqlen, void* out, int threads) {
-  AttnArgs a{};
-  a.B = B, a.H = p.heads, a.Lq = a.Lk = max_seqlen, a.D = p.head_dim;
-  a.cu_seqlens = cu_seqlens, a.keep = nullptr, a.scale = p.scale;
-  run_layer(p, x, T, 0, a, out, threads);
+  run_layer(p, x, T, 0, layer_attention(p.heads, p.head_dim, p.scale, B, max_seqlen, cu_seqlens, nullptr), out, threads);
 }
 
 void encoder_layer_padded(const EncoderLayerPlan& p, const void* x, int64_t B, int64_t L, const uint8_t* keep,
                           void* out, int threads) {
-  AttnArgs a{};
-  a.B = B, a.H = p.heads, a.Lq = a.Lk = L, a.D = p.head_dim;
-  a.cu_seqlens = nullptr, a.keep = keep, a.scale = p.scale;
-  run_layer(p, x, B * L, L, a, out, threads);
+  run_layer(p, x, B * L, L, layer_attention(p.heads, p.head_dim, p.scale, B, L, nullptr, keep), out, threads);
 }
 
 size_t layer_scratch_bytes() { return tls_scratch.bytes(); }

@@ -77,6 +77,49 @@ void encoder_layer_packed(const EncoderLayerPlan& p, const void* x, int64_t T, c
 void encoder_layer_padded(const EncoderLayerPlan& p, const void* x, int64_t B, int64_t L, const uint8_t* keep,
                           void* out, int threads);
 
+// One MobileBERT layer (Hugging Face MobileBertLayer with normalization_type "no_norm"; the data flow and
+// the names as bertsilicon/models/fused_mobilebert.py) in one call, on x [M, H] (packed or padded rows):
+//   xp  = x W_x^T + b_x                           [M, Nx]  (GEMM x_proj: the projections that read x)
+//   r   = NoNorm_in(xp[:, input])                 [M, h]   (the attention residual; x when there is none)
+//   s   = NoNorm_shared(xp[:, shared])            [M, h]   (if present)
+//   ap  = (r or s) W_a^T + b_a                    [M, Na]  (GEMM attn_proj, if present)
+//   q, k, v: h-column blocks of xp or ap (read in place through strides)
+//   a   = NoNorm_o(attention(q, k, v) W_o^T + b_o + r)
+//   a   = NoNorm_j(act(a W_j1^T + b_j1) W_j2^T + b_j2 + a)     j = 1 .. stacked FFNs
+//   a   = NoNorm_out(act(a W_up^T + b_up) W_down^T + b_down + a)
+//   out = NoNorm_ob(a W_ob^T + b_ob + x)          [M, H]   (without an output bottleneck: out = a, h = H)
+// NoNorm(z + r) = (z + r) * gamma + beta, each step rounded to the activations' dtype (gamma, beta given as
+// fp32 holding that dtype's values), as torch's in-place add_, mul_, add_ on that dtype: bit-identical to
+// the per-op path. GEMMs as in EncoderLayerPlan (LayerGemm).
+struct NoNormParams {
+  const float* gamma = nullptr;  // fp32 [n]
+  const float* beta = nullptr;   // fp32 [n]
+};
+
+constexpr int kMaxStackedFfns = 16;
+
+struct MobileBertLayerPlan {
+  DType dtype = DType::F32;
+  int64_t hidden = 0, width = 0, heads = 0, head_dim = 0, ffn = 0;  // H, h = heads * head_dim, F
+  Activation act = Activation::Relu;
+  float scale = 1.f;
+  LayerGemm x_proj, attn_proj, o, up, down, out_bottleneck;
+  bool has_attn_proj = false, has_out_bottleneck = false;
+  int attn_source = 0;  // attn_proj reads 0: r (the input bottleneck), 1: s (the shared bottleneck)
+  // column offsets of each role in x_proj's / attn_proj's output (-1: not there)
+  int64_t xp_input = -1, xp_shared = -1, xp_q = -1, xp_k = -1, xp_v = -1, ap_q = -1, ap_k = -1, ap_v = -1;
+  NoNormParams norm_input, norm_shared, norm_o, norm_out, norm_ob;
+  int stacked = 0;  // FFNs before the last one
+  LayerGemm ffn_up[kMaxStackedFfns], ffn_down[kMaxStackedFfns];
+  NoNormParams ffn_norm[kMaxStackedFfns];
+};
+
+void check_mobilebert_layer_plan(const MobileBertLayerPlan& p);
+void mobilebert_layer_packed(const MobileBertLayerPlan& p, const void* x, int64_t T, const int32_t* cu_seqlens,
+                             int64_t B, int64_t max_seqlen, void* out, int threads);
+void mobilebert_layer_padded(const MobileBertLayerPlan& p, const void* x, int64_t B, int64_t L, const uint8_t* keep,
+                             void* out, int threads);
+
 // While held (hold_layer_scratch(true) ... hold_layer_scratch(false), nestable), the calling thread keeps
 // its layer scratch block whatever its size, so the layers of one forward share it; the last release frees
 // a block over the keep size (64 MB). FusedEncoder holds it around its layer loop.

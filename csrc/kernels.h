@@ -15,6 +15,12 @@ enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
 void add_layernorm(DType dtype, const void* x, const void* residual, const float* weight, const float* bias,
                    void* out, int64_t rows, int64_t n, float eps, int threads);
 
+// out[r, :] = (z[r, :] + residual[r, :]) * gamma + beta (MobileBERT's NoNorm), each step rounded to dtype as
+// torch's in-place add_, mul_, add_ (residual may be null); z rows of stride z_ld, residual and out [rows, n]
+// contiguous, of dtype; gamma, beta fp32 [n] holding dtype's values.
+void add_nonorm(DType dtype, const void* z, int64_t z_ld, const void* residual, const float* gamma,
+                const float* beta, void* out, int64_t rows, int64_t n, int threads);
+
 // out[r, c] = gelu(x[r, c] + bias[c]); x, out [rows, n] of dtype, contiguous; bias fp32 [n].
 void bias_gelu(DType dtype, bool tanh_form, const void* x, const float* bias, void* out, int64_t rows,
                int64_t n, int threads);

@@ -11,6 +11,7 @@ import transformers
 import bertsilicon
 from bertsilicon.models.fused_mobilebert import FusedMobileBertLayer
 from bertsilicon.models.optimize import supported_classes
+from cpu_isa import cpu_isas, isa  # noqa: F401  (the isa fixture)
 from hf_parity import assert_fp32_head_matches_hf, draw_norms_and_biases
 from numerics import assert_numerics, ragged_mask
 from test_optimize_graphs import captures  # noqa: F401  (the graph path's CPU stand-in for a capture)
@@ -84,7 +85,72 @@ def test_every_layer_variant_fp32(variant, unpad):
     layer = m.encoder.layer[0]
     names = tuple(layer.gemm_precision)
     assert names == FusedMobileBertLayer.gemm_names(layer.__dict__["parts"]) and names[0] == "x_proj"
-    assert m.bertsilicon_report.layers[0].call == "per op (MobileBERT block)"
+    call = m.bertsilicon_report.layers[0].call
+    if _cpu_built():
+        assert call == ("per op (normalization_type='layer_norm': the one-call plan runs NoNorm)"
+                        if variant == "layer_norm" else "one C++ call")
+
+
+def _cpu_built() -> bool:
+    from bertsilicon.ops import _dispatch
+
+    return _dispatch._load("cpu") is None
+
+
+ONE_CALL_CASES = {  # precision -> optimize kwargs (int8 with a budget that moves some GEMMs to bf16 / fp32)
+    "fp32": {}, "bf16": {}, "fp16": {}, "int8": dict(smooth=0.5), "int8-mixed": dict(error_budget=2e-3)}
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "layer_norm"])
+@pytest.mark.parametrize("case", ONE_CALL_CASES)
+@pytest.mark.parametrize("unpad", [True, False])
+def test_one_cpp_call_equals_the_per_op_path(variant, case, unpad):
+    """The whole layer as one C++ call (MobileBertLayerPlan) gives the per-op path's bits: same GEMM kernels and
+    packs, attention on the same q, k, v, NoNorm rounded step by step as torch's in-place ops."""
+    if not _cpu_built():
+        pytest.skip("C++ extension not built")
+    precision = case.split("-")[0]
+    m = bertsilicon.optimize(_build(**VARIANTS[variant]), precision, unpad=unpad, calibration=_inputs(seed=99),
+                             **ONE_CALL_CASES[case])
+    layers = list(m.encoder.layer)
+    assert all(layer.call_path() == "one C++ call" for layer in layers)
+    if case == "int8-mixed":
+        assert len({p for layer in layers for p in layer.gemm_precision.values()}) > 1
+    inputs = _inputs(seed=13)
+    with torch.no_grad():
+        one_call = m(**inputs).last_hidden_state
+        for layer in layers:
+            layer.one_call = False
+        per_op = m(**inputs).last_hidden_state
+    assert torch.equal(one_call, per_op)
+
+
+@pytest.mark.parametrize("isa", cpu_isas(older_avx512=True), indirect=True)
+@pytest.mark.parametrize("case", ["fp32", "bf16", "int8"])
+def test_one_cpp_call_equals_the_per_op_path_on_every_kernel_path(isa, case):
+    m = bertsilicon.optimize(_build(), case, calibration=_inputs(seed=99))
+    inputs = _inputs(seed=15)
+    with torch.no_grad():
+        one_call = m(**inputs).last_hidden_state
+        for layer in m.encoder.layer:
+            layer.one_call = False
+        assert torch.equal(one_call, m(**inputs).last_hidden_state)
+
+
+def test_one_cpp_call_follows_weight_changes_and_refuses_a_bad_plan():
+    from bertsilicon import _C
+
+    m = bertsilicon.optimize(_build(), "int8")
+    inputs = _inputs(seed=14)
+    with torch.no_grad():
+        before = m(**inputs).last_hidden_state
+        m.encoder.layer[1].output.bottleneck.LayerNorm.weight.mul_(2)  # a NoNorm gamma, in place
+        after = m(**inputs).last_hidden_state
+        m.encoder.layer[1].one_call = False
+        assert torch.equal(after, m(**inputs).last_hidden_state) and not torch.equal(after, before)
+    plan = _C.MobileBertLayerPlan(0, 120, 3, 26, 100, 3, 26 ** -0.5)
+    with pytest.raises(ValueError, match="GEMM x_proj: no weight set|NoNorm|exactly one"):
+        plan.check()
 
 
 def test_gemms_sharing_an_input_are_one_gemm():

@@ -35,6 +35,7 @@ from .. import ops as _public_ops
 from ..ops import _cpu, _cpu_gemm
 from ..ops import _validate as V
 from ..ops._cpu import round_format_args, threads
+from .fused_layer import module_weight_and_bias
 
 _DTYPE = {torch.float32: 0, torch.bfloat16: 1}  # bs::DType
 _CPU = torch.device("cpu")
@@ -91,9 +92,38 @@ def _fp32_vector(name: str, t: Optional[torch.Tensor], n: int) -> Optional[torch
     return _cpu_gemm._f32(t, n)
 
 
+def _set_gemm(plan, index: int, name: str, precision: str, operands: tuple, N: int, K: int, dtype: torch.dtype,
+              held: list) -> bool:
+    """Point GEMM ``index`` of a C++ layer plan at this GEMM's pack, fp32 bias, int8 scales and SmoothQuant
+    factors (``operands``: its :meth:`PreparedLinear.cpu_operands`); False when the plan cannot serve it (the
+    per-op path then runs, and raises where it must)."""
+    int8 = precision == "int8"
+    w, b, w_scale, inv = (*operands, None, None)[:4]
+    if tuple(w.shape) != (N, K):
+        raise ValueError(f"{name} GEMM weight has shape {tuple(w.shape)}; expected [{N}, {K}]")
+    if not int8 and w.dtype not in _FLOAT_WEIGHTS[dtype]:
+        return False
+    # fp16: served only as fp16 values on the fp32 kernel (weight_fp16_in_fp32, fp32 activations)
+    fp16_on_fp32 = precision == "fp16"
+    if fp16_on_fp32 and (w.dtype != torch.float32 or dtype != torch.float32):
+        return False
+    pack = _cpu_gemm.cached_pack(w).current()
+    bias32 = _fp32_vector(f"{name} bias", b, N)
+    ws = _fp32_vector(f"{name} w_scale", w_scale, N)
+    if inv is not None and (inv.dtype != torch.float32 or tuple(inv.shape) != (K,) or not inv.is_contiguous()):
+        raise ValueError(f"{name} inv_smooth must be a contiguous float32 tensor [{K}]; got {inv.dtype} "
+                         f"{tuple(inv.shape)}")
+    plan.set_gemm(index, pack.kind, pack.ptr(), _ELEM[w.dtype], N, K, _cpu_gemm._ptr(bias32), _cpu_gemm._ptr(ws),
+                  _cpu_gemm._ptr(inv))
+    if fp16_on_fp32:
+        plan.set_input_rounding(index, *round_format_args("fp16"))
+    held += [pack, bias32, ws]
+    return True
+
+
 def _build(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
-    """A new snapshot of the layer as it is now; packs come from the shared cache (PackedWeight.current()
-    re-packs a stale one), so the per-op path and this one use the very same packs."""
+    """A new snapshot of the BERT-block layer as it is now; packs come from the shared cache
+    (PackedWeight.current() re-packs a stale one), so the per-op path and this one use the very same packs."""
     H, n, dtype = layer.hidden, layer.num_heads, layer.compute_dtype
     F = layer.up.out_features
     held = []
@@ -108,29 +138,10 @@ def _build(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
     pos = 0
     for i, name in enumerate(("qkv", "o", "up", "down")):
         precision = layer._modules[name].precision
-        int8 = precision == "int8"
-        w, b, w_scale, inv = (*ops[pos:pos + (4 if int8 else 2)], None, None)[:4]
-        pos += 4 if int8 else 2
-        N, K = shapes[i]
-        if tuple(w.shape) != (N, K):
-            raise ValueError(f"{name} GEMM weight has shape {tuple(w.shape)}; expected [{N}, {K}]")
-        if not int8 and w.dtype not in _FLOAT_WEIGHTS[dtype]:
+        width = 4 if precision == "int8" else 2
+        if not _set_gemm(plan, i, name, precision, ops[pos:pos + width], *shapes[i], dtype, held):
             return unserved()
-        # fp16: served only as fp16 values on the fp32 kernel (weight_fp16_in_fp32, fp32 activations)
-        fp16_on_fp32 = precision == "fp16"
-        if fp16_on_fp32 and (w.dtype != torch.float32 or dtype != torch.float32):
-            return unserved()
-        pack = _cpu_gemm.cached_pack(w).current()
-        bias32 = _fp32_vector(f"{name} bias", b, N)
-        ws = _fp32_vector(f"{name} w_scale", w_scale, N)
-        if inv is not None and (inv.dtype != torch.float32 or tuple(inv.shape) != (K,) or not inv.is_contiguous()):
-            raise ValueError(f"{name} inv_smooth must be a contiguous float32 tensor [{K}]; got {inv.dtype} "
-                             f"{tuple(inv.shape)}")
-        plan.set_gemm(i, pack.kind, pack.ptr(), _ELEM[w.dtype], N, K, _cpu_gemm._ptr(bias32), _cpu_gemm._ptr(ws),
-                      _cpu_gemm._ptr(inv))
-        if fp16_on_fp32:
-            plan.set_input_rounding(i, *round_format_args("fp16"))
-        held += [pack, bias32, ws]
+        pos += width
     for j, (weight, bias) in enumerate((ops[pos:pos + 2], ops[pos + 2:pos + 4])):
         lw, lb = _fp32_vector(f"ln{j + 1} weight", weight, H), _fp32_vector(f"ln{j + 1} bias", bias, H)
         plan.set_layernorm(j, lw.data_ptr(), lb.data_ptr(), eps[j])
@@ -140,19 +151,72 @@ def _build(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
     return Snapshot.of(isa, ops, eps, plan, tuple(held))
 
 
+# MobileBERT GEMM and NoNorm indices of _C.MobileBertLayerPlan (csrc/layer_bindings.cpp)
+_MOBILEBERT_GEMMS = {"x_proj": 0, "attn_proj": 1, "o": 2, "up": 3, "down": 4, "out_bottleneck": 5}
+
+
+def _mobilebert_gemm_index(name: str) -> int:
+    if name in _MOBILEBERT_GEMMS:
+        return _MOBILEBERT_GEMMS[name]
+    j, part = name[3:].split("_")  # "ffn{j}_up" / "ffn{j}_down", j from 1
+    return 6 + 2 * (int(j) - 1) + (part == "down")
+
+
+def _build_mobilebert(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
+    """A new snapshot of a :class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer`: its GEMMs, NoNorms
+    and the column offsets of each role in the concatenated GEMM outputs. NoNorm's gamma and beta go in as fp32
+    holding the compute dtype's values (what the per-op path multiplies by). LayerNorm configs are not served."""
+    parts, dtype = layer.__dict__["parts"], layer.compute_dtype
+    if dtype not in _DTYPE or not parts.no_norm:
+        return Snapshot.of(isa, ops, eps)
+    h, F = layer.num_heads * layer.head_dim, parts.up.out_features
+    plan = _C.MobileBertLayerPlan(_DTYPE[dtype], layer.hidden, layer.num_heads, layer.head_dim, F,
+                                  _ACT[layer.activation], float(layer.scale))
+    held = []
+    for name in layer.gemm_precision:
+        g = layer._modules[name]
+        if not _set_gemm(plan, _mobilebert_gemm_index(name), name, g.precision, g.cpu_operands(), g.out_features,
+                         g.in_features, dtype, held):
+            return Snapshot.of(isa, ops, eps)
+
+    def offsets(pieces) -> dict:
+        out, col = {}, 0
+        for role, lin in pieces:
+            out[role], col = col, col + lin.out_features
+        return out
+
+    xp, ap = offsets(parts.x_proj), offsets(parts.attn_proj)
+    plan.set_roles(xp.get("input", -1), xp.get("shared", -1), xp.get("q", -1), xp.get("k", -1), xp.get("v", -1),
+                   0 if parts.attn_source in (None, "input") else 1, ap.get("q", -1), ap.get("k", -1), ap.get("v", -1))
+    norms = [(0, parts.norms.get("input")), (1, parts.norms.get("shared")), (2, parts.norm_o), (3, parts.norm_out),
+             (4, parts.norm_ob)] + [(5 + j, norm) for j, (_, _, norm) in enumerate(parts.ffn)]
+    for index, norm in norms:
+        if norm is None:
+            continue
+        weight, bias = module_weight_and_bias(norm)
+        n = weight.numel()
+        gamma, beta = (_fp32_vector("NoNorm weight", t.detach().to(dtype), n) for t in (weight, bias))
+        plan.set_nonorm(index, gamma.data_ptr(), beta.data_ptr())
+        held += [gamma, beta]
+    plan.check()
+    return Snapshot.of(isa, ops, eps, plan, tuple(held))
+
+
 # layer -> its latest Snapshot; kept outside the module so deepcopy / pickling of a model never meet it.
 _SNAPSHOTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def snapshot(layer) -> Snapshot:
-    """The layer's current snapshot, rebuilt when any weight, bias, scale or LayerNorm parameter was
+    """The layer's current snapshot, rebuilt when any weight, bias, scale or norm parameter was
     replaced or changed in place, or the kernel path changed (the packs are then re-packed)."""
+    from .fused_mobilebert import FusedMobileBertLayer
+
     isa, ops = (_cpu.kernel_path(), layer.attention_dtype(_CPU)), layer.operand_tensors(cpu=True)
-    parts = layer.__dict__["parts"]
-    eps = (float(parts.ln1.eps), float(parts.ln2.eps))
+    eps = layer.norm_eps()
     snap = _SNAPSHOTS.get(layer)
     if snap is None or not snap.describes(isa, ops, eps):
-        snap = _SNAPSHOTS[layer] = _build(layer, isa, ops, eps)
+        build = _build_mobilebert if isinstance(layer, FusedMobileBertLayer) else _build
+        snap = _SNAPSHOTS[layer] = build(layer, isa, ops, eps)
     return snap
 
 

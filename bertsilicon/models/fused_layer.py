@@ -320,9 +320,13 @@ class FusedLayerBase(nn.Module):
     * :meth:`sync_prepared`: every prepared copy follows the model's parameters.
     * :meth:`backends_used`: which backend the public dispatch picks for each op of the layer.
 
-    A subclass sets ``num_heads``, ``head_dim``, ``scale`` and builds its GEMMs, then calls
-    :meth:`_track_prepared`; it implements ``forward_packed``, ``forward_padded``, ``operand_tensors``
-    and ``call_path``, and lists in ``NORM_OPS`` the public ops its normalisations call.
+    * :meth:`_one_call` / :meth:`call_path`: whether a call runs as one C++ call (:mod:`._cpu_layer` builds the
+      plan) or per op, and why.
+
+    A subclass sets ``hidden``, ``num_heads``, ``head_dim``, ``scale`` and builds its GEMMs, then calls
+    :meth:`_track_prepared`; it implements ``forward_packed``, ``forward_padded``, ``operand_tensors`` and
+    ``norm_eps``, lists in ``NORM_OPS`` the public ops its normalisations call, and may say in
+    ``_unserved_reason`` why the one-call plan refuses it.
     """
 
     NORM_OPS: tuple = ("add_layernorm",)
@@ -336,6 +340,7 @@ class FusedLayerBase(nn.Module):
         self.compute_dtype = compute_dtype
         self.backend = backend
         self.gemm_precision = dict(gemm_precision)
+        self.one_call = ONE_CALL  # see _one_call
 
     def _add_gemm(self, name: str, linears: tuple, smooth: Optional[dict] = None) -> None:
         """Register GEMM ``name`` in its precision (``gemm_precision[name]``): one ``nn.Linear``, or several
@@ -354,6 +359,56 @@ class FusedLayerBase(nn.Module):
                                   for lin in linears])
             gemm = PreparedLinear(weight, bias, p, smooth=factors, backend=self.backend, derived_from=tuple(linears))
         self.add_module(name, gemm)
+
+    def _one_call(self, x: torch.Tensor, stats: Optional[dict]):
+        """The layer's one-call snapshot when the cpu backend would serve every op of this call, else None:
+        the per-op path runs. Served: :meth:`PreparedLinear._cpu_gemm`'s conditions (CPU tensors, backend
+        None/"cpu", extension built, fp32/bf16 activations, not tracing; every GEMM of the layer shares them,
+        and the snapshot refuses GEMM precisions the cpu GEMMs do not take), x contiguous in the compute dtype
+        (so attention and the norms take their inputs as they come), no calibration ``stats``."""
+        if (not self.one_call or stats is not None or x.dtype != self.compute_dtype or not x.is_contiguous()
+                or self._modules[next(iter(self.gemm_precision))]._cpu_gemm(x) is None):
+            return None
+        snap = _one_call_module().snapshot(self)
+        return snap if snap.plan is not None else None
+
+    def call_path(self, device=None) -> str:
+        """How a call on ``device`` (default: where the layer's weights are) runs, without running it:
+        ``"one C++ call"`` or ``"per op (<why>)"``. The verdict is :meth:`_one_call`'s on a one-token probe in
+        the compute dtype (what every forward asks; it builds the one-call snapshot the first call would);
+        the reason names a condition of the module docstring that is not met."""
+        first = self._modules[next(iter(self.gemm_precision))]
+        device = torch.device(device) if device is not None else first.operands()[0].device
+        probe = torch.zeros(1, self.hidden, dtype=self.compute_dtype, device=device)
+        if self._one_call(probe, None) is not None:
+            return "one C++ call"
+        return f"per op ({self._per_op_reason(device)})"
+
+    def _per_op_reason(self, device: torch.device) -> str:
+        """Why :meth:`call_path` found the per-op path: what the layer is (backend, device, dtypes) before
+        the ``one_call`` switch, which alone would not make it one call."""
+        if device.type == "cuda" and self.backend in (None, "triton"):
+            return "CUDA: Triton per op"
+        if self.backend not in (None, "cpu"):
+            return f"backend={self.backend!r}"
+        if device.type != "cpu":
+            return f"{device.type} tensors"
+        if _cpu_gemm_module() is None:
+            return "C++ extension not built"
+        dtype = self.compute_dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            return f"{str(dtype).replace('torch.', '')} activations"
+        p = self.gemm_precision
+        if dtype != torch.float32 and "fp16" in p.values():
+            return "fp16 GEMMs need fp32 activations"
+        if not self.one_call:
+            return "layer.one_call = False"
+        return self._unserved_reason()
+
+    def _unserved_reason(self) -> str:
+        """Why the one-call plan refuses this layer when nothing else stands in the way."""
+        p = self.gemm_precision
+        return "GEMM mix " + ", ".join(f"{g}={v}" for g, v in p.items()) + " not served in one call"
 
     def _track_prepared(self) -> None:
         """Record the ``nn.Linear`` modules behind any prepared copy and their parameters as the copies were
@@ -437,7 +492,6 @@ class FusedEncoderLayer(FusedLayerBase):
         self.head_dim = self.hidden // self.num_heads
         self.scale = self.head_dim ** -0.5
         self.activation = parts.activation
-        self.one_call = ONE_CALL
         self.direct_launch = True  # the triton per-op path calls the launchers directly (see direct_triton)
         self.bf16_attention = True  # int8 layers on a CPU with AVX512_BF16: see attention_dtype
         self.__dict__["_direct_verdicts"] = {}  # (device, dtype) -> whether every op resolves to triton
@@ -505,50 +559,11 @@ class FusedEncoderLayer(FusedLayerBase):
             return _triton_layer_module().add_layernorm(x, residual, ln)
         return ops.add_layernorm(x, residual, ln.weight, ln.bias, ln.eps, backend=self.backend)
 
-    def _one_call(self, x: torch.Tensor, stats: Optional[dict]):
-        """The layer's one-call snapshot when the cpu backend would serve every op of this call, else None:
-        the per-op path runs. Served: :meth:`PreparedLinear._cpu_gemm`'s conditions (CPU tensors, backend
-        None/"cpu", extension built, fp32/bf16 activations, not tracing; the four GEMMs share them, and
-        the snapshot refuses GEMM precisions the cpu GEMMs do not take), x contiguous in the compute dtype
-        (so attention and add_layernorm take their inputs as they come), no calibration ``stats``."""
-        if (not self.one_call or stats is not None or x.dtype != self.compute_dtype or not x.is_contiguous()
-                or self._modules["qkv"]._cpu_gemm(x) is None):
-            return None
-        snap = _one_call_module().snapshot(self)
-        return snap if snap.plan is not None else None
-
-    def call_path(self, device=None) -> str:
-        """How a call on ``device`` (default: where the layer's weights are) runs, without running it:
-        ``"one C++ call"`` or ``"per op (<why>)"``. The verdict is :meth:`_one_call`'s on a one-token probe in
-        the compute dtype (what every forward asks; it builds the one-call snapshot the first call would);
-        the reason names a condition of the module docstring that is not met."""
+    def norm_eps(self) -> tuple:
+        """The LayerNorms' eps, (ln1, ln2): part of what the one-call plan was built from."""
         parts = self.__dict__["parts"]
-        device = torch.device(device) if device is not None else parts.ln1.weight.device
-        probe = torch.zeros(1, self.hidden, dtype=self.compute_dtype, device=device)
-        if self._one_call(probe, None) is not None:
-            return "one C++ call"
-        return f"per op ({self._per_op_reason(device)})"
+        return float(parts.ln1.eps), float(parts.ln2.eps)
 
-    def _per_op_reason(self, device: torch.device) -> str:
-        """Why :meth:`call_path` found the per-op path: what the layer is (backend, device, dtypes) before
-        the ``one_call`` switch, which alone would not make it one call."""
-        if device.type == "cuda" and self.backend in (None, "triton"):
-            return "CUDA: Triton per op"
-        if self.backend not in (None, "cpu"):
-            return f"backend={self.backend!r}"
-        if device.type != "cpu":
-            return f"{device.type} tensors"
-        if _cpu_gemm_module() is None:
-            return "C++ extension not built"
-        dtype = self.compute_dtype
-        if dtype not in (torch.float32, torch.bfloat16):
-            return f"{str(dtype).replace('torch.', '')} activations"
-        p = self.gemm_precision
-        if dtype != torch.float32 and "fp16" in p.values():
-            return "fp16 GEMMs need fp32 activations"
-        if not self.one_call:
-            return "layer.one_call = False"
-        return "GEMM mix " + ", ".join(f"{g}={p[g]}" for g in GEMMS) + " not served in one call"
 
     def _block(self, x, attend, stats: Optional[dict] = None, direct: bool = False):
         """The layer on tokens ``x [..., H]`` with ``attend(qkv) -> ctx [..., H]``; ``stats`` (calibration)
