@@ -146,6 +146,15 @@ def test_position_limit_follows_pad_token_id():
             m(input_ids=ids)
 
 
+@pytest.mark.parametrize("vocab_size", [30522, 1000])  # the built-in tokenizer's texts / random ids
+def test_calibration_fits_a_short_position_table(vocab_size):
+    """The calibration batch is cut to the adapter's limit (40 - 1 - 1 = 38 tokens), not to
+    max_position_embeddings: one token more and HF's own embeddings index past the table."""
+    m = bertsilicon.optimize(_build("RobertaModel", max_position_embeddings=40, vocab_size=vocab_size), "fp32")
+    report = m.bertsilicon_report
+    assert report.replaced == [0, 1] and report.end_to_end["rel_error"] <= 1e-5
+
+
 @pytest.mark.parametrize("overrides,cls_name,match", [
     (dict(is_decoder=True), "RobertaForCausalLM", "decoder"),
     (dict(is_decoder=True, add_cross_attention=True), "XLMRobertaForCausalLM", "cross-attention"),

@@ -621,8 +621,10 @@ def _inner_model(model: nn.Module) -> Optional[nn.Module]:
     return top[0] if len(top) == 1 else None
 
 
-def _calibration_batch(config, calibration, tokenizer, device):
-    """``(input_ids, attention_mask, description)`` for the optimize-time measurements."""
+def _calibration_batch(config, calibration, tokenizer, device, max_positions: Optional[int]):
+    """``(input_ids, attention_mask, description)`` for the optimize-time measurements; texts are truncated to
+    ``max_positions`` tokens (the adapter's limit: RoBERTa-style tables hold 2 rows fewer) and 128."""
+    max_len = min(CALIBRATION_MAX_LENGTH, max_positions or CALIBRATION_MAX_LENGTH)
     if isinstance(calibration, Mapping):
         ids = calibration["input_ids"]
         mask = calibration.get("attention_mask")
@@ -646,12 +648,12 @@ def _calibration_batch(config, calibration, tokenizer, device):
             if calibration is not None:
                 raise ValueError(f"calibration texts need tokenizer=...: the model's vocabulary ({config.vocab_size}) "
                                  "is not the built-in uncased WordPiece (30522)")
-            g = torch.Generator().manual_seed(0)
-            ids = torch.randint(min(1000, config.vocab_size // 2), config.vocab_size, (8, 64), generator=g)
-            mask = (torch.arange(64)[None] < torch.tensor([64, 50, 33, 17, 64, 9, 40, 2])[:, None]).long()
+            g, L = torch.Generator().manual_seed(0), min(64, max_len)
+            ids = torch.randint(min(1000, config.vocab_size // 2), config.vocab_size, (8, L), generator=g)
+            lengths = torch.tensor([64, 50, 33, 17, 64, 9, 40, 2]).clamp(max=L)
+            mask = (torch.arange(L)[None] < lengths[:, None]).long()
             return ids.to(device), mask.to(device), "random token ids (vocabulary is not the built-in one)"
         tokenizer = load_tokenizer()
-    max_len = min(CALIBRATION_MAX_LENGTH, getattr(config, "max_position_embeddings", CALIBRATION_MAX_LENGTH))
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), f"{len(texts)} {what}"
 
@@ -855,7 +857,8 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
     was_training = base.training
     base.eval()
     try:
-        ids, mask, report.calibration = _calibration_batch(config, calibration, tokenizer, device)
+        ids, mask, report.calibration = _calibration_batch(config, calibration, tokenizer, device,
+                                                                 adapter.max_positions(config))
         inputs, outputs, final_ref = _capture_layers(base, encoder.layer, ids, mask)
         real = mask.bool()
         fused = []
