@@ -191,6 +191,10 @@ def test_bad_input():
     too_long = torch.randint(1000, 2000, (1, 129))
     with pytest.raises(ValueError, match="max_position_embeddings=128"):
         m(input_ids=too_long)
+    with pytest.raises(ValueError, match="max_position_embeddings=128"):
+        m(too_long)  # positional: bound to forward's parameters
+    with pytest.raises(TypeError, match="input_ids must hold integer token ids"):
+        m(too_long[:, :10].float(), None)
     with pytest.raises(TypeError, match="input_ids must hold integer token ids"):
         m(input_ids=too_long[:, :10].float())
     with pytest.raises(ValueError, match="attention_mask has length"):

@@ -715,10 +715,13 @@ def _validate_inputs_hook(max_positions: Optional[int], limit: Optional[str] = N
     """Forward pre-hook checking the inputs; ``limit``: how ``max_positions`` follows from the config (the error
     says it)."""
     def hook(module, args, kwargs):
-        try:
-            bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
-        except TypeError:
-            return None  # let the model raise its own error
+        if args:  # positional inputs: bind them to forward's parameter names (~50 us; keyword calls skip it)
+            try:
+                bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+            except TypeError:
+                return None  # let the model raise its own error
+        else:
+            bound = kwargs
         ids, embeds, mask = bound.get("input_ids"), bound.get("inputs_embeds"), bound.get("attention_mask")
         length = None
         if ids is not None:
