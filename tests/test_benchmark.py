@@ -293,7 +293,12 @@ def test_busy_machine_is_flagged_and_tag_names_the_files(tiny_run):
     cores = result["machine"]["cpu"]["usable_cores"]
     result["machine"].update(load_average_start=[0.1, 0.1, 0.1], load_average_end=[cores - 0.5, 0.1, 0.1])
     assert not any("busy" in line for line in report.machine_lines(result))
-    result["machine"]["load_average_end"] = [cores + 3.0, 0.1, 0.1]
+    own = result["machine"]["threads"]
+    result["machine"]["load_average_end"] = [cores + own - 0.5, 0.1, 0.1]  # the run's own threads are not "busy"
+    assert not any("busy" in line for line in report.machine_lines(result))
+    result["machine"]["load_average_end"] = [cores + own + 3.0, 0.1, 0.1]
+    assert any("Warning: the machine was busy" in line for line in report.machine_lines(result))
+    result["machine"].update(load_average_start=[cores + 1.0, 0.1, 0.1], load_average_end=[0.1, 0.1, 0.1])
     assert any("Warning: the machine was busy" in line for line in report.machine_lines(result))
     assert report.stem(result) == "e2e" and report.stem(dict(result, quick=True, tag="1thread")) == "e2e-quick-1thread"
     with pytest.raises(ValueError, match="tag"):

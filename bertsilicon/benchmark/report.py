@@ -43,9 +43,12 @@ def stem(result) -> str:
 # Markdown                                                                                           #
 # ------------------------------------------------------------------------------------------------ #
 def busy_load(result) -> Optional[float]:
-    """The highest 1-minute load average recorded at start/end when it exceeded the usable cores, else None."""
+    """The load other processes put on the machine, when it exceeded the usable cores, else None: the 1-minute
+    load average at the start, and at the end less the run's own threads (read while the run still runs, the
+    end reading counts its ``threads`` busy workers: a quiet 2-core machine running 2 threads reads ~2)."""
     m = result["machine"]
-    loads = [x[0] for x in (m.get("load_average_start"), m.get("load_average_end")) if x]
+    own = m.get("threads") or 0
+    loads = [x[0] - sub for x, sub in ((m.get("load_average_start"), 0), (m.get("load_average_end"), own)) if x]
     return max(loads) if loads and max(loads) > m["cpu"]["usable_cores"] else None
 
 
