@@ -22,8 +22,8 @@ only move inputs around: ``use_bottleneck_attention`` gives q, k and v all from 
 ``use_bottleneck``: no bottlenecks, q, k, v from x and the attention residual is x.
 
 GEMMs per token (released shapes, H = F = 512, h = 128, k = 4): x_proj 3 x 128 x 512, attn_proj 2 x 128 x 128,
-o 128^2, four FFNs 2 x 512 x 128 each, out_bottleneck 512 x 128: 0.77 M multiply-adds a token (plus
-4 L h of attention), ~2.6x fewer than a BERT-base layer's 7.1 M, in 13 GEMMs instead of 4: the layer is
+o 128^2, four FFNs 2 x 512 x 128 each, out_bottleneck 512 x 128: 0.84 M multiply-adds a token (plus
+4 L h of attention), ~8.5x fewer than a BERT-base layer's 7.1 M, in 12 GEMMs instead of 4: the layer is
 thin, so every GEMM reads x or its predecessor's output once and the projections that read the same input are
 one GEMM. Each GEMM has its own precision, as in :class:`~bertsilicon.models.fused_layer.FusedEncoderLayer`
 (:class:`~bertsilicon.models.fused_layer.PreparedLinear`: prepared once, following the model's parameters),
