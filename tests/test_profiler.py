@@ -36,9 +36,14 @@ def _layer_prefix(model):
 
 
 def _odd_configs():
-    from transformers import BertConfig, DistilBertConfig, MobileBertConfig
+    from transformers import BertConfig, DistilBertConfig, ElectraConfig, MobileBertConfig, RobertaConfig
 
     return [
+        ("electra-small-like (embeddings 32 -> 64, no pooler)", ElectraConfig(
+            vocab_size=700, embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=96, max_position_embeddings=80), 2, 23),
+        ("roberta odd", RobertaConfig(vocab_size=800, hidden_size=78, num_hidden_layers=2, num_attention_heads=3,
+                                      intermediate_size=100, max_position_embeddings=90), 1, 41),
         ("tinybert4", bs.student_config("tinybert4"), 1, 128),
         ("minilm-l6", bs.student_config("minilm-l6"), 2, 77),
         ("distilbert", bs.student_config("distilbert"), 1, 128),

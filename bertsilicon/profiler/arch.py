@@ -22,6 +22,7 @@ class Arch:
     max_positions: int
     type_vocab: int             # 0: no token-type table (DistilBERT)
     embedding_size: int         # word-embedding width (MobileBERT 128; else = hidden)
+    embedding_project: bool = False  # ELECTRA-small: every embedding table and the LayerNorm E wide, then dense E -> H
     trigram: bool = False       # MobileBERT trigram input: concat of 3 shifted embeddings -> dense
     true_hidden: int = 0        # width inside the layer (MobileBERT bottleneck); 0 -> hidden
     bottleneck: bool = False    # MobileBERT input/output bottlenecks
@@ -46,6 +47,8 @@ class Arch:
         s = f"L{self.layers} H{self.hidden} A{self.heads} F{self.intermediate} (head dim {self.head_dim})"
         if self.family == "mobilebert":
             s += f", bottleneck {self.inner}, {self.num_ffn} FFNs, embedding {self.embedding_size}"
+        elif self.embedding_project:
+            s += f", embeddings {self.embedding_size} -> {self.hidden}"
         return s
 
     def to_dict(self) -> dict:
@@ -79,7 +82,8 @@ def validate(a: Arch) -> Arch:
 def arch_from_config(config, pooler: Optional[bool] = None, name: str = "") -> Arch:
     """The :class:`Arch` of a ``BertConfig`` / ``DistilBertConfig`` / ``MobileBertConfig`` (or any config
     with the same fields and ``model_type``). ``pooler``: whether the model has a pooler (default: the
-    base model's — BERT/MobileBERT yes, DistilBERT no)."""
+    base model's — BERT/MobileBERT yes, DistilBERT and ELECTRA no). RoBERTa, XLM-R, CamemBERT and ELECTRA count
+    as BERT (the same layers; ELECTRA-small's embeddings are narrower, then projected: ``embedding_project``)."""
     mt = getattr(config, "model_type", None)
     name = name or getattr(config, "name_or_path", "") or mt or ""
     if mt == "distilbert":
@@ -100,12 +104,15 @@ def arch_from_config(config, pooler: Optional[bool] = None, name: str = "") -> A
     elif mt in ("bert", "roberta", "xlm-roberta", "electra", "ernie", "camembert") or (
             mt is None and hasattr(config, "num_hidden_layers")):
         emb = getattr(config, "embedding_size", None) or config.hidden_size
-        if emb != config.hidden_size:
+        project = emb != config.hidden_size
+        if project and mt != "electra":
             raise ValueError(f"config model_type {mt!r} with embedding_size != hidden_size is not supported")
+        # ELECTRA's base model has no pooler (its heads pool themselves)
+        has_pooler = mt != "electra" if pooler is None else bool(pooler)
         a = Arch("bert", config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
                  config.intermediate_size, config.vocab_size, config.max_position_embeddings,
-                 getattr(config, "type_vocab_size", 2), config.hidden_size, act=str(config.hidden_act),
-                 pooler=True if pooler is None else bool(pooler), name=name)
+                 getattr(config, "type_vocab_size", 2), emb, embedding_project=project, act=str(config.hidden_act),
+                 pooler=has_pooler, name=name)
     else:
         raise ValueError(f"config: unsupported model_type {mt!r}; expected a BertConfig, DistilBertConfig or "
                          "MobileBertConfig (or a student name from bertsilicon.STUDENTS)")

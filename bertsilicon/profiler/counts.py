@@ -112,11 +112,17 @@ def _act(layer, tokens, width, act, fused) -> Op:
 def _embeddings(a: Arch, T: int, fused: bool) -> List[Op]:
     tables = 3 if a.type_vocab else 2
     H, E = a.hidden, a.embedding_size
-    params = a.vocab * E + a.max_positions * H + a.type_vocab * H + 2 * H
+    # W: width of the position / token-type tables, their adds and the norm. ELECTRA-small: all E wide, then a
+    # dense E -> H (embeddings_project); MobileBERT: only the word table is E wide, (trigram concat ->) dense to H
+    # before the adds.
+    W = E if a.embedding_project else H
+    params = a.vocab * E + a.max_positions * W + a.type_vocab * W + 2 * W
     norm = "nonorm" if a.norm == "nonorm" else "layernorm"
-    table_read = T * E + (tables - 1) * T * H
+    table_read = T * E + (tables - 1) * T * W
     out = []
-    if a.trigram or E != H:  # MobileBERT: word table E wide -> (trigram concat) -> dense to H
+    if a.embedding_project:
+        out.append(_gemm("embeddings", "embeddings project", T, E, H))
+    elif a.trigram or E != H:
         k = 3 * E if a.trigram else E
         emb_t = _gemm("embeddings", "embedding transformation", T, k, H)
         if not fused:
@@ -127,15 +133,15 @@ def _embeddings(a: Arch, T: int, fused: bool) -> List[Op]:
     elif a.family == "mobilebert":  # HF builds embedding_transformation even when forward skips it
         params += (3 * E if a.trigram else E) * H + H
     adds = tables - 1
-    ew = T * H * (adds * FLOPS_PER_ELEMENT["add"] + FLOPS_PER_ELEMENT[norm])
+    ew = T * W * (adds * FLOPS_PER_ELEMENT["add"] + FLOPS_PER_ELEMENT[norm])
     if fused:
-        act_in, act_out, kernels = 0, T * H, 1
+        act_in, act_out, kernels = 0, T * W, 1
     else:  # gathers write their rows; each add reads 2 writes 1; norm reads 1 writes 1
-        act_in = T * H * (2 * adds + 1)
-        act_out = T * (E + (tables - 1) * H) + T * H * (adds + 1)
+        act_in = T * W * (2 * adds + 1)
+        act_out = T * (E + (tables - 1) * W) + T * W * (adds + 1)
         kernels = tables + adds + 1
     gather = Op("embeddings", "embeddings (gather + add + norm)", GATHER, other_flops=ew, params=params,
-                vector_param_elems=2 * H, table_elems_read=table_read, act_in_elems=act_in, act_out_elems=act_out,
+                vector_param_elems=2 * W, table_elems_read=table_read, act_in_elems=act_in, act_out_elems=act_out,
                 kernels=kernels, tokens=T)
     return [gather, *out]
 
