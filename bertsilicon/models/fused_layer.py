@@ -372,6 +372,23 @@ class FusedLayerBase(nn.Module):
         snap = _one_call_module().snapshot(self)
         return snap if snap.plan is not None else None
 
+    def _synced_one_call_packed(self, x, cu_seqlens, max_seqlen, stats, offsets_checked) -> Optional[torch.Tensor]:
+        """What both forwards do first: bring the prepared copies up to date (:meth:`sync_prepared`; not while
+        torch.compile traces), then run the call as one C++ call where that serves it. The output, or None (the
+        per-op path runs)."""
+        if not torch.compiler.is_compiling():
+            self.sync_prepared()
+        snap = self._one_call(x, stats)
+        return None if snap is None else _one_call_module().forward_packed(self, snap, x, cu_seqlens, max_seqlen,
+                                                                            offsets_checked)
+
+    def _synced_one_call_padded(self, x, key_mask, stats) -> Optional[torch.Tensor]:
+        """:meth:`_synced_one_call_packed` for ``forward_padded``."""
+        if not torch.compiler.is_compiling():
+            self.sync_prepared()
+        snap = self._one_call(x, stats)
+        return None if snap is None else _one_call_module().forward_padded(self, snap, x, key_mask)
+
     def call_path(self, device=None) -> str:
         """How a call on ``device`` (default: where the layer's weights are) runs, without running it:
         ``"one C++ call"`` or ``"per op (<why>)"``. The verdict is :meth:`_one_call`'s on a one-token probe in
@@ -591,11 +608,9 @@ class FusedEncoderLayer(FusedLayerBase):
         ``[B + 1]``); attention via ``ops.attention_varlen``. Returns ``[T, H]``. ``offsets_checked=True``: the
         caller built ``cu_seqlens`` from a key mask (or ran ``ops.check_cu_seqlens``), so it is not read on the
         host again: on CUDA that read is a device sync per layer."""
-        if not torch.compiler.is_compiling():
-            self.sync_prepared()
-        snap = self._one_call(x, stats)
-        if snap is not None:
-            return _one_call_module().forward_packed(self, snap, x, cu_seqlens, max_seqlen, offsets_checked)
+        out = self._synced_one_call_packed(x, cu_seqlens, max_seqlen, stats, offsets_checked)
+        if out is not None:
+            return out
         n, d = self.num_heads, self.head_dim
         direct = self.direct_triton(x) and offsets_checked  # the direct path never reads the offsets
         att = self.attention_dtype(x.device)
@@ -616,11 +631,9 @@ class FusedEncoderLayer(FusedLayerBase):
                        stats: Optional[dict] = None) -> torch.Tensor:
         """Padded: ``x [B, L, H]``, ``key_mask [B, L]`` (1 = real token) or None; padded query positions
         are computed as Hugging Face computes them (they attend to the real keys). Returns ``[B, L, H]``."""
-        if not torch.compiler.is_compiling():
-            self.sync_prepared()
-        snap = self._one_call(x, stats)
-        if snap is not None:
-            return _one_call_module().forward_padded(self, snap, x, key_mask)
+        out = self._synced_one_call_padded(x, key_mask, stats)
+        if out is not None:
+            return out
         n, d = self.num_heads, self.head_dim
         direct = self.direct_triton(x) and (key_mask is None or self._mask_ok(key_mask, x))
         att = self.attention_dtype(x.device)

@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import ops, quant
-from .fused_layer import FusedLayerBase, _one_call_module, module_weight_and_bias
+from .fused_layer import FusedLayerBase, module_weight_and_bias
 
 
 @dataclass
@@ -196,11 +196,9 @@ class FusedMobileBertLayer(FusedLayerBase):
                        stats: Optional[dict] = None, *, offsets_checked: bool = False) -> torch.Tensor:
         """Padding-free: ``x [T, H]`` real tokens of B sequences back to back (``cu_seqlens`` int32
         ``[B + 1]``); attention via ``ops.attention_varlen``. Returns ``[T, H]``."""
-        if not torch.compiler.is_compiling():
-            self.sync_prepared()
-        snap = self._one_call(x, stats)
-        if snap is not None:
-            return _one_call_module().forward_packed(self, snap, x, cu_seqlens, max_seqlen, offsets_checked)
+        out = self._synced_one_call_packed(x, cu_seqlens, max_seqlen, stats, offsets_checked)
+        if out is not None:
+            return out
         n, d = self.num_heads, self.head_dim
 
         def attend(q, k, v):
@@ -215,11 +213,9 @@ class FusedMobileBertLayer(FusedLayerBase):
                        stats: Optional[dict] = None) -> torch.Tensor:
         """Padded: ``x [B, L, H]``, ``key_mask [B, L]`` (1 = real token) or None; padded query positions are
         computed as Hugging Face computes them. Returns ``[B, L, H]``."""
-        if not torch.compiler.is_compiling():
-            self.sync_prepared()
-        snap = self._one_call(x, stats)
-        if snap is not None:
-            return _one_call_module().forward_padded(self, snap, x, key_mask)
+        out = self._synced_one_call_padded(x, key_mask, stats)
+        if out is not None:
+            return out
         n, d = self.num_heads, self.head_dim
 
         def attend(q, k, v):
