@@ -100,6 +100,7 @@ void bind_encoder_layer(py::module_& m) {
       .def("check", [](const Plan& p) { bs::check_encoder_layer_plan(p); },
            "Raise ValueError if the plan is inconsistent (what every call checks first).");
 
+  m.attr("MOBILEBERT_MAX_STACKED_FFNS") = bs::kMaxStackedFfns;  // more: the layer runs per op
   using MPlan = bs::MobileBertLayerPlan;
   py::class_<MPlan>(m, "MobileBertLayerPlan",
                     "One MobileBERT layer's GEMM packs, NoNorm parameters, roles and shapes, for encoder_layer_*.")

@@ -137,6 +137,24 @@ def test_one_cpp_call_equals_the_per_op_path_on_every_kernel_path(isa, case):
         assert torch.equal(one_call, m(**inputs).last_hidden_state)
 
 
+def test_more_ffns_than_the_plan_takes_run_per_op():
+    if not _cpu_built():
+        pytest.skip("C++ extension not built")
+    from bertsilicon import _C
+
+    n = _C.MOBILEBERT_MAX_STACKED_FFNS + 2
+    shapes = dict(num_hidden_layers=1, hidden_size=32, intra_bottleneck_size=16, num_attention_heads=2,
+                  intermediate_size=24, embedding_size=16, num_feedforward_networks=n)
+    m = _build(shapes=shapes)
+    ref = copy.deepcopy(m)
+    bertsilicon.optimize(m, "fp32")
+    assert m.bertsilicon_report.layers[0].call == f"per op ({n} FFNs: the one-call plan takes up to {n - 1})"
+    inputs = _inputs(seed=16)
+    with torch.no_grad():
+        got, want = m(**inputs).last_hidden_state, ref(**inputs).last_hidden_state
+    assert _rel(got, want, inputs["attention_mask"].bool()) <= 1e-5
+
+
 def test_one_cpp_call_follows_weight_changes_and_refuses_a_bad_plan():
     from bertsilicon import _C
 

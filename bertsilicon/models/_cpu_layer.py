@@ -167,7 +167,7 @@ def _build_mobilebert(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
     and the column offsets of each role in the concatenated GEMM outputs. NoNorm's gamma and beta go in as fp32
     holding the compute dtype's values (what the per-op path multiplies by). LayerNorm configs are not served."""
     parts, dtype = layer.__dict__["parts"], layer.compute_dtype
-    if dtype not in _DTYPE or not parts.no_norm:
+    if dtype not in _DTYPE or not parts.no_norm or len(parts.ffn) > _C.MOBILEBERT_MAX_STACKED_FFNS:
         return Snapshot.of(isa, ops, eps)
     h, F = layer.num_heads * layer.head_dim, parts.up.out_features
     plan = _C.MobileBertLayerPlan(_DTYPE[dtype], layer.hidden, layer.num_heads, layer.head_dim, F,

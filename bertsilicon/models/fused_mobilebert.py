@@ -144,8 +144,13 @@ class FusedMobileBertLayer(FusedLayerBase):
         return ()
 
     def _unserved_reason(self) -> str:
-        if not self.__dict__["parts"].no_norm:
+        parts = self.__dict__["parts"]
+        if not parts.no_norm:
             return "normalization_type='layer_norm': the one-call plan runs NoNorm"
+        from .. import _C
+
+        if len(parts.ffn) > _C.MOBILEBERT_MAX_STACKED_FFNS:
+            return f"{len(parts.ffn) + 1} FFNs: the one-call plan takes up to {_C.MOBILEBERT_MAX_STACKED_FFNS + 1}"
         return super()._unserved_reason()
 
     # ------------------------------------------------------------------------------------------ #
