@@ -325,3 +325,21 @@ def test_triton_backend_follows_the_tolerance_rule(triton_device, precision, dty
     real = inputs["attention_mask"].bool()
     assert_numerics(out[real].cpu(), ref64[real].cpu(), hf_half[real].cpu(), f"MobileBERT triton {precision}")
 
+
+
+def test_hidden_states_and_attentions():
+    """output_hidden_states: every layer's output from the fused layers (as HF's within 1e-5);
+    output_attentions: the call runs the original layers, counted in the report."""
+    m = _build()
+    ref = copy.deepcopy(m)
+    bertsilicon.optimize(m, "fp32")
+    inputs = _inputs(seed=17)
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        got, want = m(**inputs, output_hidden_states=True), ref(**inputs, output_hidden_states=True)
+        assert len(got.hidden_states) == len(want.hidden_states) == SMALL["num_hidden_layers"] + 1
+        for g, w in zip(got.hidden_states, want.hidden_states):
+            assert _rel(g, w, real) <= 1e-5
+        assert torch.equal(m(**inputs, output_attentions=True).last_hidden_state,
+                           ref(**inputs, output_attentions=True).last_hidden_state)
+    assert m.bertsilicon_report.runtime_fallbacks["output_attentions requested"] == 1
