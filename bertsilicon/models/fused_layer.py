@@ -453,6 +453,10 @@ class FusedLayerBase(nn.Module):
         """The dtype attention runs in for a call on ``device``: the compute dtype."""
         return self.compute_dtype
 
+    def _probe_layernorm(self) -> nn.LayerNorm:
+        """A LayerNorm the layer runs through ``ops.add_layernorm`` (for :meth:`backends_used`)."""
+        return self.__dict__["parts"].ln1
+
     def backends_used(self, x: torch.Tensor) -> dict:
         """Which backend the public dispatch picks for each op of this layer on activations like
         ``x [T, H]`` (a few tokens are enough: no check depends on their number), with the layer's own
@@ -466,9 +470,10 @@ class FusedLayerBase(nn.Module):
         cu = torch.tensor([0, t], dtype=torch.int32, device=x.device)
         used = {"attention_varlen": ops.which_backend("attention_varlen", q, q, q, cu, t, None, backend=backend),
                 "attention": ops.which_backend("attention", q4, q4, q4, None, None, backend=backend)}
-        if "add_layernorm" in self.NORM_OPS:
-            w = x.new_ones(x.shape[-1])
-            used["add_layernorm"] = ops.which_backend("add_layernorm", x, x, w, w, 1e-12, backend=backend)
+        if "add_layernorm" in self.NORM_OPS:  # asked with a LayerNorm of the layer: its own weight dtype and device
+            ln = self._probe_layernorm()
+            y = x.new_ones(x.shape[0], ln.weight.shape[0])
+            used["add_layernorm"] = ops.which_backend("add_layernorm", y, y, ln.weight, ln.bias, ln.eps, backend=backend)
         for name in self.gemm_precision:
             g = self._modules[name]
             xi = x.new_ones(t, g.in_features)

@@ -139,6 +139,9 @@ class FusedMobileBertLayer(FusedLayerBase):
             out += module_weight_and_bias(norm)
         return tuple(out)
 
+    def _probe_layernorm(self) -> nn.Module:
+        return self.__dict__["parts"].norm_o
+
     def norm_eps(self) -> tuple:
         """NoNorm has no eps (LayerNorm configs run per op): nothing to add to the one-call plan's key."""
         return ()
