@@ -11,7 +11,7 @@ import transformers
 import bertsilicon
 from bertsilicon.models.fused_mobilebert import FusedMobileBertLayer
 from bertsilicon.models.optimize import supported_classes
-from cpu_isa import cpu_isas, isa  # noqa: F401  (the isa fixture)
+from cpu_isa import cpu_available, cpu_isas, isa  # noqa: F401  (the isa fixture)
 from hf_parity import assert_fp32_head_matches_hf, draw_norms_and_biases
 from numerics import assert_numerics, ragged_mask
 from test_optimize_graphs import captures  # noqa: F401  (the graph path's CPU stand-in for a capture)
@@ -86,15 +86,9 @@ def test_every_layer_variant_fp32(variant, unpad):
     names = tuple(layer.gemm_precision)
     assert names == FusedMobileBertLayer.gemm_names(layer.__dict__["parts"]) and names[0] == "x_proj"
     call = m.bertsilicon_report.layers[0].call
-    if _cpu_built():
+    if cpu_available():
         assert call == ("per op (normalization_type='layer_norm': the one-call plan runs NoNorm)"
                         if variant == "layer_norm" else "one C++ call")
-
-
-def _cpu_built() -> bool:
-    from bertsilicon.ops import _dispatch
-
-    return _dispatch._load("cpu") is None
 
 
 ONE_CALL_CASES = {  # precision -> optimize kwargs (int8 with a budget that moves some GEMMs to bf16 / fp32)
@@ -107,7 +101,7 @@ ONE_CALL_CASES = {  # precision -> optimize kwargs (int8 with a budget that move
 def test_one_cpp_call_equals_the_per_op_path(variant, case, unpad):
     """The whole layer as one C++ call (MobileBertLayerPlan) gives the per-op path's bits: same GEMM kernels and
     packs, attention on the same q, k, v, NoNorm rounded step by step as torch's in-place ops."""
-    if not _cpu_built():
+    if not cpu_available():
         pytest.skip("C++ extension not built")
     precision = case.split("-")[0]
     m = bertsilicon.optimize(_build(**VARIANTS[variant]), precision, unpad=unpad, calibration=_inputs(seed=99),
@@ -138,7 +132,7 @@ def test_one_cpp_call_equals_the_per_op_path_on_every_kernel_path(isa, case):
 
 
 def test_more_ffns_than_the_plan_takes_run_per_op():
-    if not _cpu_built():
+    if not cpu_available():
         pytest.skip("C++ extension not built")
     from bertsilicon import _C
 

@@ -36,6 +36,7 @@ from ..ops import _cpu, _cpu_gemm
 from ..ops import _validate as V
 from ..ops._cpu import round_format_args, threads
 from .fused_layer import module_weight_and_bias
+from .fused_mobilebert import FusedMobileBertLayer
 
 _DTYPE = {torch.float32: 0, torch.bfloat16: 1}  # bs::DType
 _CPU = torch.device("cpu")
@@ -209,8 +210,6 @@ _SNAPSHOTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def snapshot(layer) -> Snapshot:
     """The layer's current snapshot, rebuilt when any weight, bias, scale or norm parameter was
     replaced or changed in place, or the kernel path changed (the packs are then re-packed)."""
-    from .fused_mobilebert import FusedMobileBertLayer
-
     isa, ops = (_cpu.kernel_path(), layer.attention_dtype(_CPU)), layer.operand_tensors(cpu=True)
     eps = layer.norm_eps()
     snap = _SNAPSHOTS.get(layer)
