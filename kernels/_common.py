@@ -5,8 +5,11 @@ Autotuning rule (issue 4): every autotuned kernel is keyed on a *bucketed* token
 (:func:`token_bucket`, the next power of two) instead of the exact length, and its length arguments are
 ``do_not_specialize``, so a new sequence length neither re-tunes nor recompiles. Config lists come from
 :func:`hardware_class`: ``"hopper"`` (compute capability 9.x and newer), ``"ampere"`` (8.x: A100 class),
-``"turing"`` (7.x: T4 class, 64 KB shared memory) and ``"interpreter"`` (``TRITON_INTERPRET=1``: one
-small config, no tuning, so CI is fast).
+``"turing"`` (7.x: T4 class, 64 KB shared memory; triton has no matrix-unit dots there,
+:func:`matrix_unit_dots`) and ``"interpreter"`` (``TRITON_INTERPRET=1``: one small config, no tuning, so
+CI is fast). The lists are checked against the SASS each config compiles to (``python -m bench.gpu_sass
+--arch 90|80|75``, bench/results/sass_sm*.md) and leave out configs that spill, except Hopper's 128x256
+GEMM tile (55-211 LDL/STL, in its GELU epilogue).
 
 Autotuning switch: ``BERTSILICON_AUTOTUNE=on | off`` (default ``on``), read once when the kernels are
 imported (set it before anything imports ``bertsilicon.kernels``). ``off`` gives every autotuned kernel only
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -97,13 +101,24 @@ def fp32_dot_precision() -> str:
         return "tf32" if torch.backends.cuda.matmul.fp32_precision == "tf32" else "ieee"
 
 
-def fma_dots(dtype: torch.dtype, dot_precision: str) -> bool:
+def matrix_unit_dots(kind: Optional[str] = None) -> bool:
+    """Whether triton lowers ``tl.dot`` on fp16 / bf16 / tf32 / int8 operands to the matrix units on GPU class
+    ``kind`` (default: this machine's, :func:`hardware_class`). Not on ``"turing"`` (compute capability 7.x: T4):
+    triton 3.6 and 3.9 compile fp16 and bf16 dots for sm_75 to FFMA (no HMMA in the SASS) and fail to compile
+    int8 dots at all (bench/results/sass_sm75.md); their mma lowering starts at Ampere. There the GEMM launcher
+    hands the product to cuBLAS (kernels/gemm.py) and attention runs its FMA configs. The interpreter counts
+    as having them: it runs the kernels the GPUs with matrix units run."""
+    return (kind or hardware_class()) != "turing"
+
+
+def fma_dots(dtype: torch.dtype, dot_precision: str, kind: Optional[str] = None) -> bool:
     """Whether ``tl.dot`` runs on the FMA units rather than the matrix units: fp32 operands with
-    ``input_precision="ieee"`` (the GPU default: torch's TF32 flag is off). Such kernels get their own
-    autotuning configs (``fma=True`` in the kernels' ``_configs``): the FMA dot keeps a whole BLOCK_K
-    slice of both operands per thread, so the matrix-unit tiles (BLOCK_K 64, 128-row attention tiles)
-    spill thousands of LDL/STL on sm_90 (worst with triton 3.6; bench/results/sass_sm90.md)."""
-    return dtype == torch.float32 and dot_precision == "ieee"
+    ``input_precision="ieee"`` (the GPU default: torch's TF32 flag is off), and every dot on a GPU class
+    without matrix-unit dots (:func:`matrix_unit_dots`: Turing). Such kernels get their own autotuning
+    configs (``fma=True`` in the kernels' ``_configs``): the FMA dot keeps a whole BLOCK_K slice of both
+    operands per thread, so the matrix-unit tiles (BLOCK_K 64, 128-row attention tiles) spill thousands of
+    LDL/STL on sm_90 (worst with triton 3.6; bench/results/sass_sm90.md) and sm_75 (sass_sm75.md)."""
+    return (dtype == torch.float32 and dot_precision == "ieee") or not matrix_unit_dots(kind)
 
 
 @triton.jit

@@ -35,28 +35,31 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (autotune_configs, cdiv, fma_dots, fp32_dot_precision, hardware_class, mma, next_pow2, token_bucket,
-                      upcast_bf16_dots)
+from ._common import (autotune_configs, cdiv, fma_dots, fp32_dot_precision, hardware_class, matrix_unit_dots, mma,
+                      next_pow2, token_bucket, upcast_bf16_dots)
 
 _LOG2E = 1.4426950408889634
 
 
 def _configs(kind: Optional[str] = None, fma: bool = False) -> list[triton.Config]:
-    """Autotuning configs per hardware class (``BLOCK_M, BLOCK_N, warps, stages``); ``fma``: fp32
-    operands with ieee dots (:func:`bertsilicon.kernels._common.fma_dots`), any GPU class."""
+    """Autotuning configs per hardware class (``BLOCK_M, BLOCK_N, warps, stages``); ``fma``: dots on the
+    FMA units (:func:`bertsilicon.kernels._common.fma_dots`): fp32 operands with ieee dots on any GPU class,
+    every dtype on Turing, which has its own list."""
     kind = kind or hardware_class()
     if kind == "interpreter":
         table = [(32, 32, 4, 1)]
+    elif not matrix_unit_dots(kind):  # Turing: fp16 / bf16 dots are FFMA too, and fp16 operands spill where fp32
+        # ones do not (sm_75 SASS, triton 3.6 and 3.9): 64x32 / 8 warps has no LDL/STL at D 32 and 64 in any
+        # dtype, 32x16 at D 128; no cp.async before sm_80, so two stages
+        table = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2), (64, 16, 4, 2)]
     elif fma:  # sm_90 SASS, triton 3.6 and 3.9: at every D (32/64/128) at least one of these has no LDL/STL
         # (32x32 at D 128), where the matrix-unit list's 128-row tiles spill ~5000 with 3.6 (sass_sm90.md)
         table = [(64, 32, 8, 2), (64, 32, 8, 3), (32, 32, 4, 2), (64, 16, 4, 2)]
     elif kind == "hopper":
         # (128, 64) with 4 warps spills at D 128 (sm_90 SASS, triton 3.9): 8 warps for 128-row tiles
         table = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4)]
-    elif kind == "ampere":
-        table = [(128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4)]
-    else:  # T4 class
-        table = [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2)]
+    else:  # Ampere. (128, 64) with 4 warps spills at D 128 and in fp32-tf32 at D 64 (sm_80 SASS, triton 3.6 and 3.9)
+        table = [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in table]
 
 

@@ -4,6 +4,8 @@ All three are memory bound (a few FLOPs per element), so each reads every input 
 writes every output element once:
 
 * ``bias_gelu``  out = gelu(x + bias):     bytes = 2 * rows * N * itemsize + N * itemsize; ~20 FLOP/elem.
+                 (Its kernel, ``bias_act``, is also the epilogue of ``linear`` on Turing: bias optional, any
+                 activation, in place on the cuBLAS product; kernels/gemm.py.)
 * ``quantize``   per row r: scale = amax|x_r| / 127 (1 if amax = 0), q = rne(x / scale) in [-127, 127]:
                  bytes = rows * N * (itemsize + 1) + 4 * rows (the second pass re-reads the row from L1/L2).
 * ``round_to``   out = the value of ``fmt`` nearest to x (ties to even) or stochastically rounded with
@@ -31,14 +33,16 @@ from ._common import ACT_GELU, ACT_GELU_TANH, activate, cdiv, next_pow2
 
 @triton.jit(do_not_specialize=["rows"])
 def _bias_act_kernel(x_ptr, bias_ptr, out_ptr, rows, N, stride_x, ACTIVATION: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[r, n] = act(x[r, n] + bias[n]) in fp32, stored in out's dtype. x ``[rows, N]``, row stride given."""
+                     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr = True):
+    """out[r, n] = act(x[r, n] + bias[n]) in fp32 (no bias: act(x)), stored in out's dtype. x ``[rows, N]``,
+    row stride given; out contiguous (may be x itself)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     mask = (r < rows) & (n < N)
-    x = tl.load(x_ptr + r.to(tl.int64) * stride_x + n, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)
-    y = activate(x + b, ACTIVATION)
+    y = tl.load(x_ptr + r.to(tl.int64) * stride_x + n, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)
+    y = activate(y, ACTIVATION)
     tl.store(out_ptr + r.to(tl.int64) * N + n, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -48,18 +52,24 @@ def bias_act_blocks(N: int) -> tuple[int, int]:
     return max(1, min(64, 4096 // BLOCK_N)), BLOCK_N
 
 
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
-    """Launcher: gelu(x + bias), x ``[..., N]`` with a contiguous last dim; out contiguous, x's dtype."""
-    N = x.shape[-1]
-    x2 = x.reshape(-1, N)
-    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    rows = x2.shape[0]
+def bias_act(x2: torch.Tensor, bias: Optional[torch.Tensor], activation_code: int, out: torch.Tensor) -> torch.Tensor:
+    """Launcher: ``out = act(x2 + bias)``; x2 ``[rows, N]`` with a contiguous last dim, out contiguous
+    ``[rows, N]`` (``out`` may be ``x2``: each element is read before it is written, by the same program)."""
+    rows, N = x2.shape
     if out.numel():
         BLOCK_R, BLOCK_N = bias_act_blocks(N)
         grid = (cdiv(rows, BLOCK_R), cdiv(N, BLOCK_N))
-        _bias_act_kernel[grid](x2, bias.contiguous(), out, rows, N, x2.stride(0),
-                               ACTIVATION=ACT_GELU_TANH if approximate == "tanh" else ACT_GELU,
-                               BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, num_warps=4)
+        _bias_act_kernel[grid](x2, out if bias is None else bias.contiguous(), out, rows, N, x2.stride(0),
+                               ACTIVATION=activation_code, BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N,
+                               HAS_BIAS=bias is not None, num_warps=4)
+    return out
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    """Launcher: gelu(x + bias), x ``[..., N]`` with a contiguous last dim; out contiguous, x's dtype."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    bias_act(x2, bias, ACT_GELU_TANH if approximate == "tanh" else ACT_GELU, out)
     return out.view(x.shape)
 
 

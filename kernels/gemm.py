@@ -27,28 +27,30 @@ import triton
 import triton.language as tl
 
 from ._common import (ACTIVATION_CODE, activate, autotune_configs, cdiv, fma_dots, fp32_dot_precision, hardware_class,
-                      mma, token_bucket, upcast_bf16_dots)
+                      matrix_unit_dots, mma, token_bucket, upcast_bf16_dots)
+from .elementwise import bias_act
 
 
 def _configs(int8: bool, kind: Optional[str] = None, fma: bool = False) -> list[triton.Config]:
     """Autotuning configs per hardware class (``BLOCK_M, BLOCK_N, BLOCK_K, warps, stages``); ``fma``:
-    fp32 operands with ieee dots (:func:`bertsilicon.kernels._common.fma_dots`), any GPU class."""
+    dots on the FMA units (:func:`bertsilicon.kernels._common.fma_dots`: fp32 with ieee dots on any GPU
+    class; every dot on Turing, where :func:`linear` runs the product on cuBLAS instead and int8 is refused,
+    so the Turing list is only what an explicit launch would compile)."""
     kind = kind or hardware_class()
     bk = 128 if int8 else 64
     if kind == "interpreter":
         table = [(32, 32, 32, 4, 1)]
-    elif fma:  # BLOCK_K <= 32: no LDL/STL in sm_90 SASS with triton 3.6 or 3.9 (BLOCK_K 64 spills up to ~5000)
+    elif fma or not matrix_unit_dots(kind):  # BLOCK_K <= 32: no LDL/STL in sm_90 / sm_75 SASS with triton 3.6
+        # or 3.9 (BLOCK_K 64 spills up to ~5000)
         table = [(128, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 4, 3), (64, 64, 16, 4, 4)]
     elif kind == "hopper":  # 228 KB shared memory: deep pipelines, wide N tiles for wgmma. Not listed:
         # 128x128 with 4 warps (its 128x128 fp32 accumulator spills: ~250 LDL/STL in sm_90 SASS, triton 3.9)
         table = [(128, 256, bk, 8, 3), (128, 128, bk, 8, 4), (64, 128, bk, 4, 4), (128, 64, bk, 4, 4),
                  (64, 64, bk, 4, 4)]
-    elif kind == "ampere":  # A100: 164 KB shared memory
-        table = [(128, 256, bk // 2, 8, 3), (128, 128, bk // 2, 4, 4), (64, 128, bk // 2, 4, 4),
+    else:  # Ampere (A100: 164 KB shared memory, mma.sync). Not listed: 128x256 with 8 warps and 128x128 with 4
+        # (their accumulators spill 60-2000 LDL/STL in sm_80 SASS with triton 3.6 and 3.9; sass_sm80.md)
+        table = [(128, 128, bk // 2, 8, 4), (128, 128, bk, 8, 3), (64, 128, bk // 2, 4, 4),
                  (128, 64, bk // 2, 4, 4), (64, 64, bk // 2, 4, 4)]
-    else:  # T4 class: 64 KB shared memory, two stages
-        table = [(128, 128, bk // 2, 8, 2), (64, 128, bk // 2, 4, 2), (128, 64, bk // 2, 4, 2),
-                 (64, 64, bk // 2, 4, 2)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
             for m, n, k, w, s in table]
 
@@ -135,6 +137,17 @@ def _launch(x2, w, out, bias, xs, ws, activation, int8: bool):
     return out
 
 
+def _product_on_cublas(x2, w, out, bias, activation) -> None:
+    """A GPU class whose triton dots miss the matrix units (:func:`matrix_unit_dots`: Turing, where they compile
+    to FFMA): the product ``x2 @ w^T`` by cuBLAS on the tensor cores (``torch.mm`` in x's dtype: fp32
+    accumulation, rounded once to x's dtype; fp32 follows torch's TF32 flag, as the kernel's fp32 dots do), then
+    bias + activation in one in-place pass of the element-wise kernel. One rounding more than the fused kernel
+    (the product before the bias): what torch's own ``F.linear`` + ``gelu`` in fp16 does. Bytes: + 2 M N itemsize."""
+    torch.mm(x2, w.t(), out=out)
+    if bias is not None or activation is not None:
+        bias_act(out, bias, ACTIVATION_CODE[activation], out)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: Optional[str]) -> torch.Tensor:
     """Launcher: ``activation(x @ weight^T + bias)``, x ``[..., K]``, weight ``[N, K]``; out contiguous, x's dtype."""
     K = x.shape[-1]
@@ -142,7 +155,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
     x2 = x.reshape(-1, K)
     out = torch.empty((x2.shape[0], N), dtype=x.dtype, device=x.device)
     if out.numel():
-        _launch(x2, weight, out, None if bias is None else bias.contiguous(), None, None, activation, int8=False)
+        bias = None if bias is None else bias.contiguous()
+        if matrix_unit_dots():
+            _launch(x2, weight, out, bias, None, None, activation, int8=False)
+        else:
+            _product_on_cublas(x2, weight, out, bias, activation)
     return out.view(*x.shape[:-1], N)
 
 

@@ -51,6 +51,36 @@ def test_linear_nan_and_empty(triton_device):
     assert ops.linear(x[:0], w, b, backend="triton").shape == (0, 16)
 
 
+@pytest.fixture
+def turing_linear(monkeypatch):
+    """The GEMM launcher as on a Turing GPU (kernels/_common.matrix_unit_dots False): the product on cuBLAS
+    (torch.mm), bias + activation in the element-wise kernel; the Triton GEMM kernel must not launch."""
+    from bertsilicon.kernels import gemm
+
+    def no_gemm_kernel(*args, **kwargs):
+        raise AssertionError("the triton GEMM kernel launched on a GPU class without matrix-unit dots")
+
+    monkeypatch.setattr(gemm, "matrix_unit_dots", lambda kind=None: False)
+    monkeypatch.setattr(gemm, "_launch", no_gemm_kernel)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_linear_on_turing_multiplies_on_cublas(triton_device, turing_linear, dtype, activation):
+    x, w, b = _linear_inputs(77, 72, 50, dtype, seed=3 + len(str(activation)), device=triton_device)
+    _check_linear(x.view(7, 11, 72), w, b, activation, f"turing linear {dtype} {activation}")
+    xt, wt = x.t().contiguous().t(), w.t().contiguous().t()   # column-major operands, no bias
+    _check_linear(xt, wt, None, activation, f"turing linear strided {dtype} {activation}")
+
+
+def test_linear_on_turing_nan_and_empty(triton_device, turing_linear):
+    x, w, b = _linear_inputs(9, 32, 16, torch.float16, seed=4, device=triton_device)
+    x[3, 5] = float("nan")
+    out = ops.linear(x, w, b, "gelu", backend="triton")
+    assert bool(torch.isnan(out[3]).all()) and not bool(torch.isnan(out[[0, 1, 2, 4]]).any())
+    assert ops.linear(x[:0], w, b, backend="triton").shape == (0, 16)
+
+
 def _int8_inputs(M, K, N, seed, device, per_token=True, per_channel=True):
     g = torch.Generator().manual_seed(seed)
     x_q = torch.randint(-127, 128, (M, K), generator=g, dtype=torch.int8)
@@ -170,6 +200,13 @@ def test_autotune_settings(monkeypatch):
     assert not _common.fma_dots(torch.bfloat16, "ieee") and not _common.fma_dots(torch.float16, "tf32")
     assert all(c.kwargs["BLOCK_K"] <= 32 for c in gemm._configs(False, "hopper", fma=True))
     assert attention._autotuned(torch.float32, "ieee") is attention._attention_fma
+    # Turing: no matrix-unit dots in triton (sm_75 SASS: FFMA for fp16 / bf16, int8 does not compile)
+    assert not _common.matrix_unit_dots("turing") and all(map(_common.matrix_unit_dots, ("hopper", "ampere", "interpreter")))
+    assert _common.fma_dots(torch.float16, "tf32", "turing") and _common.fma_dots(torch.bfloat16, "tf32", "turing")
+    assert not _common.fma_dots(torch.float16, "tf32", "ampere")
+    assert gemm._configs(False, "turing") == gemm._configs(False, "hopper", fma=True)
+    assert all(c.num_stages <= 2 for c in attention._configs("turing"))
+    assert attention._configs("turing") == attention._configs("turing", fma=True) != attention._configs("hopper", fma=True)
     assert attention._autotuned(torch.float32, "tf32") is attention._autotuned(torch.float16, "tf32") is attention._attention_mma
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _common.fp32_dot_precision() == "ieee"
