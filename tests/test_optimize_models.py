@@ -332,3 +332,32 @@ def test_key_padding_mask_from_every_form_hf_passes(host_reads):
             key_padding_mask(not_key_padding, 5, 13)
     with pytest.raises(ValueError, match="attention_mask has shape"):
         key_padding_mask(real[:, :12], 5, 13)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_torch_compile_of_an_optimized_model(precision):
+    """``torch.compile(optimize(model))``: dynamo traces the fused layers through the ops' custom ops (the one
+    C++ call per layer is not traceable: under tracing each layer runs per op) and breaks the graph where the
+    wrapper reads the token count; the compiled model gives the eager optimized model's outputs (fp32: HF's
+    too, at real positions) on ragged padding with a fully padded row, and again on a second batch."""
+    def rel(a, b):
+        return float((a.double() - b.double()).norm() / b.double().norm())
+
+    torch._dynamo.reset()
+    hf = _build("BertModel", seed=3)
+    inputs = _inputs("BertModel", seed=4)
+    with torch.no_grad():
+        reference = hf(**inputs).last_hidden_state
+    model = bertsilicon.optimize(copy.deepcopy(hf), precision)
+    compiled = torch.compile(model)
+    real = inputs["attention_mask"].bool()
+    with torch.no_grad():
+        eager = model(**inputs).last_hidden_state
+        out = compiled(**inputs).last_hidden_state
+        again = compiled(**_inputs("BertModel", seed=5)).last_hidden_state
+    assert out.shape == eager.shape and not torch.isnan(out[real]).any()
+    assert rel(out[real], eager[real]) <= 1e-5
+    if precision == "fp32":
+        assert rel(out[real], reference[real]) <= 1e-5
+    with torch.no_grad():
+        assert rel(again, model(**_inputs("BertModel", seed=5)).last_hidden_state) <= 1e-5
