@@ -361,3 +361,47 @@ def test_torch_compile_of_an_optimized_model(precision):
         assert rel(out[real], reference[real]) <= 1e-5
     with torch.no_grad():
         assert rel(again, model(**_inputs("BertModel", seed=5)).last_hidden_state) <= 1e-5
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("convert", ["double", "half", "float", "bfloat16"])
+def test_dtype_conversion_after_optimize_is_refused(precision, convert):
+    """``.half()`` / ``.double()`` / ``.to(dtype)`` after optimize changes tensors the fused layers were prepared
+    for (``.float()`` widens a bf16 GEMM's prepared weight): the next forward is a ValueError naming the change and
+    what to do (before: a KeyError deep in the C++ GEMM's packing, or a silently mixed-precision forward). A
+    conversion that changes nothing runs as before; restore, convert, optimize works."""
+    inputs = _inputs("BertModel", seed=6)
+    model = bertsilicon.optimize(_build("BertModel", seed=2), precision)
+    with torch.no_grad():
+        before = model(**inputs).last_hidden_state
+    getattr(model, convert)()
+    if convert == "float" and precision != "bf16":  # nothing changed dtype: runs as before
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).last_hidden_state, before)
+        return
+    with pytest.raises(ValueError, match=r"changed dtype after bertsilicon.optimize \(.*->.*\).*bertsilicon.restore"):
+        model(**inputs)
+    bertsilicon.restore(model)  # then convert, then optimize: an fp64 model gets fp32 GEMM copies, fp64 outputs
+    with torch.no_grad():
+        want = model.double()(**inputs).last_hidden_state
+        got = bertsilicon.optimize(model, "fp32")(**inputs).last_hidden_state
+    real = inputs["attention_mask"].bool()
+    assert got.dtype == torch.float64 and float((got - want)[real].norm() / want[real].norm()) <= 1e-5
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8"])
+def test_new_storage_after_optimize_is_followed(precision):
+    """What ``.to(device)`` does to every parameter and buffer, done on CPU: the same values in new storage. The
+    output is unchanged, and a weight changed in place afterwards is followed (equal to optimizing the changed
+    model), so neither the one-call snapshots nor the packs kept reading the old storage."""
+    inputs = _inputs("BertModel", seed=7)
+    base = _build("BertModel", seed=4)
+    model = bertsilicon.optimize(copy.deepcopy(base), precision)
+    with torch.no_grad():
+        before = model(**inputs).last_hidden_state
+        model._apply(lambda t: t.clone())
+        assert torch.equal(model(**inputs).last_hidden_state, before)
+        model.encoder.layer[0].intermediate.dense.weight.mul_(2)
+        base.encoder.layer[0].intermediate.dense.weight.mul_(2)
+        want = bertsilicon.optimize(base, precision)(**inputs).last_hidden_state
+        assert torch.equal(model(**inputs).last_hidden_state, want)

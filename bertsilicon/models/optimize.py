@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import sys
 import threading
 import warnings
@@ -362,8 +363,31 @@ class FusedEncoder(nn.Module):
         self.train(original.training)
 
     def _apply(self, fn, *args, **kwargs):
+        """``.to()``, ``.cuda()``, ``.half()``, ... on the model. New storage (another device) is followed: the
+        prepared copies are buffers and move with it, and the one-call snapshots and packs re-derive from the
+        new tensors. A dtype change is not (the layers were prepared for one precision; ``.float()`` would
+        also widen a bf16 GEMM's prepared weight): it is recorded, and the next forward raises saying so."""
         self._drop_graphs()  # captured graphs point at the old tensors
-        return super()._apply(fn, *args, **kwargs)
+        before = self._tensor_dtypes()
+        out = super()._apply(fn, *args, **kwargs)
+        changed = sorted({f"{a} -> {b}".replace("torch.", "") for a, b in zip(before, self._tensor_dtypes()) if a != b})
+        if changed:
+            self.__dict__.setdefault("converted", changed)
+        return out
+
+    def _tensor_dtypes(self) -> list:
+        """The dtype of every parameter and buffer of the fused layers, in module order."""
+        return [t.dtype for t in itertools.chain(self.parameters(), self.buffers())]
+
+    def _refuse_if_converted(self) -> None:
+        converted = self.__dict__.get("converted")
+        if converted:
+            raise ValueError(
+                f"the optimized model's tensors changed dtype after bertsilicon.optimize ({', '.join(converted)}): "
+                f"its fused layers were prepared for precision={self.__dict__['report'].precision!r}, and converting "
+                "an optimized model's dtype (.half(), .double(), .to(dtype)) is not supported; call "
+                "bertsilicon.restore(model), convert it, then bertsilicon.optimize(model, ...) again (moving it to "
+                "another device with .to(device) is fine)")
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -400,6 +424,7 @@ class FusedEncoder(nn.Module):
                 h.remove()
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
+        self._refuse_if_converted()
         collected = _collector()
         reason = self._runtime_fallback(args, kwargs, collected)
         B, L = hidden_states.shape[:2]
