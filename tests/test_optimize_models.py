@@ -405,3 +405,25 @@ def test_new_storage_after_optimize_is_followed(precision):
         base.encoder.layer[0].intermediate.dense.weight.mul_(2)
         want = bertsilicon.optimize(base, precision)(**inputs).last_hidden_state
         assert torch.equal(model(**inputs).last_hidden_state, want)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_concurrent_calls_from_threads_equal_sequential_calls(precision):
+    """A server thread pool calling one optimized model at once: each C++ layer call releases the GIL and works
+    in its calling thread's own scratch, snapshots are never modified once built, so every call gives the bits
+    it gives alone (different batch shapes interleaved, ragged padding)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = bertsilicon.optimize(_build("BertModel", seed=8), precision)
+    batches = [_inputs("BertModel", seed=s, fully_padded_row=s % 2 == 0) for s in range(6)]
+    batches = [{k: v[: 1 + s % 4] for k, v in b.items()} for s, b in enumerate(batches)]
+    with torch.no_grad():
+        alone = [model(**b).last_hidden_state for b in batches]
+
+    def call(i):
+        with torch.no_grad():
+            return i % len(batches), model(**batches[i % len(batches)]).last_hidden_state
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(call, range(4 * len(batches))))
+    assert all(torch.equal(out, alone[i]) for i, out in results)
