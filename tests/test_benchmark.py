@@ -54,7 +54,7 @@ def test_provider_precision_combination_without_any_match():
 def test_selection_keeps_the_baseline_and_canonical_order():
     chosen = [p.key for p in select_providers(["onnxruntime", "bertsilicon"], ["int8"])]
     assert chosen == ["torch-sdpa fp32", "onnxruntime int8", "bertsilicon int8"]
-    assert len(select_providers()) == 11
+    assert len(select_providers()) == 13
 
 
 def test_cli_rejects_unknown_model_with_the_list(capsys):
@@ -163,10 +163,29 @@ def _provider(key):
 def test_onnxruntime_missing_is_skipped_with_the_reason(ctx, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     monkeypatch.setitem(sys.modules, "onnx", None)
-    for key in ("onnxruntime fp32", "onnxruntime int8"):
+    for key in ("onnxruntime fp32", "onnxruntime int8", "onnxruntime-bert fp32", "onnxruntime-bert int8"):
         run, _, status, reason = prov.build_runner(_provider(key), ctx)
         assert run is None and status == "skipped"
         assert "is not installed" in reason and "[bench]" in reason
+
+
+def test_onnxruntime_bert_optimizer_fuses_attention_and_matches_the_plain_export(ctx):
+    """The ``onnxruntime-bert`` peer is ORT's BERT graph optimizer on the eager-attention export: the row says
+    what it fused (Attention among them: the eager pattern is the one its fusion matches), and its fp32 output is
+    the plain export's; int8 quantizes that fused graph."""
+    pytest.importorskip("onnxruntime")
+    b = ctx.example
+    plain, _, status, _ = prov.build_runner(_provider("onnxruntime fp32"), ctx)
+    fused, _, status_fused, _ = prov.build_runner(_provider("onnxruntime-bert fp32"), ctx)
+    assert status == status_fused == "ok"
+    assert fused.detail.startswith("fused ") and "Attention 1" in fused.detail and "SkipLayerNormalization" in fused.detail
+    mask = b.attention_mask.bool()
+    want, got = plain(b)[mask].double(), fused(b)[mask].double()
+    assert float((got - want).norm() / want.norm()) < 1e-5
+    int8, _, status, _ = prov.build_runner(_provider("onnxruntime-bert int8"), ctx)
+    assert status == "ok" and int8.detail == fused.detail
+    q = int8(b)[mask].double()
+    assert 1e-6 < float((q - want).norm() / want.norm()) < 0.2  # quantized: close, not equal
 
 
 def test_torch_compile_failure_is_skipped_with_the_reason(ctx, monkeypatch):

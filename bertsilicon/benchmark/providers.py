@@ -89,13 +89,17 @@ def _hf_runner(model) -> Runner:
     return run
 
 
-def _torch_eager(ctx: BuildContext) -> Runner:
-    m = ctx.fresh_model()
+def _eager_attention(m: torch.nn.Module) -> torch.nn.Module:
+    """``m`` with matmul + softmax attention instead of SDPA (in place)."""
     if hasattr(m, "set_attn_implementation"):
         m.set_attn_implementation("eager")
     else:  # transformers releases before set_attn_implementation read the config at forward time
         m.config._attn_implementation = "eager"
-    return _hf_runner(m)
+    return m
+
+
+def _torch_eager(ctx: BuildContext) -> Runner:
+    return _hf_runner(_eager_attention(ctx.fresh_model()))
 
 
 def _torch_sdpa(dtype: torch.dtype):
@@ -147,16 +151,21 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-def export_onnx(ctx: BuildContext) -> str:
-    """fp32 ONNX file of the model (cached in ``ctx``). TorchScript exporter (``dynamo=False``): the dynamo
-    exporter needs ``onnxscript``, which the bench extra does not install. Traced on a *ragged* batch so
-    the attention-mask path is kept (a batch without padding lets transformers drop the mask)."""
-    if "onnx_fp32" in ctx.cache:
-        return ctx.cache["onnx_fp32"]
+def export_onnx(ctx: BuildContext, attention: str = "sdpa") -> str:
+    """fp32 ONNX file of the model with ``attention`` ``"sdpa"`` (the model as given) or ``"eager"`` (cached in
+    ``ctx``). TorchScript exporter (``dynamo=False``): the dynamo exporter needs ``onnxscript``, which the bench
+    extra does not install. Traced on a *ragged* batch so the attention-mask path is kept (a batch without
+    padding lets transformers drop the mask)."""
+    key = f"onnx_fp32_{attention}"
+    if key in ctx.cache:
+        return ctx.cache[key]
     _import_onnxruntime()
-    path = os.path.join(ctx.workdir, f"{ctx.model_name}-fp32.onnx")
+    path = os.path.join(ctx.workdir, f"{ctx.model_name}-fp32-{attention}.onnx")
+    model = ctx.fresh_model()
+    if attention == "eager":
+        _eager_attention(model)
     # .eval() on the wrapper too: the exporter restores the wrapper's mode recursively afterwards.
-    wrapper = _LastHidden(ctx.fresh_model()).eval()
+    wrapper = _LastHidden(model).eval()
     axes = {0: "batch", 1: "length"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about data-dependent branches in transformers
@@ -164,7 +173,29 @@ def export_onnx(ctx: BuildContext) -> str:
                           input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                           dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
                           opset_version=17, dynamo=False)
-    ctx.cache["onnx_fp32"] = path
+    ctx.cache[key] = path
+    return path
+
+
+def export_onnx_fused(ctx: BuildContext) -> str:
+    """The fp32 export rewritten by ORT's BERT graph optimizer (``onnxruntime.transformers.optimizer``,
+    ``model_type="bert"``, what Optimum's ORTOptimizer runs): fused ``Attention``, ``SkipLayerNormalization``,
+    ``BiasGelu`` and ``EmbedLayerNormalization`` kernels. From the export with eager attention: the pattern its
+    Attention fusion matches (on the SDPA export it fuses no attention). Cached in ``ctx``."""
+    if "onnx_fused" in ctx.cache:
+        return ctx.cache["onnx_fused"]
+    _import_onnxruntime()
+    from onnxruntime.transformers import optimizer
+
+    cfg = ctx.model.config
+    heads = getattr(cfg, "num_attention_heads", None) or cfg.n_heads
+    hidden = getattr(cfg, "hidden_size", None) or cfg.dim
+    fused = optimizer.optimize_model(export_onnx(ctx, "eager"), model_type="bert", num_heads=heads,
+                                     hidden_size=hidden, opt_level=1)
+    path = os.path.join(ctx.workdir, f"{ctx.model_name}-fp32-fused.onnx")
+    fused.save_model_to_file(path)
+    ctx.cache["onnx_fused"] = path
+    ctx.cache["onnx_fused_ops"] = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
     return path
 
 
@@ -193,20 +224,42 @@ def _ort_fp32(ctx: BuildContext) -> Runner:
     return _ort_runner(export_onnx(ctx), ctx.threads)
 
 
-def _ort_int8(ctx: BuildContext) -> Runner:
-    fp32 = export_onnx(ctx)
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    path = os.path.join(ctx.workdir, f"{ctx.model_name}-int8.onnx")
+def _ort_quantized(fp32: str, path: str) -> str:
+    """``quantize_dynamic`` of ``fp32`` (QInt8 weights) written to ``path``. Tensors its shape inference cannot
+    type (outputs of the fused contrib ops) are taken as float."""
     import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" advice on every call
     try:
-        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8)
+        quantize_dynamic(fp32, path, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         logging.getLogger().setLevel(level)
+    return path
+
+
+def _ort_int8(ctx: BuildContext) -> Runner:
+    path = _ort_quantized(export_onnx(ctx), os.path.join(ctx.workdir, f"{ctx.model_name}-int8.onnx"))
     return _ort_runner(path, ctx.threads)
+
+
+def _with_fused_ops(run: Runner, ctx: BuildContext) -> Runner:
+    """``run`` noting which fused ops the optimizer made (shown in the row's status)."""
+    run.detail = "fused " + (", ".join(f"{k} {v}" for k, v in ctx.cache["onnx_fused_ops"].items()) or "nothing")
+    return run
+
+
+def _ort_fused_fp32(ctx: BuildContext) -> Runner:
+    return _with_fused_ops(_ort_runner(export_onnx_fused(ctx), ctx.threads), ctx)
+
+
+def _ort_fused_int8(ctx: BuildContext) -> Runner:
+    path = _ort_quantized(export_onnx_fused(ctx), os.path.join(ctx.workdir, f"{ctx.model_name}-fused-int8.onnx"))
+    return _with_fused_ops(_ort_runner(path, ctx.threads), ctx)
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -258,6 +311,11 @@ PROVIDERS: tuple[Provider, ...] = (
     Provider("onnxruntime", "fp32", "torch.onnx.export (TorchScript, opset 17) + ORT CPU, ORT_ENABLE_ALL", _ort_fp32),
     Provider("onnxruntime", "int8", "onnxruntime.quantization.quantize_dynamic (QInt8 weights per tensor, "
              "dynamic uint8 activations) of the fp32 export", _ort_int8),
+    Provider("onnxruntime-bert", "fp32", "onnxruntime.transformers.optimizer (model_type='bert': fused Attention, "
+             "SkipLayerNormalization, BiasGelu, EmbedLayerNormalization) on the export with eager attention, "
+             "ORT_ENABLE_ALL", _ort_fused_fp32),
+    Provider("onnxruntime-bert", "int8", "quantize_dynamic (QInt8 weights) of the onnxruntime-bert fp32 graph",
+             _ort_fused_int8),
     *(Provider("bertsilicon", p, f"bertsilicon.optimize(model, precision={p!r})", _bertsilicon(p))
       for p in PRECISIONS if p != "int8"),
     Provider("bertsilicon", "int8", "bertsilicon.optimize(model, precision='int8', smooth=0.5, calibration=8 "

@@ -309,6 +309,7 @@ def _run_cell(cfg, providers: list[Provider], model, model_name, n_params, pretr
         for p in providers:
             bar.set_description(f"{model_name} L{seq}: build {p.key}")
             run, build_s, state, reason = build_runner(p, ctx)
+            reason = getattr(run, "detail", reason)  # an ok row may say what was built (e.g. ORT's fused ops)
             acc = (None, None)
             if run is not None:
                 try:
