@@ -1,5 +1,5 @@
-"""Build of bertsilicon: the pure-Python package, the Triton kernels folder shipped as
-``bertsilicon.kernels`` and the C++ CPU extension ``bertsilicon._C``.
+"""Build of bertsilicon: the pure-Python package (Triton kernels in ``bertsilicon.kernels``) and the C++
+CPU extension ``bertsilicon._C``.
 
 The extension is plain C++17 bound with pybind11: no torch headers, so it builds in seconds and
 does not depend on the installed torch's ABI. Instruction sets are chosen at run time with
@@ -31,10 +31,9 @@ ext = Pybind11Extension(
 )
 
 setup(
-    packages=find_packages(include=["bertsilicon", "bertsilicon.*"]) + ["bertsilicon.kernels"],
-    # kernels/ at the top of the repo is the subpackage bertsilicon.kernels: there must never be a
-    # top-level module called `kernels` (a PyPI package of that name exists and transformers probes it).
-    package_dir={"bertsilicon.kernels": "kernels"},
+    # Every importable module lives under bertsilicon/: a top-level `kernels` would shadow the PyPI package
+    # of that name, which transformers imports (tests/test_packaging.py holds it).
+    packages=find_packages(include=["bertsilicon", "bertsilicon.*"]),
     ext_modules=[] if os.environ.get("BERTSILICON_BUILD_EXT", "1") == "0" else [ext],
     cmdclass={"build_ext": build_ext},
     zip_safe=False,

@@ -58,7 +58,7 @@ def _commit() -> str:
         return env
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kernels", "bertsilicon"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "bertsilicon"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except Exception:

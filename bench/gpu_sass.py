@@ -230,7 +230,7 @@ def main(argv=None) -> int:
             title += ("\n\nTuring: triton compiles fp16 / bf16 dots to FFMA here (HMMA 0) and int8 dots not at all, so "
                       "`linear` runs its product on cuBLAS (tensor cores) with the bias + activation in the "
                       "element-wise kernel, `int8_linear` refuses the device, and attention runs the FMA configs "
-                      "(`kernels/_common.matrix_unit_dots`). The GEMM rows are what the kernel would compile.")
+                      "(`bertsilicon/kernels/_common.matrix_unit_dots`). The GEMM rows are what the kernel would compile.")
         path = Path(args.out)
         path.write_text(merge_section(path, title, heading, "\n".join(rows)))
         print(f"wrote {args.out} ({heading})")

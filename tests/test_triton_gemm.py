@@ -53,7 +53,7 @@ def test_linear_nan_and_empty(triton_device):
 
 @pytest.fixture
 def turing_linear(monkeypatch):
-    """The GEMM launcher as on a Turing GPU (kernels/_common.matrix_unit_dots False): the product on cuBLAS
+    """The GEMM launcher as on a Turing GPU (bertsilicon/kernels/_common.matrix_unit_dots False): the product on cuBLAS
     (torch.mm), bias + activation in the element-wise kernel; the Triton GEMM kernel must not launch."""
     from bertsilicon.kernels import gemm
 

@@ -1,4 +1,4 @@
-"""The ``triton`` backend: launchers from ``bertsilicon.kernels`` (kernels/), with the checks they rely on.
+"""The ``triton`` backend: launchers from ``bertsilicon.kernels``, with the checks they rely on.
 
 Runs on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``). Each
 check returns None when the kernel can serve the arguments, else the reason (dispatch then raises for an

@@ -5,7 +5,7 @@ writes every output element once:
 
 * ``bias_gelu``  out = gelu(x + bias):     bytes = 2 * rows * N * itemsize + N * itemsize; ~20 FLOP/elem.
                  (Its kernel, ``bias_act``, is also the epilogue of ``linear`` on Turing: bias optional, any
-                 activation, in place on the cuBLAS product; kernels/gemm.py.)
+                 activation, in place on the cuBLAS product; bertsilicon/kernels/gemm.py.)
 * ``quantize``   per row r: scale = amax|x_r| / 127 (1 if amax = 0), q = rne(x / scale) in [-127, 127]:
                  bytes = rows * N * (itemsize + 1) + 4 * rows (the second pass re-reads the row from L1/L2).
 * ``round_to``   out = the value of ``fmt`` nearest to x (ties to even) or stochastically rounded with

@@ -106,7 +106,7 @@ def matrix_unit_dots(kind: Optional[str] = None) -> bool:
     ``kind`` (default: this machine's, :func:`hardware_class`). Not on ``"turing"`` (compute capability 7.x: T4):
     triton 3.6 and 3.9 compile fp16 and bf16 dots for sm_75 to FFMA (no HMMA in the SASS) and fail to compile
     int8 dots at all (bench/results/sass_sm75.md); their mma lowering starts at Ampere. There the GEMM launcher
-    hands the product to cuBLAS (kernels/gemm.py) and attention runs its FMA configs. The interpreter counts
+    hands the product to cuBLAS (bertsilicon/kernels/gemm.py) and attention runs its FMA configs. The interpreter counts
     as having them: it runs the kernels the GPUs with matrix units run."""
     return (kind or hardware_class()) != "turing"
 
