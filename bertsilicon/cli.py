@@ -93,14 +93,14 @@ def demo(args) -> int:
 
     print("\nFused ops by backend on this machine (reference = plain torch; '-' = not built yet):")
     status = ops.backend_status()
-    from .ops._dispatch import _REGISTRY
+    from .backends.registry import REGISTRY
     names = ("attention", "attention_varlen", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear",
              "round_to")
     print(f"{'op':<17} " + " ".join(f"{b:<10}" for b in ops.BACKENDS))
     for op in names:
         cells = []
         for b in ops.BACKENDS:
-            cells.append("yes" if status[b] is None and (op, b) in _REGISTRY else "-")
+            cells.append("yes" if status[b] is None and (op, b) in REGISTRY else "-")
         print(f"{op:<17} " + " ".join(f"{c:<10}" for c in cells))
     for b, reason in status.items():
         if reason:

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from . import ops
+from .backends import routing
 
 __all__ = ["quantize_weight", "quantize_activations", "int8_matmul", "smoothing_factors", "ChannelAbsMax",
            "relative_error"]
@@ -50,22 +51,11 @@ def int8_matmul(x: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor, bias:
                 backend: Optional[str] = None) -> torch.Tensor:
     """``act(x W^T + bias)`` with W prepared by :func:`quantize_weight`: per-token quantize of x, int8 GEMM
     with int32 accumulation and the dequant + bias + activation epilogue; result in x's dtype."""
-    if _fused_cpu(x, inv_smooth, backend):  # same result, one C++ call (quantize fused into the GEMM)
-        from .ops import _cpu_gemm
-
-        return _cpu_gemm.int8_linear_dynamic(x.contiguous(), w_q, w_scale, bias, activation, inv_smooth)
+    if routing.cpu_int8_fused(x, inv_smooth, backend):  # same result, one C++ call (quantize fused into the GEMM)
+        return routing.cpu_backend().gemm.int8_linear_dynamic(x.contiguous(), w_q, w_scale, bias, activation,
+                                                              inv_smooth)
     x_q, x_scale = quantize_activations(x, inv_smooth, backend=backend)
     return ops.int8_linear(x_q, x_scale, w_q, w_scale, bias, activation, out_dtype=x.dtype, backend=backend)
-
-
-def _fused_cpu(x: torch.Tensor, inv_smooth: Optional[torch.Tensor], backend: Optional[str]) -> bool:
-    """Whether :func:`int8_matmul` runs as the cpu backend's fused ``int8_linear_dynamic``: where the
-    composed ops would both resolve to the cpu backend (CPU tensor, fp32/bf16, extension built), outside
-    ``torch.compile`` tracing (which captures the composed custom ops instead)."""
-    return (backend in (None, "cpu") and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and (inv_smooth is None or (inv_smooth.dtype == torch.float32 and inv_smooth.is_contiguous()))
-            and not torch.compiler.is_compiling()
-            and ops.available("quantize", "cpu", x.contiguous(), "int8", "per_token"))
 
 
 def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from . import formats
+from .formats import INT8_GRANULARITIES as GRANULARITIES  # noqa: F401  (the int8 op's definition)
+from .formats import quant_reduce_dims  # noqa: F401
 
 ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
-GRANULARITIES = ("per_tensor", "per_token", "per_channel")
 INT8_MAX = 127
 
 
@@ -100,17 +101,6 @@ def linear(x, weight, bias=None, activation=None):
     acc = _acc(x.dtype)
     y = F.linear(x.to(acc), weight.to(acc), None if bias is None else bias.to(acc))
     return activate(y, activation).to(x.dtype)
-
-
-def quant_reduce_dims(x: torch.Tensor, granularity: str) -> tuple[int, ...]:
-    """Dims the absolute maximum is taken over, per granularity (scales keep those dims as size 1)."""
-    if granularity == "per_tensor":
-        return tuple(range(x.dim()))
-    if granularity == "per_token":  # one scale per row of the last dim (activations)
-        return (x.dim() - 1,)
-    if granularity == "per_channel":  # one scale per output channel = dim 0 (weights [N, K])
-        return tuple(range(1, x.dim()))
-    raise ValueError(f"granularity={granularity!r} is unknown; expected one of {GRANULARITIES}")
 
 
 def quantize(x, dtype="int8", granularity="per_token"):

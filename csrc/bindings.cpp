@@ -1,12 +1,14 @@
 // pybind11 bindings of bertsilicon._C. Python (bertsilicon/ops/_cpu.py) validates dtype, device,
 // shape and contiguity and passes raw data pointers (as integers) and sizes; C++ trusts its caller
-// and releases the GIL while it runs.
+// and releases the GIL while it runs. Enums travel as ints; their codes are exported below as
+// _C.DType, _C.Activation, _C.OutType, _C.ElemType and _C.PackKind (int(_C.DType.F32) == 0).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <stdexcept>
 
 #include "common.h"
+#include "gemm_common.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -21,6 +23,23 @@ static T* ptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "bertsilicon C++ CPU kernels (no torch headers; raw pointers validated in Python)";
+
+  // The enum codes the kernels take as ints, so Python reads them here instead of copying them.
+  // Activation::None is exported as None_ (None is a Python keyword: _C.Activation.None would not parse);
+  // PackKind::LastKind (an alias of the last layout, for range checks in C++) is not exported.
+  py::enum_<bs::DType>(m, "DType").value("F32", bs::DType::F32).value("BF16", bs::DType::BF16)
+      .value("F16", bs::DType::F16);
+  py::enum_<bs::Activation>(m, "Activation").value("None_", bs::Activation::None)
+      .value("Gelu", bs::Activation::Gelu).value("GeluTanh", bs::Activation::GeluTanh)
+      .value("Relu", bs::Activation::Relu);
+  py::enum_<bs::OutType>(m, "OutType").value("F32", bs::OutType::F32).value("BF16", bs::OutType::BF16)
+      .value("F16", bs::OutType::F16).value("S32", bs::OutType::S32);
+  py::enum_<bs::ElemType>(m, "ElemType").value("F32", bs::ElemType::F32).value("BF16", bs::ElemType::BF16)
+      .value("I8", bs::ElemType::I8);
+  py::enum_<bs::PackKind>(m, "PackKind").value("Raw", bs::PackKind::Raw).value("F32x64", bs::PackKind::F32x64)
+      .value("Bf16x64", bs::PackKind::Bf16x64).value("F32x16", bs::PackKind::F32x16)
+      .value("U8S8x64", bs::PackKind::U8S8x64).value("S16x16", bs::PackKind::S16x16)
+      .value("S16x64", bs::PackKind::S16x64);
 
   m.def("cpu_features", [] {
     const bs::CpuFeatures &f = bs::cpu_features(), &cpu = bs::detected_cpu_features();

@@ -7,11 +7,11 @@ restores the previous one after.
 """
 import pytest
 
-from bertsilicon.ops import _dispatch
+from bertsilicon.backends import registry, routing
 
 
 def cpu_available() -> bool:
-    return _dispatch._load("cpu") is None
+    return registry.load("cpu") is None
 
 
 # Kernel paths for the AVX-512 CPUs that lack extensions this one may have: the path name, then the
@@ -41,7 +41,7 @@ def cpu_isas(older_avx512: bool = False) -> list[str]:
 
 def use_path(path: str) -> None:
     """Make the kernels take ``path`` (a name of :func:`cpu_isas`)."""
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
     _cpu.hide_cpu_features(OLDER_AVX512.get(path, ()))
     _cpu.set_isa(path.split("-")[0])
@@ -49,9 +49,9 @@ def use_path(path: str) -> None:
 
 @pytest.fixture
 def isa(request):
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
-    before = _cpu._C.active_isa()
+    before = _cpu.runtime._C.active_isa()
     use_path(request.param)
     yield request.param
     _cpu.hide_cpu_features([])

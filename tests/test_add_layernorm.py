@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bertsilicon import ops
-from bertsilicon.ops import _dispatch
+from bertsilicon.backends import registry, routing
 from numerics import assert_numerics, poison_allocator
 
 from cpu_isa import cpu_isas, isa  # noqa: F401  (isa is a fixture)
@@ -77,7 +77,7 @@ def test_triton_add_layernorm_strided_rows(triton_device):
 
 
 def test_cpu_refuses_what_it_cannot_do():
-    if _dispatch._load("cpu") is not None:
+    if registry.load("cpu") is not None:
         pytest.skip("C++ extension not built")
     x, r, w, b = _inputs(4, 64, torch.float64, 0)
     with pytest.raises(ValueError, match="backend='cpu'.*dtype torch.float64"):

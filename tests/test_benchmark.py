@@ -368,8 +368,8 @@ def test_gpu_e2e_dry_run(tmp_path):
     for target in data["target"]:
         assert target["model"] == "minilm-l6" and target["batch"] == 3 and target["verdict"] in ("meets", "misses")
     assert data["builds"]["minilm-l6 bertsilicon+graphs fp16"]["cuda_graphs"] is True
-    from bertsilicon.models import optimize as opt
-    assert opt._GRAPH_DEVICES == ("cuda",) and opt.capture_graph is not opt.replay_eagerly  # the emulation is undone
+    from bertsilicon.models import cuda_graphs as cg
+    assert cg.CAPTURE_DEVICES == ("cuda",) and cg.capture_graph is not cg.replay_eagerly  # the emulation is undone
     md = (tmp_path / "gpu_e2e.md").read_text()
     assert "## Issue-5 target" in md and "random weights" in md and "| bertsilicon | fp16 |" in md
     summary = session.e2e_summary(tmp_path / "gpu_e2e.json")

@@ -4,7 +4,7 @@ import re
 import torch
 
 from bertsilicon import cli
-from bertsilicon.ops import _dispatch
+from bertsilicon.backends import registry, routing
 
 
 def test_demo_prints_every_provider_and_the_cpu_kernels(capsys):
@@ -21,8 +21,8 @@ def test_demo_prints_every_provider_and_the_cpu_kernels(capsys):
         assert ("bertsilicon", precision) in rows, out
     assert rows[("HF torch SDPA", "fp32")] == 1.0
     assert rows[("bertsilicon", "fp32")] > 0.99999 and rows[("bertsilicon", "int8")] > 0.995  # mean cosine
-    if _dispatch._load("cpu") is None:  # the C++ backend is built: each precision names its kernels
-        from bertsilicon.ops import _cpu
+    if registry.load("cpu") is None:  # the C++ backend is built: each precision names its kernels
+        from bertsilicon.backends import cpu as _cpu
 
         for precision in ("fp32", "bf16", "fp16", "int8"):
             assert re.search(rf"^  {precision}: {re.escape(_cpu.kernel_path())} path, ", out, re.M), out

@@ -6,7 +6,7 @@ import torch
 
 from bertsilicon import formats, ops
 from bertsilicon.formats import conformance as C
-from bertsilicon.ops import _dispatch
+from bertsilicon.backends import registry, routing
 from test_formats import _one_thread  # noqa: F401  (autouse: one intra-op thread for this module too)
 
 BACKENDS = ("reference", "cpu", "triton")
@@ -19,18 +19,18 @@ def _device(backend):
 
 def _skip_reason(backend, fmt="bf16", rounding="nearest"):
     probe = torch.ones(4, device=_device(backend))
-    if _dispatch.available("round_to", backend, probe, fmt, rounding, 0):
+    if routing.available("round_to", backend, probe, fmt, rounding, 0):
         return None
-    return _dispatch._unavailable("round_to", backend, probe.device, (probe, fmt, rounding, 0), {})
+    return routing.why_not("round_to", backend, probe.device, (probe, fmt, rounding, 0), {})
 
 
 def _backend_round_fn(backend):
     """ops.round_to pinned to ``backend`` (on CUDA for Triton when there is a GPU, else CPU tensors),
     or a skip saying why that backend cannot run here."""
-    reason = _dispatch._load(backend)
+    reason = registry.load(backend)
     if reason is not None:
         pytest.skip(f"{backend} backend unavailable on this machine: {reason}")
-    if ("round_to", backend) not in _dispatch._REGISTRY:
+    if ("round_to", backend) not in registry.REGISTRY:
         pytest.skip(f"no round_to kernel registered for the {backend} backend yet")
     reason = _skip_reason(backend)
     if reason is not None:
@@ -53,7 +53,7 @@ def _assert_all_pass(round_fn, fmt, rounding, quick=False):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backend_conforms(backend, fmt, rounding):
     # the Triton interpreter runs ~100x slower than a GPU: fewer draws and sampled codes there
-    quick = backend == "triton" and _dispatch.triton_interpreter()
+    quick = backend == "triton" and registry.triton_interpreter()
     _assert_all_pass(_backend_round_fn(backend), fmt, rounding, quick)
 
 
@@ -65,7 +65,7 @@ def test_backend_conforms_on_custom_floats(backend, fmt, rounding):
     reason = _skip_reason(backend, fmt, rounding)
     if reason is not None:
         pytest.skip(f"{backend} does not serve fmt={fmt!r}: {reason}")
-    _assert_all_pass(fn, fmt, rounding, quick=backend == "triton" and _dispatch.triton_interpreter())
+    _assert_all_pass(fn, fmt, rounding, quick=backend == "triton" and registry.triton_interpreter())
 
 
 @pytest.mark.parametrize("fmt", FLOATS)

@@ -88,7 +88,7 @@ def test_cpu_attention_threads_do_not_change_results(isa):
 
 
 def _bf16_dot_path_runs(isa) -> bool:
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
     return isa == "avx512" and bool(_cpu.cpu_features()["avx512_bf16"])
 
 

@@ -153,9 +153,9 @@ def test_isa_switch_env_and_errors():
     import subprocess
     import sys
 
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
-    code = "from bertsilicon.ops import _cpu; print(_cpu._C.active_isa())"
+    code = "from bertsilicon.backends import cpu as _cpu; print(_cpu.runtime._C.active_isa())"
     env = {**__import__("os").environ, "BERTSILICON_ISA": "scalar"}
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert got.stdout.strip() == "scalar", got.stderr[-500:]
@@ -170,17 +170,17 @@ def test_hide_cpu_features_env_and_errors():
     import subprocess
     import sys
 
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
-    code = ("from bertsilicon.ops import _cpu; f = _cpu.cpu_features(); "
+    code = ("from bertsilicon.backends import cpu as _cpu; f = _cpu.cpu_features(); "
             "print(_cpu.kernel_path(), f['avx512_vnni'], f['avx512_bf16'])")
     env = {**__import__("os").environ, "BERTSILICON_HIDE_CPU_FEATURES": "avx512_vnni, avx512_bf16"}
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     has = _cpu.cpu_features()
     hidden = " ".join(f"-{n}" for n in ("avx512_vnni", "avx512_bf16") if has[n])
-    assert got.stdout.split() == f"{_cpu._C.active_isa()} {hidden} False False".split(), got.stderr[-500:]
+    assert got.stdout.split() == f"{_cpu.runtime._C.active_isa()} {hidden} False False".split(), got.stderr[-500:]
 
-    before = _cpu._C.active_isa()
+    before = _cpu.runtime._C.active_isa()
     try:
         _cpu.hide_cpu_features(["avx512f"])
         f = _cpu.cpu_features()

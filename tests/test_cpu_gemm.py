@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 from bertsilicon import ops
 from bertsilicon import reference as ref
-from bertsilicon.ops import _dispatch
+from bertsilicon.backends import registry, routing
 from numerics import assert_numerics, poison_allocator
 from cpu_isa import cpu_isas, isa  # noqa: F401  (isa is a fixture)
 
-pytestmark = pytest.mark.skipif(_dispatch._load("cpu") is not None, reason="C++ extension not built")
+pytestmark = pytest.mark.skipif(registry.load("cpu") is not None, reason="C++ extension not built")
 
 ISAS = cpu_isas(older_avx512=True)  # pack layouts depend on AVX512_BF16 and VNNI
 ACTS = [None, "gelu", "gelu_tanh", "relu"]
@@ -26,7 +26,7 @@ SHAPES = [(1, 384, 384), (7, 768, 200), (77, 1536, 70), (1024, 26, 129), (130, 3
 
 
 def _gemm_module():
-    from bertsilicon.ops import _cpu_gemm
+    from bertsilicon.backends.cpu import gemm as _cpu_gemm
 
     return _cpu_gemm
 
@@ -134,10 +134,10 @@ def test_linear_fp32_activations_on_bf16_weight(isa, M, K, N, act):
 @pytest.mark.skipif("avx2" not in ISAS, reason="needs AVX2")
 def test_packed_weight_follows_isa_switch():
     G = _gemm_module()
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
     x, w, b = _float_inputs(8, 96, 40, torch.float32, seed=9)
-    before = _cpu._C.active_isa()
+    before = _cpu.runtime._C.active_isa()
     pw = G.pack_linear(w)
     try:
         _cpu.set_isa("avx2")
@@ -155,7 +155,7 @@ LAYOUTS = {"scalar": ("raw", "raw", "raw"), "avx2": ("f32x16", "f32x16", "s16x16
 def test_pack_layout_per_path(isa):
     """Each path packs for the kernel its CPU can run: AVX-512 without BF16 widens bf16 weights to the fp32
     kernel, without VNNI int8 takes the int16-pair kernel; a pack made before the switch is re-made."""
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
     G = _gemm_module()
     has = _cpu.cpu_features()
@@ -385,7 +385,7 @@ def test_plain_ops_pack_each_weight_once_and_notice_changes():
     """ops.linear keeps one pack per weight tensor (dropped with the tensor, refreshed on in-place change)."""
     import gc
 
-    from bertsilicon.ops import _cpu_gemm
+    from bertsilicon.backends.cpu import gemm as _cpu_gemm
 
     g = torch.Generator().manual_seed(4)
     x = torch.randn(5, 64, generator=g)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bertsilicon import ops
-from bertsilicon.ops import _dispatch
+from bertsilicon.backends import registry, routing
 
 
 def _ln_args(dtype=torch.float32, n=64):
@@ -17,9 +17,9 @@ def test_unknown_backend():
 
 def test_missing_kernel_is_an_error_not_a_fallback(monkeypatch):
     """A backend without a kernel for an op raises when asked for; backend=None falls back to reference."""
-    if _dispatch._load("cpu") is not None:
+    if registry.load("cpu") is not None:
         pytest.skip("C++ extension not built")
-    monkeypatch.delitem(_dispatch._REGISTRY, ("linear", "cpu"), raising=False)
+    monkeypatch.delitem(registry.REGISTRY, ("linear", "cpu"), raising=False)
     x, w = torch.randn(2, 8), torch.randn(3, 8)
     with pytest.raises(ValueError, match="backend='cpu'.*no linear kernel"):
         ops.linear(x, w, backend="cpu")

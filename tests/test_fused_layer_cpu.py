@@ -1,4 +1,4 @@
-"""The one-call cpu path of FusedEncoderLayer (csrc/encoder_layer.cpp, bertsilicon/models/_cpu_layer.py).
+"""The one-call cpu path of FusedEncoderLayer (csrc/encoder_layer.cpp, bertsilicon/backends/cpu/layer.py).
 
 Contract: bit-identical (``torch.equal``) to the per-op path (``layer.one_call = False``: the same kernels
 called one by one from Python), which the rest of the suite checks against Hugging Face and float64. Here:
@@ -15,8 +15,9 @@ import transformers
 from transformers.models.bert import modeling_bert
 
 import bertsilicon
-from bertsilicon.models import bert
-from bertsilicon.models.fused_layer import GEMMS, FusedEncoderLayer
+from bertsilicon.models import encoder
+from bertsilicon.models.adapters import bert
+from bertsilicon.models.layers import GEMMS, FusedEncoderLayer
 from cpu_isa import cpu_isas, isa, needs_cpu, use_path  # noqa: F401  (isa: fixture)
 from numerics import poison_allocator, ragged_mask
 
@@ -87,7 +88,7 @@ class _Counter:
     """Counts the one-call C++ entry points (so a test knows the one-call path really ran)."""
 
     def __init__(self, monkeypatch):
-        from bertsilicon.models import _cpu_layer
+        from bertsilicon.backends.cpu import layer as _cpu_layer
 
         self.calls = {"packed": 0, "padded": 0}
         for form in self.calls:
@@ -253,8 +254,9 @@ def test_isa_switch_after_optimize_repacks(small_bert, precision):
     for layer in m.encoder.layer:
         layer.bf16_attention = precision == "int8"
     from bertsilicon import _C
-    from bertsilicon.models import _cpu_layer
-    from bertsilicon.ops import _cpu, _cpu_gemm
+    from bertsilicon.backends.cpu import layer as _cpu_layer
+    from bertsilicon.backends import cpu as _cpu
+    from bertsilicon.backends.cpu import gemm as _cpu_gemm
 
     before, outputs = _C.active_isa(), {}
     try:
@@ -272,7 +274,7 @@ def test_isa_switch_after_optimize_repacks(small_bert, precision):
             for layer in m.encoder.layer:  # the plan points at packs made for this path's kernels
                 snap = _cpu_layer.snapshot(layer)
                 packs = [p for p in snap.held if isinstance(p, _cpu_gemm._Pack)]
-                assert packs and all(p.kind == _C.gemm_pack_kind(_cpu_gemm._ELEM[p.source.dtype]) for p in packs)
+                assert packs and all(p.kind == _C.gemm_pack_kind(_cpu_gemm.ELEM[p.source.dtype]) for p in packs)
                 bf16_attention = precision == "int8" and _cpu.native_bf16_attention()
                 assert layer.attention_dtype(torch.device("cpu")) == (torch.bfloat16 if bf16_attention
                                                                       else layer.compute_dtype)
@@ -348,7 +350,7 @@ def test_the_layers_of_one_forward_share_one_scratch_block(monkeypatch):
         assert len(seen) == 2 and all(n > 64 << 20 for n in seen), seen  # held across both layers
         assert _C.layer_scratch_bytes() == 0  # freed after the loop
         seen.clear()
-        monkeypatch.setattr(opt, "_layer_scratch_held", lambda device: contextlib.nullcontext())
+        monkeypatch.setattr(encoder, "_layer_scratch_held", lambda device: contextlib.nullcontext())
         freed = model(input_ids=ids, attention_mask=mask).last_hidden_state
     assert seen == [0, 0]  # without the hold: freed after every layer
     assert torch.equal(held, freed)
@@ -359,7 +361,7 @@ def test_the_layers_of_one_forward_share_one_scratch_block(monkeypatch):
 @pytest.mark.parametrize("isa", cpu_isas(older_avx512=True), indirect=True)
 def test_report_names_the_cpu_kernels(small_bert, isa):
     """The report says which C++ path and GEMM instructions run, and where a precision buys no speed here."""
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
     base, _ = small_bert
     int8 = bertsilicon.optimize(copy.deepcopy(base), "int8").bertsilicon_report.cpu_kernels
@@ -378,7 +380,7 @@ def test_report_names_the_cpu_kernels(small_bert, isa):
 
 
 def _native_bf16_attention() -> bool:
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
     return _cpu.native_bf16_attention()
 

@@ -24,10 +24,10 @@ import transformers
 import bertsilicon
 from bertsilicon import ops
 from bertsilicon import reference as R
-from bertsilicon.ops import _dispatch
+from bertsilicon.backends import registry, routing
 from numerics import ragged_mask
 
-BACKENDS = [b for b in ("cpu", "triton") if _dispatch._load(b) is None]
+BACKENDS = [b for b in ("cpu", "triton") if registry.load(b) is None]
 
 
 def _leaf(t: torch.Tensor, grad: bool = True) -> torch.Tensor:

@@ -15,6 +15,8 @@ import transformers
 
 import bertsilicon
 from bertsilicon.models import optimize as opt
+from bertsilicon.models import cuda_graphs as cg
+from bertsilicon.models.encoder import FusedEncoder
 from bertsilicon.models.eval import mean_pool, pooled_cosines
 from numerics import assert_numerics, ragged_mask
 
@@ -102,10 +104,10 @@ def test_unpadded_path_equals_padded_path_at_real_positions(triton_device, kind)
 @pytest.mark.parametrize("precision,unpad,smooth", [
     ("fp32", True, None), ("fp16", True, None), ("bf16", False, None), ("int8", True, 0.5), ("int8", False, None)])
 def test_direct_triton_launches_equal_the_public_ops(triton_device, monkeypatch, precision, unpad, smooth):
-    """The layers call the triton launchers directly (bertsilicon/models/_triton_layer.py): bit for bit what
+    """The layers call the triton launchers directly (bertsilicon/backends/triton/layer.py): bit for bit what
     the same layers give through the public ops (validation + dispatch per op), and no public op runs."""
     from bertsilicon import ops
-    from bertsilicon.models.fused_layer import FusedEncoderLayer
+    from bertsilicon.models.layers import FusedEncoderLayer
 
     model = _model("bert", triton_device, seed=12)
     inputs = _inputs(triton_device, seed=13)
@@ -192,11 +194,11 @@ def graph_models():
 
 def _graph_keys(model) -> list:
     """The ``GraphKey``s of the graphs the model's encoder holds, least recently used first."""
-    return list(_encoder(model).__dict__["_graphs"])
+    return list(_encoder(model).__dict__["graphs"].graphs)
 
 
-def _encoder(model) -> opt.FusedEncoder:
-    return next(m for m in model.modules() if isinstance(m, opt.FusedEncoder))
+def _encoder(model) -> FusedEncoder:
+    return next(m for m in model.modules() if isinstance(m, FusedEncoder))
 
 
 @pytest.fixture
@@ -215,11 +217,11 @@ def captures(monkeypatch):
 def test_cuda_graph_replay_equals_eager_and_reuses_its_bucket(graph_models, captures):
     model, eager, graphs = graph_models
     bucket = 128
-    assert bucket in opt.GRAPH_BUCKETS
+    assert bucket in cg.GRAPH_BUCKETS
     full = _inputs("cuda", batch=4, length=bucket, seed=9)  # a full bucket: no bucket padding
     got = _hidden(graphs, full)
     assert len(captures) == 1
-    assert opt.GraphKey("padded", 4, bucket, 4 * bucket, torch.float16, got.device) in _graph_keys(graphs)
+    assert cg.GraphKey("padded", 4, bucket, 4 * bucket, torch.float16, got.device) in _graph_keys(graphs)
     assert torch.equal(got, _hidden(eager, full)), "graph replay differs from the eager padded path"
     assert _encoder(graphs).cuda_graphs and not graphs.bertsilicon_report.notes  # no capture fell back
 
@@ -237,7 +239,7 @@ def test_cuda_graph_replay_equals_eager_and_reuses_its_bucket(graph_models, capt
 @pytest.mark.gpu
 def test_calls_over_the_token_budget_run_eagerly(graph_models, captures):
     _, eager, graphs = graph_models
-    batch = opt.GRAPH_MAX_TOKENS // 64 + 1  # batch x length bucket 64 > GRAPH_MAX_TOKENS
+    batch = cg.GRAPH_MAX_TOKENS // 64 + 1  # batch x length bucket 64 > GRAPH_MAX_TOKENS
     big = _inputs("cuda", batch=batch, length=64, seed=11)
     assert torch.equal(_hidden(graphs, big), _hidden(eager, big))
     assert not captures and not any(k.batch == batch for k in _graph_keys(graphs))
@@ -256,7 +258,7 @@ def test_packed_cuda_graph_equals_the_eager_padding_free_path(captures, precisio
     out = _hidden(m, inputs)
     (key,) = _graph_keys(m)
     real = inputs["attention_mask"].bool()
-    assert (key.path, key.batch, key.length, key.tokens) == ("packed", 8, 64, opt.graph_tokens(int(real.sum())))
+    assert (key.path, key.batch, key.length, key.tokens) == ("packed", 8, 64, cg.graph_tokens(int(real.sum())))
     assert not m.bertsilicon_report.notes and len(captures) == 1
     assert torch.equal(out, _hidden(eager, inputs))
     assert torch.equal(out[~real], torch.zeros_like(out[~real]))

@@ -17,7 +17,9 @@ import transformers
 
 import bertsilicon
 from bertsilicon.models import optimize as opt
-from bertsilicon.models.fused_layer import FusedEncoderLayer, FusedLayerBase
+from bertsilicon.models import cuda_graphs as cg
+from bertsilicon.models.encoder import FusedEncoder
+from bertsilicon.models.layers import FusedEncoderLayer, FusedLayerBase
 from numerics import ragged_mask
 
 H, HEADS = 52, 2  # head dim 26
@@ -42,18 +44,18 @@ def _hidden(model, inputs) -> torch.Tensor:
         return model(**inputs).last_hidden_state
 
 
-def _encoder(model) -> opt.FusedEncoder:
-    return next(m for m in model.modules() if isinstance(m, opt.FusedEncoder))
+def _encoder(model) -> FusedEncoder:
+    return next(m for m in model.modules() if isinstance(m, FusedEncoder))
 
 
 @pytest.fixture
 def captures(monkeypatch):
-    """Graph path on CPU with an eager stand-in for the capture (:func:`opt.replay_eagerly`, made to run no
+    """Graph path on CPU with an eager stand-in for the capture (:func:`cg.replay_eagerly`, made to run no
     layer sync on replay, as a graph); returns the list of the graphs captured."""
     made = []
 
     def eager_capture(body, inputs, pool):
-        graph = opt.replay_eagerly(body, inputs, pool)
+        graph = cg.replay_eagerly(body, inputs, pool)
         made.append(graph)
 
         def replay():  # a CUDA graph runs no Python: what the layers' forwards check on the host (their
@@ -63,8 +65,8 @@ def captures(monkeypatch):
         graph_replay, graph.replay = graph.replay, replay
         return graph
 
-    monkeypatch.setattr(opt, "capture_graph", eager_capture)
-    monkeypatch.setattr(opt, "_GRAPH_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(cg, "capture_graph", eager_capture)
+    monkeypatch.setattr(cg, "CAPTURE_DEVICES", ("cuda", "cpu"))
     return made
 
 
@@ -79,7 +81,7 @@ def _pair(model, precision, backend="cpu", **kwargs):
 
 
 def _keys(model) -> list:
-    return list(_encoder(model).__dict__["_graphs"])
+    return list(_encoder(model).__dict__["graphs"].graphs)
 
 
 def test_graph_tokens_keep_the_kernels_bucket_and_waste_at_most_an_eighth():
@@ -87,12 +89,12 @@ def test_graph_tokens_keep_the_kernels_bucket_and_waste_at_most_an_eighth():
 
     seen = {}
     for tokens in range(1, 9000):
-        g = opt.graph_tokens(tokens)
+        g = cg.graph_tokens(tokens)
         assert g >= tokens and token_bucket(g) == token_bucket(tokens), tokens
         assert g - tokens < max(16, token_bucket(tokens) // 8), tokens
         seen.setdefault(token_bucket(tokens), set()).add(g)
     assert all(len(v) <= 8 for v in seen.values())
-    assert [opt.graph_tokens(t) for t in (1, 27, 426, 1919, 2049)] == [16, 32, 448, 2048, 2560]
+    assert [cg.graph_tokens(t) for t in (1, 27, 426, 1919, 2049)] == [16, 32, 448, 2048, 2560]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
@@ -102,7 +104,7 @@ def test_packed_graph_equals_the_eager_padding_free_path(captures, precision):
     out = _hidden(graphs, inputs)
     (key,) = _keys(graphs)
     real_tokens = int(inputs["attention_mask"].sum())
-    assert (key.path, key.batch, key.length, key.tokens) == ("packed", 8, 128, opt.graph_tokens(real_tokens))
+    assert (key.path, key.batch, key.length, key.tokens) == ("packed", 8, 128, cg.graph_tokens(real_tokens))
     assert key.tokens > real_tokens  # the scratch rows are exercised
     assert torch.equal(out, _hidden(eager, inputs))
     real = inputs["attention_mask"].bool()
@@ -118,7 +120,7 @@ def test_packed_graph_is_reused_within_its_buckets(captures):
     g = torch.Generator().manual_seed(5)
     for _ in range(50):
         other = _inputs(6, 64, seed=int(torch.randint(0, 1 << 30, (1,), generator=g)))
-        if opt.graph_tokens(int(other["attention_mask"].sum())) == opt.graph_tokens(tokens):
+        if cg.graph_tokens(int(other["attention_mask"].sum())) == cg.graph_tokens(tokens):
             break
     else:
         pytest.fail("no batch with the same token bucket found")
@@ -172,17 +174,17 @@ def test_triton_backend_packed_graph_equals_eager(captures, triton_device):
 def test_calls_over_the_token_budget_or_the_longest_bucket_run_eagerly(captures, monkeypatch):
     eager, graphs = _pair(_model(12), "fp32")
     inputs = _inputs(4, 40, seed=13)
-    monkeypatch.setattr(opt, "GRAPH_MAX_TOKENS", opt.graph_tokens(int(inputs["attention_mask"].sum())) - 1)
+    monkeypatch.setattr(cg, "GRAPH_MAX_TOKENS", cg.graph_tokens(int(inputs["attention_mask"].sum())) - 1)
     assert torch.equal(_hidden(graphs, inputs), _hidden(eager, inputs))
     assert not captures and not _keys(graphs)
-    monkeypatch.setattr(opt, "GRAPH_BUCKETS", (16, 32))  # length 40 past the longest bucket
-    monkeypatch.setattr(opt, "GRAPH_MAX_TOKENS", 1 << 20)
+    monkeypatch.setattr(cg, "GRAPH_BUCKETS", (16, 32))  # length 40 past the longest bucket
+    monkeypatch.setattr(cg, "GRAPH_MAX_TOKENS", 1 << 20)
     assert torch.equal(_hidden(graphs, inputs), _hidden(eager, inputs))
     assert not captures
 
 
 def test_cache_keeps_the_most_recently_used_graphs(captures, monkeypatch):
-    monkeypatch.setattr(opt, "GRAPH_CACHE_SIZE", 2)
+    monkeypatch.setattr(cg, "GRAPH_CACHE_SIZE", 2)
     _, graphs = _pair(_model(14), "fp32")
     a, b, c = _inputs(2, 9, seed=15), _inputs(2, 30, seed=16), _inputs(2, 60, seed=17)
     for inputs in (a, b, a, c):  # a is used again before c arrives: b is the least recently used
@@ -192,12 +194,12 @@ def test_cache_keeps_the_most_recently_used_graphs(captures, monkeypatch):
 
 
 def test_a_failing_capture_runs_eagerly_and_says_so(monkeypatch):
-    monkeypatch.setattr(opt, "_GRAPH_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(cg, "CAPTURE_DEVICES", ("cuda", "cpu"))
 
     def failing(body, inputs, pool):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(opt, "capture_graph", failing)
+    monkeypatch.setattr(cg, "capture_graph", failing)
     eager, graphs = _pair(_model(18), "fp32")
     inputs = _inputs(3, 20, seed=19)
     with pytest.warns(UserWarning, match="CUDA graph capture failed"):
@@ -214,7 +216,7 @@ def test_a_failing_capture_runs_eagerly_and_says_so(monkeypatch):
 ], ids=["item", "bool", "int", "tolist", "nonzero", "bool-index", "masked_select", "unique", "torch.tensor"])
 def test_the_stand_in_refuses_what_a_stream_capture_refuses(host_read):
     t = torch.arange(6, dtype=torch.int32)
-    with pytest.raises(opt.GraphCaptureError), opt.no_host_reads():
+    with pytest.raises(cg.GraphCaptureError), cg.no_host_reads():
         host_read(t)
     host_read(t)  # fine outside, and tolist is restored
     assert t.tolist() == list(range(6))
@@ -222,7 +224,7 @@ def test_the_stand_in_refuses_what_a_stream_capture_refuses(host_read):
 
 def test_the_stand_in_allows_the_work_of_a_graph():
     x, cu = torch.randn(8, 4), torch.tensor([0, 3, 8], dtype=torch.int32)
-    with opt.no_host_reads():  # shapes, views, device-side copies and index ops with index tensors: all capturable
+    with cg.no_host_reads():  # shapes, views, device-side copies and index ops with index tensors: all capturable
         y = x.new_zeros(8, 4).index_copy_(0, torch.arange(8), x @ torch.eye(4))
         x.index_select(0, cu[:2].long()), y[:3].copy_(x[:3]), cu[1:].fill_(8), torch.where(x > 0, x, 0.0)
     assert torch.equal(y, x)
@@ -248,7 +250,7 @@ def test_moving_the_model_drops_its_graphs(captures):
     _hidden(graphs, _inputs(2, 9, seed=21))
     assert _keys(graphs)
     graphs.to(torch.float32)  # nn.Module._apply: captured graphs would point at the old tensors
-    assert not _keys(graphs) and "_graph_pool" not in _encoder(graphs).__dict__
+    assert not _keys(graphs) and _encoder(graphs).__dict__["graphs"].pool is None
 
 
 def test_a_graph_captured_under_inference_mode_serves_no_grad_calls_too(captures):

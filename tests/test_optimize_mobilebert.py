@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import bertsilicon
-from bertsilicon.models.fused_mobilebert import FusedMobileBertLayer
+from bertsilicon.models.layers import FusedMobileBertLayer
 from bertsilicon.models.optimize import supported_classes
 from cpu_isa import cpu_available, cpu_isas, isa  # noqa: F401  (the isa fixture)
 from hf_parity import assert_fp32_head_matches_hf, draw_norms_and_biases
@@ -276,7 +276,7 @@ def test_cuda_graph_path_equals_eager(captures, precision, unpad):
     inputs = _inputs(seed=10)
     with torch.no_grad():
         got, want = graphs(**inputs).last_hidden_state, eager(**inputs).last_hidden_state
-    assert len(encoder.__dict__["_graphs"]) == 1 and len(captures) == 1
+    assert len(encoder.__dict__["graphs"].graphs) == 1 and len(captures) == 1
     assert torch.equal(got, want)
 
 

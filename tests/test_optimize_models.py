@@ -92,9 +92,9 @@ def test_int8_fallback_steps_through_bf16_where_it_is_native(monkeypatch, native
     fused layers meet the budget they report, and the model's output follows them. (This small random
     model: int8 layer error ~3.5e-4, one GEMM int8 alone ~1e-4..2.2e-4, all four bf16 ~1e-4: a budget of
     2e-4 needs a few GEMMs moved and bf16 is enough for them.)"""
-    from bertsilicon.models import optimize as opt
+    from bertsilicon.backends import routing
 
-    monkeypatch.setattr(opt, "_native_bf16", lambda device, backend: native)
+    monkeypatch.setattr(routing, "native_bf16_gemm", lambda device, backend: native)
     m = _build("BertModel", hidden_act="relu")
     ref = copy.deepcopy(m)
     # all-int8 layers: 3.9e-4, 4.5e-4; with every GEMM bf16 ~2.5e-4: the budget is met within the bf16 steps
@@ -115,10 +115,10 @@ def test_int8_fallback_steps_through_bf16_where_it_is_native(monkeypatch, native
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_cpu_gemms_called_directly_equal_the_public_ops(monkeypatch, precision):
     """PreparedLinear calls the cpu backend's packed GEMMs directly; the public ops give the same bits."""
-    from bertsilicon.models import fused_layer
-    from bertsilicon.ops import _dispatch
+    from bertsilicon.models import layers as fused_layer
+    from bertsilicon.backends import registry, routing
 
-    if _dispatch._load("cpu") is not None:
+    if registry.load("cpu") is not None:
         pytest.skip("C++ extension not built")
     m = bertsilicon.optimize(_build("BertModel", hidden_act="relu"), precision, smooth=0.5 if precision == "int8" else None)
     inputs = _inputs("BertModel")
@@ -238,8 +238,8 @@ def test_fp16_on_cpu_is_fp16_operands_on_the_fp32_kernel():
     """An fp16 GEMM on a CPU (no fp16 arithmetic) runs on the cpu backend's fp32 kernel with fp16 operands:
     exactly linear(round_to(x, fp16), w.half().float()) — products exact, fp32 sums and output — and the
     layer's activations are fp32. Against float64 on the same fp16 operands it is fp32-accurate."""
-    from bertsilicon.models.fused_layer import PreparedLinear
-    from bertsilicon.ops import _cpu_gemm
+    from bertsilicon.models.layers import PreparedLinear
+    from bertsilicon.backends.cpu import gemm as _cpu_gemm
 
     if bertsilicon.ops.backend_status()["cpu"] is not None:
         pytest.skip("C++ extension not built")
@@ -269,7 +269,7 @@ def test_fp16_on_cpu_is_fp16_operands_on_the_fp32_kernel():
 
 
 def test_fp16_on_the_reference_backend_keeps_no_fp32_weight_copy():
-    from bertsilicon.models.fused_layer import PreparedLinear
+    from bertsilicon.models.layers import PreparedLinear
 
     w = torch.randn(8, 6)
     assert "weight_fp16_in_fp32" not in PreparedLinear(w, None, "fp16", backend="reference")._buffers
@@ -278,7 +278,7 @@ def test_fp16_on_the_reference_backend_keeps_no_fp32_weight_copy():
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8"])
 def test_report_says_how_each_layer_runs(precision, monkeypatch):
     """model.bertsilicon_report: per fused layer, "one C++ call" (cpu backend) or "per op (why)"."""
-    from bertsilicon.models import fused_layer
+    from bertsilicon.models.layers import base as layer_base
 
     inputs = _inputs("BertModel")
     if bertsilicon.ops.backend_status()["cpu"] is None:
@@ -287,7 +287,7 @@ def test_report_says_how_each_layer_runs(precision, monkeypatch):
         assert [r.call for r in rep.layers] == ["one C++ call"] * 2 and "one C++ call" in str(rep)
         m.encoder.layer[1].one_call = False
         assert m.encoder.layer[1].call_path() == "per op (layer.one_call = False)"
-        monkeypatch.setattr(fused_layer, "ONE_CALL", False)  # what BERTSILICON_LAYER_ONE_CALL=0 sets
+        monkeypatch.setattr(layer_base, "ONE_CALL", False)  # what BERTSILICON_LAYER_ONE_CALL=0 sets
         off = bertsilicon.optimize(_build("BertModel"), precision, backend="cpu", calibration=inputs)
         assert [r.call for r in off.bertsilicon_report.layers] == ["per op (layer.one_call = False)"] * 2
     ref = bertsilicon.optimize(_build("BertModel"), precision, backend="reference", calibration=inputs)
@@ -313,7 +313,7 @@ def host_reads(monkeypatch):
 
 
 def test_key_padding_mask_from_every_form_hf_passes(host_reads):
-    from bertsilicon.models.optimize import _NotKeyPadding, key_padding_mask
+    from bertsilicon.models.encoder import NotKeyPadding, key_padding_mask
 
     g = torch.Generator().manual_seed(40)
     real = ragged_mask(5, 13, g).bool()
@@ -328,7 +328,7 @@ def test_key_padding_mask_from_every_form_hf_passes(host_reads):
     bias = additive.clone()
     bias[0, 0, 3, 4] = -2.0  # an additive bias that is not a mask (ALiBi-like)
     for not_key_padding in (causal, bias, real[:, None, :]):
-        with pytest.raises(_NotKeyPadding):
+        with pytest.raises(NotKeyPadding):
             key_padding_mask(not_key_padding, 5, 13)
     with pytest.raises(ValueError, match="attention_mask has shape"):
         key_padding_mask(real[:, :12], 5, 13)

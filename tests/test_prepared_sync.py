@@ -16,7 +16,7 @@ from torch import nn
 
 import bertsilicon
 from bertsilicon import quant
-from bertsilicon.models.fused_layer import GEMMS
+from bertsilicon.models.layers import GEMMS
 from numerics import ragged_mask
 
 CPU_BUILT = bertsilicon.ops.backend_status()["cpu"] is None

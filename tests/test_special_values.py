@@ -35,7 +35,7 @@ import torch
 
 from bertsilicon import formats, ops
 from bertsilicon import reference as R
-from bertsilicon.ops import _dispatch
+from bertsilicon.backends import registry, routing
 from cpu_isa import cpu_isas
 from numerics import assert_numerics, poison_allocator
 from test_triton_attention import torch_attention
@@ -73,15 +73,15 @@ def _backend_params():
 @pytest.fixture(params=_backend_params())
 def backend(request):
     be = request.param
-    reason = _dispatch._load(be.name)
+    reason = registry.load(be.name)
     if reason is not None:
         pytest.skip(f"the {be.name} backend is not available: {reason}")
     if be.name != "cpu":
         yield be
         return
-    from bertsilicon.ops import _cpu
+    from bertsilicon.backends import cpu as _cpu
 
-    before = _cpu._C.active_isa()
+    before = _cpu.runtime._C.active_isa()
     _cpu.set_isa(be.isa)
     yield be
     _cpu.set_isa(before)

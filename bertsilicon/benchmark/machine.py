@@ -72,8 +72,8 @@ def _gpu():
 
 
 def _bertsilicon_cpu_features():
-    try:  # through ops._cpu: it applies BERTSILICON_HIDE_CPU_FEATURES / BERTSILICON_ISA at import
-        from bertsilicon.ops import _cpu
+    try:  # through the cpu backend: it applies BERTSILICON_HIDE_CPU_FEATURES / BERTSILICON_ISA at import
+        from bertsilicon.backends import cpu as _cpu
         return _cpu.cpu_features()
     except (ImportError, AttributeError, TypeError):
         return None

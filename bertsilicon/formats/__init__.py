@@ -160,6 +160,20 @@ class IntFormat:
 Format = Union[FloatFormat, FixedFormat, IntFormat]
 
 
+INT8_GRANULARITIES = ("per_tensor", "per_token", "per_channel")  # the int8 op's scale groups (ops.quantize)
+
+
+def quant_reduce_dims(x: torch.Tensor, granularity: str) -> tuple[int, ...]:
+    """Dims the absolute maximum is taken over, per granularity (scales keep those dims as size 1)."""
+    if granularity == "per_tensor":
+        return tuple(range(x.dim()))
+    if granularity == "per_token":  # one scale per row of the last dim (activations)
+        return (x.dim() - 1,)
+    if granularity == "per_channel":  # one scale per output channel = dim 0 (weights [N, K])
+        return tuple(range(1, x.dim()))
+    raise ValueError(f"granularity={granularity!r} is unknown; expected one of {INT8_GRANULARITIES}")
+
+
 def _check_bits(arg: str, value, lo: int, hi: int, why: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
@@ -415,7 +429,6 @@ def compute_scale(x: torch.Tensor, fmt="int8", granularity: str = "per_token",
     if granularity == "per_group":
         amax = _group_view(xa, group_size).abs().amax(dim=-1)
     else:
-        from ..reference import quant_reduce_dims  # the int8 op's definition of the three common ones
 
         amax = xa.abs().amax(dim=quant_reduce_dims(xa, granularity), keepdim=True) if xa.numel() else \
             torch.ones([1] * xa.dim())

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from .fused_layer import GEMMS as BERT_GEMMS  # the BERT block's GEMMs: one report column each
+from .layers import GEMMS as BERT_GEMMS  # the BERT block's GEMMs: one report column each
 
 
 def _precision_counts(gemms: dict) -> str:

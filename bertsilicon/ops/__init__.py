@@ -1,8 +1,8 @@
 """The public op surface: one function per fused op, each with ``backend=None | "reference" | "cpu" | "triton"``.
 
 Every function validates its arguments (a bad argument is a ``TypeError``/``ValueError`` naming it),
-then picks a backend (:mod:`bertsilicon.ops._dispatch`) and calls it. Under ``torch.compile`` the call
-goes through the ``torch.ops.bertsilicon.*`` custom ops (:mod:`bertsilicon.ops._library`), so the C++ and
+then picks a backend (:mod:`bertsilicon.backends.routing`) and calls it. Under ``torch.compile`` the call
+goes through the ``torch.ops.bertsilicon.*`` custom ops (:mod:`bertsilicon.ops.library`), so the C++ and
 Triton kernels are captured in the graph as opaque nodes.
 
 Meaning of each op: :mod:`bertsilicon.reference`. Dtypes: float ops take fp32, bf16, fp16 (and float64,
@@ -22,8 +22,11 @@ import torch
 
 from .. import formats as _formats
 from .. import reference as _ref
-from . import _validate as V
-from ._dispatch import BACKENDS, available, backend_status, resolve
+from .. import validation as V
+from ..backends.registry import BACKENDS, backend_status
+from ..backends.routing import available, resolve
+from ..validation import check_cu_seqlens
+from .autograd import KernelForwardReferenceBackward, reference_backward
 
 __all__ = ["attention", "attention_varlen", "check_cu_seqlens", "bias_gelu", "add_layernorm", "linear", "quantize", "int8_linear", "round_to",
            "reference_backward", "BACKENDS", "available", "backend_status", "which_backend"]
@@ -33,62 +36,16 @@ _F = V.FLOAT_DTYPES
 
 def _run(op: str, backend: Optional[str], device: torch.device, *args):
     if torch.compiler.is_compiling():
-        from . import _library  # noqa: F401  (registers torch.ops.bertsilicon.*)
+        from . import library  # noqa: F401  (registers torch.ops.bertsilicon.*)
         return getattr(torch.ops.bertsilicon, op)(*args, backend or "")
     name, fn = resolve(op, backend, device, *args)
     if name != "reference" and _needs_grad(args):
-        return _KernelForwardReferenceBackward.apply(op, fn, *args)
+        return KernelForwardReferenceBackward.apply(op, fn, *args)
     return fn(*args)
 
 
 def _needs_grad(args) -> bool:
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-
-
-def reference_backward(op: str, args: tuple, grads: tuple, needs_input_grad) -> tuple:
-    """Gradients of ``op``'s reference definition (:mod:`bertsilicon.reference`) at ``args``, for the
-    incoming ``grads`` (one per output, None for none), one entry per arg (None where not needed).
-
-    The C++ and Triton kernels are forward kernels; every backend's backward is this one, recomputed from
-    the saved inputs, so an op's gradient does not depend on the backend that ran its forward (and equals
-    what ``backend="reference"`` gives, bit for bit)."""
-    inputs = [a.detach().requires_grad_(need) if isinstance(a, torch.Tensor) else a
-              for a, need in zip(args, needs_input_grad)]
-    with torch.enable_grad():
-        outs = getattr(_ref, op)(*inputs)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
-    wrt = [a for a, need in zip(inputs, needs_input_grad) if need]
-    found = (list(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
-             if pairs else [None] * len(wrt))
-    return tuple(found.pop(0) if need else None for need in needs_input_grad)
-
-
-def _save_args(ctx, args) -> None:
-    """Keep an op's arguments on an autograd ``ctx``: the tensors saved for backward, the rest as they are."""
-    ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
-    ctx.constants = [None if t else a for a, t in zip(args, ctx.is_tensor)]
-    ctx.save_for_backward(*[a for a, t in zip(args, ctx.is_tensor) if t])
-
-
-def _saved_args(ctx) -> tuple:
-    saved = iter(ctx.saved_tensors)
-    return tuple(next(saved) if t else c for t, c in zip(ctx.is_tensor, ctx.constants))
-
-
-class _KernelForwardReferenceBackward(torch.autograd.Function):
-    """``fn(*args)`` (a C++ or Triton kernel) forward; :func:`reference_backward` backward."""
-
-    @staticmethod
-    def forward(ctx, op, fn, *args):
-        ctx.op = op
-        _save_args(ctx, args)
-        return fn(*args)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads):
-        return (None, None, *reference_backward(ctx.op, _saved_args(ctx), grads, ctx.needs_input_grad[2:]))
 
 
 def which_backend(op: str, *args, backend: Optional[str] = None) -> str:
@@ -138,7 +95,7 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, scale: Optional[float
     V.same_dtype(q=q, k=k, v=v)
     V.shape("k", k, q.shape, "(must match q: [T, H, D])")
     V.shape("v", v, q.shape, "(must match q: [T, H, D])")
-    _cu_seqlens_arg(cu_seqlens, max_seqlen)
+    V.cu_seqlens_arg(cu_seqlens, max_seqlen)
     if not offsets_checked and not torch.compiler.is_compiling():
         check_cu_seqlens(cu_seqlens, q.shape[0], max_seqlen)
     if scale is not None and not isinstance(scale, (int, float)):
@@ -146,29 +103,6 @@ def attention_varlen(q, k, v, cu_seqlens, max_seqlen: int, scale: Optional[float
     device = V.same_device(q=q, k=k, v=v, cu_seqlens=cu_seqlens)
     return _run("attention_varlen", backend, device, q, k, v, cu_seqlens, max_seqlen,
                 None if scale is None else float(scale))
-
-
-def _cu_seqlens_arg(cu_seqlens, max_seqlen) -> None:
-    """The checks of ``cu_seqlens`` / ``max_seqlen`` that need no look at the values."""
-    V.tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
-    if cu_seqlens.numel() < 1:
-        raise ValueError("cu_seqlens must hold at least [0]; expected int32 [B + 1] prefix sums")
-    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
-        raise ValueError(f"max_seqlen must be a non-negative int, got {max_seqlen!r}")
-
-
-def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int) -> None:
-    """Check packed-sequence offsets before a kernel trusts them: ``cu_seqlens`` int32 ``[B + 1]`` starts at
-    0, never decreases, ends at ``total_tokens``, and no sequence is longer than ``max_seqlen``.
-    ValueError naming the problem otherwise. Reads the values on the host (a device sync for CUDA)."""
-    _cu_seqlens_arg(cu_seqlens, max_seqlen)
-    cu = cu_seqlens.tolist()
-    if cu[0] != 0 or cu[-1] != total_tokens or any(b < a for a, b in zip(cu, cu[1:])):
-        raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={total_tokens}; "
-                         f"got {cu[:8]}{'...' if len(cu) > 8 else ''}")
-    longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
-    if longest > max_seqlen:
-        raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({longest})")
 
 
 def bias_gelu(x, bias, approximate: str = "none", *, backend: Optional[str] = None):

@@ -14,7 +14,8 @@ from .calibration import calibrate, calibration_path
 from .core import profile
 from .counts import FLOPS_PER_ELEMENT, Op, count_ops
 from .energy import HOROWITZ, EnergyTable
-from .hardware import HARDWARE, PRECISIONS, Hardware, get_hardware, known_hardware
+from .hardware import HARDWARE, PRECISIONS, Hardware
+from .lookup import get_hardware, known_hardware
 from .report import Report
 
 __all__ = ["profile", "Report", "Arch", "arch_from_config", "bert_arch", "count_ops", "Op", "FLOPS_PER_ELEMENT",

@@ -7,7 +7,8 @@ from typing import List, Optional, Tuple
 from .arch import Arch, arch_from_config
 from .counts import count_ops
 from .energy import HOROWITZ, EnergyTable
-from .hardware import check_precision, get_hardware
+from .hardware import check_precision
+from .lookup import get_hardware
 from .notes import COUNTED, NOT_COUNTED, paper_figures
 from .report import Report
 from .roofline import price, totals

@@ -29,7 +29,8 @@ from .arch import Arch, arch_from_config, bert_arch
 from .core import _positive_int
 from .counts import count_ops
 from .energy import HOROWITZ
-from .hardware import check_precision, get_hardware
+from .hardware import check_precision
+from .lookup import get_hardware
 from .roofline import price, totals
 
 LAYERS = (2, 3, 4, 6, 8, 12)

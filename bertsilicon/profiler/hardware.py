@@ -146,29 +146,6 @@ HARDWARE: Dict[str, Hardware] = {h.name: h for h in _TABLE}
 _ALIASES = {alias: h.name for h in _TABLE for alias in h.aliases}
 
 
-def known_hardware() -> List[str]:
-    return [*HARDWARE, "local"]
-
-
-def get_hardware(hardware) -> Hardware:
-    """A :class:`Hardware` by name (case-insensitive; aliases such as ``h100-sxm``, ``avx2``), ``"local"``
-    (this machine's CPU, from the stored calibration — measured now if there is none), or a
-    :class:`Hardware` instance (returned as is)."""
-    if isinstance(hardware, Hardware):
-        return hardware
-    if not isinstance(hardware, str):
-        raise TypeError(f"hardware must be a str or Hardware, got {type(hardware).__name__}")
-    key = hardware.strip().lower()
-    if key == "local":
-        from .calibration import local_hardware
-        return local_hardware()
-    key = _ALIASES.get(key, key)
-    if key not in HARDWARE:
-        aliases = ", ".join(f"{a} (= {n})" for a, n in _ALIASES.items())
-        raise ValueError(f"hardware {hardware!r} is unknown; known: {', '.join(known_hardware())}; aliases: {aliases}")
-    return HARDWARE[key]
-
-
 def check_precision(hw: Hardware, precision) -> str:
     if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is unknown; known: {', '.join(PRECISIONS)}")

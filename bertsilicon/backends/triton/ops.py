@@ -12,14 +12,14 @@ from typing import Optional
 
 import torch
 
-from .. import formats as _formats
-from .. import kernels  # noqa: F401  (ImportError marks the backend unavailable)
-from ..kernels import attention as _attn
-from ..kernels import elementwise as _ew
-from ..kernels import gemm as _gemm
-from ..kernels import layernorm as _ln
-from ._dispatch import register
-from ._validate import first_reason
+from ... import formats as _formats
+from ... import kernels  # noqa: F401  (ImportError marks the backend unavailable)
+from ...kernels import attention as _attn
+from ...kernels import elementwise as _ew
+from ...kernels import gemm as _gemm
+from ...kernels import layernorm as _ln
+from ...validation import first_reason
+from ..registry import register
 
 FLOAT16_32 = (torch.float32, torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 128

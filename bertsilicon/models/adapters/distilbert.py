@@ -4,8 +4,8 @@ from __future__ import annotations
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.distilbert import modeling_distilbert as hf
 
-from .adapters import Adapter, activation_of
-from .fused_layer import LayerParts
+from .base import Adapter, activation_of
+from ..layers import LayerParts
 
 
 def _parts(layer, config) -> LayerParts:

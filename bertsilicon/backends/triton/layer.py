@@ -5,7 +5,7 @@ validates its arguments and resolves its backend before the launcher runs: ~8 us
 CPU, a quarter of the eager Triton path's host time (``bench/gpu_host_overhead.py``: MiniLM-L6 fp16, batch 1,
 launches stubbed: 1.19 -> 0.81 ms per forward). On a GPU that host time is the eager path's floor above the
 CUDA-graph token budget, so a layer whose every op the public ops would send to the triton backend calls the
-backend's launchers here directly — the functions :mod:`bertsilicon.ops._triton` registers, so the same
+backend's launchers here directly — the functions :mod:`.ops` registers, so the same
 kernels with the same arguments and bit-identical results (tests/test_optimize_gpu.py,
 ``test_direct_triton_launches_equal_the_public_ops``).
 
@@ -27,12 +27,12 @@ from typing import Optional
 
 import torch
 
-from ..kernels import elementwise as _ew
-from ..ops import _triton as _impl
+from ...kernels import elementwise as _ew
+from . import ops as _impl
 
 
 def linear(gemm, x: torch.Tensor, activation: Optional[str] = None) -> torch.Tensor:
-    """``gemm`` (a :class:`~bertsilicon.models.fused_layer.PreparedLinear`) on ``x [..., K]`` (last dim
+    """``gemm`` (a :class:`~bertsilicon.models.layers.PreparedLinear`) on ``x [..., K]`` (last dim
     contiguous), as :meth:`PreparedLinear.forward` computes it through the public ops."""
     w, b = gemm.operands()[:2]
     if gemm.precision == "int8":

@@ -1,5 +1,5 @@
-"""Argument checks shared by every backend: a bad argument is a TypeError/ValueError that names it
-and says what was expected, raised before any kernel runs."""
+"""Argument checks shared by the public ops and every backend: a bad argument is a TypeError/ValueError that
+names it and says what was expected, raised before any kernel runs."""
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
@@ -57,3 +57,26 @@ def contiguous(name: str, t: Optional[torch.Tensor]) -> Optional[str]:
 
 def first_reason(*reasons: Optional[str]) -> Optional[str]:
     return next((r for r in reasons if r), None)
+
+
+def cu_seqlens_arg(cu_seqlens, max_seqlen) -> None:
+    """The checks of ``cu_seqlens`` / ``max_seqlen`` that need no look at the values."""
+    tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32,), ndim=1)
+    if cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens must hold at least [0]; expected int32 [B + 1] prefix sums")
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a non-negative int, got {max_seqlen!r}")
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, max_seqlen: int) -> None:
+    """Check packed-sequence offsets before a kernel trusts them: ``cu_seqlens`` int32 ``[B + 1]`` starts at
+    0, never decreases, ends at ``total_tokens``, and no sequence is longer than ``max_seqlen``.
+    ValueError naming the problem otherwise. Reads the values on the host (a device sync for CUDA)."""
+    cu_seqlens_arg(cu_seqlens, max_seqlen)
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0 or cu[-1] != total_tokens or any(b < a for a, b in zip(cu, cu[1:])):
+        raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at T={total_tokens}; "
+                         f"got {cu[:8]}{'...' if len(cu) > 8 else ''}")
+    longest = max((b - a for a, b in zip(cu, cu[1:])), default=0)
+    if longest > max_seqlen:
+        raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({longest})")

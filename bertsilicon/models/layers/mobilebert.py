@@ -25,14 +25,14 @@ GEMMs per token (released shapes, H = F = 512, h = 128, k = 4): x_proj 3 x 128 x
 o 128^2, four FFNs 2 x 512 x 128 each, out_bottleneck 512 x 128: 0.84 M multiply-adds a token (plus
 4 L h of attention), ~8.5x fewer than a BERT-base layer's 7.1 M, in 12 GEMMs instead of 4: the layer is
 thin, so every GEMM reads x or its predecessor's output once and the projections that read the same input are
-one GEMM. Each GEMM has its own precision, as in :class:`~bertsilicon.models.fused_layer.FusedEncoderLayer`
-(:class:`~bertsilicon.models.fused_layer.PreparedLinear`: prepared once, following the model's parameters),
+one GEMM. Each GEMM has its own precision, as in :class:`~.bert.FusedEncoderLayer`
+(:class:`~.prepared_linear.PreparedLinear`: prepared once, following the model's parameters),
 and activations between GEMMs are the layer's ``compute_dtype``; the NoNorms run in place on the GEMM
 outputs in that dtype, as Hugging Face runs them in the model's dtype.
 
 How a call runs, as for the BERT block: on the cpu backend (CPU tensors, fp32 / bf16 activations, NoNorm)
 the whole layer is one C++ call, ``_C.encoder_layer_packed`` / ``_padded`` on a ``MobileBertLayerPlan``
-(csrc/encoder_layer.cpp, :func:`bertsilicon.models._cpu_layer._build_mobilebert`): the same GEMM kernels on
+(csrc/encoder_layer.cpp, the ``mobilebert_layer`` plan of :mod:`bertsilicon.backends.cpu.layer`): the same GEMM kernels on
 the same packs, attention reading q, k, v in place from the GEMM outputs, NoNorm as torch's add_ / mul_ /
 add_ compute it, bit-identical to the per op path, which every other case runs (``layer.one_call = False``
 forces it): the cpu GEMMs called directly on their packed weights, every other op through :mod:`bertsilicon.ops`.
@@ -48,8 +48,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import ops, quant
-from .fused_layer import FusedLayerBase, module_weight_and_bias
+from ... import ops, quant
+from .base import FusedLayerBase
+from .prepared_linear import module_weight_and_bias
 
 
 @dataclass
@@ -85,6 +86,8 @@ class FusedMobileBertLayer(FusedLayerBase):
     """A drop-in for one HF ``MobileBertLayer`` (see the module docstring). ``gemm_precision``: by GEMM name
     (:meth:`gemm_names`) ``"fp32" | "bf16" | "fp16" | "int8"``; ``compute_dtype``: activations between GEMMs;
     ``smooth``: optional SmoothQuant factors by GEMM name (int8 GEMMs only)."""
+
+    CPU_PLAN = "mobilebert_layer"  # the cpu backend's one-call plan (bertsilicon.backends.cpu.layer)
 
     def __init__(self, original: nn.Module, parts: MobileBertParts, gemm_precision: dict, compute_dtype: torch.dtype,
                  smooth: Optional[dict] = None, backend: Optional[str] = None):
@@ -150,7 +153,7 @@ class FusedMobileBertLayer(FusedLayerBase):
         parts = self.__dict__["parts"]
         if not parts.no_norm:
             return "normalization_type='layer_norm': the one-call plan runs NoNorm"
-        from .. import _C
+        from ... import _C
 
         if len(parts.ffn) > _C.MOBILEBERT_MAX_STACKED_FFNS:
             return f"{len(parts.ffn) + 1} FFNs: the one-call plan takes up to {_C.MOBILEBERT_MAX_STACKED_FFNS + 1}"

@@ -1,4 +1,4 @@
-"""The fused layer's one-call path on the cpu backend: a whole encoder layer in one C++ call.
+"""A fused encoder layer in one C++ call on the cpu backend (BERT block and MobileBERT layer plans).
 
 :meth:`FusedEncoderLayer.forward_packed` / ``forward_padded`` on the cpu backend would make ~7 Python-level
 op calls per layer (four GEMMs, attention, two residual + LayerNorms), each with its own validation and dispatch: at batch 1 that costs more than the kernels. This
@@ -30,18 +30,15 @@ from typing import Optional
 
 import torch
 
-from .. import _C
-from .. import ops as _public_ops
-from ..ops import _cpu, _cpu_gemm
-from ..ops import _validate as V
-from ..ops._cpu import round_format_args, threads
-from .fused_layer import module_weight_and_bias
-from .fused_mobilebert import FusedMobileBertLayer
+from ... import _C
+from ... import validation as V
+from . import gemm as _cpu_gemm
+from . import runtime
+from .ops import round_format_args
+from .runtime import ACT, DTYPE_CODE, ELEM, threads
 
-_DTYPE = {torch.float32: 0, torch.bfloat16: 1}  # bs::DType
+_DTYPE = {d: DTYPE_CODE[d] for d in (torch.float32, torch.bfloat16)}  # the activation dtypes a plan takes
 _CPU = torch.device("cpu")
-_ACT = _cpu_gemm._ACT
-_ELEM = _cpu_gemm._ELEM
 # Float GEMM weight dtypes the cpu linear takes for each activation dtype (fp32 activations on a bf16
 # weight: the int8 path's bf16 fallback).
 _FLOAT_WEIGHTS = {torch.float32: (torch.float32, torch.bfloat16), torch.bfloat16: (torch.bfloat16,)}
@@ -71,9 +68,9 @@ def scratch_held():
     """The one-call layers run inside share the calling thread's C++ scratch block whatever its size.
 
     Without it a block over 64 MB is freed after each layer call (so a big batch does not pin memory), and
-    the next layer's block comes fresh from mmap and is page-faulted in again: ~0.3 ms per MB on this machine,
-    ~35 ms a layer for DistilBERT in fp32 / int8 on 8 x 512 tokens (a ~110 MB block). FusedEncoder holds it
-    around its layer loop; the block is freed when the loop ends."""
+    the next layer's block comes fresh from mmap and is page-faulted in again (for DistilBERT on 8 x 512 tokens
+    a ~110 MB block, every layer). FusedEncoder holds it around its layer loop; the block is freed when the
+    loop ends."""
     _C.hold_layer_scratch(True)
     try:
         yield
@@ -90,7 +87,7 @@ def _fp32_vector(name: str, t: Optional[torch.Tensor], n: int) -> Optional[torch
         return None
     if t.numel() not in (1, n):
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected [{n}]")
-    return _cpu_gemm._f32(t, n)
+    return runtime.f32(t, n)
 
 
 def _set_gemm(plan, index: int, name: str, precision: str, operands: tuple, N: int, K: int, dtype: torch.dtype,
@@ -114,8 +111,8 @@ def _set_gemm(plan, index: int, name: str, precision: str, operands: tuple, N: i
     if inv is not None and (inv.dtype != torch.float32 or tuple(inv.shape) != (K,) or not inv.is_contiguous()):
         raise ValueError(f"{name} inv_smooth must be a contiguous float32 tensor [{K}]; got {inv.dtype} "
                          f"{tuple(inv.shape)}")
-    plan.set_gemm(index, pack.kind, pack.ptr(), _ELEM[w.dtype], N, K, _cpu_gemm._ptr(bias32), _cpu_gemm._ptr(ws),
-                  _cpu_gemm._ptr(inv))
+    plan.set_gemm(index, pack.kind, pack.ptr(), ELEM[w.dtype], N, K, runtime.ptr(bias32), runtime.ptr(ws),
+                  runtime.ptr(inv))
     if fp16_on_fp32:
         plan.set_input_rounding(index, *round_format_args("fp16"))
     held += [pack, bias32, ws]
@@ -134,7 +131,7 @@ def _build(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
 
     if dtype not in _DTYPE:
         return unserved()
-    plan = _C.EncoderLayerPlan(_DTYPE[dtype], H, n, F, _ACT[layer.activation], float(layer.scale))
+    plan = _C.EncoderLayerPlan(_DTYPE[dtype], H, n, F, ACT[layer.activation], float(layer.scale))
     shapes = ((3 * H, H), (H, H), (F, H), (H, F))
     pos = 0
     for i, name in enumerate(("qkv", "o", "up", "down")):
@@ -164,7 +161,7 @@ def _mobilebert_gemm_index(name: str) -> int:
 
 
 def _build_mobilebert(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
-    """A new snapshot of a :class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer`: its GEMMs, NoNorms
+    """A new snapshot of a :class:`~bertsilicon.models.layers.FusedMobileBertLayer`: its GEMMs, NoNorms
     and the column offsets of each role in the concatenated GEMM outputs. NoNorm's gamma and beta go in as fp32
     holding the compute dtype's values (what the per-op path multiplies by). LayerNorm configs are not served."""
     parts, dtype = layer.__dict__["parts"], layer.compute_dtype
@@ -172,7 +169,7 @@ def _build_mobilebert(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
         return Snapshot.of(isa, ops, eps)
     h, F = layer.num_heads * layer.head_dim, parts.up.out_features
     plan = _C.MobileBertLayerPlan(_DTYPE[dtype], layer.hidden, layer.num_heads, layer.head_dim, F,
-                                  _ACT[layer.activation], float(layer.scale))
+                                  ACT[layer.activation], float(layer.scale))
     held = []
     for name in layer.gemm_precision:
         g = layer._modules[name]
@@ -194,7 +191,7 @@ def _build_mobilebert(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
     for index, norm in norms:
         if norm is None:
             continue
-        weight, bias = module_weight_and_bias(norm)
+        weight, bias = norm.weight, norm.bias
         n = weight.numel()
         gamma, beta = (_fp32_vector("NoNorm weight", t.detach().to(dtype), n) for t in (weight, bias))
         plan.set_nonorm(index, gamma.data_ptr(), beta.data_ptr())
@@ -207,27 +204,30 @@ def _build_mobilebert(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
 _SNAPSHOTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+# The plan builders, by the name a fused layer class gives in ``CPU_PLAN``.
+PLAN_BUILDERS = {"encoder_layer": _build, "mobilebert_layer": _build_mobilebert}
+
+
 def snapshot(layer) -> Snapshot:
     """The layer's current snapshot, rebuilt when any weight, bias, scale or norm parameter was
     replaced or changed in place, or the kernel path changed (the packs are then re-packed)."""
-    isa, ops = (_cpu.kernel_path(), layer.attention_dtype(_CPU)), layer.operand_tensors(cpu=True)
+    isa, ops = (runtime.kernel_path(), layer.attention_dtype(_CPU)), layer.operand_tensors(cpu=True)
     eps = layer.norm_eps()
     snap = _SNAPSHOTS.get(layer)
     if snap is None or not snap.describes(isa, ops, eps):
-        build = _build_mobilebert if isinstance(layer, FusedMobileBertLayer) else _build
-        snap = _SNAPSHOTS[layer] = build(layer, isa, ops, eps)
+        snap = _SNAPSHOTS[layer] = PLAN_BUILDERS[layer.CPU_PLAN](layer, isa, ops, eps)
     return snap
 
 
 def _cu_seqlens_here(cu_seqlens, T: int, max_seqlen, offsets_checked: bool) -> tuple[int, torch.Tensor]:
-    """``(B, cu_seqlens contiguous)``: a CPU tensor, its values checked by ``ops.check_cu_seqlens`` unless the
+    """``(B, cu_seqlens contiguous)``: a CPU tensor, its values checked by ``validation.check_cu_seqlens`` unless the
     caller built or checked them already (``offsets_checked``; the C++ call trusts them)."""
     if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type != "cpu":
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}; expected a CPU tensor like x")
     if offsets_checked:
-        _public_ops._cu_seqlens_arg(cu_seqlens, max_seqlen)
+        V.cu_seqlens_arg(cu_seqlens, max_seqlen)
     else:
-        _public_ops.check_cu_seqlens(cu_seqlens, T, max_seqlen)
+        V.check_cu_seqlens(cu_seqlens, T, max_seqlen)
     return cu_seqlens.numel() - 1, cu_seqlens.contiguous()
 
 

@@ -1,13 +1,13 @@
 """Adapter for ``MobileBertModel`` and its heads: layers fused as
-:class:`~bertsilicon.models.fused_mobilebert.FusedMobileBertLayer` (inverted bottlenecks 512 -> 128 -> 512,
+:class:`~bertsilicon.models.layers.FusedMobileBertLayer` (inverted bottlenecks 512 -> 128 -> 512,
 ``NoNorm`` or LayerNorm, stacked FFNs, Q/K from the shared bottleneck and V from the full-width input)."""
 from __future__ import annotations
 
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.mobilebert import modeling_mobilebert as hf
 
-from .adapters import Adapter, activation_of
-from .fused_mobilebert import FusedMobileBertLayer, MobileBertParts
+from .base import Adapter, activation_of
+from ..layers import FusedMobileBertLayer, MobileBertParts
 
 
 def _parts(layer, config) -> MobileBertParts:

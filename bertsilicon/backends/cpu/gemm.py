@@ -1,5 +1,5 @@
 """The ``cpu`` backend's GEMM family: ``linear``, ``quantize``, ``int8_linear`` (C++ in csrc/gemm*.cpp,
-csrc/quantize.cpp). Imported by :mod:`._cpu`.
+csrc/quantize.cpp).
 
 Weights are pre-packed into the micro-kernel's panel layout (``csrc/gemm_common.h``, ``PackKind``). The
 registered ops take plain ``nn.Linear`` weights and keep one pack per weight tensor (:func:`cached_pack`:
@@ -7,7 +7,7 @@ keyed on the tensor object, dropped when the tensor is freed, re-packed when it 
 model calling ``ops.linear`` with its parameters packs each weight once. Packs cost one more copy of the
 weights in memory. A caller can also hold a pack explicitly::
 
-    from bertsilicon.ops import _cpu_gemm
+    from bertsilicon.backends.cpu import gemm as _cpu_gemm
     pw = _cpu_gemm.pack_linear(layer.weight)           # fp32 / bf16 weight [N, K]
     y = _cpu_gemm.linear_packed(x, pw, layer.bias, "gelu")
     pq = _cpu_gemm.pack_int8(w_q)                      # int8 weight [N, K]
@@ -16,7 +16,7 @@ weights in memory. A caller can also hold a pack explicitly::
 
 A :class:`PackedWeight` remembers its source tensor and that tensor's version counter: if the weight
 was changed in place (``w.copy_(...)``, an optimizer step) or the instruction-set path was switched
-(:func:`bertsilicon.ops._cpu.set_isa`), it is re-packed on the next call, so a stale pack is never
+(:func:`bertsilicon.backends.cpu.set_isa`), it is re-packed on the next call, so a stale pack is never
 used. (Writes through ``w.data`` bypass the version counter: re-pack explicitly after those.)
 """
 from __future__ import annotations
@@ -28,15 +28,11 @@ from typing import Optional
 
 import torch
 
-from .. import _C
-from ._cpu import _dtype_reason, threads
-from ._dispatch import register
-from ._validate import contiguous, first_reason
-
-# Enum values shared with csrc/gemm_common.h
-_ELEM = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
-_ACT = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
-_OUT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int32: 3}
+from ... import _C
+from ...validation import contiguous, first_reason
+from ..registry import register
+from . import runtime
+from .runtime import ACT, ELEM, OUT, dtype_reason, f32, ptr, threads
 
 # Which GEMM serves float `linear`: "own" (packed-B register-blocked micro-kernel with the epilogue
 # fused on the register tile) or "torch" (torch's F.linear, then our activation in one in-place pass).
@@ -48,18 +44,6 @@ _OUT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.int32: 3}
 LINEAR_GEMM = os.environ.get("BERTSILICON_LINEAR_GEMM", "own")
 if LINEAR_GEMM not in ("own", "torch"):
     raise ValueError(f"BERTSILICON_LINEAR_GEMM={LINEAR_GEMM!r}; expected 'own' or 'torch'")
-
-
-def _f32(t: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
-    """fp32, contiguous, ``n`` values (one value is broadcast); None stays None."""
-    if t is None:
-        return None
-    t = t.reshape(-1).to(torch.float32)
-    return (t.expand(n) if t.numel() == 1 else t).contiguous()
-
-
-def _ptr(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -81,10 +65,10 @@ class _Pack:
 def _pack_now(weight: torch.Tensor) -> _Pack:
     w = weight.detach().contiguous()
     N, K = w.shape
-    kind = _C.gemm_pack_kind(_ELEM[w.dtype])
+    kind = _C.gemm_pack_kind(ELEM[w.dtype])
     data = torch.empty(_C.gemm_packed_bytes(kind, N, K), dtype=torch.uint8)
     if kind and data.numel():
-        _C.gemm_pack(kind, w.data_ptr(), _ELEM[w.dtype], N, K, data.data_ptr(), threads())
+        _C.gemm_pack(kind, w.data_ptr(), ELEM[w.dtype], N, K, data.data_ptr(), threads())
     return _Pack(weight._version, kind, data, w)
 
 
@@ -121,7 +105,7 @@ class PackedWeight:
 
     def current(self) -> _Pack:
         pack = self._pack
-        if pack.version != self.weight._version or pack.kind != _C.gemm_pack_kind(_ELEM[self.weight.dtype]):
+        if pack.version != self.weight._version or pack.kind != _C.gemm_pack_kind(ELEM[self.weight.dtype]):
             pack = self._pack = _pack_now(self.weight)
         return pack
 
@@ -144,13 +128,13 @@ def cached_pack(weight: torch.Tensor) -> PackedWeight:
 def _check_weight(name: str, w, dtypes) -> Optional[str]:
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         return f"{name} must be a 2-D tensor [N, K]"
-    return _dtype_reason(name, w, dtypes) or (f"{name} is on {w.device}; expected a CPU tensor" if w.device.type != "cpu" else None)
+    return dtype_reason(name, w, dtypes) or (f"{name} is on {w.device}; expected a CPU tensor" if w.device.type != "cpu" else None)
 
 
 def native_bf16() -> bool:
     """Whether bf16 ``linear`` runs on the AVX512_BF16 kernel (``vdpbf16ps``) on the active path, rather
     than being widened to fp32."""
-    return _C.gemm_pack_name(_C.gemm_pack_kind(_ELEM[torch.bfloat16])) == "bf16x64"
+    return _C.gemm_pack_name(_C.gemm_pack_kind(ELEM[torch.bfloat16])) == "bf16x64"
 
 
 # What each packed layout's micro-kernel multiplies with (csrc/gemm_common.h, PackKind).
@@ -163,11 +147,9 @@ def kernel_summary(gemm_dtypes, attention_dtype: torch.dtype) -> str:
     """One line for a model's report: the active path; for each GEMM weight dtype in ``gemm_dtypes`` the
     layout and instruction that run; bf16 attention's kernel; and what it means where the CPU lacks the
     feature that makes a low precision faster (VNNI for int8, AVX512_BF16 for bf16)."""
-    from . import _cpu
-
-    parts, remarks = [f"{_cpu.kernel_path()} path"], []
+    parts, remarks = [f"{runtime.kernel_path()} path"], []
     for dtype in dict.fromkeys(gemm_dtypes):
-        layout = _C.gemm_pack_name(_C.gemm_pack_kind(_ELEM[dtype]))
+        layout = _C.gemm_pack_name(_C.gemm_pack_kind(ELEM[dtype]))
         parts.append(f"{_SHORT[dtype]} GEMM {layout} ({_INSTRUCTIONS[layout]})")
         if dtype == torch.int8 and layout.startswith("s16"):
             remarks.append("no VNNI here: int8 GEMMs run exact int16 pairs, ~1.5x the fp32 kernel's speed (VNNI: ~3x)")
@@ -175,7 +157,7 @@ def kernel_summary(gemm_dtypes, attention_dtype: torch.dtype) -> str:
             remarks.append("no AVX512_BF16 here: bf16 runs on the fp32 kernels (widened exactly), so it saves "
                            "memory, not time")
     if attention_dtype == torch.bfloat16:  # csrc/attention_impl.h: DotBf16 on avx512 with AVX512_BF16
-        parts.append(f"bf16 attention {'vdpbf16ps' if _cpu.native_bf16_attention() else 'widened to fp32'}")
+        parts.append(f"bf16 attention {'vdpbf16ps' if runtime.native_bf16_attention() else 'widened to fp32'}")
     return ", ".join(parts) + "".join(f"; {r}" for r in remarks)
 
 
@@ -201,7 +183,7 @@ def pack_int8(w_q: torch.Tensor) -> PackedWeight:
 # linear                                                                                          #
 # ---------------------------------------------------------------------------------------------- #
 def _check_linear(x, weight, bias, activation) -> Optional[str]:
-    return first_reason(_dtype_reason("x", x, (torch.float32, torch.bfloat16)),
+    return first_reason(dtype_reason("x", x, (torch.float32, torch.bfloat16)),
                         contiguous("x", x), contiguous("bias", bias))
 
 
@@ -225,9 +207,9 @@ def linear_packed(x: torch.Tensor, packed: PackedWeight, bias: Optional[torch.Te
     M = out.numel() // N
     if mixed and _C.gemm_pack_name(pack.kind) != "bf16x64":
         x = x.to(torch.bfloat16)  # the paths without vdpbf16ps take bf16 activations (then widen exactly)
-    bias32 = _f32(bias, N)  # held in a name: C++ reads it after this line
-    _C.linear(pack.kind, x.data_ptr(), _ELEM[x.dtype], M, K, pack.ptr(), N, _ptr(bias32),
-              _ACT[activation], out.data_ptr(), _OUT[out.dtype], threads())
+    bias32 = f32(bias, N)  # held in a name: C++ reads it after this line
+    _C.linear(pack.kind, x.data_ptr(), ELEM[x.dtype], M, K, pack.ptr(), N, ptr(bias32),
+              ACT[activation], out.data_ptr(), OUT[out.dtype], threads())
     return out
 
 
@@ -238,8 +220,8 @@ def linear_torch_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     y = torch.nn.functional.linear(x, weight, None if bias is None else bias.to(x.dtype))
     if activation is not None and y.numel():
         y = y.contiguous()
-        _C.gemm_epilogue_inplace(y.data_ptr(), _ELEM[y.dtype], y.numel() // y.shape[-1], y.shape[-1], 0,
-                                 _ACT[activation], threads())
+        _C.gemm_epilogue_inplace(y.data_ptr(), ELEM[y.dtype], y.numel() // y.shape[-1], y.shape[-1], 0,
+                                 ACT[activation], threads())
     return y
 
 
@@ -254,7 +236,7 @@ def linear(x, weight, bias, activation):
 # quantize                                                                                        #
 # ---------------------------------------------------------------------------------------------- #
 def _check_quantize(x, dtype, granularity) -> Optional[str]:
-    return first_reason(_dtype_reason("x", x, (torch.float32, torch.bfloat16)), contiguous("x", x))
+    return first_reason(dtype_reason("x", x, (torch.float32, torch.bfloat16)), contiguous("x", x))
 
 
 @register("quantize", "cpu", check=_check_quantize)
@@ -270,7 +252,7 @@ def quantize(x, dtype, granularity):
     if x.numel() == 0:
         return q, torch.ones(scale_shape, dtype=torch.float32)
     scale = torch.empty(scale_shape, dtype=torch.float32)
-    _C.quantize(x.data_ptr(), _ELEM[x.dtype], x.numel() // cols, cols, granularity == "per_tensor",
+    _C.quantize(x.data_ptr(), ELEM[x.dtype], x.numel() // cols, cols, granularity == "per_tensor",
                 q.data_ptr(), scale.data_ptr(), threads())
     return q, scale
 
@@ -293,11 +275,11 @@ def _int8_gemm(x_q, x_scale, packed: PackedWeight, w_scale, bias, activation, ou
         return out
     M = out.numel() // N
     # fp32 copies held in names for the duration of the C++ call (it reads raw pointers)
-    xs, ws, bias32 = _f32(x_scale, M), _f32(w_scale, N), _f32(bias, N)
+    xs, ws, bias32 = f32(x_scale, M), f32(w_scale, N), f32(bias, N)
     if out_dtype == torch.int32:  # raw sums; the scales are not read
         xs, ws = torch.ones(M), torch.ones(N)
     _C.int8_linear(pack.kind, x_q.data_ptr(), M, K, pack.ptr(), N, xs.data_ptr(), ws.data_ptr(),
-                   _ptr(bias32), _ACT[activation], out.data_ptr(), _OUT[out_dtype], threads())
+                   ptr(bias32), ACT[activation], out.data_ptr(), OUT[out_dtype], threads())
     return out
 
 
@@ -338,10 +320,10 @@ def int8_linear_dynamic(x: torch.Tensor, w_q, w_scale: torch.Tensor, bias: Optio
         return out
     M = out.numel() // N
     x_scale = torch.empty(M, dtype=torch.float32)
-    ws, bias32 = _f32(w_scale, N), _f32(bias, N)  # held in names: C++ reads them during the call
-    _C.int8_linear_dynamic(pack.kind, x.data_ptr(), _ELEM[x.dtype], M, K, _ptr(inv_smooth), pack.ptr(), N,
-                           ws.data_ptr(), x_scale.data_ptr(), _ptr(bias32), _ACT[activation], out.data_ptr(),
-                           _OUT[x.dtype], threads())
+    ws, bias32 = f32(w_scale, N), f32(bias, N)  # held in names: C++ reads them during the call
+    _C.int8_linear_dynamic(pack.kind, x.data_ptr(), ELEM[x.dtype], M, K, ptr(inv_smooth), pack.ptr(), N,
+                           ws.data_ptr(), x_scale.data_ptr(), ptr(bias32), ACT[activation], out.data_ptr(),
+                           OUT[x.dtype], threads())
     return out
 
 

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from .. import reference as _ref
-from ._dispatch import resolve
+from ..backends.routing import resolve
+from .autograd import reference_backward, save_args, saved_args
 
 
 def _call(op, backend, *args):
@@ -102,18 +103,14 @@ def _(x, fmt, rounding, seed, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-# -- autograd: every op's backward is its reference definition's (ops.reference_backward), as in eager --
+# -- autograd: every op's backward is its reference definition's (ops.autograd.reference_backward), as in eager --
 def _setup_context(ctx, inputs, output):
-    from . import _save_args
-
-    _save_args(ctx, inputs)
+    save_args(ctx, inputs)
 
 
 def _backward_of(op: str):
     def backward(ctx, *grads):
-        from . import reference_backward, _saved_args
-
-        *args, _backend = _saved_args(ctx)
+        *args, _backend = saved_args(ctx)
         return (*reference_backward(op, tuple(args), grads, ctx.needs_input_grad[:-1]), None)
     return backward
 

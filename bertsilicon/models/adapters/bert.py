@@ -7,8 +7,8 @@ from typing import Callable, Optional
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.bert import modeling_bert as hf
 
-from .adapters import Adapter, activation_of
-from .fused_layer import LayerParts
+from .base import Adapter, activation_of
+from ..layers import LayerParts
 
 
 def _parts(layer, config) -> LayerParts:

@@ -2,7 +2,7 @@
 roberta.py, electra.py, mobilebert.py).
 
 An adapter finds the encoder (the module holding the ``layer`` ModuleList) and, per layer, the parts its
-``layer_class`` is built from (:class:`~bertsilicon.models.fused_layer.LayerParts` for the post-LayerNorm
+``layer_class`` is built from (:class:`~bertsilicon.models.layers.LayerParts` for the post-LayerNorm
 BERT block); it says why a model cannot be fused
 (``unsupported_reason``) and builds the encoder's own output type from the last hidden state.
 """
@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from .fused_layer import FusedEncoderLayer, LayerParts
+from ..layers import FusedEncoderLayer, LayerParts
 
 # HF activation names -> the epilogue activations of ops.linear / ops.int8_linear
 ACTIVATION_NAMES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}

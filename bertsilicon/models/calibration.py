@@ -1,0 +1,145 @@
+"""What :func:`~bertsilicon.models.optimize.optimize` measures before it swaps the encoder: the calibration batch,
+every original layer's inputs and outputs on it, and per layer the fused layer within the int8 error budget
+(SmoothQuant factors, the per-GEMM fallback ladder)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Optional, Sequence
+
+import torch
+
+from .. import quant
+from ..backends import routing
+from .encoder import pack
+from .layers import FusedLayerBase
+from .report import LayerReport
+
+CALIBRATION_SENTENCES = 8
+CALIBRATION_MAX_LENGTH = 128
+
+
+def calibration_batch(config, calibration, tokenizer, device, max_positions: Optional[int]):
+    """``(input_ids, attention_mask, description)`` for the optimize-time measurements; texts are truncated to
+    ``max_positions`` tokens (the adapter's limit: RoBERTa-style tables hold 2 rows fewer) and 128."""
+    max_len = min(CALIBRATION_MAX_LENGTH, max_positions or CALIBRATION_MAX_LENGTH)
+    if isinstance(calibration, Mapping):
+        ids = calibration["input_ids"]
+        mask = calibration.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else mask
+        return ids.to(device), mask.to(device), f"given batch {tuple(ids.shape)}"
+    if calibration is None:
+        from .. import data
+
+        texts, what = data.corpus("pydoc").subset(CALIBRATION_SENTENCES, seed=0).texts, "Python-documentation paragraphs"
+    elif isinstance(calibration, str):
+        texts, what = [calibration], "given text(s)"
+    elif isinstance(calibration, Sequence) and calibration and all(isinstance(t, str) for t in calibration):
+        texts, what = list(calibration), "given text(s)"
+    else:
+        raise TypeError("calibration must be None, a list of strings, or a mapping with 'input_ids' "
+                        f"(and 'attention_mask'); got {type(calibration).__name__}")
+    if tokenizer is None:
+        from .students import load_tokenizer
+
+        if config.vocab_size != 30522:
+            if calibration is not None:
+                raise ValueError(f"calibration texts need tokenizer=...: the model's vocabulary ({config.vocab_size}) "
+                                 "is not the built-in uncased WordPiece (30522)")
+            g, L = torch.Generator().manual_seed(0), min(64, max_len)
+            ids = torch.randint(min(1000, config.vocab_size // 2), config.vocab_size, (8, L), generator=g)
+            lengths = torch.tensor([64, 50, 33, 17, 64, 9, 40, 2]).clamp(max=L)
+            mask = (torch.arange(L)[None] < lengths[:, None]).long()
+            return ids.to(device), mask.to(device), "random token ids (vocabulary is not the built-in one)"
+        tokenizer = load_tokenizer()
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), f"{len(texts)} {what}"
+
+
+def _capture_layers(base, layers, ids, mask):
+    """Run the original model; return the inputs and outputs of every encoder layer and the final states."""
+    inputs, outputs, hooks = [], [], []
+
+    def hook(module, args, kwargs, out):
+        inputs.append((args[0] if args else kwargs["hidden_states"]).detach())
+        outputs.append((out[0] if isinstance(out, tuple) else out).detach())
+
+    for layer in layers:
+        hooks.append(layer.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            final = base(input_ids=ids, attention_mask=mask).last_hidden_state.detach()
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs, outputs, final
+
+
+def capture_layers(base, layers, ids, mask):
+    """Run the original model; return the inputs and outputs of every encoder layer and the final states."""
+    inputs, outputs, hooks = [], [], []
+
+    def hook(module, args, kwargs, out):
+        inputs.append((args[0] if args else kwargs["hidden_states"]).detach())
+        outputs.append((out[0] if isinstance(out, tuple) else out).detach())
+
+    for layer in layers:
+        hooks.append(layer.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            final = base(input_ids=ids, attention_mask=mask).last_hidden_state.detach()
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs, outputs, final
+
+
+def _layer_error(layer: FusedLayerBase, x, y, real, unpad) -> tuple[float, float]:
+    """Relative and max-abs error of the fused layer on real tokens, input ``x`` and reference ``y``."""
+    with torch.no_grad():
+        xc = x.to(layer.compute_dtype)
+        if unpad:
+            out = layer.forward_packed(xc[real], *pack(real), offsets_checked=True)
+        else:
+            out = layer.forward_padded(xc, real)[real]
+    ref = y[real]
+    return quant.relative_error(out, ref), float((out.double() - ref.double()).abs().max())
+
+
+def build_layer(i, layer, adapter, config, precision, compute_dtype, backend, unpad, x, y, real, smooth, budget):
+    parts = adapter.layer_parts(layer, config)
+    layer_class = adapter.layer_class
+    names = layer_class.gemm_names(parts)
+    entry = LayerReport(i, "fused")
+    factors = None
+    if precision == "int8" and smooth is not None:
+        probe = layer_class(layer, parts, dict.fromkeys(names, "fp32"), torch.float32, backend=backend)
+        stats: dict = {}
+        with torch.no_grad():
+            probe.forward_packed(x.float()[real], *pack(real), stats=stats, offsets_checked=True)
+        # each GEMM's fp32 weight as it multiplies (the concatenated one where several linears share an input)
+        factors = {g: quant.smoothing_factors(stats[g].value, probe._modules[g].operands()[0], smooth) for g in names}
+
+    def build(gemms):
+        return layer_class(layer, parts, gemms, compute_dtype, smooth=factors, backend=backend)
+
+    gemms = dict.fromkeys(names, precision)
+    fused = build(gemms)
+    err, max_err = _layer_error(fused, x, y, real, unpad)
+    if budget is not None and err > budget:
+        # sensitivity of each GEMM alone in int8 (others fp32); move the worst up a precision step at a
+        # time (int8 -> bf16 for every GEMM in turn, then bf16 -> fp32) until the layer is within budget
+        sens = {g: _layer_error(build({k: ("int8" if k == g else "fp32") for k in names}), x, y, real, unpad)[0]
+                for g in names}
+        order = sorted(names, key=sens.get, reverse=True)
+        steps = [(g, "bf16") for g in order] if routing.native_bf16_gemm(x.device, backend) else []
+        steps += [(g, "fp32") for g in order]
+        for g, to in steps:
+            gemms[g] = to
+            fused = build(gemms)
+            err, max_err = _layer_error(fused, x, y, real, unpad)
+            if err <= budget:
+                break
+        entry.fallbacks = [f"{g}: int8 -> {gemms[g]} (int8 alone: {sens[g]:.1e})" for g in order if gemms[g] != "int8"]
+    entry.gemms = dict(gemms)
+    entry.rel_error, entry.max_abs_error = err, max_err
+    return fused, entry
