@@ -30,7 +30,7 @@ def _providers(model):
             try:
                 from bertsilicon.models.optimize import optimize
             except ImportError as exc:
-                raise NotImplementedError("bertsilicon.optimize is not built yet (issue 5)") from exc
+                raise NotImplementedError("bertsilicon.optimize is not built yet") from exc
             return optimize(copy.deepcopy(model), precision=precision)
         return build
 

@@ -3,7 +3,7 @@
 Everything here is built on the public ops (:func:`bertsilicon.ops.quantize`,
 :func:`bertsilicon.ops.int8_linear`), so it gets faster as the C++ / Triton kernels land.
 
-int8 GEMM as the model wrapper runs it (DESIGN.md, precision contract)::
+int8 GEMM as the model wrapper runs it (docs/architecture.md, precision contract)::
 
     x_s          = x * (1 / s)                          smoothing (optional), s [K]
     x_q, a       = quantize(x_s, per_token)             a [T, 1] = amax_row(x_s) / 127

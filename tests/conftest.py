@@ -18,7 +18,7 @@ if not _HAS_CUDA:
 def pytest_collection_modifyitems(config, items):
     if _HAS_CUDA:
         return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a lent GPU)")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a GPU machine)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)

@@ -1,4 +1,4 @@
-"""The numerics rule every kernel test uses (DESIGN.md, "Numerics"):
+"""The numerics rule every kernel test uses (docs/architecture.md, "Numerics"):
 
     max|kernel - ref64|  <=  2 * max|torch_same_dtype - ref64|  +  floor
 

@@ -1,6 +1,6 @@
 """The C++ GEMM family (linear, quantize, int8_linear) on every ISA path, against float64 / int64.
 
-* linear: the DESIGN.md rule against a float64 reference, plain torch at the same dtype as the peer;
+* linear: the numerics rule against a float64 reference, plain torch at the same dtype as the peer;
   fp32 and bf16, K 384/768/1536/26, M 1/7/77/1024, every activation, bias or not, odd N.
 * quantize: bit-identical to bertsilicon.reference.quantize (fp32 and bf16 input, every granularity,
   ties, NaN/inf groups, all-zero groups).

@@ -157,14 +157,14 @@ def test_calibration_stats_and_disabled_flag_take_the_per_op_path(monkeypatch):
         layer.forward_packed(x, cu, max_len)
     assert counter.calls["packed"] == 0 and set(stats) == set(GEMMS)
     with torch.no_grad():  # an explicit reference backend never reaches the C++ call either
-        ref = FusedEncoderLayer(layer.__dict__["original"], layer.__dict__["parts"], dict.fromkeys(GEMMS, "fp32"),
+        ref = FusedEncoderLayer(layer.__dict__["original"], layer.parts, dict.fromkeys(GEMMS, "fp32"),
                                 torch.float32, backend="reference")
         ref.forward_packed(x, cu, max_len)
     assert counter.calls["packed"] == 0
     assert ref.call_path() == "per op (backend='reference')" and layer.call_path() == "per op (layer.one_call = False)"
     assert layer._per_op_reason(torch.device("cuda")) == "CUDA: Triton per op"  # the reason alone: no GPU here
     assert ref._per_op_reason(torch.device("cuda")) == "backend='reference'"
-    original, parts = layer.__dict__["original"], layer.__dict__["parts"]
+    original, parts = layer.__dict__["original"], layer.parts
     fp16_on_bf16 = FusedEncoderLayer(original, parts, dict.fromkeys(GEMMS, "fp16"), torch.bfloat16)
     assert fp16_on_bf16.call_path() == "per op (fp16 GEMMs need fp32 activations)"
     assert FusedEncoderLayer(original, parts, dict.fromkeys(GEMMS, "fp16"), torch.float16).call_path() == \
@@ -403,7 +403,7 @@ def test_int8_layer_attends_in_bf16_where_that_is_faster(shape):
         T, n, d = x.shape[0], layer.num_heads, layer.head_dim
         q, k, v = layer.qkv(x).to(torch.bfloat16).view(T, 3, n, d).unbind(1)
         ctx = ops.attention_varlen(q, k, v, cu, max_len, layer.scale, backend="cpu").reshape(T, n * d).float()
-        parts = layer.__dict__["parts"]
+        parts = layer.parts
         h = ops.add_layernorm(layer.o(ctx), x, parts.ln1.weight, parts.ln1.bias, parts.ln1.eps, backend="cpu")
         by_hand = ops.add_layernorm(layer.down(layer.up(h, layer.activation)), h, parts.ln2.weight, parts.ln2.bias,
                                     parts.ln2.eps, backend="cpu")

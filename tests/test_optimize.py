@@ -1,6 +1,6 @@
-"""bertsilicon.optimize on the real all-MiniLM-L6-v2 and real text (issue 5 accuracy contract).
+"""bertsilicon.optimize on the real all-MiniLM-L6-v2 and real text (the accuracy contract).
 
-fp32: relative error <= 1e-5 vs HF fp32. bf16/fp16: DESIGN.md rule vs HF run in the same dtype, both
+fp32: relative error <= 1e-5 vs HF fp32. bf16/fp16: numerics rule vs HF run in the same dtype, both
 measured against HF in float64. int8 (SmoothQuant alpha 0.5 + per-layer fallback): mean-pooled
 cosine >= 0.995 for every sentence vs HF fp32, kNN module accuracy within 1 point of fp32.
 Works through transformers.pipeline and sentence_transformers.SentenceTransformer.
@@ -93,7 +93,10 @@ def test_int8_pooled_cosine_every_sentence(int8_model, tok, texts):
     assert float(cos.min()) >= 0.995, f"worst sentence cosine {float(cos.min()):.5f}"
     report = int8_model.bertsilicon_report
     assert report.smooth == 0.5 and report.error_budget is not None
-    assert sum(g == "int8" for r in report.layers for g in r.gemms.values()) >= 18  # mostly int8
+    # Pinned: with SmoothQuant 0.5 every one of the real MiniLM's 24 GEMMs stays int8 (each layer's int8 error is
+    # well inside the budget). A wrapper that quietly moved a broken int8 GEMM to bf16 / fp32 would still pass the
+    # cosine above; it fails here.
+    assert [dict(r.gemms) for r in report.layers] == [dict.fromkeys(("qkv", "o", "up", "down"), "int8")] * 6
     for r in report.layers:  # every fallback is reported with its reason
         assert len(r.fallbacks) == sum(g != "int8" for g in r.gemms.values())
 

@@ -1,10 +1,10 @@
-"""bertsilicon.optimize with backend="triton" (issue 5): numerics, unpadding and the CUDA-graph path.
+"""bertsilicon.optimize with backend="triton": numerics, unpadding and the CUDA-graph path.
 
 Every test that can also run without a GPU does: on CPU tensors under the Triton interpreter with one-layer
 models (hidden 52, 2 heads: head dim 26; 3 sequences of length <= 13, one fully padded), so CI runs this code.
 On a GPU (``triton_device`` is "cuda") the same tests use student shapes (TinyBERT-4's hidden 312 / 12 heads:
 head dim 26, and DistilBERT's 768 / 12: head dim 64; length 77) and the real MiniLM-L6 on real text for int8. The CUDA-graph tests need a GPU
-and are marked ``gpu``. Rules (DESIGN.md): bf16/fp16 vs HF in the same dtype, both against HF in float64,
+and are marked ``gpu``. Rules (docs/architecture.md): bf16/fp16 vs HF in the same dtype, both against HF in float64,
 error <= 2x HF's + one ulp; int8 mean-pooled cosine >= 0.995 vs fp32 for every sentence.
 """
 import copy
@@ -69,7 +69,7 @@ def _hidden(model, inputs):
 # ---------------------------------------------------------------------------------------------- #
 # runs on CPU under the interpreter too                                                           #
 # ---------------------------------------------------------------------------------------------- #
-GPU_ONLY = pytest.mark.gpu  # combinations CI skips to stay fast; the lent GPU runs them
+GPU_ONLY = pytest.mark.gpu  # combinations CI skips to stay fast; a GPU run (python -m bench.gpu) runs them
 
 
 @pytest.mark.parametrize("kind,precision,dtype", [
@@ -147,7 +147,7 @@ def test_direct_triton_launches_keep_an_unservable_op_on_the_public_path(triton_
             assert layer.backends_used(x)["attention"] == "reference" and not layer.direct_triton(x)
     finally:
         layer.head_dim = saved
-    layer.__dict__["_direct_verdicts"].clear()
+    layer._direct_verdicts.clear()
     layer.backend = "triton"
     strided = torch.zeros(layer.hidden, 2, device=triton_device).t()  # [2, H], last-dim stride 2
     assert layer.direct_triton(x) and not layer.direct_triton(strided)

@@ -1,6 +1,6 @@
 """bertsilicon.optimize on MobileBERT (FusedMobileBertLayer): every head, every layer variant of the config
 (bottleneck flags, NoNorm / LayerNorm, stacked FFNs), odd sizes (head dim 26, length 77, ragged padding with
-a fully padded row), bf16 / fp16 by the DESIGN.md rule, int8 with and without SmoothQuant, weights changed
+a fully padded row), bf16 / fp16 by the numerics rule, int8 with and without SmoothQuant, weights changed
 after optimize, refusals. Small random models: no MobileBERT weights ship with the package."""
 import copy
 
@@ -84,7 +84,7 @@ def test_every_layer_variant_fp32(variant, unpad):
         assert _rel(got[rows], want[rows], slice(None)) <= 1e-5
     layer = m.encoder.layer[0]
     names = tuple(layer.gemm_precision)
-    assert names == FusedMobileBertLayer.gemm_names(layer.__dict__["parts"]) and names[0] == "x_proj"
+    assert names == FusedMobileBertLayer.gemm_names(layer.parts) and names[0] == "x_proj"
     call = m.bertsilicon_report.layers[0].call
     if cpu_available():
         assert call == ("per op (normalization_type='layer_norm': the one-call plan runs NoNorm)"
@@ -276,7 +276,7 @@ def test_cuda_graph_path_equals_eager(captures, precision, unpad):
     inputs = _inputs(seed=10)
     with torch.no_grad():
         got, want = graphs(**inputs).last_hidden_state, eager(**inputs).last_hidden_state
-    assert len(encoder.__dict__["graphs"].graphs) == 1 and len(captures) == 1
+    assert len(encoder.graphs.graphs) == 1 and len(captures) == 1
     assert torch.equal(got, want)
 
 

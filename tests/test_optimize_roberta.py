@@ -76,7 +76,7 @@ def test_electra_embeddings_project_is_kept():
 
 @pytest.mark.parametrize("cls_name", BASES)
 def test_bf16_follows_the_tolerance_rule(cls_name):
-    """DESIGN.md rule: max error against HF in float64 <= 2x that of HF run in bf16 (+ one fp32 ulp)."""
+    """numerics rule: max error against HF in float64 <= 2x that of HF run in bf16 (+ one fp32 ulp)."""
     m = _build(cls_name)
     inputs = _inputs(cls_name)
     with torch.no_grad():

@@ -95,7 +95,7 @@ def test_analytic_counts_equal_flop_counter(label, config, batch, seq):
     ("bert-base", 22.35, 109.48), ("tinybert4", 1.247, 14.35), ("minilm-l6", 2.869, 22.71),
     ("distilbert", 11.17, 66.36)])
 def test_reference_figures(name, gflops, mparams):
-    """DESIGN.md's table, seq 128 batch 1: matmul FLOPs (2 x MACs, attention matmuls included), params."""
+    """The reference table (docs/architecture.md), seq 128 batch 1: matmul FLOPs (2 x MACs, attention matmuls included), params."""
     rep = profile(name, batch_size=1, seq_len=128)
     digits = len(str(gflops).split(".")[1])
     assert round(rep.totals["matmul_flops"] / 1e9, digits) == gflops

@@ -22,7 +22,7 @@ round_to            blocks of 256, thread chunks >= 4096                1024-ele
 Rows of 3 * 4096 + 77 columns, K = 461 / 462 (3 bf16 k-blocks + a tail, odd and even), keys 77 / 300 and
 packed sequences 77 / 0 / 300 / 200. The expected result is the reference's documented semantics: NaN,
 +inf and -inf exactly where the float64 reference rounded to the output dtype has them, the finite
-elements by the DESIGN.md rule (``numerics.assert_numerics``), quantize and round_to bit for bit.
+elements by the numerics rule (``numerics.assert_numerics``), quantize and round_to bit for bit.
 Every C++ test runs on each instruction-set path this CPU has.
 """
 from __future__ import annotations
@@ -147,7 +147,7 @@ def rows_with_specials(kinds, n, dtype, g, scale=2.0, huge=None):
 # ---------------------------------------------------------------------------------------------- #
 def assert_specials(out, ref64, peer, what="", huge=None):
     """NaN, +inf and -inf exactly where the float64 reference rounded to out's dtype has them; the finite
-    elements by the DESIGN.md rule, the peer (plain torch at out's dtype) measured where it is finite.
+    elements by the numerics rule, the peer (plain torch at out's dtype) measured where it is finite.
     ``huge`` (a bool mask broadcastable to out): those elements are judged apart from the others, so the
     error allowed at 1e37 does not excuse the rest."""
     out, ref64, peer = out.cpu(), ref64.cpu(), peer.cpu()

@@ -80,7 +80,7 @@ def test_passages_are_the_paragraphs_of_one_topic_joined_in_order():
 
 
 def test_minilm_path_override(monkeypatch, tmp_path):
-    """BERTSILICON_MINILM_PATH (the lent GPU's carried copy) replaces the package's folder; a folder without the
+    """BERTSILICON_MINILM_PATH (e.g. an fp16 copy of the model folder) replaces the package's folder; a folder without the
     model's files is an error naming the variable."""
     from bertsilicon.models import students
 

@@ -1,4 +1,4 @@
-"""Compatibility shims for the triton versions we run on (dev 3.9, the lent GPU machine's 3.6), and the
+"""Compatibility shims for the triton versions we run on (3.9, and 3.6 on older GPU stacks), and the
 per-version sections of the SASS report. No kernel is compiled here."""
 import operator
 

@@ -9,7 +9,7 @@ The expected values come from an independent float64 model of each format (:func
 ``formats.round_to``) what the right answer is. Every check raises :class:`ConformanceError` (an
 ``AssertionError``) with the first offending inputs; :func:`run` runs them all and returns a table.
 
-Checks (DESIGN.md, "Stochastic rounding"):
+Checks (docs/architecture.md, "Stochastic rounding"):
 
 ================================  ===================================================================
 ``check_neighbours``              the result is one of the two neighbours (nearest: the nearer one, ties to even)

@@ -1,7 +1,7 @@
 """Shared pieces of the Triton kernels: epilogue activations, shape buckets, autotuning settings and
 the fp32 matrix-unit precision.
 
-Autotuning rule (issue 4): every autotuned kernel is keyed on a *bucketed* token count
+Autotuning rule: every autotuned kernel is keyed on a *bucketed* token count
 (:func:`token_bucket`, the next power of two) instead of the exact length, and its length arguments are
 ``do_not_specialize``, so a new sequence length neither re-tunes nor recompiles. Config lists come from
 :func:`hardware_class`: ``"hopper"`` (compute capability 9.x and newer), ``"ampere"`` (8.x: A100 class),

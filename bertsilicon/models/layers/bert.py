@@ -103,7 +103,7 @@ class FusedEncoderLayer(FusedLayerBase):
     def __init__(self, original: nn.Module, parts: LayerParts, gemm_precision: dict, compute_dtype: torch.dtype,
                  smooth: Optional[dict] = None, backend: Optional[str] = None):
         super().__init__(original, gemm_precision, compute_dtype, backend)
-        self.__dict__["parts"] = parts
+        self.parts = parts
         self.num_heads = parts.num_heads
         self.hidden = parts.q.in_features
         if self.hidden % self.num_heads:
@@ -113,7 +113,7 @@ class FusedEncoderLayer(FusedLayerBase):
         self.activation = parts.activation
         self.direct_launch = True  # the triton per-op path calls the launchers directly (see direct_triton)
         self.bf16_attention = True  # int8 layers on a CPU with AVX512_BF16: see attention_dtype
-        self.__dict__["_direct_verdicts"] = {}  # (device, dtype) -> whether every op resolves to triton
+        self._direct_verdicts = {}  # (device, dtype) -> whether every op resolves to triton
         linears = {"qkv": (parts.q, parts.k, parts.v), "o": (parts.o,), "up": (parts.up,), "down": (parts.down,)}
         for name in GEMMS:
             self._add_gemm(name, linears[name], smooth)
@@ -125,7 +125,7 @@ class FusedEncoderLayer(FusedLayerBase):
         return GEMMS
 
     def _apply(self, fn, *args, **kwargs):
-        self.__dict__["_direct_verdicts"].clear()  # .to() / .half(): the weights the verdicts were asked about change
+        self._direct_verdicts.clear()  # .to() / .half(): the weights the verdicts were asked about change
         return super()._apply(fn, *args, **kwargs)
 
     def operand_tensors(self, cpu: bool = False) -> tuple:
@@ -134,7 +134,7 @@ class FusedEncoderLayer(FusedLayerBase):
         read), then ln1 weight, bias, ln2 weight, bias. What the one-call snapshot and the CUDA graphs check
         before reusing what they recorded."""
         modules = self._modules
-        parts = self.__dict__["parts"]
+        parts = self.parts
         read = PreparedLinear.cpu_operands if cpu else PreparedLinear.operands
         return (*read(modules["qkv"]), *read(modules["o"]), *read(modules["up"]), *read(modules["down"]),
                 *module_weight_and_bias(parts.ln1), *module_weight_and_bias(parts.ln2))
@@ -147,7 +147,7 @@ class FusedEncoderLayer(FusedLayerBase):
         if not self.direct_launch or not routing.triton_direct(x, self.backend):
             return False
         key = (x.device, x.dtype)
-        verdicts = self.__dict__["_direct_verdicts"]
+        verdicts = self._direct_verdicts
         if key not in verdicts:
             probe = x.reshape(-1, x.shape[-1])[:2].contiguous()
             verdicts[key] = all(b == "triton" for b in self.backends_used(probe).values())
@@ -176,7 +176,7 @@ class FusedEncoderLayer(FusedLayerBase):
 
     def norm_eps(self) -> tuple:
         """The LayerNorms' eps, (ln1, ln2): part of what the one-call plan was built from."""
-        parts = self.__dict__["parts"]
+        parts = self.parts
         return float(parts.ln1.eps), float(parts.ln2.eps)
 
 
@@ -184,7 +184,7 @@ class FusedEncoderLayer(FusedLayerBase):
         """The layer on tokens ``x [..., H]`` with ``attend(qkv) -> ctx [..., H]``; ``stats`` (calibration)
         collects the per-channel max |input| of every GEMM; ``direct``: the GEMMs and LayerNorms launch the
         triton kernels directly (:meth:`direct_triton`)."""
-        parts = self.__dict__["parts"]
+        parts = self.parts
         modules = self._modules
         gemm = _triton_layer().linear if direct else (lambda g, t, act=None: g(t, act))
         if stats is not None:

@@ -92,7 +92,7 @@ class FusedMobileBertLayer(FusedLayerBase):
     def __init__(self, original: nn.Module, parts: MobileBertParts, gemm_precision: dict, compute_dtype: torch.dtype,
                  smooth: Optional[dict] = None, backend: Optional[str] = None):
         super().__init__(original, gemm_precision, compute_dtype, backend)
-        self.__dict__["parts"] = parts
+        self.parts = parts
         self.NORM_OPS = () if parts.no_norm else ("add_layernorm",)
         q = dict(parts.x_proj + parts.attn_proj)["q"]
         self.num_heads = parts.num_heads
@@ -127,7 +127,7 @@ class FusedMobileBertLayer(FusedLayerBase):
         return tuple(cls._gemm_linears(parts))
 
     def _norms(self) -> list:
-        p = self.__dict__["parts"]
+        p = self.parts
         norms = [*p.norms.values(), p.norm_o, *(n for _, _, n in p.ffn), p.norm_out]
         return norms + ([p.norm_ob] if p.norm_ob is not None else [])
 
@@ -143,14 +143,14 @@ class FusedMobileBertLayer(FusedLayerBase):
         return tuple(out)
 
     def _probe_layernorm(self) -> nn.Module:
-        return self.__dict__["parts"].norm_o
+        return self.parts.norm_o
 
     def norm_eps(self) -> tuple:
         """NoNorm has no eps (LayerNorm configs run per op): nothing to add to the one-call plan's key."""
         return ()
 
     def _unserved_reason(self) -> str:
-        parts = self.__dict__["parts"]
+        parts = self.parts
         if not parts.no_norm:
             return "normalization_type='layer_norm': the one-call plan runs NoNorm"
         from ... import _C
@@ -163,7 +163,7 @@ class FusedMobileBertLayer(FusedLayerBase):
     def _norm(self, z: torch.Tensor, norm: nn.Module, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``Norm(z + residual)``; ``z`` is a GEMM output this layer owns (NoNorm runs in place on it)."""
         weight, bias = module_weight_and_bias(norm)
-        if self.__dict__["parts"].no_norm:  # as HF: (z + r) * gamma + beta, each step rounded to z's dtype
+        if self.parts.no_norm:  # as HF: (z + r) * gamma + beta, each step rounded to z's dtype
             if residual is not None:
                 z = z.add_(residual)
             if weight.dtype != z.dtype:  # gamma, beta in z's dtype, as HF's model in that dtype has them: a
@@ -186,7 +186,7 @@ class FusedMobileBertLayer(FusedLayerBase):
 
     def _block(self, x: torch.Tensor, attend, stats: Optional[dict] = None) -> torch.Tensor:
         """The layer on tokens ``x [..., H]`` with ``attend(q, k, v) -> ctx [..., h]`` (each ``[..., h]``)."""
-        p = self.__dict__["parts"]
+        p = self.parts
         y = self._split(self._gemm("x_proj", x, stats), p.x_proj)
         normed = {role: self._norm(y.pop(role).contiguous(), p.norms[role]) for role in ("input", "shared")
                   if role in y}

@@ -72,7 +72,7 @@ class PreparedLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         # plain attributes: the shared nn.Linear modules stay registered where they were
         self.__dict__["source"] = None
-        self.__dict__["derived_from"] = tuple(derived_from) if derived_from is not None else (
+        self.derived_from = tuple(derived_from) if derived_from is not None else (
             (source,) if source is not None else ())
         if precision == "int8":  # the SmoothQuant factors are kept: sync_prepared re-quantizes with them
             self.register_buffer("smooth", None if smooth is None else smooth.detach(), persistent=False)
@@ -83,8 +83,8 @@ class PreparedLinear(nn.Module):
         prepared = self._prepare(weight, bias)
         for name, t in prepared.items():
             self.register_buffer(name, t, persistent=False)
-        self.__dict__["prepared_names"] = tuple(prepared)
-        self.__dict__["synced"] = _SourceState(_linear_tensors(self.__dict__["derived_from"]))
+        self.prepared_names = tuple(prepared)
+        self.synced = _SourceState(_linear_tensors(self.derived_from))
 
     def _prepare(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> dict:
         """Every copy this GEMM prepares from its weight ``[N, K]`` and bias ``[N]`` (or None), by buffer
@@ -110,11 +110,11 @@ class PreparedLinear(nn.Module):
     def prepared_sources(self) -> tuple:
         """The ``nn.Linear`` modules whose parameters this GEMM holds prepared copies of (empty when it
         holds none: it reads its source directly, or was built from bare tensors)."""
-        return self.__dict__["derived_from"] if self.__dict__["prepared_names"] else ()
+        return self.derived_from if self.prepared_names else ()
 
     def prepared_tensors(self) -> dict:
         """The prepared copies by buffer name (None where there is no bias)."""
-        return {name: self._buffers[name] for name in self.__dict__["prepared_names"]}
+        return {name: self._buffers[name] for name in self.prepared_names}
 
     def sync_prepared(self) -> bool:
         """Re-derive the prepared copies if a source parameter changed in place or was replaced by
@@ -128,7 +128,7 @@ class PreparedLinear(nn.Module):
         if not sources:
             return False
         tensors = _linear_tensors(sources)
-        if self.__dict__["synced"].matches(tensors):
+        if self.synced.matches(tensors):
             return False
         weights, biases = tensors[0::2], tensors[1::2]
         weight = weights[0] if len(weights) == 1 else torch.cat([w.detach() for w in weights], 0)
@@ -149,7 +149,7 @@ class PreparedLinear(nn.Module):
             for name, new in self._prepare(weight, bias).items():
                 if new is not None:
                     prepared[name].copy_(new)
-        self.__dict__["synced"] = _SourceState(tensors)
+        self.synced = _SourceState(tensors)
         return True
 
     def operands(self) -> tuple:
