@@ -332,7 +332,7 @@ def test_results_are_written_without_matplotlib(tiny_run, tmp_path, monkeypatch,
 
 
 # ------------------------------------------------------------------------------------------------ #
-# the lent-GPU scripts (bench/gpu_e2e.py, bench/gpu_session.py): their CPU dry run and their verdicts #
+# the lent-GPU scripts (bench/e2e/gpu.py, bench/gpu_session.py): their CPU dry run and their verdicts #
 # ------------------------------------------------------------------------------------------------ #
 def _bench_script(name):
     import importlib
@@ -346,7 +346,7 @@ def _bench_script(name):
 def test_gpu_e2e_dry_run(tmp_path):
     import signal
 
-    e2e, session = _bench_script("gpu_e2e"), _bench_script("gpu_session")
+    e2e, session = _bench_script("e2e.gpu"), _bench_script("gpu")
     handler = signal.getsignal(signal.SIGTERM)
     try:
         assert e2e.main(["--dry-run", "--models", "minilm-l6", "--precisions", "fp16", "--out", str(tmp_path)]) == 0
@@ -380,7 +380,7 @@ def test_gpu_e2e_dry_run(tmp_path):
 
 
 def test_gpu_e2e_target_verdicts():
-    e2e = _bench_script("gpu_e2e")
+    e2e = _bench_script("e2e.gpu")
 
     def row(provider, precision, ms, cos=0.99995, model="distilbert"):
         return {"model": model, "batch": 32, "seq": 128, "provider": provider, "precision": precision,
@@ -406,7 +406,7 @@ def test_gpu_e2e_target_verdicts():
 
 
 def test_gpu_session_reads_kernel_results_and_junit(tmp_path):
-    session = _bench_script("gpu_session")
+    session = _bench_script("gpu")
     cases = [{"op": "add_layernorm", "shape": "4096x768", "dtype": "float16", "note": "", "check": "",
               "speedup": {"triton vs torch eager": 1.7, "triton vs torch.compile": 0.8}},
              {"op": "attention", "shape": "-", "dtype": "-", "note": "not run: time limit 60 s reached", "speedup": {}}]
@@ -425,10 +425,10 @@ def test_gpu_session_reads_kernel_results_and_junit(tmp_path):
 
 
 def test_gpu_host_overhead_counts_seven_launches_per_layer():
-    """bench/gpu_host_overhead.py (own process: it stubs Triton's launches): MiniLM-L6 fp16 is 7 launches a layer."""
+    """bench/studies/gpu_host_overhead.py (own process: it stubs Triton's launches): MiniLM-L6 fp16 is 7 launches a layer."""
     import subprocess
 
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_host_overhead.py"), "--batch", "2", "--rounds", "2"],
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "studies" / "gpu_host_overhead.py"), "--batch", "2", "--rounds", "2"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "minilm-l6 fp16 (GEMMs: fp16) batch 2" in out.stdout, out.stdout

@@ -13,8 +13,8 @@ Expected (Gupta et al. 2015; Zamirai et al. 2020): updates smaller than half a b
 vanish under nearest rounding, so it stalls; stochastic rounding keeps them in expectation and tracks
 fp32. Logged per step: training loss, and the fraction of parameters whose stored value changed.
 
-    .venv/bin/python bench/precision/sr_training.py            # ~2-4 minutes on 2 cores
-    .venv/bin/python bench/precision/sr_training.py --quick    # a smoke run (seconds)
+    .venv/bin/python bench/studies/sr_training.py            # ~2-4 minutes on 2 cores
+    .venv/bin/python bench/studies/sr_training.py --quick    # a smoke run (seconds)
 
 Writes bench/results/precision/sr_training.{json,md,png}.
 """

@@ -1,8 +1,8 @@
 """End to end on a CUDA GPU (issue 5): ``bertsilicon.optimize(model, backend="triton")`` against Hugging Face SDPA.
 
-    python -m bench.gpu_e2e                     # MiniLM-L6 (real weights), DistilBERT (random) -> gpu_e2e.{json,md}
-    python -m bench.gpu_e2e --dry-run           # tiny models on CPU under the Triton interpreter: checks the script
-    python -m bench.gpu_e2e --warm-only --models distilbert --precisions int8   # compile only, time/write nothing
+    python -m bench.e2e.gpu                     # MiniLM-L6 (real weights), DistilBERT (random) -> gpu_e2e.{json,md}
+    python -m bench.e2e.gpu --dry-run           # tiny models on CPU under the Triton interpreter: checks the script
+    python -m bench.e2e.gpu --warm-only --models distilbert --precisions int8   # compile only, time/write nothing
 
 What is measured (every provider gets the very same tokenized batch of real text, ``bertsilicon.data.corpus("pydoc")``,
 truncated to 128 tokens, padded to the longest):
@@ -25,7 +25,7 @@ truncated to 128 tokens, padded to the longest):
 
 ``--budget-s`` stops starting cells (the rest are listed as not run); SIGTERM stops after the call in flight;
 results are written either way. ``--warm-only`` runs the same builds and calls once each with Triton's autotuner
-compiling instead of benchmarking (``bench.gpu.compile_only_autotuning``), so several processes can fill Triton's
+compiling instead of benchmarking (``bench.kernels.gpu.compile_only_autotuning``), so several processes can fill Triton's
 on-disk cache side by side before the timed run (``bench/gpu_session.py``).
 """
 from __future__ import annotations
@@ -41,8 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/gpu_e2e.py` as well as `python -m bench.gpu_e2e`
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `python bench/e2e/gpu.py` as well as `python -m bench.e2e.gpu`
     sys.path.insert(0, str(ROOT))
 
 MODELS = ("minilm-l6", "distilbert")
@@ -361,13 +361,13 @@ def main(argv=None) -> int:
 
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
-    from bench.gpu import stop_on_sigterm
+    from bench.kernels.gpu import stop_on_sigterm
 
     stop_on_sigterm()
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("no CUDA GPU here: run `python -m bench.gpu_e2e --dry-run` to check the script, or run it on a lent GPU")
+        print("no CUDA GPU here: run `python -m bench.e2e.gpu --dry-run` to check the script, or run it on a lent GPU")
         return 2
     cuda = not args.dry_run
     with graphs_emulated_on_cpu() if args.dry_run else contextlib.nullcontext():
@@ -375,7 +375,7 @@ def main(argv=None) -> int:
 
 
 def _run(args, models, precisions, cells, cuda: bool) -> int:
-    from bench.gpu import Stop, _commit, compile_only_autotuning, short_autotune_benchmarks
+    from bench.kernels.gpu import Stop, _commit, compile_only_autotuning, short_autotune_benchmarks
 
     if args.warm_only and cuda:
         compile_only_autotuning()

@@ -1,6 +1,6 @@
 """Per-layer Python overhead on the cpu backend: the per-op path vs the one-call path of FusedEncoderLayer.
 
-    .venv/bin/python bench/layer_overhead.py [--threads 2] [--rounds 30] [--out bench/results/cpu]
+    .venv/bin/python bench/studies/layer_overhead.py [--threads 2] [--rounds 30] [--out bench/results/cpu]
 
 Same process, same optimized model, same real-text batch: each optimized model is timed with every layer's
 ``one_call = False`` (the per-op path: ~10 Python-level calls per layer) and ``one_call = True`` (one C++
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                       f"(min {res['per-op']['min_ms']:.3f}), one-call {res['one-call']['median_ms']:.3f} ms "
                       f"(min {res['one-call']['min_ms']:.3f}): {row['speedup_median']:.2f}x median, "
                       f"{row['speedup_min']:.2f}x best-of", flush=True)
-    cmd = shlex.join(["python", "bench/layer_overhead.py", *(argv if argv is not None else sys.argv[1:])])
+    cmd = shlex.join(["python", "bench/studies/layer_overhead.py", *(argv if argv is not None else sys.argv[1:])])
     machine["load_average_end"] = load_average()
     result = {"command": cmd, "note": args.note, "machine": machine, "rows": rows}
     out = Path(args.out)

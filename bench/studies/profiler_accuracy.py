@@ -2,8 +2,8 @@
 models (random weights, fp32, HF's default attention, all-real tokens) for MiniLM-L6, TinyBERT4 and
 DistilBERT at batch 1, 8, 32 and seq 128. Target: median absolute error <= 25%.
 
-    .venv/bin/python bench/profiler_accuracy.py            # full: fresh calibration, 10 timed repeats
-    .venv/bin/python bench/profiler_accuracy.py --quick    # 3 repeats (noisy / shared machines)
+    .venv/bin/python bench/studies/profiler_accuracy.py            # full: fresh calibration, 10 timed repeats
+    .venv/bin/python bench/studies/profiler_accuracy.py --quick    # 3 repeats (noisy / shared machines)
 
 Writes bench/results/profiler/profiler_accuracy{_quick}.json / .md / .png.
 """
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("minilm-l6", "tinybert4", "distilbert")
 BATCHES = (1, 8, 32)
 TARGET = 0.25
@@ -95,7 +95,7 @@ def main(argv=None):
     med = statistics.median(abs(r["error"]) for r in rows)
     result = {
         "benchmark": "profiler_accuracy", "quick": args.quick, "preliminary": args.quick,
-        "command": " ".join(["python bench/profiler_accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python bench/studies/profiler_accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
         "median_abs_error": med, "target": TARGET, "passed": med <= TARGET, "rows": rows,
         "calibration": {k: rec[k] for k in ("cpu", "threads", "measured_at", "bandwidth", "launch_overhead_s",
                                             "gemm_curve", "attention_curve", "fused_attention_curve",
@@ -126,7 +126,7 @@ def main(argv=None):
               f"Command: `{result['command']}`"]
     if args.quick:
         lines.append("\nPreliminary: taken with --quick while other jobs shared the 2 cores; re-run "
-                     "`python bench/profiler_accuracy.py` on a quiet machine for the final figure.")
+                     "`python bench/studies/profiler_accuracy.py` on a quiet machine for the final figure.")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
