@@ -376,11 +376,11 @@ print(json.dumps(info))
 
 
 def commit() -> str:
-    """The commit measured: git (``bench.gpu._commit``), else .gpu-carry/COMMIT from --prepare (the GPU machine
-    gets the working tree without ``.git``)."""
-    from bench.kernels.gpu import _commit
+    """The commit measured: git (``bertsilicon.benchmark.machine.git_commit``), else .gpu-carry/COMMIT from
+    --prepare (the GPU machine gets the working tree without ``.git``)."""
+    from bertsilicon.benchmark.machine import git_commit
 
-    sha = _commit()
+    sha = git_commit()["commit"] or "unknown"
     if sha == "unknown" and (CARRY / "COMMIT").is_file():
         sha = (CARRY / "COMMIT").read_text().strip()
     return sha

@@ -250,7 +250,7 @@ def test_tiny_run_files(tiny_run):
     saved = json.loads(paths["json"].read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     m = saved["machine"]
-    assert m["threads"] == 1 and m["versions"]["torch"] == torch.__version__
+    assert m["threads"] == 1 and m["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert {"model", "flags", "simd_flags", "usable_cores"} <= set(m["cpu"]) and "onnxruntime" in m["versions"]
     assert "commit" in m["git"] and "gpu" in m and saved["note"] == "test run"
     md = paths["md"].read_text()

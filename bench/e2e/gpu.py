@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -171,6 +170,7 @@ class E2ERun:
         import torch
 
         from bertsilicon.benchmark import BenchConfig
+        from bertsilicon.benchmark.machine import machine_info
         from bertsilicon.benchmark.runner import example_batch, text_pool, tokenize, wall_clock_timer
         from bertsilicon.models.students import load_tokenizer
 
@@ -184,6 +184,7 @@ class E2ERun:
                                min_sample_s=0.0 if quick else args.min_sample_ms / 1e3, budget_s=5.0,
                                accuracy_texts=self.n_acc, accuracy_batch=self.acc_batch, corpus="pydoc")
         self.timer = cuda_event_timer if cuda else wall_clock_timer
+        self.machine = machine_info(torch.get_num_threads())
         self.started = time.perf_counter()
         self.tok = load_tokenizer()
         self.time_texts, acc_texts = text_pool(self.cfg)
@@ -249,19 +250,13 @@ class E2ERun:
         self.state[name] = dict(model=model, runners=runners, info=info, weights=_weights_note(name, pretrained),
                                 params_m=round(sum(t.numel() for t in model.parameters()) / 1e6, 2))
 
-    def result(self, commit: str) -> dict:
-        """Everything, for gpu_e2e.json: device, versions, method settings, rows, builds, the target verdicts."""
+    def result(self) -> dict:
+        """Everything, for the JSON: device, provenance, method settings, rows, builds, the target verdicts."""
         import torch
-        import transformers
-        import triton
 
         args, cfg = self.args, self.cfg
         meta = {"device": torch.cuda.get_device_name() if self.cuda else "cpu (Triton interpreter, dry run)",
-                "capability": ".".join(map(str, torch.cuda.get_device_capability())) if self.cuda else None,
-                "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
-                "cuda": torch.version.cuda, "python": platform.python_version(), "commit": commit,
-                "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                "seconds": round(time.perf_counter() - self.started, 1), "stopped": self.stopped,
+                "machine": self.machine, "seconds": round(time.perf_counter() - self.started, 1), "stopped": self.stopped,
                 "autotune": (f"{os.environ.get('BERTSILICON_AUTOTUNE', 'on')}, each config timed "
                              f"{args.autotune_rep_ms:g} ms" if self.cuda else "interpreter: one config"),
                 "timing": ("CUDA events around `inner` back-to-back calls" if self.cuda else
@@ -375,7 +370,7 @@ def main(argv=None) -> int:
 
 
 def _run(args, models, precisions, cells, cuda: bool) -> int:
-    from bench.kernels.gpu import Stop, _commit, compile_only_autotuning, short_autotune_benchmarks
+    from bench.kernels.gpu import Stop, compile_only_autotuning, short_autotune_benchmarks
 
     if args.warm_only and cuda:
         compile_only_autotuning()
@@ -398,7 +393,7 @@ def _run(args, models, precisions, cells, cuda: bool) -> int:
               f"{'; ' + run.stopped if run.stopped else ''}")
         return 1 if failed else 0
 
-    result = run.result(_commit())
+    result = run.result()
     slug = result["meta"]["device"].lower().replace(" ", "-") if cuda else "dry-run"
     out_dir = Path(args.out) if args.out else (ROOT / "bench" / "results" / slug if cuda else ROOT / "out" / "dry-run")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -449,10 +444,11 @@ def _ms(lat) -> str:
 
 
 def markdown(result: dict) -> str:
+    from bertsilicon.benchmark.machine import describe
+
     m = result["meta"]
     lines = [f"# bertsilicon.optimize on {m['device']}: end to end vs Hugging Face SDPA", "",
-             f"commit `{m['commit']}` · torch {m['torch']} · triton {m['triton']} · transformers {m['transformers']} · "
-             f"CUDA {m['cuda']} · Python {m['python']} · {m['date']} · {m['seconds']} s", ""]
+             f"{describe(m['machine'])} Run: {m['seconds']} s.", ""]
     if m.get("stopped"):
         lines += [f"**Stopped early ({m['stopped']}): rows marked 'not run' were not measured.**", ""]
     for name, info in m["models"].items():

@@ -26,8 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,19 +48,6 @@ class Case:
     check: str = ""                                    # max relative difference to the first peer
     floor_ms: float = 0.0
     note: str = ""
-
-
-def _commit() -> str:
-    env = os.environ.get("BERTSILICON_COMMIT")
-    if env:
-        return env
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "bertsilicon"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except Exception:
-        return "unknown"
 
 
 class Stop(BaseException):
@@ -135,8 +120,10 @@ def main(argv=None) -> int:
 
     from bertsilicon import formats, ops
     from bertsilicon import reference as R
+    from bertsilicon.benchmark.machine import machine_info
 
     dev = "cpu" if args.dry_run else "cuda"
+    machine = machine_info(torch.get_num_threads())
     started = time.perf_counter()
     g = torch.Generator(device=dev).manual_seed(0)
 
@@ -366,10 +353,7 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- write results
     meta = {
         "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu (Triton interpreter, dry run)",
-        "capability": ".".join(map(str, torch.cuda.get_device_capability())) if dev == "cuda" else None,
-        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-        "python": platform.python_version(), "commit": _commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": machine,
         "tf32_for_fp32": os.environ.get("BERTSILICON_TF32", "follows torch.backends.cuda.matmul.allow_tf32"),
         "autotune": f"{os.environ.get('BERTSILICON_AUTOTUNE', 'on')}, each config timed {args.autotune_rep_ms:g} ms",
         "ceilings": ceilings, "seconds": round(time.perf_counter() - started, 1), "stopped": stopped,
@@ -392,9 +376,9 @@ def _fmt_ms(ms: Optional[float]) -> str:
 
 
 def _markdown(meta: dict, cases: list) -> str:
-    lines = [f"# Triton kernels vs torch on {meta['device']}", "",
-             f"commit `{meta['commit']}` · torch {meta['torch']} · triton {meta['triton']} · CUDA {meta['cuda']} · "
-             f"Python {meta['python']} · {meta['date']}", "",
+    from bertsilicon.benchmark.machine import describe
+
+    lines = [f"# Triton kernels vs torch on {meta['device']}", "", describe(meta["machine"]), "",
              f"Ceilings measured here: {', '.join(f'{k} {v:.2f}' for k, v in meta['ceilings'].items()) or 'none (dry run)'}. "
              f"Timing: {meta['timing']}. Speed-up = peer time / our time (> 1: ours is faster). "
              f"Floor = max(FLOPs / cuBLAS rate, bytes / copy bandwidth).", "",

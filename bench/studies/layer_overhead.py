@@ -32,7 +32,7 @@ import transformers
 
 import bertsilicon
 from bertsilicon import data
-from bertsilicon.benchmark.machine import load_average, machine_info
+from bertsilicon.benchmark.machine import describe, load_average, machine_info
 from bertsilicon.benchmark.runner import BenchConfig, text_pool, tokenize
 
 MODES = ("per-op", "one-call")
@@ -146,11 +146,8 @@ def main(argv=None) -> int:
 
 
 def provenance(result: dict) -> str:
-    """The line under a result's title: the command, commit, date, CPU, threads, load average and note."""
-    m = result["machine"]
-    return (f"`{result['command']}` — commit {m['git']['commit']}{' (dirty)' if m['git']['dirty'] else ''}, "
-            f"{m.get('date_utc', '')}, {m['cpu']['model']}, threads={m.get('threads', '?')}, load average "
-            f"{m.get('load_average_start')} at the start, {m.get('load_average_end')} at the end."
+    """The line under a result's title: the command, then ``machine.describe`` (commit, CPU, load...), the note."""
+    return (f"`{result['command']}` — {describe(result['machine'])}"
             + (f" **{result['note']}**" if result["note"] else ""))
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,24 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("minilm-l6", "tinybert4", "distilbert")
 BATCHES = (1, 8, 32)
 TARGET = 0.25
-
-
-def _cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
-    except OSError:
-        pass
-    return []
-
-
-def _commit():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:
-        return "unknown"
 
 
 def measure(model, batch, seq_len, repeats):
@@ -68,13 +48,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import torch
-    import transformers
     from tqdm import tqdm
 
     import bertsilicon as bs
+    from bertsilicon.benchmark.machine import describe, machine_info
     from bertsilicon.profiler import calibration
 
     torch.set_num_threads(args.threads)
+    machine = machine_info(args.threads)
     repeats = 3 if args.quick else 10
     t0 = time.time()
     rec = calibration.load_calibration(args.threads) if args.reuse_calibration else None
@@ -100,8 +81,7 @@ def main(argv=None):
         "calibration": {k: rec[k] for k in ("cpu", "threads", "measured_at", "bandwidth", "launch_overhead_s",
                                             "gemm_curve", "attention_curve", "fused_attention_curve",
                                             "elementwise_curve")},
-        "machine": {"cpu": rec["cpu"], "flags": _cpu_flags(), "threads": args.threads, "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__, "commit": _commit()},
+        "machine": machine,
         "wall_s": time.time() - t0,
     }
     out = Path(args.out)
@@ -110,8 +90,7 @@ def main(argv=None):
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
     lines = [f"# Profiler accuracy: calibrated local-CPU predictions vs measured{' (PRELIMINARY, --quick)' if args.quick else ''}",
-             "", f"Machine: {m['cpu']}, {m['threads']} threads, flags {' '.join(m['flags'])}; Python {m['python']}, "
-             f"torch {m['torch']}, transformers {m['transformers']}; commit {m['commit']}.",
+             "", f"Machine: {describe(m)}",
              f"HF eager models (random weights, fp32, attn_implementation={rows[0]['attn_implementation']}), seq "
              f"{args.seq_len}, all tokens real; median of {repeats} timed runs after a warm-up.",
              f"Calibration: {rec['measured_at']}, bandwidth {rec['bandwidth'] / 1e9:.1f} GB/s, per-op overhead "

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from . import machine
+
 README_START = "<!-- perf-table:start"
 README_END = "<!-- perf-table:end -->"
 
@@ -54,8 +56,7 @@ def busy_load(result) -> Optional[float]:
 
 def machine_lines(result) -> list[str]:
     m = result["machine"]
-    cpu, v, git = m["cpu"], m["versions"], m["git"]
-    commit = f"{git['commit']}{' (uncommitted changes)' if git.get('dirty') else ''}" if git.get("commit") else "unknown"
+    cpu = m["cpu"]
     gpu = m["gpu"]["name"] if m.get("gpu") else "none"
     lines = []
     load = busy_load(result)
@@ -68,8 +69,8 @@ def machine_lines(result) -> list[str]:
         f"- **CPU**: {cpu['model']}, {cpu['usable_cores']} usable cores ({cpu['physical_cores']} physical); "
         f"**threads fixed at {m['threads']}** (torch intra-op, ONNX Runtime intra-op; inter-op 1). GPU: {gpu}.",
         f"- **SIMD flags**: {' '.join(cpu['simd_flags']) or 'n/a'}" + _kernel_path(cpu),
-        "- **Versions**: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + f", Python {m['python']}",
-        f"- **Commit** {commit}, {m['date_utc']}; load average at start {m.get('load_average_start')}, "
+        f"- **Versions**: {machine.versions_text(m)}",
+        f"- **Commit** {machine.commit_text(m)}, {m['date_utc']}; load average at start {m.get('load_average_start')}, "
         f"at end {m.get('load_average_end')}; wall time {m.get('wall_s')} s.",
     ]
 
