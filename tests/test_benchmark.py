@@ -332,7 +332,7 @@ def test_results_are_written_without_matplotlib(tiny_run, tmp_path, monkeypatch,
 
 
 # ------------------------------------------------------------------------------------------------ #
-# the lent-GPU scripts (bench/e2e/gpu.py, bench/gpu_session.py): their CPU dry run and their verdicts #
+# the GPU run (bench/gpu.py, bench/kernels/gpu.py, bench/e2e/gpu.py): CPU dry run and verdicts     #
 # ------------------------------------------------------------------------------------------------ #
 def _bench_script(name):
     import importlib
@@ -346,14 +346,14 @@ def _bench_script(name):
 def test_gpu_e2e_dry_run(tmp_path):
     import signal
 
-    e2e, session = _bench_script("e2e.gpu"), _bench_script("gpu")
+    e2e, gpu = _bench_script("e2e.gpu"), _bench_script("gpu")
     handler = signal.getsignal(signal.SIGTERM)
     try:
         assert e2e.main(["--dry-run", "--models", "minilm-l6", "--precisions", "fp16", "--out", str(tmp_path)]) == 0
     finally:
         signal.signal(signal.SIGTERM, handler)  # the script turns SIGTERM into a clean stop
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_e2e.json", "gpu_e2e.md"]
-    data = json.loads((tmp_path / "gpu_e2e.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e2e.json", "e2e.md"]
+    data = json.loads((tmp_path / "e2e.json").read_text())
     rows = {(r["batch"], r["provider"], r["precision"]): r for r in data["rows"]}
     keys = [("torch-sdpa", "fp32"), ("torch-sdpa", "fp16"), ("torch-sdpa", "bf16"), ("bertsilicon", "fp16"),
             ("bertsilicon+graphs", "fp16")]  # the graph rows with an eager stand-in for the capture on CPU
@@ -370,13 +370,13 @@ def test_gpu_e2e_dry_run(tmp_path):
     assert data["builds"]["minilm-l6 bertsilicon+graphs fp16"]["cuda_graphs"] is True
     from bertsilicon.models import optimize as opt
     assert opt._GRAPH_DEVICES == ("cuda",) and opt.capture_graph is not opt.replay_eagerly  # the emulation is undone
-    md = (tmp_path / "gpu_e2e.md").read_text()
-    assert "## Issue-5 target" in md and "random weights" in md and "| bertsilicon | fp16 |" in md
-    summary = session.e2e_summary(tmp_path / "gpu_e2e.json")
+    md = (tmp_path / "e2e.md").read_text()
+    assert "## Target: bertsilicon fp16 >= 1.5x" in md and "random weights" in md and "| bertsilicon | fp16 |" in md
+    summary = e2e.summary(tmp_path / "e2e.json")
     assert [(r["batch"], r["provider"]) for r in summary["ours"]] == [(b, p) for b in (3, 2, 1)
                                                                       for p in ("bertsilicon", "bertsilicon+graphs")]
-    assert "minilm-l6" in session.summary_markdown({"dry_run": True, "commit": "x", "started_utc": "-", "budget_s": 1,
-                                                    "minilm": "-"}, {"e2e": {"status": "ok", **summary}})
+    assert "minilm-l6" in gpu.summary_markdown({"dry_run": True, "started_utc": "-", "budget_s": 1, "minilm": "-"},
+                                               {"e2e": {"status": "ok", **summary}})
 
 
 def test_gpu_e2e_target_verdicts():
@@ -405,21 +405,21 @@ def test_gpu_e2e_target_verdicts():
     assert failed[0]["verdict"] == "n/a (bertsilicon+graphs fp16: failed boom)"  # a graph row that failed says so
 
 
-def test_gpu_session_reads_kernel_results_and_junit(tmp_path):
-    session = _bench_script("gpu")
+def test_gpu_run_reads_kernel_results_and_junit(tmp_path):
+    gpu, kernels = _bench_script("gpu"), _bench_script("kernels.gpu")
     cases = [{"op": "add_layernorm", "shape": "4096x768", "dtype": "float16", "note": "", "check": "",
               "speedup": {"triton vs torch eager": 1.7, "triton vs torch.compile": 0.8}},
              {"op": "attention", "shape": "-", "dtype": "-", "note": "not run: time limit 60 s reached", "speedup": {}}]
-    (tmp_path / "gpu.json").write_text(json.dumps({"meta": {"ceilings": {"copy_TBps": 4.3}}, "cases": cases}))
-    k = session.kernel_summary(tmp_path / "gpu.json")
+    (tmp_path / "kernels.json").write_text(json.dumps({"meta": {"ceilings": {"copy_TBps": 4.3}}, "cases": cases}))
+    k = kernels.target_summary(tmp_path / "kernels.json")
     assert [(r["peer"], r["verdict"]) for r in k["targets"]] == [("torch eager", "meets"), ("torch.compile", "misses")]
     assert k["failed_cases"] == ["attention: not run: time limit 60 s reached"] and "targets met 1/2" in k["result"]
-    assert session.kernel_summary(tmp_path / "missing.json") == {"result": "no missing.json"}
+    assert kernels.target_summary(tmp_path / "missing.json") == {"result": "no missing.json"}
     (tmp_path / "t.xml").write_text(
         '<testsuites><testsuite><testcase classname="a" name="ok"/><testcase classname="a" name="s"><skipped/></testcase>'
         '<testcase classname="b" name="f"><failure message="assert 1 == 2">x</failure></testcase>'
         '<testcase classname="c" name="e"><error message="CUDA error">y</error></testcase></testsuite></testsuites>')
-    c = session.junit_counts([tmp_path / "t.xml", tmp_path / "absent.xml"])
+    c = gpu.junit_counts([tmp_path / "t.xml", tmp_path / "absent.xml"])
     assert (c["tests"], c["passed"], c["skipped"], c["failed"], c["errors"]) == (4, 1, 1, 1, 1)
     assert c["failures"] == ["b::f: assert 1 == 2", "c::e: CUDA error"]
 

@@ -1,11 +1,11 @@
-"""End to end on a CUDA GPU (issue 5): ``bertsilicon.optimize(model, backend="triton")`` against Hugging Face SDPA.
+"""GPU end to end: ``bertsilicon.optimize(model, backend="triton")`` against Hugging Face SDPA on a CUDA GPU.
 
-    python -m bench.e2e.gpu                     # MiniLM-L6 (real weights), DistilBERT (random) -> gpu_e2e.{json,md}
+    python -m bench.e2e.gpu                     # MiniLM-L6 (real weights), DistilBERT (random) -> e2e.{json,md}
     python -m bench.e2e.gpu --dry-run           # tiny models on CPU under the Triton interpreter: checks the script
     python -m bench.e2e.gpu --warm-only --models distilbert --precisions int8   # compile only, time/write nothing
 
-What is measured (every provider gets the very same tokenized batch of real text, ``bertsilicon.data.corpus("pydoc")``,
-truncated to 128 tokens, padded to the longest):
+``python -m bench.gpu`` runs it as its ``e2e`` stage. What is measured (every provider gets the very same tokenized
+batch of real text, ``bertsilicon.data.corpus("pydoc")``, truncated to 128 tokens, padded to the longest):
 
 * providers: HF SDPA fp32 (the accuracy reference), fp16 and bf16 (``torch-sdpa``, the CPU suite's builders);
   ``bertsilicon+graphs`` fp16 / bf16 / int8 (``optimize(..., backend="triton")``, unpad=True, the default on a CUDA
@@ -14,19 +14,19 @@ truncated to 128 tokens, padded to the longest):
   same without graphs (``cuda_graphs=False``: every kernel launched from Python; what a call over the token budget
   runs).
   In ``--dry-run`` the graph rows run on CPU with an eager stand-in for the capture (``replay_eagerly``).
-* cells, in order of value: batch 32 for every model (the issue-5 headline), then batches 8 and 1.
+* cells, in order of value: batch 32 for every model (the headline), then batches 8 and 1.
 * timing: CUDA events around ``inner`` back-to-back calls (one sample >= ``--min-sample-ms``), ``--warmup`` calls
   first (they compile, autotune and capture), samples taken in rotated round-robin order across providers
   (:func:`bertsilicon.benchmark.runner.time_interleaved`); median, min and max of the samples.
 * accuracy: mean-pooled last hidden state (real tokens) against HF fp32 on the same inputs: over 64 further texts
   (batches of 32) and on the timed batch itself.
-* target (issue 5): bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128, for MiniLM-L6 and DistilBERT;
+* target: bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128, for MiniLM-L6 and DistilBERT;
   the Markdown says meets / misses for the default (graph) path and for the eager one.
 
 ``--budget-s`` stops starting cells (the rest are listed as not run); SIGTERM stops after the call in flight;
 results are written either way. ``--warm-only`` runs the same builds and calls once each with Triton's autotuner
-compiling instead of benchmarking (``bench.kernels.gpu.compile_only_autotuning``), so several processes can fill Triton's
-on-disk cache side by side before the timed run (``bench/gpu_session.py``).
+compiling instead of benchmarking (``bench.kernels.gpu.compile_only_autotuning``), so several processes can fill
+Triton's on-disk cache side by side before the timed run (``python -m bench.gpu`` does).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ MODELS = ("minilm-l6", "distilbert")
 PRECISIONS = ("fp16", "bf16", "int8")
 HEAD_BATCH, SMALL_BATCHES, SEQ = 32, (8, 1), 128
 BASELINE = ("torch-sdpa", "fp16")  # speed-ups are quoted against HF SDPA fp16 on the same batch
-TARGET_SPEEDUP = 1.5               # issue 5: bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128
+TARGET_SPEEDUP = 1.5               # bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128
 ACCURACY_TEXTS, ACCURACY_BATCH = 64, 32
 # --dry-run: one-layer students small enough for the Triton interpreter (head dim 32, odd FFN width)
 DRY_OVERRIDES = {"minilm-l6": dict(num_hidden_layers=1, hidden_size=64, num_attention_heads=2, intermediate_size=96),
@@ -333,7 +333,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--precisions", default=",".join(PRECISIONS))
-    p.add_argument("--out", default=None, help="results folder (default bench/results/<device>; dry run: out/dry-run)")
+    p.add_argument("--out", default=None, help="results folder (default bench/results/gpu/<device>; dry run: "
+                   "out/gpu-dry-run)")
     p.add_argument("--repeats", type=int, default=15, help="samples per provider per cell")
     p.add_argument("--warmup", type=int, default=3, help="calls before timing (compile, autotune, capture)")
     p.add_argument("--min-sample-ms", type=float, default=20.0, help="one sample lasts at least this long")
@@ -362,7 +363,7 @@ def main(argv=None) -> int:
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("no CUDA GPU here: run `python -m bench.e2e.gpu --dry-run` to check the script, or run it on a lent GPU")
+        print("no CUDA GPU here: `python -m bench.e2e.gpu --dry-run` checks the script on CPU")
         return 2
     cuda = not args.dry_run
     with graphs_emulated_on_cpu() if args.dry_run else contextlib.nullcontext():
@@ -370,7 +371,7 @@ def main(argv=None) -> int:
 
 
 def _run(args, models, precisions, cells, cuda: bool) -> int:
-    from bench.kernels.gpu import Stop, compile_only_autotuning, short_autotune_benchmarks
+    from bench.kernels.gpu import Stop, compile_only_autotuning, default_out, short_autotune_benchmarks
 
     if args.warm_only and cuda:
         compile_only_autotuning()
@@ -384,7 +385,7 @@ def _run(args, models, precisions, cells, cuda: bool) -> int:
             run.cell(name, bsz)
     except Stop:
         run.stopped = "stopped by SIGTERM"
-        print("gpu_e2e: SIGTERM, writing what was measured", file=sys.stderr)
+        print("bench.e2e.gpu: SIGTERM, writing what was measured", file=sys.stderr)
     run.scratch.cleanup()
     if args.warm_only:
         failed = [k for k, b in run.builds.items() if b["status"] != "ok"]
@@ -394,19 +395,18 @@ def _run(args, models, precisions, cells, cuda: bool) -> int:
         return 1 if failed else 0
 
     result = run.result()
-    slug = result["meta"]["device"].lower().replace(" ", "-") if cuda else "dry-run"
-    out_dir = Path(args.out) if args.out else (ROOT / "bench" / "results" / slug if cuda else ROOT / "out" / "dry-run")
+    out_dir = Path(args.out) if args.out else default_out(result["meta"]["device"] if cuda else None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gpu_e2e.json").write_text(json.dumps(result, indent=1, default=str))
+    (out_dir / "e2e.json").write_text(json.dumps(result, indent=1, default=str))
     md = markdown(result)
-    (out_dir / "gpu_e2e.md").write_text(md)
+    (out_dir / "e2e.md").write_text(md)
     print(md)
-    print(f"wrote {out_dir / 'gpu_e2e.json'} and {out_dir / 'gpu_e2e.md'}")
+    print(f"wrote {out_dir / 'e2e.json'} and {out_dir / 'e2e.md'}")
     return 0
 
 
 def target_verdicts(rows: list, batch: int, seq: int) -> list:
-    """Issue 5: bertsilicon fp16 >= ``TARGET_SPEEDUP`` x HF SDPA fp16 at the headline batch and length, per model:
+    """The target: bertsilicon fp16 >= ``TARGET_SPEEDUP`` x HF SDPA fp16 at the headline batch and length, per model:
     the default path (``bertsilicon+graphs``, ``path`` "CUDA graphs": what ``optimize`` does on a CUDA model at this
     size) and the eager one (``cuda_graphs=False``, ``path`` "eager"). A speed-up counts only when the fp16 output is
     right (timed-batch mean cosine vs HF fp32 >= 0.999)."""
@@ -436,6 +436,32 @@ def target_verdicts(rows: list, batch: int, seq: int) -> list:
     return out
 
 
+def summary(path: Path) -> dict:
+    """The bertsilicon rows, the target verdicts and the rows not ok of an ``e2e.json``, for the run's summary."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"result": f"no {path.name}"}
+    keyed = {}
+    for r in data["rows"]:
+        if r["latency_ms"]:
+            keyed[(r["model"], r["batch"], r["provider"], r["precision"])] = r
+    lines = []
+    for (model, batch, provider, precision), r in keyed.items():
+        if provider.startswith("bertsilicon"):
+            lines.append({"model": model, "batch": batch, "provider": provider, "precision": precision,
+                          "ms": r["latency_ms"]["median"], "vs_hf_fp16": r["speedup_vs_baseline"],
+                          "vs_hf_same": r["speedup_vs_same_precision_hf"], "cos_batch_min": r["cos_batch_min"],
+                          "cos64_min": r["cos64_min"]})
+    bad = [f"{r['model']} b{r['batch']} {r['provider']} {r['precision']}: {r['status']} {r['reason'][:100]}"
+           for r in data["rows"] if r["status"] not in ("ok",)]
+    verdicts = "; ".join(f"{t['model']} {t.get('path', 'eager')} {t['speedup']:.2f}x ({t['verdict']})" if t["speedup"] else
+                         f"{t['model']} {t.get('path', 'eager')}: {t['verdict']}" for t in data["target"])
+    return {"target": data["target"], "ours": lines, "problems": bad,
+            "result": f"fp16 vs HF SDPA fp16 at batch {data['target'][0]['batch'] if data['target'] else '-'}: "
+                      f"{verdicts or 'none'}; {len(bad)} rows not ok"}
+
+
 def _ms(lat) -> str:
     if not lat:
         return "-"
@@ -461,7 +487,7 @@ def markdown(result: dict) -> str:
               f"- Accuracy: mean-pooled last hidden state vs HF fp32 (SDPA): 'cos 64' over {c['accuracy_texts']} "
               f"further texts in batches of {c['accuracy_batch']}; 'cos batch' on "
               "the timed batch itself.", "",
-              "## Issue-5 target: bertsilicon fp16 >= 1.5x HF SDPA fp16, batch 32, length 128", "",
+              "## Target: bertsilicon fp16 >= 1.5x HF SDPA fp16, batch 32, length 128", "",
               "| model | path | bertsilicon fp16 (ms) | HF SDPA fp16 (ms) | speed-up | target | verdict |",
               "|---|---|---:|---:|---:|---:|---|"]
     for t in result["target"]:

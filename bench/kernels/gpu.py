@@ -1,23 +1,25 @@
 """GPU kernel benchmark: every Triton kernel of ``bertsilicon.kernels`` against torch eager, torch SDPA and
-``torch.compile`` at BERT-student shapes.
+``torch.compile`` at BERT-student shapes (attention B16 H12 L128/512 D26-64 ragged; add_layernorm, GEMM and
+int8 GEMM at 4096 tokens x BERT widths; bias_gelu, quantize, round_to at 4096 x 768-3072).
 
-    python -m bench.kernels.gpu                 # full run on a CUDA GPU (< 10 min), writes bench/results/<device>/
+    python -m bench.kernels.gpu                 # full run on a CUDA GPU (< 10 min) -> bench/results/gpu/<device>/
     python -m bench.kernels.gpu --no-compile    # skip the torch.compile peers (saves their compile time)
     python -m bench.kernels.gpu --dry-run       # tiny shapes on CPU under the Triton interpreter: checks the script
     python -m bench.kernels.gpu --warm --only attention   # compile every kernel variant once, time nothing, write nothing
 
-Method (see bench/results/gpu/NOTES.md and the device METHOD.md): ceilings measured first (a 1 GiB
-device-to-device copy, a cuBLAS fp16 GEMM); every case checked for correctness against its peer before it
-is timed; fresh random inputs, never zeros; ``triton.testing.do_bench`` medians (CUDA events, the L2
-flushed before every repetition); each case reports its FLOP and byte floors, the achieved rate and the
-ratio ``peer time / our time`` (> 1: ours is faster). Output: ``gpu.json`` (everything) and ``gpu.md`` (a
-table with the device, versions and the commit measured).
+``python -m bench.gpu`` runs it as its ``kernels`` stage. Method (floors and predictions:
+bench/results/gpu/NOTES.md): ceilings measured first (a 1 GiB device-to-device copy, a cuBLAS fp16 GEMM); every
+case checked for correctness against its peer before it is timed; fresh random inputs, never zeros;
+``triton.testing.do_bench`` medians (CUDA events, the L2 flushed before every repetition); each case reports its
+FLOP and byte floors, the achieved rate and the ratio ``peer time / our time`` (> 1: ours is faster). Output:
+``kernels.json`` (everything) and ``kernels.md`` (a table headed by the device, versions and commit measured);
+:func:`target_summary` reads the JSON against :data:`TARGETS`.
 
 Budget: ``--budget-s`` stops starting torch.compile peers, ``--time-limit-s`` stops starting cases (the rest
 are listed as not run); SIGTERM (``timeout``) stops after the case in flight; results are written either way.
 ``--warm`` fills Triton's (and inductor's) on-disk caches for a later timed run: every autotuning config is
 compiled and run once instead of benchmarked (:func:`compile_only_autotuning`), so several warm processes
-can compile side by side on a many-core machine (``bench/gpu_session.py`` does) while the timed run
+can compile side by side on a many-core machine (``python -m bench.gpu`` does) while the timed run
 still autotunes properly, only without compiling.
 """
 from __future__ import annotations
@@ -33,6 +35,23 @@ from pathlib import Path
 from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+# Speed targets: (op, ours, peer, minimum speed-up = peer time / our time); predictions in bench/results/gpu/NOTES.md
+TARGETS = (
+    ("attention", "triton masked", "torch SDPA (mask)", 0.9),
+    ("attention", "triton varlen", "torch SDPA (mask)", 0.9),
+    ("add_layernorm", "triton", "torch eager", 1.5),
+    ("add_layernorm", "triton", "torch.compile", 1.0),
+    ("linear+bias+gelu", "triton", "torch eager (cuBLAS + gelu)", 1.0),
+    ("int8_linear+bias+gelu", "triton int8", "triton fp16 linear", 1.3),
+)
+
+
+def default_out(device: str | None) -> Path:
+    """Where a GPU benchmark writes by default: bench/results/gpu/<device, lower case, dashes>/; a dry run
+    (``device`` None) writes to out/gpu-dry-run/ (git-ignored)."""
+    if device is None:
+        return ROOT / "out" / "gpu-dry-run"
+    return ROOT / "bench" / "results" / "gpu" / device.lower().replace(" ", "-")
 
 
 @dataclass
@@ -96,7 +115,8 @@ def short_autotune_benchmarks(warmup_ms: float = 5.0, rep_ms: float = 20.0) -> N
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None, help="results folder (default bench/results/<device>)")
+    p.add_argument("--out", default=None, help="results folder (default bench/results/gpu/<device>; dry run: "
+                   "out/gpu-dry-run)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU under the Triton interpreter")
     p.add_argument("--only", default=None, help="comma-separated ops to run (attention,add_layernorm,...)")
@@ -113,7 +133,7 @@ def main(argv=None) -> int:
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("no CUDA GPU here: run `python -m bench.kernels.gpu --dry-run` to check the script, or run it on a lent GPU")
+        print("no CUDA GPU here: `python -m bench.kernels.gpu --dry-run` checks the script on CPU")
         return 2
     import triton
     from tqdm import tqdm
@@ -160,7 +180,7 @@ def main(argv=None) -> int:
         a, b = a.double(), b.double()
         return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
-    # ---------------------------------------------------------------- ceilings (METHOD.md: two numbers first)
+    # ---------------------------------------------------------------- ceilings: two numbers first
     ceilings = {}
     if dev == "cuda" and not args.warm:
         big = torch.empty(1 << 28, dtype=torch.float32, device=dev).normal_()  # 1 GiB
@@ -360,15 +380,37 @@ def main(argv=None) -> int:
         "timing": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms, L2 flushed per repetition"
                   if dev == "cuda" else "perf_counter median of 3 (interpreter: meaningless, plumbing check only)",
     }
-    slug = "dry-run" if dev != "cuda" else meta["device"].lower().replace(" ", "-")
-    out_dir = Path(args.out) if args.out else ROOT / "bench" / "results" / slug
+    out_dir = Path(args.out) if args.out else default_out(meta["device"] if dev == "cuda" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gpu.json").write_text(json.dumps({"meta": meta, "cases": [asdict(c) for c in cases]}, indent=1))
+    (out_dir / "kernels.json").write_text(json.dumps({"meta": meta, "cases": [asdict(c) for c in cases]}, indent=1))
     md = _markdown(meta, cases)
-    (out_dir / "gpu.md").write_text(md)
+    (out_dir / "kernels.md").write_text(md)
     print(md)
-    print(f"wrote {out_dir / 'gpu.json'} and {out_dir / 'gpu.md'}")
+    print(f"wrote {out_dir / 'kernels.json'} and {out_dir / 'kernels.md'}")
     return 0
+
+
+def target_summary(path: Path) -> dict:
+    """Verdicts from a ``kernels.json``: every case's speed-up against each peer named in :data:`TARGETS`."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"result": f"no {path.name}"}
+    rows, failed = [], []
+    for c in data["cases"]:
+        if c["note"].startswith(("FAILED", "not run")):
+            failed.append(f"{c['op']}: {c['note'][:120]}")
+            continue
+        for op, ours, peer, target in TARGETS:
+            s = c["speedup"].get(f"{ours} vs {peer}")
+            if c["op"] == op and s is not None:
+                rows.append({"op": op, "shape": c["shape"], "dtype": c["dtype"], "ours": ours, "peer": peer,
+                             "speedup": s, "target": target, "verdict": "meets" if s >= target else "misses",
+                             "check": c["check"]})
+    meets = sum(r["verdict"] == "meets" for r in rows)
+    return {"targets": rows, "ceilings": data["meta"].get("ceilings", {}), "cases": len(data["cases"]),
+            "failed_cases": failed,
+            "result": f"{len(data['cases'])} cases, {len(failed)} failed/not run; targets met {meets}/{len(rows)}"}
 
 
 def _fmt_ms(ms: Optional[float]) -> str:
