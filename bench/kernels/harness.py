@@ -2,7 +2,7 @@
 FLOP counts, and a results table merged into ``bench/results/cpu/kernels.{json,md}``.
 
 Each benchmark times one *provider* (``"bertsilicon"`` or a peer such as ``"torch"``) on one *case*
-(op + shape + dtype) and calls :func:`record`; at the end of the session ``conftest.py`` calls
+(op + shape + dtype) and calls :func:`record`; at the end of the pytest run ``conftest.py`` calls
 :func:`write_results`, which merges the new rows into the JSON (rows of other ops and of other runs are
 kept, so the GEMM and elementwise benchmarks can run separately) and rewrites the Markdown table with
 ``speedup = peer median / bertsilicon median`` per case, both measured in the same run.
@@ -126,7 +126,7 @@ def _speedups(rows: list[dict]) -> list[dict]:
 
 
 def write_results(name: str = "kernels", targets: Optional[dict] = None, preliminary: bool = True) -> Optional[Path]:
-    """Merge this session's rows of the ops that belong to ``name`` (``RESULT_FILE``) into
+    """Merge this pytest run's rows of the ops that belong to ``name`` (``RESULT_FILE``) into
     ``bench/results/cpu/<name>.json`` and rewrite ``<name>.md``; other rows wait for their own file."""
     mine = [r for r in _ROWS if result_file(r["op"]) == name]
     if not mine:

@@ -19,7 +19,7 @@ Strides are specialised as a real launch would (last dim 1, the others divisible
 
 ``--out`` keeps one section per triton version in the file: running this under another triton adds or
 replaces that version's section and leaves the others. The device's triton may differ from this
-machine's: the figures are leads for the device session, not measurements.
+machine's: the figures are leads for a GPU run, not measurements.
 """
 from __future__ import annotations
 
