@@ -35,7 +35,7 @@ demo: install
 bench: install
 	$(PIP) install -q --no-build-isolation -e ".[bench]"
 	$(VENV)/bin/bertsilicon bench --out bench/results/cpu $(BENCH_ARGS)
-	$(PY) bench/update_readme.py
+	$(PY) bench/e2e/update_readme.py
 
 clean:
 	rm -rf build *.egg-info bertsilicon/*.so $(VENV)/.ext

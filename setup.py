@@ -8,8 +8,8 @@ per-function ``target`` attributes, so the build never uses ``-march=native``.
 The C++ files compile in parallel (pybind11's ``ParallelCompile``): one job per CPU by default, or
 ``NPY_NUM_BUILD_JOBS`` jobs. Serially the nine files take ~30 s of CPU (gemm.cpp alone ~12 s), so on a
 16-core machine the build is bound by gemm.cpp instead of the sum. ``BERTSILICON_BUILD_EXT=0`` installs the
-package without the extension (the ``cpu`` backend is then unavailable, with that reason): the lent-GPU
-session's fallback when a machine cannot build it, so the Triton checks still run.
+package without the extension (the ``cpu`` backend is then unavailable, with that reason): for a machine
+that cannot build it, so the Triton checks still run.
 """
 import glob
 import os

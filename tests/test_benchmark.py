@@ -202,7 +202,7 @@ def test_torch_compile_failure_is_skipped_with_the_reason(ctx, monkeypatch):
 def test_missing_optimize_is_not_built_yet(ctx, monkeypatch):
     monkeypatch.setitem(sys.modules, "bertsilicon.models.optimize", None)
     run, _, status, reason = prov.build_runner(_provider("bertsilicon bf16"), ctx)
-    assert run is None and status == "not built yet" and "issue 5" in reason
+    assert run is None and status == "not built yet" and "not built yet" in reason
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -250,12 +250,12 @@ def test_tiny_run_files(tiny_run):
     saved = json.loads(paths["json"].read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     m = saved["machine"]
-    assert m["threads"] == 1 and m["versions"]["torch"] == torch.__version__
+    assert m["threads"] == 1 and m["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert {"model", "flags", "simd_flags", "usable_cores"} <= set(m["cpu"]) and "onnxruntime" in m["versions"]
     assert "commit" in m["git"] and "gpu" in m and saved["note"] == "test run"
     md = paths["md"].read_text()
-    for needle in ("> **test run**", "threads fixed at 1", "## Issue-5 speed targets", "bertsilicon fp32",
-                   "not built yet: bertsilicon.optimize is not built yet (issue 5)", "## Method", "onnxruntime | int8"):
+    for needle in ("> **test run**", "threads fixed at 1", "## Speed targets", "bertsilicon fp32",
+                   "not built yet: bertsilicon.optimize is not built yet", "## Method", "onnxruntime | int8"):
         assert needle in md, needle
     for png in paths["png"]:
         data = png.read_bytes()
@@ -332,7 +332,7 @@ def test_results_are_written_without_matplotlib(tiny_run, tmp_path, monkeypatch,
 
 
 # ------------------------------------------------------------------------------------------------ #
-# the lent-GPU scripts (bench/gpu_e2e.py, bench/gpu_session.py): their CPU dry run and their verdicts #
+# the GPU run (bench/gpu.py, bench/kernels/gpu.py, bench/e2e/gpu.py): CPU dry run and verdicts     #
 # ------------------------------------------------------------------------------------------------ #
 def _bench_script(name):
     import importlib
@@ -346,14 +346,14 @@ def _bench_script(name):
 def test_gpu_e2e_dry_run(tmp_path):
     import signal
 
-    e2e, session = _bench_script("gpu_e2e"), _bench_script("gpu_session")
+    e2e, gpu = _bench_script("e2e.gpu"), _bench_script("gpu")
     handler = signal.getsignal(signal.SIGTERM)
     try:
         assert e2e.main(["--dry-run", "--models", "minilm-l6", "--precisions", "fp16", "--out", str(tmp_path)]) == 0
     finally:
         signal.signal(signal.SIGTERM, handler)  # the script turns SIGTERM into a clean stop
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_e2e.json", "gpu_e2e.md"]
-    data = json.loads((tmp_path / "gpu_e2e.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e2e.json", "e2e.md"]
+    data = json.loads((tmp_path / "e2e.json").read_text())
     rows = {(r["batch"], r["provider"], r["precision"]): r for r in data["rows"]}
     keys = [("torch-sdpa", "fp32"), ("torch-sdpa", "fp16"), ("torch-sdpa", "bf16"), ("bertsilicon", "fp16"),
             ("bertsilicon+graphs", "fp16")]  # the graph rows with an eager stand-in for the capture on CPU
@@ -370,17 +370,17 @@ def test_gpu_e2e_dry_run(tmp_path):
     assert data["builds"]["minilm-l6 bertsilicon+graphs fp16"]["cuda_graphs"] is True
     from bertsilicon.models import cuda_graphs as cg
     assert cg.CAPTURE_DEVICES == ("cuda",) and cg.capture_graph is not cg.replay_eagerly  # the emulation is undone
-    md = (tmp_path / "gpu_e2e.md").read_text()
-    assert "## Issue-5 target" in md and "random weights" in md and "| bertsilicon | fp16 |" in md
-    summary = session.e2e_summary(tmp_path / "gpu_e2e.json")
+    md = (tmp_path / "e2e.md").read_text()
+    assert "## Target: bertsilicon fp16 >= 1.5x" in md and "random weights" in md and "| bertsilicon | fp16 |" in md
+    summary = e2e.summary(tmp_path / "e2e.json")
     assert [(r["batch"], r["provider"]) for r in summary["ours"]] == [(b, p) for b in (3, 2, 1)
                                                                       for p in ("bertsilicon", "bertsilicon+graphs")]
-    assert "minilm-l6" in session.summary_markdown({"dry_run": True, "commit": "x", "started_utc": "-", "budget_s": 1,
-                                                    "minilm": "-"}, {"e2e": {"status": "ok", **summary}})
+    assert "minilm-l6" in gpu.summary_markdown({"dry_run": True, "started_utc": "-", "budget_s": 1, "minilm": "-"},
+                                               {"e2e": {"status": "ok", **summary}})
 
 
 def test_gpu_e2e_target_verdicts():
-    e2e = _bench_script("gpu_e2e")
+    e2e = _bench_script("e2e.gpu")
 
     def row(provider, precision, ms, cos=0.99995, model="distilbert"):
         return {"model": model, "batch": 32, "seq": 128, "provider": provider, "precision": precision,
@@ -405,30 +405,30 @@ def test_gpu_e2e_target_verdicts():
     assert failed[0]["verdict"] == "n/a (bertsilicon+graphs fp16: failed boom)"  # a graph row that failed says so
 
 
-def test_gpu_session_reads_kernel_results_and_junit(tmp_path):
-    session = _bench_script("gpu_session")
+def test_gpu_run_reads_kernel_results_and_junit(tmp_path):
+    gpu, kernels = _bench_script("gpu"), _bench_script("kernels.gpu")
     cases = [{"op": "add_layernorm", "shape": "4096x768", "dtype": "float16", "note": "", "check": "",
               "speedup": {"triton vs torch eager": 1.7, "triton vs torch.compile": 0.8}},
              {"op": "attention", "shape": "-", "dtype": "-", "note": "not run: time limit 60 s reached", "speedup": {}}]
-    (tmp_path / "gpu.json").write_text(json.dumps({"meta": {"ceilings": {"copy_TBps": 4.3}}, "cases": cases}))
-    k = session.kernel_summary(tmp_path / "gpu.json")
+    (tmp_path / "kernels.json").write_text(json.dumps({"meta": {"ceilings": {"copy_TBps": 4.3}}, "cases": cases}))
+    k = kernels.target_summary(tmp_path / "kernels.json")
     assert [(r["peer"], r["verdict"]) for r in k["targets"]] == [("torch eager", "meets"), ("torch.compile", "misses")]
     assert k["failed_cases"] == ["attention: not run: time limit 60 s reached"] and "targets met 1/2" in k["result"]
-    assert session.kernel_summary(tmp_path / "missing.json") == {"result": "no missing.json"}
+    assert kernels.target_summary(tmp_path / "missing.json") == {"result": "no missing.json"}
     (tmp_path / "t.xml").write_text(
         '<testsuites><testsuite><testcase classname="a" name="ok"/><testcase classname="a" name="s"><skipped/></testcase>'
         '<testcase classname="b" name="f"><failure message="assert 1 == 2">x</failure></testcase>'
         '<testcase classname="c" name="e"><error message="CUDA error">y</error></testcase></testsuite></testsuites>')
-    c = session.junit_counts([tmp_path / "t.xml", tmp_path / "absent.xml"])
+    c = gpu.junit_counts([tmp_path / "t.xml", tmp_path / "absent.xml"])
     assert (c["tests"], c["passed"], c["skipped"], c["failed"], c["errors"]) == (4, 1, 1, 1, 1)
     assert c["failures"] == ["b::f: assert 1 == 2", "c::e: CUDA error"]
 
 
 def test_gpu_host_overhead_counts_seven_launches_per_layer():
-    """bench/gpu_host_overhead.py (own process: it stubs Triton's launches): MiniLM-L6 fp16 is 7 launches a layer."""
+    """bench/studies/gpu_host_overhead.py (own process: it stubs Triton's launches): MiniLM-L6 fp16 is 7 launches a layer."""
     import subprocess
 
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_host_overhead.py"), "--batch", "2", "--rounds", "2"],
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "studies" / "gpu_host_overhead.py"), "--batch", "2", "--rounds", "2"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "minilm-l6 fp16 (GEMMs: fp16) batch 2" in out.stdout, out.stdout

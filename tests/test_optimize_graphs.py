@@ -265,7 +265,7 @@ def test_a_graph_captured_under_inference_mode_serves_no_grad_calls_too(captures
 
 
 def test_the_gpu_benchmark_tells_a_graph_row_from_an_eager_one(captures):
-    """bench/gpu_e2e.py marks a graph row 'failed: not the graph path' unless a graph serves that batch size."""
+    """bench/e2e/gpu.py marks a graph row 'failed: not the graph path' unless a graph serves that batch size."""
     import importlib
     import sys
     from pathlib import Path
@@ -274,7 +274,7 @@ def test_the_gpu_benchmark_tells_a_graph_row_from_an_eager_one(captures):
     root = str(Path(__file__).resolve().parents[1])
     if root not in sys.path:
         sys.path.insert(0, root)
-    e2e = importlib.import_module("bench.gpu_e2e")
+    e2e = importlib.import_module("bench.e2e.gpu")
     eager, graphs = _pair(_model(27), "fp32")
     run = SimpleNamespace(model=graphs)
     assert e2e.graph_problem(run, 5) == "no graph was captured for batch 5"

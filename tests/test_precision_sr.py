@@ -1,4 +1,4 @@
-"""The stochastic-rounding training experiment (bench/precision/sr_training.py) on synthetic features:
+"""The stochastic-rounding training experiment (bench/studies/sr_training.py) on synthetic features:
 with weights kept only in bf16, nearest rounding loses the small updates and falls behind fp32, while
 stochastic rounding keeps them in expectation and tracks fp32."""
 import importlib.util
@@ -9,7 +9,7 @@ import torch
 
 from test_formats import _one_thread  # noqa: F401  (autouse: one intra-op thread)
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "precision" / "sr_training.py"
+_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "studies" / "sr_training.py"
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def test_installed_interpreter_indexes_scalars():
 
 
 def test_sass_report_keeps_one_section_per_triton_version(tmp_path):
-    from bench.gpu_sass import merge_section
+    from bench.studies.gpu_sass import merge_section
 
     path = tmp_path / "sass.md"
     path.write_text(merge_section(path, "# SASS\n\nintro", "triton 3.9.0", "| a |\n|---|\n| 39 |"))

@@ -1,7 +1,7 @@
 """int8: quantize, the bare int8 GEMM and int8_linear with its fused dequant + bias + GELU epilogue.
 
 * ``int8_gemm``: exact int32 ``x_q @ w_q^T`` (weight packed once) vs ``torch._int_mm`` (oneDNN), both
-  int32 out, at M 1024 and the layer shapes (the issue's point: M 1024, K 384, N 1536). GOP/s = 2 M N K.
+  int32 out, at M 1024 and the layer shapes (the headline shape: M 1024, K 384, N 1536). GOP/s = 2 M N K.
 * ``int8_linear``: fp32 x in, fp32 out: ours as the model wrapper runs it, ``quant.int8_matmul`` (per-token
   quantize fused into the GEMM's operand, per-channel weight packed once, GELU epilogue; bit-identical
   to ``quantize`` + ``int8_linear``) vs torch's dynamic int8 ``nn.Linear``
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import harness
 from bertsilicon import ops, quant
 from bertsilicon import reference as ref
-from bertsilicon.ops import _cpu_gemm
+from bertsilicon.backends.cpu import gemm as _cpu_gemm
 from bench_linear import SHAPES, write_gemm_results
 
 
@@ -69,7 +69,7 @@ def test_int8_linear(benchmark, name, K, N, act, provider):
     x = torch.randn(M, K, generator=g)
     w = torch.randn(N, K, generator=g) * K ** -0.5
     b = 0.1 * torch.randn(N, generator=g)
-    act = "gelu"  # the issue's comparison: int8 Linear followed by GELU, on every shape
+    act = "gelu"  # the comparison the target is stated for: int8 Linear followed by GELU, on every shape
     if provider == harness.OURS:
         w_q, w_s = quant.quantize_weight(w, backend="cpu")
         fn = lambda: quant.int8_matmul(x, w_q, w_s, b, act, backend="cpu")  # noqa: E731

@@ -1,5 +1,5 @@
 """pytest configuration of the per-kernel benchmarks: collect ``bench_*.py`` files, make ``harness``
-importable, and write ``bench/results/cpu/kernels.{json,md}`` at the end of the session.
+importable, and write ``bench/results/cpu/kernels.{json,md}`` at the end of the pytest run.
 
 Run: ``.venv/bin/pytest bench/kernels --benchmark-only -q`` (or one ``bench_*.py`` file).
 ``BERTSILICON_BENCH_ROUNDS`` sets the timed rounds per benchmark (default 100);
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import harness  # noqa: E402
 
-TARGETS = {  # issue 3: speedup over the peer, per op/peer
+TARGETS = {  # speed targets: speedup over the peer, per op/peer
     "add_layernorm/torch": 1.5,
     "bias_gelu/torch": 1.5,
     "attention/torch_sdpa": 1.0,

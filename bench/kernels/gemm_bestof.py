@@ -25,7 +25,7 @@ import harness  # noqa: E402
 from bench_linear import SHAPES  # noqa: E402
 from bertsilicon import ops  # noqa: E402
 from bertsilicon import reference as ref  # noqa: E402
-from bertsilicon.ops import _cpu_gemm  # noqa: E402
+from bertsilicon.backends.cpu import gemm as _cpu_gemm  # noqa: E402
 
 
 def best_of(fns: dict, rounds: int) -> dict:

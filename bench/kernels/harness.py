@@ -2,7 +2,7 @@
 FLOP counts, and a results table merged into ``bench/results/cpu/kernels.{json,md}``.
 
 Each benchmark times one *provider* (``"bertsilicon"`` or a peer such as ``"torch"``) on one *case*
-(op + shape + dtype) and calls :func:`record`; at the end of the session ``conftest.py`` calls
+(op + shape + dtype) and calls :func:`record`; at the end of the pytest run ``conftest.py`` calls
 :func:`write_results`, which merges the new rows into the JSON (rows of other ops and of other runs are
 kept, so the GEMM and elementwise benchmarks can run separately) and rewrites the Markdown table with
 ``speedup = peer median / bertsilicon median`` per case, both measured in the same run.
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from bertsilicon.benchmark.machine import describe, machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "bench" / "results" / "cpu"
@@ -97,14 +97,8 @@ def _rounds() -> int:
 
 
 def machine() -> dict:
-    try:
-        from bertsilicon.benchmark.machine import machine_info
-        return machine_info(torch.get_num_threads())
-    except ImportError:  # the benchmark package is optional here
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-        return {"cpu": {"model": platform.processor()}, "threads": torch.get_num_threads(),
-                "versions": {"torch": torch.__version__}, "git": {"commit": commit}}
+    """Provenance of this run (``bertsilicon.benchmark.machine``) at torch's thread count."""
+    return machine_info(torch.get_num_threads())
 
 
 def _speedups(rows: list[dict]) -> list[dict]:
@@ -132,7 +126,7 @@ def _speedups(rows: list[dict]) -> list[dict]:
 
 
 def write_results(name: str = "kernels", targets: Optional[dict] = None, preliminary: bool = True) -> Optional[Path]:
-    """Merge this session's rows of the ops that belong to ``name`` (``RESULT_FILE``) into
+    """Merge this pytest run's rows of the ops that belong to ``name`` (``RESULT_FILE``) into
     ``bench/results/cpu/<name>.json`` and rewrite ``<name>.md``; other rows wait for their own file."""
     mine = [r for r in _ROWS if result_file(r["op"]) == name]
     if not mine:
@@ -210,13 +204,8 @@ def _markdown(doc: dict) -> str:
                    f'| {_fmt(s["peer_GBps"], ".1f")} | {_fmt(s["peer_GFLOPps"], ".1f")} |')
     out += ["", "## Machines", ""]
     for op, m in sorted(doc["machines"].items()):
-        cpu = m.get("cpu", {})
-        flags = ", ".join(f for f in cpu.get("simd_flags", []) if "avx512" in f or f in ("avx2", "fma", "f16c"))
-        versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
-        out.append(f'- **{op}**: {cpu.get("model")}, {m.get("threads")} threads, flags: {flags}; {versions}; '
-                   f'commit {m.get("git", {}).get("commit")}{" (dirty)" if m.get("git", {}).get("dirty") else ""}; '
-                   f'load average at start {m.get("load_average_start")}; kernel path '
-                   f'{(cpu.get("bertsilicon_cpu_features") or {}).get("active_isa")}')
+        out.append(f'- **{op}**: {describe(m)} Kernel path '
+                   f'{(m["cpu"].get("bertsilicon_cpu_features") or {}).get("active_isa")}.')
     out += ["", "Re-run: `.venv/bin/pytest bench/kernels --benchmark-only -q` (all kernels) or one file, "
             "e.g. `.venv/bin/pytest bench/kernels/bench_attention.py --benchmark-only -q`.", ""]
     return "\n".join(out)

@@ -1,4 +1,4 @@
-"""End-to-end benchmark suite behind ``bertsilicon bench`` and ``bench/e2e.py`` (issue 7).
+"""End-to-end benchmark suite behind ``bertsilicon bench`` and ``bench/e2e/cpu.py``.
 
 ``run_bench(BenchConfig(...))`` measures encoder latency, throughput and embedding cosine vs HF fp32 for
 students x batch x max length x provider (torch eager/SDPA/int8/compile, ONNX Runtime fp32/int8,

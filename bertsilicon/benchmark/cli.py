@@ -1,4 +1,4 @@
-"""``bertsilicon bench``: the end-to-end benchmark (also ``python bench/e2e.py``)."""
+"""``bertsilicon bench``: the end-to-end benchmark (also ``python bench/e2e/cpu.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -117,13 +117,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=lambda args: bench(args, p))
 
 
-def build_parser(prog: str = "bench/e2e.py") -> argparse.ArgumentParser:
+def build_parser(prog: str = "bench/e2e/cpu.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
     add_arguments(p)
     return p
 
 
 def main(argv=None) -> int:
-    """``python bench/e2e.py ...`` == ``bertsilicon bench ...``."""
+    """``python bench/e2e/cpu.py ...`` == ``bertsilicon bench ...``."""
     p = build_parser()
     return bench(p.parse_args(sys.argv[1:] if argv is None else list(argv)), p)

@@ -1,4 +1,8 @@
-"""What a result was measured on: CPU model and flags, cores, GPU, library versions, git commit, load."""
+"""What a result was measured on: CPU model and flags, cores, GPU, library versions, git commit, load.
+
+The one provenance writer of the project: every benchmark and study records :func:`machine_info` with its
+results and heads its Markdown with :func:`describe` (the end-to-end report with ``report.machine_lines``).
+"""
 from __future__ import annotations
 
 import datetime
@@ -51,7 +55,15 @@ def _version(name: str):
         return None
 
 
+COMMIT_ENV = "BERTSILICON_COMMIT"
+
+
 def git_commit(repo: Path = Path(__file__).resolve().parents[2]) -> dict:
+    """``{"commit": short hash, "dirty": tracked files changed}`` of the checkout. A copy of the tree without
+    ``.git`` names its commit in ``BERTSILICON_COMMIT`` (then ``dirty`` is None: unknown)."""
+    if os.environ.get(COMMIT_ENV):
+        return {"commit": os.environ[COMMIT_ENV], "dirty": None}
+
     def git(*args):
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10).stdout.strip()
     try:
@@ -68,7 +80,7 @@ def _gpu():
     if not torch.cuda.is_available():
         return None
     return {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
-            "capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(0))), "cuda": torch.version.cuda}
 
 
 def _bertsilicon_cpu_features():
@@ -107,3 +119,29 @@ def machine_info(threads: int) -> dict:
         "git": git_commit(),
         "load_average_start": load_average(),
     }
+
+
+def commit_text(info: dict) -> str:
+    """``abc1234``, ``abc1234 (uncommitted changes)`` or ``unknown``, from :func:`machine_info`."""
+    git = info.get("git") or {}
+    if not git.get("commit"):
+        return "unknown"
+    return git["commit"] + (" (uncommitted changes)" if git.get("dirty") else "")
+
+
+def versions_text(info: dict) -> str:
+    """``torch 2.x, transformers 4.y, ..., Python 3.z``: the installed libraries of :func:`machine_info`."""
+    return ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v) + f", Python {info['python']}"
+
+
+def describe(info: dict) -> str:
+    """One Markdown line of provenance from :func:`machine_info`: commit, date, CPU, threads, SIMD flags, GPU,
+    versions, and the load averages when recorded (``load_average_end`` is set by the caller at the end)."""
+    cpu, gpu = info["cpu"], info.get("gpu")
+    gpu_text = (f"GPU {gpu['name']} (capability {gpu['capability']}, CUDA {gpu.get('cuda')})" if gpu else "no GPU")
+    load = "".join(f"; load average {when} {info[key]}" for when, key in (("at start", "load_average_start"),
+                                                                          ("at end", "load_average_end"))
+                   if info.get(key))
+    return (f"commit {commit_text(info)}, {info['date_utc']}; CPU {cpu['model']}, threads {info['threads']} of "
+            f"{cpu['usable_cores']} usable cores, SIMD {' '.join(cpu['simd_flags']) or 'n/a'}; {gpu_text}; "
+            f"{versions_text(info)}{load}.")

@@ -267,8 +267,8 @@ def _ort_fused_int8(ctx: BuildContext) -> Runner:
 # ------------------------------------------------------------------------------------------------ #
 # SmoothQuant migration strength for the int8 provider. On MiniLM-L6 with the default per-layer error
 # budget it needs no fallback GEMM (alpha 0.5: 24 of 24 int8, mean-pooled cosine 0.9990 mean / 0.9974 min
-# on 64 pydoc texts), where smooth=None moves 8 of 24 GEMMs to bf16 to fit the budget (0.9990 / 0.9978)
-# and runs ~15% slower at batch 1.
+# on 64 pydoc texts), where smooth=None moves 8 of 24 GEMMs to bf16 to fit the budget (0.9990 / 0.9978),
+# which are slower than int8 ones.
 INT8_SMOOTH = 0.5
 
 
@@ -280,11 +280,11 @@ def _bertsilicon(precision: str, **options):
             from bertsilicon.models.optimize import optimize
         except ModuleNotFoundError as exc:
             if exc.name == "bertsilicon.models.optimize":
-                raise ProviderUnavailable("bertsilicon.optimize is not built yet (issue 5)", "not built yet") from exc
+                raise ProviderUnavailable("bertsilicon.optimize is not built yet", "not built yet") from exc
             raise
         except ImportError as exc:
             if "optimize" in str(exc) and "cannot import name" in str(exc):
-                raise ProviderUnavailable("bertsilicon.optimize is not built yet (issue 5)", "not built yet") from exc
+                raise ProviderUnavailable("bertsilicon.optimize is not built yet", "not built yet") from exc
             raise
         kwargs = dict(options)
         if precision == "int8":  # the recommended int8 set-up (README): SmoothQuant alpha 0.5

@@ -37,15 +37,15 @@ from .providers import (BASELINE, PRECISIONS, PROVIDER_NAMES, Batch, BuildContex
 
 DEFAULT_MODELS = ("minilm-l6", "tinybert4", "distilbert", "bert-base")
 PADDINGS = ("longest", "max_length")
-# Issue-5 speed targets: (ours, peer, max latency ratio ours/peer), measured on the same batch in one run.
+# Speed targets: (ours, peer, max latency ratio ours/peer), measured on the same batch in one run.
 TARGETS = (
     (("bertsilicon", "fp32"), ("torch-sdpa", "fp32"), 0.85),
     (("bertsilicon", "bf16"), ("torch-sdpa", "bf16"), 0.90),
     (("bertsilicon", "int8"), ("onnxruntime", "int8"), 1.00),
 )
-# The configuration the issue-5 targets are stated for; the report marks its rows.
+# The configuration the speed targets are stated for; the report marks its rows.
 HEADLINE = {"model": "minilm-l6", "batch": 8, "seq": 128, "threads": 2}
-INT8_COSINE_TARGET = 0.995  # DESIGN.md: int8 mean-pooled embedding cosine vs fp32 on real text
+INT8_COSINE_TARGET = 0.995  # docs/architecture.md: int8 mean-pooled embedding cosine vs fp32 on real text
 
 
 def _default_threads() -> int:
@@ -351,8 +351,8 @@ def _run_cell(cfg, providers: list[Provider], model, model_name, n_params, pretr
 
 
 def target_ratios(result: dict) -> list[dict]:
-    """Issue-5 latency ratios (ours / peer, same batch, same run) for every (model, batch, seq) cell. A ratio
-    counts only when our output is right: mean cosine vs fp32 >= ``INT8_COSINE_TARGET`` (DESIGN.md's loosest
+    """Speed-target latency ratios (ours / peer, same batch, same run) for every (model, batch, seq) cell. A ratio
+    counts only when our output is right: mean cosine vs fp32 >= ``INT8_COSINE_TARGET`` (docs/architecture.md's loosest
     accuracy bar)."""
     index = {(r["model"], r["batch"], r["seq"], r["provider"], r["precision"]): r for r in result["rows"]}
     cells = list(dict.fromkeys((r["model"], r["batch"], r["seq"]) for r in result["rows"]))

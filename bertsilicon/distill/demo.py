@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -131,25 +129,15 @@ def predicted_speedup(teacher_cfg, student_cfg, batches, precision, hardware) ->
 # conditions                                                                                          #
 # ------------------------------------------------------------------------------------------------ #
 def conditions(threads: int, note: str) -> dict:
-    import transformers
+    """Date, CPU and its kernel-relevant flags, versions and commit (from ``bertsilicon.benchmark.machine``)."""
+    from bertsilicon.benchmark.machine import commit_text, machine_info
 
-    flags = ""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text().split("\n")
-        line = next((x for x in cpuinfo if x.startswith("flags")), "")
-        model = next((x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name")), platform.processor())
-        flags = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
-                         if f" {f}" in line)
-    except OSError:
-        model = platform.processor()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": model, "cpu_flags": flags,
-            "torch_threads": threads, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "commit": commit, "note": note}
+    info = machine_info(threads)
+    flags = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+                     if f in info["cpu"]["flags"])
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": info["cpu"]["model"],
+            "cpu_flags": flags, "torch_threads": threads, "python": info["python"], "torch": torch.__version__,
+            "transformers": info["versions"]["transformers"], "commit": commit_text(info), "note": note}
 
 
 def _mean_spread(values):

@@ -7,8 +7,8 @@ Autotuning rule: every autotuned kernel is keyed on a *bucketed* token count
 :func:`hardware_class`: ``"hopper"`` (compute capability 9.x and newer), ``"ampere"`` (8.x: A100 class),
 ``"turing"`` (7.x: T4 class, 64 KB shared memory; triton has no matrix-unit dots there,
 :func:`matrix_unit_dots`) and ``"interpreter"`` (``TRITON_INTERPRET=1``: one small config, no tuning, so
-CI is fast). The lists are checked against the SASS each config compiles to (``python -m bench.gpu_sass
---arch 90|80|75``, bench/results/sass_sm*.md) and leave out configs that spill, except Hopper's 128x256
+CI is fast). The lists are checked against the SASS each config compiles to (``python -m bench.studies.gpu_sass
+--arch 90|80|75``, bench/results/gpu/sass_sm*.md) and leave out configs that spill, except Hopper's 128x256
 GEMM tile (55-211 LDL/STL, in its GELU epilogue).
 
 Autotuning switch: ``BERTSILICON_AUTOTUNE=on | off`` (default ``on``), read once when the kernels are
@@ -16,7 +16,7 @@ imported (set it before anything imports ``bertsilicon.kernels``). ``off`` gives
 the *first* config of its hardware class's list (:func:`autotune_configs`), so Triton neither benchmarks
 nor compiles the others: one compile per key instead of one per config. The results are the same function
 (every config computes the same thing; only the tiling differs), so correctness tests use ``off`` on a GPU
-(``bench/gpu_session.py``, test stage); benchmarks keep ``on``. Any other value is a ``ValueError``.
+(``python -m bench.gpu``, tests stage); benchmarks keep ``on``. Any other value is a ``ValueError``.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def matrix_unit_dots(kind: Optional[str] = None) -> bool:
     """Whether triton lowers ``tl.dot`` on fp16 / bf16 / tf32 / int8 operands to the matrix units on GPU class
     ``kind`` (default: this machine's, :func:`hardware_class`). Not on ``"turing"`` (compute capability 7.x: T4):
     triton 3.6 and 3.9 compile fp16 and bf16 dots for sm_75 to FFMA (no HMMA in the SASS) and fail to compile
-    int8 dots at all (bench/results/sass_sm75.md); their mma lowering starts at Ampere. There the GEMM launcher
+    int8 dots at all (bench/results/gpu/sass_sm75.md); their mma lowering starts at Ampere. There the GEMM launcher
     hands the product to cuBLAS (bertsilicon/kernels/gemm.py) and attention runs its FMA configs. The interpreter counts
     as having them: it runs the kernels the GPUs with matrix units run."""
     return (kind or hardware_class()) != "turing"
@@ -117,7 +117,7 @@ def fma_dots(dtype: torch.dtype, dot_precision: str, kind: Optional[str] = None)
     without matrix-unit dots (:func:`matrix_unit_dots`: Turing). Such kernels get their own autotuning
     configs (``fma=True`` in the kernels' ``_configs``): the FMA dot keeps a whole BLOCK_K slice of both
     operands per thread, so the matrix-unit tiles (BLOCK_K 64, 128-row attention tiles) spill thousands of
-    LDL/STL on sm_90 (worst with triton 3.6; bench/results/sass_sm90.md) and sm_75 (sass_sm75.md)."""
+    LDL/STL on sm_90 (worst with triton 3.6; bench/results/gpu/sass_sm90.md) and sm_75 (sass_sm75.md)."""
     return (dtype == torch.float32 and dot_precision == "ieee") or not matrix_unit_dots(kind)
 
 

@@ -25,7 +25,7 @@ use ``input_precision`` from :func:`bertsilicon.kernels._common.fp32_dot_precisi
 Cost per (b, h): FLOPs = 4 Lq Lk D (two matrix products; exp and the rescale are O(Lq Lk));
 fewest bytes = (2 Lq + 2 Lk) D * itemsize (q, k, v read once, out written once) + B Lk mask bytes.
 At L = 128, D = 64 that is 64 FLOP/byte in fp16: matrix-unit bound on paper, but short rows make the
-kernel latency bound in practice; see bench/results/GPU_NOTES.md.
+kernel latency bound in practice; see bench/results/gpu/NOTES.md.
 """
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ import datetime
 import json
 import math
 import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -81,11 +80,9 @@ def _summary(values: torch.Tensor, n_boot: int) -> dict:
 
 
 def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except Exception:  # pragma: no cover
-        return "unknown"
+    from bertsilicon.benchmark.machine import git_commit
+
+    return git_commit()["commit"] or "unknown"
 
 
 EMULATION_NOTES = [

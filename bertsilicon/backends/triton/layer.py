@@ -1,10 +1,9 @@
 """The fused layer's per-op path on the triton backend, launched directly.
 
 Through :mod:`bertsilicon.ops` each of a layer's 7 ops (11 for int8: a per-token quantize before each GEMM)
-validates its arguments and resolves its backend before the launcher runs: ~8 us per op on this project's
-CPU, a quarter of the eager Triton path's host time (``bench/gpu_host_overhead.py``: MiniLM-L6 fp16, batch 1,
-launches stubbed: 1.19 -> 0.81 ms per forward). On a GPU that host time is the eager path's floor above the
-CUDA-graph token budget, so a layer whose every op the public ops would send to the triton backend calls the
+validates its arguments and resolves its backend before the launcher runs: about a quarter of the eager Triton
+path's host time (``bench/studies/gpu_host_overhead.py``, figures in bench/results/gpu/NOTES.md). On a GPU that
+host time is the eager path's floor above the CUDA-graph token budget, so a layer whose every op the public ops would send to the triton backend calls the
 backend's launchers here directly — the functions :mod:`.ops` registers, so the same
 kernels with the same arguments and bit-identical results (tests/test_optimize_gpu.py,
 ``test_direct_triton_launches_equal_the_public_ops``).

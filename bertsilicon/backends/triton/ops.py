@@ -127,7 +127,7 @@ def linear(x, weight, bias, activation):
 def _int8_dot_supported(t: torch.Tensor) -> Optional[str]:
     if t.device.type == "cuda" and torch.cuda.get_device_capability(t.device) < (8, 0):
         return (f"int8 tl.dot needs compute capability >= 8.0 (Ampere; triton does not compile it for sm_7x: "
-                f"bench/results/sass_sm75.md); {torch.cuda.get_device_name(t.device)} has "
+                f"bench/results/gpu/sass_sm75.md); {torch.cuda.get_device_name(t.device)} has "
                 + ".".join(map(str, torch.cuda.get_device_capability(t.device))))
     return None
 

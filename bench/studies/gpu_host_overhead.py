@@ -5,11 +5,11 @@ scatter of the padding-free path). On a GPU the same code runs before each of th
 Triton's launcher itself (not included: it is stubbed), so this is a floor for the eager path's host time per
 forward — what CUDA graphs remove (bertsilicon/models/optimize.py, FusedEncoder).
 
-    .venv/bin/python bench/gpu_host_overhead.py                       # MiniLM-L6 fp16, batch 32 of real text
-    .venv/bin/python bench/gpu_host_overhead.py --batch 8 --precision int8
+    .venv/bin/python bench/studies/gpu_host_overhead.py                       # MiniLM-L6 fp16, batch 32 of real text
+    .venv/bin/python bench/studies/gpu_host_overhead.py --batch 8 --precision int8
 
 Two rows, measured interleaved in one process (round-robin, so machine noise hits both alike): the layers
-launching the triton kernels directly (the default, bertsilicon/models/_triton_layer.py) and through the public
+launching the triton kernels directly (the default, bertsilicon/backends/triton/layer.py) and through the public
 ops (validation + dispatch per op, ``layer.direct_launch = False``).
 
 Prints the median over ``--rounds`` forwards and the launches per forward. CPU tensors make the torch ops do real

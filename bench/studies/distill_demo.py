@@ -1,6 +1,6 @@
 """Record the distillation demo's figures: bench/results/distill/demo.{json,md,png}.
 
-    .venv/bin/python bench/distill/run_demo.py [--note "quiet machine"] [demo options, e.g. --steps 100]
+    .venv/bin/python bench/studies/distill_demo.py [--note "quiet machine"] [demo options, e.g. --steps 100]
 
 Final figures: run it on a quiet 2-core machine (nothing else running), with the default options.
 """

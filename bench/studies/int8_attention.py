@@ -1,6 +1,6 @@
 """int8 layers attending on bf16 q, k, v (``vdpbf16ps``) vs in fp32: latency and accuracy, same process.
 
-    .venv/bin/python bench/int8_attention.py [--threads 2] [--rounds 12] [--lengths 128,256,512] [--out bench/results/cpu]
+    .venv/bin/python bench/studies/int8_attention.py [--threads 2] [--rounds 12] [--lengths 128,256,512] [--out bench/results/cpu]
 
 The real MiniLM-L6 optimized once in int8 (``smooth=0.5``, calibrated on ``corpus("docstrings-train")[:64]``),
 then timed on one real batch per max length (the first 8 passages of ``corpus("pydoc-passages")``, ~550-700
@@ -26,7 +26,7 @@ import bertsilicon
 from bertsilicon import data
 from bertsilicon.benchmark.machine import load_average, machine_info
 from bertsilicon.benchmark.runner import tokenize
-from bertsilicon.ops import _cpu
+from bertsilicon.backends import cpu as _cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layer_overhead import provenance, time_modes  # noqa: E402
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
               f"{res['fp32']['median_ms']:.1f} ms ({row['ratio_median']:.3f}x); min cosine "
               f"{row['cos_min_bf16']:.5f} / {row['cos_min_fp32']:.5f}", flush=True)
     machine["load_average_end"] = load_average()
-    cmd = shlex.join(["python", "bench/int8_attention.py", *(argv if argv is not None else sys.argv[1:])])
+    cmd = shlex.join(["python", "bench/studies/int8_attention.py", *(argv if argv is not None else sys.argv[1:])])
     result = {"command": cmd, "note": args.note, "machine": machine, "cpu_kernels":
               model.bertsilicon_report.cpu_kernels, "rows": rows}
     out = Path(args.out)

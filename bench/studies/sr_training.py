@@ -13,8 +13,8 @@ Expected (Gupta et al. 2015; Zamirai et al. 2020): updates smaller than half a b
 vanish under nearest rounding, so it stalls; stochastic rounding keeps them in expectation and tracks
 fp32. Logged per step: training loss, and the fraction of parameters whose stored value changed.
 
-    .venv/bin/python bench/precision/sr_training.py            # ~2-4 minutes on 2 cores
-    .venv/bin/python bench/precision/sr_training.py --quick    # a smoke run (seconds)
+    .venv/bin/python bench/studies/sr_training.py            # ~2-4 minutes on 2 cores
+    .venv/bin/python bench/studies/sr_training.py --quick    # a smoke run (seconds)
 
 Writes bench/results/precision/sr_training.{json,md,png}.
 """
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bertsilicon import data, ops  # noqa: E402
+from bertsilicon.benchmark.machine import describe, machine_info  # noqa: E402
 from bertsilicon.models.eval import embed  # noqa: E402
 from bertsilicon.models.students import load_student, load_tokenizer  # noqa: E402
 
@@ -150,7 +149,7 @@ def plot(result: dict, path: Path) -> None:
 def markdown(result: dict, png: str) -> str:
     m = result["meta"]
     lines = ["# Stochastic rounding with weights kept only in bf16", "",
-             f"commit `{m['commit']}`, torch {m['torch']}, {m['machine']}, {m['threads']} threads, {m['seconds']:.0f} s. "
+             f"{describe(m['machine'])} {m['seconds']:.0f} s. "
              f"Task: head {m['arch']} on frozen all-MiniLM-L6-v2 embeddings of {m['texts']} docstrings "
              f"({m['classes']} modules, {m['test']} held out); plain SGD, batch {m['batch']}, {m['steps']} steps; "
              f"stochastic runs: seeds {m['seeds']} (value = mean, band = min..max over seeds). "
@@ -190,6 +189,7 @@ def main(argv=None) -> int:
         args.steps, args.seeds = 200, 1
     lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
+    machine = machine_info(args.threads)
     t0 = time.time()
     x, y, names = features(args.max_length, limit=120 if args.quick else 0)
     train_idx, test_idx = split(x.shape[0], 0.25, seed=0)
@@ -205,13 +205,11 @@ def main(argv=None) -> int:
             "stochastic": [train("stochastic", params0, xt, yt, seed=s, **common) for s in range(args.seeds)]}})
     with torch.no_grad():
         initial = float(F.cross_entropy(forward(params0, xt), yt))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     result = {"meta": {"lrs": lrs, "batch": args.batch, "steps": args.steps, "seeds": list(range(args.seeds)),
                        "arch": f"{x.shape[1]}-{args.hidden}-GELU-{len(names)}",
                        "params": sum(p.numel() for p in params0), "texts": int(x.shape[0]), "test": int(test_idx.numel()),
-                       "classes": len(names), "initial_loss": initial, "commit": commit, "torch": torch.__version__,
-                       "machine": platform.machine(), "threads": args.threads, "seconds": time.time() - t0,
-                       "quick": args.quick},
+                       "classes": len(names), "initial_loss": initial, "machine": machine,
+                       "seconds": time.time() - t0, "quick": args.quick},
               "sweeps": sweeps}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Per-layer Python overhead on the cpu backend: the per-op path vs the one-call path of FusedEncoderLayer.
 
-    .venv/bin/python bench/layer_overhead.py [--threads 2] [--rounds 30] [--out bench/results/cpu]
+    .venv/bin/python bench/studies/layer_overhead.py [--threads 2] [--rounds 30] [--out bench/results/cpu]
 
 Same process, same optimized model, same real-text batch: each optimized model is timed with every layer's
 ``one_call = False`` (the per-op path: ~10 Python-level calls per layer) and ``one_call = True`` (one C++
@@ -32,7 +32,7 @@ import transformers
 
 import bertsilicon
 from bertsilicon import data
-from bertsilicon.benchmark.machine import load_average, machine_info
+from bertsilicon.benchmark.machine import describe, load_average, machine_info
 from bertsilicon.benchmark.runner import BenchConfig, text_pool, tokenize
 
 MODES = ("per-op", "one-call")
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                       f"(min {res['per-op']['min_ms']:.3f}), one-call {res['one-call']['median_ms']:.3f} ms "
                       f"(min {res['one-call']['min_ms']:.3f}): {row['speedup_median']:.2f}x median, "
                       f"{row['speedup_min']:.2f}x best-of", flush=True)
-    cmd = shlex.join(["python", "bench/layer_overhead.py", *(argv if argv is not None else sys.argv[1:])])
+    cmd = shlex.join(["python", "bench/studies/layer_overhead.py", *(argv if argv is not None else sys.argv[1:])])
     machine["load_average_end"] = load_average()
     result = {"command": cmd, "note": args.note, "machine": machine, "rows": rows}
     out = Path(args.out)
@@ -146,11 +146,8 @@ def main(argv=None) -> int:
 
 
 def provenance(result: dict) -> str:
-    """The line under a result's title: the command, commit, date, CPU, threads, load average and note."""
-    m = result["machine"]
-    return (f"`{result['command']}` — commit {m['git']['commit']}{' (dirty)' if m['git']['dirty'] else ''}, "
-            f"{m.get('date_utc', '')}, {m['cpu']['model']}, threads={m.get('threads', '?')}, load average "
-            f"{m.get('load_average_start')} at the start, {m.get('load_average_end')} at the end."
+    """The line under a result's title: the command, then ``machine.describe`` (commit, CPU, load...), the note."""
+    return (f"`{result['command']}` — {describe(result['machine'])}"
             + (f" **{result['note']}**" if result["note"] else ""))
 
 

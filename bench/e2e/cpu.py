@@ -1,4 +1,4 @@
-"""End-to-end benchmark: ``python bench/e2e.py [--quick] ...`` is ``bertsilicon bench ...`` (see its --help).
+"""End-to-end benchmark: ``python bench/e2e/cpu.py [--quick] ...`` is ``bertsilicon bench ...`` (see its --help).
 
 Implementation: ``bertsilicon/benchmark/``. Results: ``bench/results/cpu/e2e*.{json,md,png}``.
 """

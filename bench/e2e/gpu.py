@@ -1,11 +1,11 @@
-"""End to end on a CUDA GPU (issue 5): ``bertsilicon.optimize(model, backend="triton")`` against Hugging Face SDPA.
+"""GPU end to end: ``bertsilicon.optimize(model, backend="triton")`` against Hugging Face SDPA on a CUDA GPU.
 
-    python -m bench.gpu_e2e                     # MiniLM-L6 (real weights), DistilBERT (random) -> gpu_e2e.{json,md}
-    python -m bench.gpu_e2e --dry-run           # tiny models on CPU under the Triton interpreter: checks the script
-    python -m bench.gpu_e2e --warm-only --models distilbert --precisions int8   # compile only, time/write nothing
+    python -m bench.e2e.gpu                     # MiniLM-L6 (real weights), DistilBERT (random) -> e2e.{json,md}
+    python -m bench.e2e.gpu --dry-run           # tiny models on CPU under the Triton interpreter: checks the script
+    python -m bench.e2e.gpu --warm-only --models distilbert --precisions int8   # compile only, time/write nothing
 
-What is measured (every provider gets the very same tokenized batch of real text, ``bertsilicon.data.corpus("pydoc")``,
-truncated to 128 tokens, padded to the longest):
+``python -m bench.gpu`` runs it as its ``e2e`` stage. What is measured (every provider gets the very same tokenized
+batch of real text, ``bertsilicon.data.corpus("pydoc")``, truncated to 128 tokens, padded to the longest):
 
 * providers: HF SDPA fp32 (the accuracy reference), fp16 and bf16 (``torch-sdpa``, the CPU suite's builders);
   ``bertsilicon+graphs`` fp16 / bf16 / int8 (``optimize(..., backend="triton")``, unpad=True, the default on a CUDA
@@ -14,19 +14,19 @@ truncated to 128 tokens, padded to the longest):
   same without graphs (``cuda_graphs=False``: every kernel launched from Python; what a call over the token budget
   runs).
   In ``--dry-run`` the graph rows run on CPU with an eager stand-in for the capture (``replay_eagerly``).
-* cells, in order of value: batch 32 for every model (the issue-5 headline), then batches 8 and 1.
+* cells, in order of value: batch 32 for every model (the headline), then batches 8 and 1.
 * timing: CUDA events around ``inner`` back-to-back calls (one sample >= ``--min-sample-ms``), ``--warmup`` calls
   first (they compile, autotune and capture), samples taken in rotated round-robin order across providers
   (:func:`bertsilicon.benchmark.runner.time_interleaved`); median, min and max of the samples.
 * accuracy: mean-pooled last hidden state (real tokens) against HF fp32 on the same inputs: over 64 further texts
   (batches of 32) and on the timed batch itself.
-* target (issue 5): bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128, for MiniLM-L6 and DistilBERT;
+* target: bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128, for MiniLM-L6 and DistilBERT;
   the Markdown says meets / misses for the default (graph) path and for the eager one.
 
 ``--budget-s`` stops starting cells (the rest are listed as not run); SIGTERM stops after the call in flight;
 results are written either way. ``--warm-only`` runs the same builds and calls once each with Triton's autotuner
-compiling instead of benchmarking (``bench.gpu.compile_only_autotuning``), so several processes can fill Triton's
-on-disk cache side by side before the timed run (``bench/gpu_session.py``).
+compiling instead of benchmarking (``bench.kernels.gpu.compile_only_autotuning``), so several processes can fill
+Triton's on-disk cache side by side before the timed run (``python -m bench.gpu`` does).
 """
 from __future__ import annotations
 
@@ -34,22 +34,21 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/gpu_e2e.py` as well as `python -m bench.gpu_e2e`
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `python bench/e2e/gpu.py` as well as `python -m bench.e2e.gpu`
     sys.path.insert(0, str(ROOT))
 
 MODELS = ("minilm-l6", "distilbert")
 PRECISIONS = ("fp16", "bf16", "int8")
 HEAD_BATCH, SMALL_BATCHES, SEQ = 32, (8, 1), 128
 BASELINE = ("torch-sdpa", "fp16")  # speed-ups are quoted against HF SDPA fp16 on the same batch
-TARGET_SPEEDUP = 1.5               # issue 5: bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128
+TARGET_SPEEDUP = 1.5               # bertsilicon fp16 >= 1.5x HF SDPA fp16 at batch 32, length 128
 ACCURACY_TEXTS, ACCURACY_BATCH = 64, 32
 # --dry-run: one-layer students small enough for the Triton interpreter (head dim 32, odd FFN width)
 DRY_OVERRIDES = {"minilm-l6": dict(num_hidden_layers=1, hidden_size=64, num_attention_heads=2, intermediate_size=96),
@@ -81,12 +80,12 @@ def graph_problem(run, batch_size: int):
     enc = fused_encoder(run.model)
     if enc is None:
         return "no fused encoder"
-    notes = [n for n in enc.__dict__["report"].notes if "CUDA graph" in n]
+    notes = [n for n in enc.report.notes if "CUDA graph" in n]
     if notes or not enc.cuda_graphs:
         return "; ".join(notes) or "cuda_graphs is off"
-    from bertsilicon.models.optimize import graph_batch
+    from bertsilicon.models.cuda_graphs import graph_batch
 
-    if not any(k.batch == graph_batch(k.path, batch_size) for k in enc.__dict__["_graphs"]):
+    if not any(k.batch == graph_batch(k.path, batch_size) for k in enc.graphs.graphs):
         return f"no graph was captured for batch {batch_size}"
     return None
 
@@ -131,20 +130,20 @@ def graphs_emulated_on_cpu():
     """--dry-run: the graph rows run on CPU with ``replay_eagerly`` in place of the CUDA capture, so the dry run
     also checks the graph rows' plumbing (builds, graph_problem, accuracy, verdicts); their timings mean nothing.
     Undone on exit (the tests call ``main`` in their own process)."""
-    from bertsilicon.models import optimize as opt
+    from bertsilicon.models import cuda_graphs as cg
 
-    saved = opt._GRAPH_DEVICES, opt.capture_graph
-    opt._GRAPH_DEVICES, opt.capture_graph = (*opt._GRAPH_DEVICES, "cpu"), opt.replay_eagerly
+    saved = cg.CAPTURE_DEVICES, cg.capture_graph
+    cg.CAPTURE_DEVICES, cg.capture_graph = (*cg.CAPTURE_DEVICES, "cpu"), cg.replay_eagerly
     try:
         yield
     finally:
-        opt._GRAPH_DEVICES, opt.capture_graph = saved
+        cg.CAPTURE_DEVICES, cg.capture_graph = saved
 
 
 def graphs_emulated() -> bool:
-    from bertsilicon.models import optimize as opt
+    from bertsilicon.models import cuda_graphs as cg
 
-    return "cpu" in opt._GRAPH_DEVICES
+    return "cpu" in cg.CAPTURE_DEVICES
 
 
 def _weights_note(name: str, pretrained: bool) -> str:
@@ -171,6 +170,7 @@ class E2ERun:
         import torch
 
         from bertsilicon.benchmark import BenchConfig
+        from bertsilicon.benchmark.machine import machine_info
         from bertsilicon.benchmark.runner import example_batch, text_pool, tokenize, wall_clock_timer
         from bertsilicon.models.students import load_tokenizer
 
@@ -184,6 +184,7 @@ class E2ERun:
                                min_sample_s=0.0 if quick else args.min_sample_ms / 1e3, budget_s=5.0,
                                accuracy_texts=self.n_acc, accuracy_batch=self.acc_batch, corpus="pydoc")
         self.timer = cuda_event_timer if cuda else wall_clock_timer
+        self.machine = machine_info(torch.get_num_threads())
         self.started = time.perf_counter()
         self.tok = load_tokenizer()
         self.time_texts, acc_texts = text_pool(self.cfg)
@@ -249,19 +250,13 @@ class E2ERun:
         self.state[name] = dict(model=model, runners=runners, info=info, weights=_weights_note(name, pretrained),
                                 params_m=round(sum(t.numel() for t in model.parameters()) / 1e6, 2))
 
-    def result(self, commit: str) -> dict:
-        """Everything, for gpu_e2e.json: device, versions, method settings, rows, builds, the target verdicts."""
+    def result(self) -> dict:
+        """Everything, for the JSON: device, provenance, method settings, rows, builds, the target verdicts."""
         import torch
-        import transformers
-        import triton
 
         args, cfg = self.args, self.cfg
         meta = {"device": torch.cuda.get_device_name() if self.cuda else "cpu (Triton interpreter, dry run)",
-                "capability": ".".join(map(str, torch.cuda.get_device_capability())) if self.cuda else None,
-                "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
-                "cuda": torch.version.cuda, "python": platform.python_version(), "commit": commit,
-                "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                "seconds": round(time.perf_counter() - self.started, 1), "stopped": self.stopped,
+                "machine": self.machine, "seconds": round(time.perf_counter() - self.started, 1), "stopped": self.stopped,
                 "autotune": (f"{os.environ.get('BERTSILICON_AUTOTUNE', 'on')}, each config timed "
                              f"{args.autotune_rep_ms:g} ms" if self.cuda else "interpreter: one config"),
                 "timing": ("CUDA events around `inner` back-to-back calls" if self.cuda else
@@ -338,7 +333,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--precisions", default=",".join(PRECISIONS))
-    p.add_argument("--out", default=None, help="results folder (default bench/results/<device>; dry run: out/dry-run)")
+    p.add_argument("--out", default=None, help="results folder (default bench/results/gpu/<device>; dry run: "
+                   "out/gpu-dry-run)")
     p.add_argument("--repeats", type=int, default=15, help="samples per provider per cell")
     p.add_argument("--warmup", type=int, default=3, help="calls before timing (compile, autotune, capture)")
     p.add_argument("--min-sample-ms", type=float, default=20.0, help="one sample lasts at least this long")
@@ -361,13 +357,13 @@ def main(argv=None) -> int:
 
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
-    from bench.gpu import stop_on_sigterm
+    from bench.kernels.gpu import stop_on_sigterm
 
     stop_on_sigterm()
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("no CUDA GPU here: run `python -m bench.gpu_e2e --dry-run` to check the script, or run it on a lent GPU")
+        print("no CUDA GPU here: `python -m bench.e2e.gpu --dry-run` checks the script on CPU")
         return 2
     cuda = not args.dry_run
     with graphs_emulated_on_cpu() if args.dry_run else contextlib.nullcontext():
@@ -375,7 +371,7 @@ def main(argv=None) -> int:
 
 
 def _run(args, models, precisions, cells, cuda: bool) -> int:
-    from bench.gpu import Stop, _commit, compile_only_autotuning, short_autotune_benchmarks
+    from bench.kernels.gpu import Stop, compile_only_autotuning, default_out, short_autotune_benchmarks
 
     if args.warm_only and cuda:
         compile_only_autotuning()
@@ -389,7 +385,7 @@ def _run(args, models, precisions, cells, cuda: bool) -> int:
             run.cell(name, bsz)
     except Stop:
         run.stopped = "stopped by SIGTERM"
-        print("gpu_e2e: SIGTERM, writing what was measured", file=sys.stderr)
+        print("bench.e2e.gpu: SIGTERM, writing what was measured", file=sys.stderr)
     run.scratch.cleanup()
     if args.warm_only:
         failed = [k for k, b in run.builds.items() if b["status"] != "ok"]
@@ -398,20 +394,19 @@ def _run(args, models, precisions, cells, cuda: bool) -> int:
               f"{'; ' + run.stopped if run.stopped else ''}")
         return 1 if failed else 0
 
-    result = run.result(_commit())
-    slug = result["meta"]["device"].lower().replace(" ", "-") if cuda else "dry-run"
-    out_dir = Path(args.out) if args.out else (ROOT / "bench" / "results" / slug if cuda else ROOT / "out" / "dry-run")
+    result = run.result()
+    out_dir = Path(args.out) if args.out else default_out(result["meta"]["device"] if cuda else None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gpu_e2e.json").write_text(json.dumps(result, indent=1, default=str))
+    (out_dir / "e2e.json").write_text(json.dumps(result, indent=1, default=str))
     md = markdown(result)
-    (out_dir / "gpu_e2e.md").write_text(md)
+    (out_dir / "e2e.md").write_text(md)
     print(md)
-    print(f"wrote {out_dir / 'gpu_e2e.json'} and {out_dir / 'gpu_e2e.md'}")
+    print(f"wrote {out_dir / 'e2e.json'} and {out_dir / 'e2e.md'}")
     return 0
 
 
 def target_verdicts(rows: list, batch: int, seq: int) -> list:
-    """Issue 5: bertsilicon fp16 >= ``TARGET_SPEEDUP`` x HF SDPA fp16 at the headline batch and length, per model:
+    """The target: bertsilicon fp16 >= ``TARGET_SPEEDUP`` x HF SDPA fp16 at the headline batch and length, per model:
     the default path (``bertsilicon+graphs``, ``path`` "CUDA graphs": what ``optimize`` does on a CUDA model at this
     size) and the eager one (``cuda_graphs=False``, ``path`` "eager"). A speed-up counts only when the fp16 output is
     right (timed-batch mean cosine vs HF fp32 >= 0.999)."""
@@ -441,6 +436,32 @@ def target_verdicts(rows: list, batch: int, seq: int) -> list:
     return out
 
 
+def summary(path: Path) -> dict:
+    """The bertsilicon rows, the target verdicts and the rows not ok of an ``e2e.json``, for the run's summary."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"result": f"no {path.name}"}
+    keyed = {}
+    for r in data["rows"]:
+        if r["latency_ms"]:
+            keyed[(r["model"], r["batch"], r["provider"], r["precision"])] = r
+    lines = []
+    for (model, batch, provider, precision), r in keyed.items():
+        if provider.startswith("bertsilicon"):
+            lines.append({"model": model, "batch": batch, "provider": provider, "precision": precision,
+                          "ms": r["latency_ms"]["median"], "vs_hf_fp16": r["speedup_vs_baseline"],
+                          "vs_hf_same": r["speedup_vs_same_precision_hf"], "cos_batch_min": r["cos_batch_min"],
+                          "cos64_min": r["cos64_min"]})
+    bad = [f"{r['model']} b{r['batch']} {r['provider']} {r['precision']}: {r['status']} {r['reason'][:100]}"
+           for r in data["rows"] if r["status"] not in ("ok",)]
+    verdicts = "; ".join(f"{t['model']} {t.get('path', 'eager')} {t['speedup']:.2f}x ({t['verdict']})" if t["speedup"] else
+                         f"{t['model']} {t.get('path', 'eager')}: {t['verdict']}" for t in data["target"])
+    return {"target": data["target"], "ours": lines, "problems": bad,
+            "result": f"fp16 vs HF SDPA fp16 at batch {data['target'][0]['batch'] if data['target'] else '-'}: "
+                      f"{verdicts or 'none'}; {len(bad)} rows not ok"}
+
+
 def _ms(lat) -> str:
     if not lat:
         return "-"
@@ -449,10 +470,11 @@ def _ms(lat) -> str:
 
 
 def markdown(result: dict) -> str:
+    from bertsilicon.benchmark.machine import describe
+
     m = result["meta"]
     lines = [f"# bertsilicon.optimize on {m['device']}: end to end vs Hugging Face SDPA", "",
-             f"commit `{m['commit']}` · torch {m['torch']} · triton {m['triton']} · transformers {m['transformers']} · "
-             f"CUDA {m['cuda']} · Python {m['python']} · {m['date']} · {m['seconds']} s", ""]
+             f"{describe(m['machine'])} Run: {m['seconds']} s.", ""]
     if m.get("stopped"):
         lines += [f"**Stopped early ({m['stopped']}): rows marked 'not run' were not measured.**", ""]
     for name, info in m["models"].items():
@@ -465,7 +487,7 @@ def markdown(result: dict) -> str:
               f"- Accuracy: mean-pooled last hidden state vs HF fp32 (SDPA): 'cos 64' over {c['accuracy_texts']} "
               f"further texts in batches of {c['accuracy_batch']}; 'cos batch' on "
               "the timed batch itself.", "",
-              "## Issue-5 target: bertsilicon fp16 >= 1.5x HF SDPA fp16, batch 32, length 128", "",
+              "## Target: bertsilicon fp16 >= 1.5x HF SDPA fp16, batch 32, length 128", "",
               "| model | path | bertsilicon fp16 (ms) | HF SDPA fp16 (ms) | speed-up | target | verdict |",
               "|---|---|---:|---:|---:|---:|---|"]
     for t in result["target"]:

@@ -2,8 +2,8 @@
 models (random weights, fp32, HF's default attention, all-real tokens) for MiniLM-L6, TinyBERT4 and
 DistilBERT at batch 1, 8, 32 and seq 128. Target: median absolute error <= 25%.
 
-    .venv/bin/python bench/profiler_accuracy.py            # full: fresh calibration, 10 timed repeats
-    .venv/bin/python bench/profiler_accuracy.py --quick    # 3 repeats (noisy / shared machines)
+    .venv/bin/python bench/studies/profiler_accuracy.py            # full: fresh calibration, 10 timed repeats
+    .venv/bin/python bench/studies/profiler_accuracy.py --quick    # 3 repeats (noisy / shared machines)
 
 Writes bench/results/profiler/profiler_accuracy{_quick}.json / .md / .png.
 """
@@ -11,35 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("minilm-l6", "tinybert4", "distilbert")
 BATCHES = (1, 8, 32)
 TARGET = 0.25
-
-
-def _cpu_flags():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
-    except OSError:
-        pass
-    return []
-
-
-def _commit():
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:
-        return "unknown"
 
 
 def measure(model, batch, seq_len, repeats):
@@ -68,13 +48,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import torch
-    import transformers
     from tqdm import tqdm
 
     import bertsilicon as bs
+    from bertsilicon.benchmark.machine import describe, machine_info
     from bertsilicon.profiler import calibration
 
     torch.set_num_threads(args.threads)
+    machine = machine_info(args.threads)
     repeats = 3 if args.quick else 10
     t0 = time.time()
     rec = calibration.load_calibration(args.threads) if args.reuse_calibration else None
@@ -95,13 +76,12 @@ def main(argv=None):
     med = statistics.median(abs(r["error"]) for r in rows)
     result = {
         "benchmark": "profiler_accuracy", "quick": args.quick, "preliminary": args.quick,
-        "command": " ".join(["python bench/profiler_accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python bench/studies/profiler_accuracy.py", *(sys.argv[1:] if argv is None else argv)]),
         "median_abs_error": med, "target": TARGET, "passed": med <= TARGET, "rows": rows,
         "calibration": {k: rec[k] for k in ("cpu", "threads", "measured_at", "bandwidth", "launch_overhead_s",
                                             "gemm_curve", "attention_curve", "fused_attention_curve",
                                             "elementwise_curve")},
-        "machine": {"cpu": rec["cpu"], "flags": _cpu_flags(), "threads": args.threads, "python": platform.python_version(),
-                    "torch": torch.__version__, "transformers": transformers.__version__, "commit": _commit()},
+        "machine": machine,
         "wall_s": time.time() - t0,
     }
     out = Path(args.out)
@@ -110,8 +90,7 @@ def main(argv=None):
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
     lines = [f"# Profiler accuracy: calibrated local-CPU predictions vs measured{' (PRELIMINARY, --quick)' if args.quick else ''}",
-             "", f"Machine: {m['cpu']}, {m['threads']} threads, flags {' '.join(m['flags'])}; Python {m['python']}, "
-             f"torch {m['torch']}, transformers {m['transformers']}; commit {m['commit']}.",
+             "", f"Machine: {describe(m)}",
              f"HF eager models (random weights, fp32, attn_implementation={rows[0]['attn_implementation']}), seq "
              f"{args.seq_len}, all tokens real; median of {repeats} timed runs after a warm-up.",
              f"Calibration: {rec['measured_at']}, bandwidth {rec['bandwidth'] / 1e9:.1f} GB/s, per-op overhead "
@@ -126,7 +105,7 @@ def main(argv=None):
               f"Command: `{result['command']}`"]
     if args.quick:
         lines.append("\nPreliminary: taken with --quick while other jobs shared the 2 cores; re-run "
-                     "`python bench/profiler_accuracy.py` on a quiet machine for the final figure.")
+                     "`python bench/studies/profiler_accuracy.py` on a quiet machine for the final figure.")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     import matplotlib

@@ -1,6 +1,6 @@
 """Regenerate the README's performance table from the latest end-to-end results file.
 
-``python bench/update_readme.py [--readme README.md] [--results bench/results/cpu/e2e.json]``: rewrites only
+``python bench/e2e/update_readme.py [--readme README.md] [--results bench/results/cpu/e2e.json]``: rewrites only
 the lines between ``<!-- perf-table:start ... -->`` and ``<!-- perf-table:end -->``. Default results: the
 newest full run in ``bench/results/cpu`` (a quick run only when no full run exists).
 """
@@ -12,7 +12,7 @@ from bertsilicon.benchmark.report import update_readme
 
 
 def main(argv=None) -> int:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--readme", default=str(root / "README.md"))
     p.add_argument("--results", default=None, help="a results JSON (default: the latest in bench/results/cpu)")
