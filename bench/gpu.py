@@ -18,7 +18,7 @@ to the later ones) and is stopped at its limit (SIGTERM, pytest SIGINT so that i
 SIGKILL); the next stage runs either way and the summary is rewritten after every stage, so a run cut short keeps
 what it measured:
 
-1. ``tests``: the Triton test files and tests/test_optimize_gpu.py, then every other test marked ``gpu``, with
+1. ``tests``: the Triton test files and tests/models/test_optimize_gpu.py, then every other test marked ``gpu``, with
    ``BERTSILICON_AUTOTUNE=off`` (one config per kernel: correctness needs no tuning), pytest-xdist workers and a
    per-test timeout where those plug-ins are installed. Alongside, warm-up processes compile every kernel variant
    the two benchmarks autotune over into Triton's cache (``bench.kernels.gpu --warm``, ``bench.e2e.gpu
@@ -57,8 +57,9 @@ RESERVE_S = 8.0   # kept back for the summary
 GRACE_S = 10.0    # SIGTERM -> SIGKILL
 E2E_MODELS, E2E_PRECISIONS = ("minilm-l6", "distilbert"), ("fp16", "bf16", "int8")
 KERNEL_WARM_GROUPS = ("attention", "linear", "int8_linear", "add_layernorm,bias_gelu,quantize,round_to")
-TEST_FILES = ("tests/test_triton_*.py", "tests/test_add_layernorm.py", "tests/test_conformance.py",
-              "tests/test_optimize_gpu.py")
+TEST_FILES = ("tests/backends/triton/test_triton_*.py", "tests/ops/test_add_layernorm.py",
+              "tests/formats/test_conformance.py",
+              "tests/models/test_optimize_gpu.py")
 RESULT_FILES = ("summary.md", "summary.json", "kernels.json", "kernels.md", "e2e.json", "e2e.md")
 
 

@@ -1,8 +1,13 @@
 """Test configuration. Triton kernels run under the interpreter on CPU tensors unless a GPU is present:
 TRITON_INTERPRET must be set before anything imports triton, so it is set here, first."""
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The shared helpers (numerics, cpu_isa, hf_parity) live here; the tests sit in folders mirroring the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 try:
     import torch

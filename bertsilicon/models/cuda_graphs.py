@@ -156,7 +156,7 @@ def no_host_reads():
 def replay_eagerly(body, inputs: tuple, pool=None) -> CapturedGraph:
     """A stand-in for :func:`capture_graph` where no graph can be captured (CPU): ``replay()`` runs ``body``
     again and copies its result into the same output tensor. For checking everything around the capture
-    (buckets, static buffers, reuse, limits) without a GPU: ``tests/test_optimize_graphs.py`` and
+    (buckets, static buffers, reuse, limits) without a GPU: ``tests/models/test_optimize_graphs.py`` and
     ``the GPU benchmark's ``--dry-run```` put it in place of :func:`capture_graph` and add ``"cpu"`` to
     ``CAPTURE_DEVICES``. (Unlike a graph it runs the layers' Python again on each replay.) The body runs under
     :func:`no_host_reads`, so what would make the real capture fail (a sync, ...) fails here too, at capture."""

@@ -5,7 +5,7 @@ op calls per layer (four GEMMs, attention, two residual + LayerNorms), each with
 module instead calls ``_C.encoder_layer_packed`` / ``_C.encoder_layer_padded`` (csrc/encoder_layer.cpp), which
 runs the same kernels in the same order on the same bits — attention reads q, k, v in place from the qkv
 GEMM's output through strides, every intermediate lives in one C++ scratch block of the calling thread —
-so the result is bit-identical to the per-op path (tests/test_fused_layer_cpu.py).
+so the result is bit-identical to the per-op path (tests/backends/cpu/test_fused_layer_cpu.py).
 
 An fp16 GEMM (fp32 activations: a CPU without fp16 arithmetic) is the per-op path's fp16-on-fp32 GEMM: its input
 rounded to fp16 values (nearest even) by the C++ round_to kernel, ``ops.round_to(x, "fp16")``'s own code and

@@ -5,7 +5,7 @@ validates its arguments and resolves its backend before the launcher runs: about
 path's host time (``bench/studies/gpu_host_overhead.py``, figures in bench/results/gpu/NOTES.md). On a GPU that
 host time is the eager path's floor above the CUDA-graph token budget, so a layer whose every op the public ops would send to the triton backend calls the
 backend's launchers here directly — the functions :mod:`.ops` registers, so the same
-kernels with the same arguments and bit-identical results (tests/test_optimize_gpu.py,
+kernels with the same arguments and bit-identical results (tests/models/test_optimize_gpu.py,
 ``test_direct_triton_launches_equal_the_public_ops``).
 
 Whether a layer may: :meth:`FusedEncoderLayer.direct_triton` asks the public dispatch once per (device,

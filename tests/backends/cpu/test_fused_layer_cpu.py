@@ -217,7 +217,7 @@ def test_optimize_fp16_runs_one_call_per_layer(small_bert, unpad, monkeypatch):
 def test_weights_changed_in_place_after_optimize(small_bert):
     """fp32 GEMMs read the model's weights (and every path reads LayerNorm parameters): changed in place,
     they are picked up on the next call. bf16 / int8 GEMMs and the concatenated qkv weight are prepared
-    copies, re-derived in place on the next call (sync_prepared; tests/test_prepared_sync.py): both paths
+    copies, re-derived in place on the next call (sync_prepared; tests/models/test_prepared_sync.py): both paths
     see the change alike."""
     base, inputs = small_bert
     real = inputs["attention_mask"].bool()

@@ -9,7 +9,7 @@ import torch
 
 from test_formats import _one_thread  # noqa: F401  (autouse: one intra-op thread)
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "studies" / "sr_training.py"
+_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "studies" / "sr_training.py"
 
 
 @pytest.fixture(scope="module")

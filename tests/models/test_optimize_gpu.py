@@ -307,7 +307,7 @@ def test_graph_calls_on_two_streams_see_their_own_inputs(graph_models):
 @pytest.mark.gpu
 def test_gradients_on_cuda_keep_the_graph_forward_and_get_hfs_gradients(captures):
     """Grad mode with weights that require a gradient: the forward is the graph replay's (bit for bit the
-    no-grad call), the gradients are HF's (tests/test_gradients.py on CPU); with frozen weights a grad-mode
+    no-grad call), the gradients are HF's (tests/ops/test_gradients.py on CPU); with frozen weights a grad-mode
     call needs no autograd at all and replays the same graph."""
     model = _model("bert", "cuda", seed=21)
     inputs = _inputs("cuda", batch=4, length=64, seed=22)

@@ -7,7 +7,7 @@ tensors, so everything but the CUDA capture itself runs in CI: the bucketing, th
 rows past the real tokens, empty sequences past the batch), copy-in / copy-out, reuse, the cache limit and
 the capture-failure fallback. The encoder must give the eager path's output bit for bit (same kernels on
 the same rows: every op is row-local or bounded by the offsets). The real capture is tested on a GPU
-(tests/test_optimize_gpu.py).
+(tests/models/test_optimize_gpu.py).
 """
 import copy
 
@@ -271,7 +271,7 @@ def test_the_gpu_benchmark_tells_a_graph_row_from_an_eager_one(captures):
     from pathlib import Path
     from types import SimpleNamespace
 
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     if root not in sys.path:
         sys.path.insert(0, root)
     e2e = importlib.import_module("bench.e2e.gpu")

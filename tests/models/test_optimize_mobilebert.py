@@ -267,7 +267,7 @@ def test_position_table_and_bad_input():
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 @pytest.mark.parametrize("unpad", [True, False])
 def test_cuda_graph_path_equals_eager(captures, precision, unpad):
-    """The graph path (CPU, eager stand-in for the capture: tests/test_optimize_graphs.py) on MobileBERT's layers:
+    """The graph path (CPU, eager stand-in for the capture: tests/models/test_optimize_graphs.py) on MobileBERT's layers:
     the eager path's output bit for bit, packed or padded."""
     eager = bertsilicon.optimize(_build(), precision, unpad=unpad, calibration=_inputs(seed=99))
     graphs = copy.deepcopy(eager)

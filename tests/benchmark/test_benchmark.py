@@ -15,7 +15,7 @@ from bertsilicon.benchmark import cli as bench_cli
 from bertsilicon.benchmark import providers as prov
 from bertsilicon.benchmark import report, runner
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {"num_hidden_layers": 1, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 96}
 
 
