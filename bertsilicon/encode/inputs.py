@@ -48,6 +48,16 @@ def input_format(path: Path) -> str:
     return fmt
 
 
+def require_pyarrow():
+    """``pyarrow`` (parquet input and output), or an :class:`InputError` saying how to install it."""
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise InputError("parquet input or output needs pyarrow: pip install 'bertsilicon[parquet]'") from None
+    return pyarrow
+
+
 def fingerprint(path: Path) -> str:
     """sha256 of the file's bytes: what a resumed run checks it is reading the same input."""
     h = hashlib.sha256()
@@ -155,8 +165,8 @@ def _csv_id(value: str):
 
 
 def _parquet_records(path: Path, field_name, id_field):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require_pyarrow()
+    pq = pa.parquet
 
     try:
         schema = pq.read_schema(path)

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .batching import DEFAULT_MAX_BATCH_TOKENS, Counts, check_budget, encode_texts
 from .embedder import EncoderConfig
-from .inputs import DEFAULT_FIELD, Rows, fingerprint, read_rows
+from .inputs import DEFAULT_FIELD, Rows, fingerprint, read_rows, require_pyarrow
 from .shards import DEFAULT_SHARD_ROWS, ShardStore, output_format
 
 
@@ -73,7 +73,8 @@ class Summary:
 
 def prepare(job: Job) -> tuple[Rows, ShardStore]:
     """The checked input rows and the opened output store (every check of input and output, no model yet)."""
-    output_format(job.output)
+    if output_format(job.output) == "parquet":
+        require_pyarrow()
     check_budget(job.max_batch_tokens, job.encoder.max_length)
     rows = read_rows(job.input, job.field, job.id_field, job.skip_bad)
     store = ShardStore.open(job.output, job.identity(), len(rows), job.shard_rows)
@@ -95,8 +96,9 @@ def finish(store: ShardStore, rows: Rows, resumed_from: int, texts_this_run: int
     return summary
 
 
-def report(summary: Summary, rows: Rows, out=sys.stderr) -> None:
-    """Skipped rows (first few, with why), then the summary line."""
+def report(summary: Summary, rows: Rows, out=None) -> None:
+    """Skipped rows (first few, with why), then the summary line (to ``out``, default standard error)."""
+    out = out or sys.stderr
     for number, why in rows.skipped[:5]:
         print(f"skipped row {number}: {why}", file=out)
     if len(rows.skipped) > 5:

@@ -6,7 +6,8 @@ then builds a dataset of the pending shards (one row per shard: its number and i
 their own torch thread count; actors x threads are sized to the cluster's CPUs. The driver consumes the results
 as they stream in and writes each shard with the same store (atomic shards + manifest), so the output is the
 local run's, bit for bit, and a killed driver resumes like a local run. A crashed actor is restarted and its
-shard retried (``max_restarts`` / ``max_task_retries``); a shard arriving twice is an error, never a duplicate.
+shard retried (Ray Data's actor pools default to ``max_restarts=-1``, ``max_task_retries=-1``); a shard arriving
+twice is an error, never a duplicate.
 """
 from __future__ import annotations
 
@@ -63,17 +64,28 @@ def actor_layout(cpus: int, threads: Optional[int] = None) -> tuple[int, int]:
 
 
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None):
-    """``ray`` connected to ``address``, or a local Ray on this machine's loopback only (no dashboard)."""
+    """``ray``, connected to ``address``, or to a new local Ray with ``num_cpus`` CPUs that listens on loopback
+    only (single-node mode, no dashboard). An already initialized Ray is used as it is."""
+    import sys
+
+    local_only = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-node mode, every server on loopback
+    if address is None and "ray" not in sys.modules:
+        os.environ[local_only] = "0"
     try:
         import ray
+        import ray.data  # noqa: F401  (Ray Data: the dataset API used by run)
     except ImportError:
         raise ValueError("--ray needs Ray Data: pip install 'bertsilicon[ray]'") from None
-    if not ray.is_initialized():
-        if address is None:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+    if ray.is_initialized():
+        return ray
+    if address is not None:
+        ray.init(address=address, log_to_driver=False)
+    elif os.environ.get(local_only) != "0":
+        raise ValueError(f"a local Ray must listen on loopback only: set {local_only}=0 before importing ray, or "
+                         "start Ray yourself (ray.init) before running the job")
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 
 
@@ -94,8 +106,7 @@ def run(job: Job, address: Optional[str] = None, progress: bool = True, num_cpus
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             actor_class, batch_size=1, concurrency=min(actors, len(items)), num_cpus=threads,
             fn_constructor_kwargs={"encoder": job.encoder.to_dict(), "threads": threads,
-                                   "max_batch_tokens": job.max_batch_tokens},
-            max_restarts=-1, max_task_retries=-1)
+                                   "max_batch_tokens": job.max_batch_tokens})
         with tqdm(total=len(rows), initial=resumed_from, unit="text", desc=f"encode (ray, {actors}x{threads})",
                   disable=not progress, dynamic_ncols=True) as bar:
             for result in dataset.iter_rows():

@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from .inputs import require_pyarrow
+
 OUTPUT_FORMATS = {".parquet": "parquet", ".npy": "npy"}
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_ROWS = 4096
@@ -151,11 +153,13 @@ class ShardStore:
         self.manifest["complete"] = True
         self.manifest["summary"] = summary
         self._save()
+        for stale in self.path.glob(".*.tmp"):  # what a killed earlier run was writing
+            stale.unlink()
 
 
 def _write_parquet(f, ids: list, vectors: np.ndarray) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require_pyarrow()
+    pq = pa.parquet
 
     flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=pa.float32())
     table = pa.table({"id": pa.array(ids), "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
@@ -177,9 +181,7 @@ def read_output(path, allow_incomplete: bool = False) -> tuple[list, np.ndarray]
     for k in sorted(manifest["shards"], key=int):
         name = f"part-{int(k):05d}"
         if manifest["job"]["format"] == "parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path / f"{name}.parquet")
+            table = require_pyarrow().parquet.read_table(path / f"{name}.parquet")
             ids.extend(table.column("id").to_pylist())
             dim = manifest["shards"][k]["dim"]
             parts.append(table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim))
