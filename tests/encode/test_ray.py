@@ -36,8 +36,8 @@ def corpus(tmp_path_factory):
     return path
 
 
-def _job(corpus, out):
-    return Job(corpus, out, resolve(precision="int8"), shard_rows=6, max_batch_tokens=2048, threads=1)
+def _job(corpus, out, threads=None):
+    return Job(corpus, out, resolve(precision="int8"), shard_rows=6, max_batch_tokens=2048, threads=threads)
 
 
 class CrashOnce(ray_job.ShardEncoder):
@@ -54,7 +54,7 @@ class CrashOnce(ray_job.ShardEncoder):
 
 def test_ray_equals_local_and_survives_a_killed_actor(ray_local, corpus, tmp_path):
     local = tmp_path / "local.parquet"
-    run(_job(corpus, local), progress=False)
+    run(_job(corpus, local, threads=2), progress=False)  # the actors run on 1 thread each
     assert ray_job.actor_layout(2) == (2, 1)
 
     on_ray = tmp_path / "ray.parquet"
