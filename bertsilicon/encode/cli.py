@@ -1,22 +1,21 @@
 """``bertsilicon encode``: embed a corpus file into numbered shards plus a manifest (resumable).
 
-    bertsilicon encode passages.jsonl --field text --id-field id --precision int8 --output emb.parquet
-    bertsilicon encode lines.txt --model path/to/sentence-transformers-dir --output emb.npy
-    bertsilicon encode passages.parquet --field body --long chunk --output emb.parquet --ray        # local Ray
-    bertsilicon encode passages.parquet --field body --output emb.parquet --ray 10.0.0.5:6379      # a cluster
+    bertsilicon encode passages.jsonl --field text --id-field id --precision int8 --out emb.parquet
+    bertsilicon encode lines.txt --model path/to/sentence-transformers-dir --out emb.npy
+    bertsilicon encode passages.parquet --field body --long chunk --out emb.parquet --ray        # local Ray
+    bertsilicon encode passages.parquet --field body --out emb.parquet --ray HOST:6379           # a cluster
 
 Run the same command again after an interruption: it continues after the last complete shard.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from .batching import DEFAULT_MAX_BATCH_TOKENS
-from .embedder import BUILTIN_MODEL, LONG_MODES, POOLINGS, PRECISIONS, ModelError, resolve
-from .inputs import DEFAULT_FIELD, InputError
-from .shards import DEFAULT_SHARD_ROWS, OutputError
+from .embedder import BUILTIN_MODEL, LONG_MODES, POOLINGS, PRECISIONS, resolve
+from .inputs import DEFAULT_FIELD
+from .shards import DEFAULT_SHARD_ROWS
 
 LOCAL_RAY = "local"
 
@@ -25,7 +24,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("encode", help="embed a corpus (txt/jsonl/csv/parquet) into resumable shards",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", type=Path, help=".txt (a text a line), .jsonl, .csv or .parquet")
-    p.add_argument("--output", "-o", type=Path, required=True,
+    p.add_argument("--out", "--output", "-o", dest="output", type=Path, required=True,
                    help="OUT.parquet (id + vector) or OUT.npy: a directory of shards + manifest.json")
     p.add_argument("--model", "-m", default=None,
                    help=f"'{BUILTIN_MODEL}' (default, built in), a Hugging Face / sentence-transformers directory, "
@@ -34,7 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--pooling", choices=POOLINGS, default=None, help="default: the model's sentence-transformers config")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="unit-length vectors (default: the model's sentence-transformers config)")
-    p.add_argument("--max-length", type=int, default=None, help="tokens per text (default: the model's limit)")
+    p.add_argument("--seq-len", "--max-length", dest="max_length", type=int, default=None,
+                   help="tokens per text window (default: the model's limit)")
     p.add_argument("--long", choices=LONG_MODES, default="truncate",
                    help="longer texts: truncate (counted), or chunk into overlapping windows, mean-pooled")
     p.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
@@ -52,20 +52,18 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
+    """Bad input, model or output raise a ValueError (InputError, ModelError, OutputError) before any work: the
+    ``bertsilicon`` command prints it in one line and exits with status 2."""
     from .job import Job, run
 
-    try:
-        config = resolve(args.model, args.precision, args.pooling, args.normalize, args.max_length, args.long)
-        job = Job(input=args.input, output=args.output, encoder=config, field=args.field, id_field=args.id_field,
-                  skip_bad=args.skip_bad, max_batch_tokens=args.max_batch_tokens, shard_rows=args.shard_rows,
-                  threads=args.threads)
-        if args.ray is None:
-            run(job, progress=not args.no_progress)
-        else:
-            from . import ray_job
+    config = resolve(args.model, args.precision, args.pooling, args.normalize, args.max_length, args.long)
+    job = Job(input=args.input, output=args.output, encoder=config, field=args.field, id_field=args.id_field,
+              skip_bad=args.skip_bad, max_batch_tokens=args.max_batch_tokens, shard_rows=args.shard_rows,
+              threads=args.threads)
+    if args.ray is None:
+        run(job, progress=not args.no_progress)
+    else:
+        from . import ray_job
 
-            ray_job.run(job, address=None if args.ray == LOCAL_RAY else args.ray, progress=not args.no_progress)
-    except (InputError, OutputError, ModelError, ValueError) as exc:
-        print(f"bertsilicon encode: error: {exc}", file=sys.stderr)
-        return 2
+        ray_job.run(job, address=None if args.ray == LOCAL_RAY else args.ray, progress=not args.no_progress)
     return 0

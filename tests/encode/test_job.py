@@ -34,7 +34,7 @@ def corpus(tmp_path_factory):
 
 
 def _args(corpus_path, out, *extra):
-    return ["encode", str(corpus_path), "--id-field", "key", "--output", str(out), "--shard-rows", "8",
+    return ["encode", str(corpus_path), "--id-field", "key", "--out", str(out), "--shard-rows", "8",
             "--precision", "int8", "--max-batch-tokens", "1024", "--threads", "1", *extra]
 
 
@@ -113,12 +113,12 @@ def test_bad_input_is_an_error_before_any_work_or_a_reported_skip(tmp_path, caps
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"text": "a real sentence"}) + "\n{broken\n" + json.dumps({"body": "x"}) + "\n")
     out = tmp_path / "emb.parquet"
-    assert cli(["encode", str(path), "--output", str(out), "--precision", "fp32"]) == 2
+    assert cli(["encode", str(path), "--out", str(out), "--precision", "fp32"]) == 2
     assert "in.jsonl, row 1: not valid JSON" in capsys.readouterr().err
     assert not out.exists()  # nothing was started
-    assert cli(["encode", str(path), "--output", str(out), "--field", "body", "--precision", "fp32"]) == 2
+    assert cli(["encode", str(path), "--out", str(out), "--field", "body", "--precision", "fp32"]) == 2
     assert "row 0: field 'body' is missing" in capsys.readouterr().err
-    assert cli(["encode", str(path), "--output", str(out), "--precision", "fp32", "--skip-bad"]) == 0
+    assert cli(["encode", str(path), "--out", str(out), "--precision", "fp32", "--skip-bad"]) == 0
     err = capsys.readouterr().err
     assert "skipped row 1: not valid JSON" in err and "skipped row 2: field 'text' is missing" in err
     assert "encoded 1 texts (" in err and "2 skipped" in err and str(out) in err
