@@ -34,7 +34,8 @@ import numpy as np
 PROVIDERS = ("st-torch-fp32", "bertsilicon-int8", "bertsilicon-bf16", "bertsilicon-fp32", "st-onnx", "st-openvino",
              "ort-fp32")
 LABELS = {"st-torch-fp32": "sentence-transformers torch fp32 (batch 32)", "st-onnx": "sentence-transformers ONNX",
-          "st-openvino": "sentence-transformers OpenVINO", "ort-fp32": "ONNX Runtime fp32 (torch.onnx export, batch 32)",
+          "st-openvino": "sentence-transformers OpenVINO",
+          "ort-fp32": "ONNX Runtime fp32 (torch.onnx export, batch 32)",
           **{f"bertsilicon-{p}": f"bertsilicon encode {p}" for p in ("int8", "bf16", "fp32")}}
 BATCH = 32
 
@@ -107,7 +108,8 @@ def child(provider: str, n: int, threads: int, vectors_out: str) -> dict:
     vectors = encode(texts)
     seconds = time.perf_counter() - t0
     np.save(vectors_out, np.asarray(vectors, dtype=np.float32))
-    return {"seconds": seconds, "load_s": load_s, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"seconds": seconds, "load_s": load_s, "peak_rss_mib": peak_rss_mib}
 
 
 def tokens_of(texts: list[str]) -> int:
@@ -173,8 +175,9 @@ def markdown(result: dict, provenance: str) -> str:
     rows = result["rows"]
     base = {r["provider"]: r.get("texts_per_s") for r in rows}
     torch_rate = base.get("st-torch-fp32")
-    lines = [f"# Bulk embedding throughput (`bench/e2e/encode.py`)\n",
-             f"{result['passages']} real passages ({result['unique_passages']} distinct texts of the built-in corpora), "
+    lines = ["# Bulk embedding throughput (`bench/e2e/encode.py`)\n",
+             f"{result['passages']} real passages ({result['unique_passages']} distinct texts of the built-in "
+             "corpora), "
              f"{result['tokens']} tokens (max length 256), {result['threads']} threads; all-MiniLM-L6-v2. "
              f"{result['note']}\n", provenance + "\n",
              "| provider | texts/s | tokens/s | x ST torch fp32 | peak RSS MiB | cos mean | cos min | status |",

@@ -146,7 +146,8 @@ def test_unsupported_st_modules_are_errors(tmp_path):
         resolve(model=str(d))
     modules = json.loads((d / "modules.json").read_text())
     (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    (d / "modules.json").write_text(json.dumps(modules + [{"path": "3_Dense", "type": "sentence_transformers.models.Dense"}]))
+    dense = {"path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    (d / "modules.json").write_text(json.dumps(modules + [dense]))
     with pytest.raises(ModelError, match="module 'sentence_transformers.models.Dense'.*not supported"):
         resolve(model=str(d))
 
