@@ -21,6 +21,7 @@ ends (:meth:`~.hardware.Hardware.kernel_rate`).
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Dict, List, Tuple
 
 from .counts import FLOPS_PER_ELEMENT
@@ -98,8 +99,6 @@ def _fastest_calls(*fns: Callable[[], object], calls: int = 30) -> List[float]:
     """The fastest of ``calls`` interleaved single calls of each function, in seconds: overheads are a floor,
     which other work on a shared machine can only raise (a median of a difference of two noisy times is
     not robust; the floors are)."""
-    import time
-
     best = [float("inf")] * len(fns)
     for fn in fns:
         fn()
