@@ -1,21 +1,23 @@
 """Measure this machine (``bertsilicon profile --calibrate``) so ``hardware="local"`` predicts from
-measurements, not a datasheet.
+measurements, not a datasheet. About 30-60 s on 2 cores; ``--quick``: small shapes and short timings, a few
+seconds (for tests; the curves then stop at small GEMMs and are noisy).
 
-What is measured (PyTorch eager, ``torch.get_num_threads()`` threads, medians of timed repeats):
+Two sets of kernels are measured (``torch.get_num_threads()`` threads, medians of timed repeats):
 
-* GEMM rate curves, FLOP/s against GEMM size, per precision: ``fp32`` and ``bf16`` with
-  ``F.linear`` (weight ``[N, K]``, bias) and ``int8`` with ``torch._int_mm`` (int8 x int8 -> int32;
-  PyTorch's dynamic int8 linear where the build lacks it);
-  shapes are the GEMMs of BERT students (K, N in 128..3072; M = tokens in 64..4096).
-* the batched attention products (``[b, S, d] @ [b, d, S]``, fp32) and the fused attention
-  ``F.scaled_dot_product_attention`` (what HF runs with ``attn_implementation="sdpa"``),
-* element-wise throughput (add, GELU, softmax, LayerNorm, ReLU) at activation sizes from 24k to 12.6M
-  elements, as FLOP/s in the counting convention of :data:`.counts.FLOPS_PER_ELEMENT`,
-* memory bandwidth from ``c = a + b`` on tensors far larger than the caches (3 x 4 bytes per element),
-* the per-op overhead: the time of an ``nn.Linear`` call on a 1 x 8 input (module call + dispatch).
+* what a plain Hugging Face model runs (PyTorch eager): GEMM rate curves (FLOP/s against GEMM size) with
+  ``F.linear`` at ``fp32`` and ``bf16``; the batched attention products (``[b, S, d] @ [b, d, S]``, fp32)
+  and ``F.scaled_dot_product_attention`` (HF's ``attn_implementation="sdpa"``); element-wise throughput (add,
+  GELU, softmax, LayerNorm, ReLU, in the counting convention of :data:`.counts.FLOPS_PER_ELEMENT`); memory
+  bandwidth (``c = a + b`` far beyond the caches); the per-op overhead (an ``nn.Linear`` call on 1 x 8).
+  HF has no int8 path: the ``int8`` GEMM curve is bertsilicon's int8 GEMM.
+* what a model returned by ``bertsilicon.optimize`` runs, on this CPU's kernel path: our fp32 / bf16 / int8
+  GEMMs, padding-free attention, add+LayerNorm and the per-layer-call overhead (:mod:`.kernel_rates`).
+
+GEMM shapes are those of BERT students (K, N in 128..3072; M = tokens in 64..1024); a size whose single call
+would take over a second (an emulated precision) is skipped and the curve is clamped at the last one.
 
 The record is stored as JSON in ``$BERTSILICON_CALIBRATION`` or ``~/.cache/bertsilicon/calibration.json``
-(``$XDG_CACHE_HOME`` respected), keyed by ``cpu:<threads>``.
+(``$XDG_CACHE_HOME`` respected), keyed by ``cpu:<threads>:<kernel path>``.
 """
 from __future__ import annotations
 
@@ -32,18 +34,20 @@ from typing import Callable, Optional
 from .counts import FLOPS_PER_ELEMENT
 from .hardware import Hardware
 
+
 ENV = "BERTSILICON_CALIBRATION"
-VERSION = 2  # records of another version are measured again
+VERSION = 3  # records of another version are measured again (3: our kernels' rates, per kernel path)
 
 _GEMMS_FULL = [(64, 128, 128), (128, 312, 312), (128, 384, 384), (128, 384, 1536), (128, 768, 768),
-               (512, 768, 768), (1024, 384, 1536), (1024, 768, 3072), (4096, 384, 1536), (4096, 768, 3072)]
+               (512, 768, 768), (1024, 384, 1536), (1024, 768, 3072)]
 _GEMMS_QUICK = [(64, 128, 128), (256, 256, 256), (512, 384, 512)]
-_ATTN_FULL = [(12, 128, 26), (12, 128, 32), (12, 128, 64), (96, 128, 32), (384, 128, 32), (384, 128, 64)]
+_ATTN_FULL = [(12, 128, 26), (12, 128, 32), (12, 128, 64), (96, 128, 32), (384, 128, 64)]
 _ATTN_QUICK = [(4, 64, 32), (12, 128, 32)]
 _SDPA_FULL = [(1, 12, 128, 26), (1, 12, 128, 32), (1, 12, 128, 64), (8, 12, 128, 32), (32, 12, 128, 64)]
 _SDPA_QUICK = [(1, 4, 64, 32), (2, 12, 128, 32)]
 _EW_FULL = [3 << 13, 3 << 16, 3 << 19, 3 << 22]  # elements: 24k .. 12.6M (multiples of 384)
 _EW_QUICK = [3 << 10, 3 << 16]
+_SLOW_CALL_S = 1.0  # a GEMM size whose one call takes longer is not timed (nor any larger one)
 
 
 def calibration_path() -> Path:
@@ -54,25 +58,36 @@ def calibration_path() -> Path:
     return Path(base) / "bertsilicon" / "calibration.json"
 
 
+def _kernel_path() -> str:
+    """The kernel path of the C++ extension (``avx512``, ``avx2``, ...); ``none`` when it is not built."""
+    try:
+        from ..backends.cpu import runtime
+    except ImportError:
+        return "none"
+    return runtime.kernel_path()
+
+
 def _key(threads: int) -> str:
-    return f"cpu:{threads}"
+    return f"cpu:{threads}:{_kernel_path()}"
 
 
-def _time(fn: Callable[[], object], min_time: float, repeats: int) -> float:
-    """Median seconds per call over ``repeats`` timed groups, each at least ``min_time`` long."""
-    fn()
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, int(min_time / one))
-    samples = []
-    for _ in range(repeats):
+def _timer(min_time: float, repeats: int) -> Callable[[Callable[[], object]], float]:
+    """Median seconds per call over ``repeats`` timed groups, each at least ``min_time`` long (one call
+    that alone takes longer than ``min_time`` is its own group)."""
+    def timed(fn: Callable[[], object]) -> float:
+        fn()
         t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - t0) / inner)
-    return statistics.median(samples)
+        fn()
+        one = max(time.perf_counter() - t0, 1e-7)
+        inner = max(1, int(min_time / one))
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) / inner)
+        return statistics.median(samples)
+    return timed
 
 
 def _cpu_name() -> str:
@@ -85,20 +100,23 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _int8_gemm(M: int, K: int, N: int, gen) -> Callable[[], object]:
-    """An int8 GEMM ``[M, K] x [K, N] -> int32``: ``torch._int_mm``, or where this torch build has no CPU
-    kernel for it, PyTorch's dynamic int8 linear (which also quantises the activations per call)."""
+def _torch_gemm_curves(gemms, timer, gen, tick) -> dict:
+    """``F.linear`` FLOP/s per size at fp32 and bf16; a size predicted (from the last rate) to take over
+    :data:`_SLOW_CALL_S` per call ends that precision's curve."""
     import torch
+    import torch.nn.functional as F
 
-    xi = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=gen)
-    wi = torch.randint(-127, 128, (K, N), dtype=torch.int8, generator=gen)
-    try:
-        torch._int_mm(xi, wi)
-        return lambda: torch._int_mm(xi, wi)
-    except (RuntimeError, AttributeError, NotImplementedError):
-        lin = torch.ao.nn.quantized.dynamic.Linear(K, N, dtype=torch.qint8)
-        x = torch.randn(M, K, generator=gen)
-        return lambda: lin(x)
+    curves = {"fp32": [], "bf16": []}
+    for M, K, N in gemms:
+        flops = 2.0 * M * K * N
+        x, w, b = torch.randn(M, K, generator=gen), torch.randn(N, K, generator=gen), torch.randn(N, generator=gen)
+        for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            curve = curves[prec]
+            if not curve or flops / curve[-1][1] <= _SLOW_CALL_S:
+                xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
+                curve.append((flops, flops / timer(lambda: F.linear(xd, wd, bd))))
+            tick()
+    return curves
 
 
 def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, progress: bool = True) -> dict:
@@ -108,48 +126,40 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from . import kernel_rates
+
     if threads is not None:
         torch.set_num_threads(int(threads))
     threads = torch.get_num_threads()
-    min_time, repeats = (0.002, 3) if quick else (0.05, 5)
+    timer = _timer(*((0.002, 3) if quick else (0.02, 3)))
     gemms, attns = (_GEMMS_QUICK, _ATTN_QUICK) if quick else (_GEMMS_FULL, _ATTN_FULL)
     sdpas = _SDPA_QUICK if quick else _SDPA_FULL
     ew_sizes = _EW_QUICK if quick else _EW_FULL
     n_big = 1 << 20 if quick else 1 << 24  # bandwidth: far larger than the caches (3 x 64 MB)
     gen = torch.Generator().manual_seed(0)
-    steps = 3 * len(gemms) + len(attns) + len(sdpas) + 5 * len(ew_sizes) + 2
+    built = _kernel_path() != "none"
+    steps = (2 * len(gemms) + len(attns) + len(sdpas) + 5 * len(ew_sizes) + 2
+             + (kernel_rates.steps(quick) if built else 0))
     bar = tqdm(total=steps, desc="calibrating", disable=not progress)
-    curves = {"fp32": [], "bf16": [], "int8": []}
     with torch.inference_mode():
-        for M, K, N in gemms:
-            flops = 2.0 * M * K * N
-            x = torch.randn(M, K, generator=gen)
-            w = torch.randn(N, K, generator=gen)
-            b = torch.randn(N, generator=gen)
-            for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-                xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
-                curves[prec].append((flops, flops / _time(lambda: F.linear(xd, wd, bd), min_time, repeats)))
-                bar.update()
-            curves["int8"].append((flops, flops / _time(_int8_gemm(M, K, N, gen), min_time, repeats)))
-            bar.update()
+        curves = _torch_gemm_curves(gemms, timer, gen, bar.update)
         attention = []
         for bsz, S, d in attns:
             q = torch.randn(bsz, S, d, generator=gen)
             k = torch.randn(bsz, d, S, generator=gen)
             flops = 2.0 * bsz * S * S * d
-            attention.append((flops, flops / _time(lambda: torch.matmul(q, k), min_time, repeats)))
+            attention.append((flops, flops / timer(lambda: torch.matmul(q, k))))
             bar.update()
         fused_attention = []
         for bsz, heads, S, d in sdpas:
             q, k, v = (torch.randn(bsz, heads, S, d, generator=gen) for _ in range(3))
             flops = 4.0 * bsz * heads * S * S * d  # both matmuls
-            fused_attention.append((flops, flops / _time(lambda: F.scaled_dot_product_attention(q, k, v),
-                                                         min_time, repeats)))
+            fused_attention.append((flops, flops / timer(lambda: F.scaled_dot_product_attention(q, k, v))))
             bar.update()
         a = torch.randn(n_big, generator=gen)
         b = torch.randn(n_big, generator=gen)
         c = torch.empty_like(a)
-        bandwidth = 3 * 4 * n_big / _time(lambda: torch.add(a, b, out=c), min_time, repeats)
+        bandwidth = 3 * 4 * n_big / timer(lambda: torch.add(a, b, out=c))
         bar.update()
         elementwise = {cls: [] for cls in ("add", "gelu", "softmax", "layernorm", "relu")}
         g, beta = torch.ones(384), torch.zeros(384)
@@ -160,20 +170,24 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
                             ("softmax", lambda: torch.softmax(rows, -1)),
                             ("layernorm", lambda: F.layer_norm(h, (384,), g, beta)), ("relu", lambda: torch.relu(x))):
                 flops = n * FLOPS_PER_ELEMENT[cls]
-                elementwise[cls].append((flops, flops / _time(fn, min_time, repeats)))
+                elementwise[cls].append((flops, flops / timer(fn)))
                 bar.update()
         tiny = torch.nn.Linear(8, 8)
         xt = torch.randn(1, 8, generator=gen)
-        overhead = _time(lambda: tiny(xt), 0.01 if quick else 0.05, repeats)
+        overhead = timer(lambda: tiny(xt))
         bar.update()
+    kernels = kernel_rates.measure_kernels(timer, quick, gen, bar.update) if built else None
+    if kernels:  # HF has no int8 GEMM: a plain model priced at int8 is priced on ours
+        curves["int8"] = kernels["curves"]["gemm:int8"]
     bar.close()
     record = {
         "version": VERSION, "device": "cpu", "threads": threads, "quick": quick, "cpu": _cpu_name(),
-        "torch": torch.__version__, "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "kernel_path": _kernel_path(), "torch": torch.__version__,
+        "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "gemm_curve": {p: sorted(v) for p, v in curves.items()}, "attention_curve": sorted(attention),
         "fused_attention_curve": sorted(fused_attention),
         "elementwise_curve": {k: sorted(v) for k, v in elementwise.items()}, "bandwidth": bandwidth,
-        "launch_overhead_s": overhead,
+        "launch_overhead_s": overhead, "kernels": kernels,
     }
     path = Path(path) if path else calibration_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,15 +220,19 @@ def hardware_from_record(rec: dict) -> Hardware:
     peak = {p: max(r for _, r in v) for p, v in curves.items()}
     peak.setdefault("fp16", 0.0)
     elementwise = {k: [tuple(x) for x in v] for k, v in rec["elementwise_curve"].items()}
+    kernels = rec.get("kernels") or {"curves": {}, "layer_call_s": 0.0, "forward_s": 0.0}
     return Hardware(
         name="local", kind="cpu", peak=peak, vector_flops=max(r for v in elementwise.values() for _, r in v),
         bandwidth=rec["bandwidth"],
         launch_overhead_s=rec["launch_overhead_s"], tdp_w=None, process="unknown",
         source=(f"measured by `bertsilicon profile --calibrate` at {rec['measured_at']} on {rec['cpu']}, "
-                f"{rec['threads']} threads, torch {rec['torch']}{' (quick)' if rec.get('quick') else ''}"),
+                f"{rec['threads']} threads, {rec['kernel_path']} kernel path, torch {rec['torch']}"
+                f"{' (quick)' if rec.get('quick') else ''}"),
         int8_float="fp32", static_w=0.0, gemm_curve=curves,
         attention_curve=[tuple(x) for x in rec["attention_curve"]],
-        fused_attention_curve=[tuple(x) for x in rec["fused_attention_curve"]], elementwise_curve=elementwise)
+        fused_attention_curve=[tuple(x) for x in rec["fused_attention_curve"]], elementwise_curve=elementwise,
+        kernel_curves={k: [tuple(x) for x in v] for k, v in kernels["curves"].items()},
+        layer_call_s=kernels["layer_call_s"], forward_s=kernels["forward_s"])
 
 
 def local_hardware(threads: Optional[int] = None) -> Hardware:

@@ -1,7 +1,8 @@
 """``bertsilicon profile`` and ``bertsilicon design``.
 
     bertsilicon profile minilm-l6 --hardware t4 --precision int8 --seq-len 128 --json out.json
-    bertsilicon profile --calibrate                 # measure this CPU -> hardware "local"
+    bertsilicon profile --calibrate                 # measure this CPU -> hardware "local" (20-60 s)
+    bertsilicon profile minilm-l6 --hardware local --precision int8 --optimized --measure
     bertsilicon profile --list-hardware
     bertsilicon design --hardware t4 --precision int8 --latency-budget 2 --plot front.png
 """
@@ -40,6 +41,22 @@ def _config(model: str):
     raise ValueError(f"model {model!r} is neither a student ({', '.join(STUDENTS)}) nor a local model folder")
 
 
+def _optimized(model: str, precision: str):
+    """``bertsilicon.optimize`` of a student (its weights: real where shipped) or a local HF model folder."""
+    from pathlib import Path
+
+    from ..models.optimize import optimize
+    from ..models.students import STUDENTS, load_student
+
+    if model in STUDENTS:
+        return optimize(load_student(model), precision)
+    if not Path(model).is_dir():
+        raise ValueError(f"model {model!r} is neither a student ({', '.join(STUDENTS)}) nor a local model folder")
+    from transformers import AutoModel
+
+    return optimize(AutoModel.from_pretrained(model, local_files_only=True).eval(), precision)
+
+
 def run_profile(args) -> int:
     from . import calibration as cal
     from .core import profile
@@ -65,7 +82,8 @@ def run_profile(args) -> int:
               file=sys.stderr)
         return 2
     try:
-        report = profile(_config(args.model), batch_size=args.batch_size, seq_len=args.seq_len,
+        subject = _optimized(args.model, args.precision) if args.optimized else _config(args.model)
+        report = profile(subject, batch_size=args.batch_size, seq_len=args.seq_len,
                          precision=args.precision, hardware=args.hardware, measure=args.measure,
                          repeats=args.repeats, attn_implementation=args.attn_implementation)
     except (ValueError, TypeError) as exc:
@@ -125,7 +143,12 @@ def register(subparsers) -> None:
     p.add_argument("--measure", action="store_true", help="time each layer here and compare with the prediction")
     p.add_argument("--repeats", type=int, default=5, help="with --measure: timed repeats per layer")
     p.add_argument("--calibrate", action="store_true", help="measure this CPU (GEMM rates, bandwidth) for 'local'")
-    p.add_argument("--quick", action="store_true", help="with --calibrate: small shapes, a few seconds")
+    p.add_argument("--optimized", action="store_true",
+                   help="profile the model as bertsilicon.optimize(model, --precision) runs it (loads its weights; "
+                        "with --hardware local priced on the measured rates of bertsilicon's kernels)")
+    p.add_argument("--quick", action="store_true",
+                   help="with --calibrate: small shapes, short timings, a few seconds (for tests: noisy curves "
+                        "that stop at small GEMMs); the default takes 20-60 s on 2 cores")
     p.add_argument("--threads", type=int, default=0, help="torch threads (calibration is per thread count)")
     p.add_argument("--list-hardware", action="store_true", help="print the hardware table with sources")
     p.set_defaults(func=run_profile)

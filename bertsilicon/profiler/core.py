@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 from .arch import Arch, arch_from_config
 from .counts import count_ops
 from .energy import HOROWITZ, EnergyTable
+from .kernel_plan import plan_of
 from .hardware import check_precision
 from .lookup import get_hardware
 from .notes import COUNTED, NOT_COUNTED, paper_figures
@@ -104,13 +105,17 @@ def _lengths(attention_mask, batch_size, seq_len) -> Tuple[int, int, Optional[Li
     return B, S, [int(x) for x in (m != 0).sum(1).tolist()]
 
 
-def model_notes(hw, precision: str, fused: bool, energy: EnergyTable, attn: str) -> List[str]:
+def model_notes(hw, precision: str, fused: bool, energy: EnergyTable, attn: str,
+                own_kernels: bool = False) -> List[str]:
     notes = [
         "latency per op = max(compute time, memory time) + kernels x per-kernel overhead "
         f"({hw.launch_overhead_s * 1e6:.1f} us on {hw.name}); compute time uses "
         + ("measured GEMM-rate curves, attention-matmul rates and element-wise rates of this machine"
            if hw.gemm_curve else "the datasheet dense peak (so compute and memory times are lower bounds)"),
-        "kernels: " + ("the fused kernels of bertsilicon.optimize" if fused else
+        "kernels: " + ("the fused kernels of bertsilicon.optimize" + (
+            ", priced at their measured rates on this CPU's kernel path: each GEMM at its own precision, "
+            f"one attention kernel, add+LayerNorm; {hw.layer_call_s * 1e6:.0f} us per layer call, "
+            f"{hw.forward_s * 1e6:.0f} us per forward" if own_kernels else "") if fused else
                        f"HF eager execution with attn_implementation={attn!r}"
                        + (" (scores, softmax, context as separate kernels; S x S scores in memory)"
                           if attn == "eager" else " (attention as one fused kernel)")),
@@ -153,12 +158,14 @@ def profile(model_or_config, batch_size: int = 1, seq_len: int = 128, precision:
         raise ValueError(f"seq_len={S} exceeds the model's max_position_embeddings={arch.max_positions}")
     attn = _attention_impl(model, attn_implementation)
     kw = dict(fused=fused, head=head, fused_attention=attn != "eager")
-    rows = price(count_ops(arch, B, S, lengths, **kw), hw, precision, energy_table)
+    # an optimized model on a calibrated CPU: priced on the measured rates of the kernels it runs
+    plan = plan_of(model) if fused and hw.kernel_curves else None
+    rows = price(count_ops(arch, B, S, lengths, **kw), hw, precision, energy_table, plan)
     padded_totals = None
     if lengths is not None:
-        padded_totals = totals(price(count_ops(arch, B, S, None, **kw), hw, precision, energy_table))
+        padded_totals = totals(price(count_ops(arch, B, S, None, **kw), hw, precision, energy_table, plan))
     notes = {"counted": COUNTED, "not_counted": NOT_COUNTED,
-             "model": model_notes(hw, precision, fused, energy_table, attn),
+             "model": model_notes(hw, precision, fused, energy_table, attn, plan is not None),
              "paper_figures": paper_figures()}
     report = Report(model=name, arch=arch, batch_size=B, seq_len=S, precision=precision, hardware=hw, fused=fused,
                     tokens=sum(lengths) if lengths is not None else B * S, padded_tokens=B * S, rows=rows,

@@ -42,6 +42,11 @@ class Hardware:
     attention_curve: List[Tuple[float, float]] = field(default_factory=list)  # batched Q K^T / P V
     fused_attention_curve: List[Tuple[float, float]] = field(default_factory=list)  # SDPA: both matmuls
     elementwise_curve: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)  # op class -> curve
+    # bertsilicon's own CPU kernels, measured ("gemm:int8", "attention:bf16", "add_layernorm": curves as
+    # above) and the per-call costs of an optimized model: only for "local" (profiler.kernel_rates)
+    kernel_curves: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)
+    layer_call_s: float = 0.0        # one fused layer call beyond its kernels
+    forward_s: float = 0.0           # one forward of an optimized model beyond its layers
     aliases: Tuple[str, ...] = ()
 
     @property
@@ -69,6 +74,12 @@ class Hardware:
     def fused_attention_rate(self, flops: float) -> Optional[float]:
         """Matmul FLOP/s of a whole fused attention kernel (softmax included), measured; None if not."""
         return _interp(self.fused_attention_curve, flops) if self.fused_attention_curve else None
+
+    def kernel_rate(self, kernel: str, flops: float) -> Optional[float]:
+        """FLOP/s of one call of bertsilicon's ``kernel`` (``"gemm:fp32"``, ``"attention:bf16"``,
+        ``"add_layernorm"``...) of ``flops`` FLOPs, measured; None where not calibrated."""
+        curve = self.kernel_curves.get(kernel)
+        return _interp(curve, flops) if curve else None
 
     def elementwise_rate(self, op_class: str, flops: float) -> float:
         """FLOP/s of an element-wise op (``add``, ``gelu``, ``softmax``, ``layernorm``, ``relu``) of ``flops``

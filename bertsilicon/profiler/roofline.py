@@ -15,14 +15,21 @@ format (int8 quantises only the weight GEMMs, docs/architecture.md). On a datash
 (so the latency is a lower bound plus overhead); on ``"local"`` it is the measured rate at that GEMM size,
 R_vector the measured rate of that element-wise op at that size, and a fused attention (SDPA) is priced
 as one kernel at the measured SDPA rate (both matmuls; its softmax included).
+
+With a :class:`~.kernel_plan.KernelPlan` (a model returned by ``bertsilicon.optimize``, priced on
+``"local"``), the ops of each fused layer take the measured rates of bertsilicon's own kernels
+(:func:`~.kernel_plan.kernel_time`: each GEMM at its own precision, the one attention kernel at the layer's
+attention dtype, the fused add+LayerNorm), and the overheads are the measured per-layer call
+(``hardware.layer_call_s``, once per layer) and per-forward cost (``hardware.forward_s``, on the embeddings).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .counts import ATTENTION, GEMM, Op
 from .energy import EnergyTable
 from .hardware import BYTES, Hardware
+from .kernel_plan import KernelPlan, kernel_time
 
 
 def _ew_class(op: Op) -> str:
@@ -35,19 +42,36 @@ def _ew_class(op: Op) -> str:
     return "add"
 
 
-def price(ops: Sequence[Op], hw: Hardware, precision: str, energy: EnergyTable) -> List[Dict]:
+def _overhead(o: Op, hw: Hardware, plan: Optional[KernelPlan], called: set) -> float:
+    """Per-kernel launch overhead; with a kernel plan, one layer call per fused layer and one forward."""
+    if plan is not None and plan.fused(o.layer):
+        first = o.layer not in called
+        called.add(o.layer)
+        return hw.layer_call_s if first else 0.0
+    if plan is not None and o.layer == "embeddings":
+        return hw.forward_s if o.kind != GEMM else 0.0
+    return o.kernels * hw.launch_overhead_s
+
+
+def price(ops: Sequence[Op], hw: Hardware, precision: str, energy: EnergyTable,
+          plan: Optional[KernelPlan] = None) -> List[Dict]:
     fp = hw.int8_float if precision == "int8" else precision
     b_f = BYTES[fp]
     b_w = BYTES[precision]
     b_in = 1 if precision == "int8" else b_f
     rows = []
+    called: set = set()
     for o in ops:
         weight_bytes = o.weight_elems * b_w + (o.params - o.weight_elems) * b_f
         moved = (o.weight_elems * b_w + (o.vector_param_elems + o.table_elems_read + o.act_in_elems
                                          + o.act_out_elems) * b_f + o.gemm_in_elems * b_in)
         per_kernel = o.matmul_flops / max(o.gemm_kernels, 1)
         fused_rate = hw.fused_attention_rate(2 * o.matmul_flops) if o.group == "attention" else None
-        if fused_rate is not None:  # measured fused attention: its rate covers both matmuls and the softmax
+        measured = kernel_time(o, hw, plan) if plan is not None and plan.fused(o.layer) else None
+        if measured is not None:  # bertsilicon's own kernel, measured
+            t_compute = measured
+            mac_pj = energy.mac_pj[precision] if o.kind == GEMM else energy.mac_pj[fp]
+        elif fused_rate is not None:  # measured fused attention: its rate covers both matmuls and the softmax
             t_compute = 2 * o.matmul_flops / fused_rate if o.op == "attention scores" else 0.0
             mac_pj = energy.mac_pj[fp]
         elif o.kind == GEMM:
@@ -61,7 +85,7 @@ def price(ops: Sequence[Op], hw: Hardware, precision: str, energy: EnergyTable) 
             t_compute = o.other_flops / hw.elementwise_rate(_ew_class(o), o.other_flops) if o.other_flops else 0.0
             mac_pj = 0.0
         t_memory = moved / hw.bandwidth
-        t_overhead = o.kernels * hw.launch_overhead_s
+        t_overhead = _overhead(o, hw, plan, called)
         latency = max(t_compute, t_memory) + t_overhead
         if o.kernels == 0:  # runs inside a neighbour's kernel (fused softmax, GELU epilogue)
             bound = "fused"

@@ -305,7 +305,7 @@ def calibrated(tmp_path, monkeypatch):
 
 def test_calibration_drives_local_predictions(calibrated, tmp_path):
     stored = json.loads((tmp_path / "cal.json").read_text())
-    assert list(stored["records"]) == [f"cpu:{torch.get_num_threads()}"]
+    assert list(stored["records"]) == [f"cpu:{torch.get_num_threads()}:{calibration._kernel_path()}"]
     assert calibration.load_calibration() == json.loads(json.dumps(calibrated))
     hw = get_hardware("local")
     assert hw.name == "local" and "measured" in hw.source
