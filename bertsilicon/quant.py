@@ -8,6 +8,7 @@ int8 GEMM as the model wrapper runs it (docs/architecture.md, precision contract
     x_s          = x * (1 / s)                          smoothing (optional), s [K]
     x_q, a       = quantize(x_s, per_token)             a [T, 1] = amax_row(x_s) / 127
     W_q, b       = quantize(W * s, per_channel)         once, at optimize time; b [N] = amax_col / 127
+                                                        (/ 63 on the AVX2 path's 7-bit weight kernel)
     y            = act((x_q @ W_q^T) * a * b + bias)    int32 accumulation, fused dequant epilogue
 
 SmoothQuant (Xiao et al. 2023) migrates activation outliers into the weights: with per-input-channel
@@ -28,14 +29,32 @@ __all__ = ["quantize_weight", "quantize_activations", "int8_matmul", "smoothing_
 
 
 def quantize_weight(weight: torch.Tensor, smooth: Optional[torch.Tensor] = None, *,
-                    backend: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    backend: Optional[str] = None, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-channel symmetric int8 of an ``nn.Linear`` weight ``[N, K]`` (optionally ``W * s``
-    with smoothing factors ``s [K]``) -> ``(w_q int8 [N, K], w_scale fp32 [N])``. Done once per model."""
+    with smoothing factors ``s [K]``) -> ``(w_q int8 [N, K], w_scale fp32 [N])``. Done once per model.
+
+    ``qmax``: the range ``[-qmax, qmax]``; 127, or 63 for the AVX2 path's ``vpmaddubsw`` kernel, which cannot
+    saturate only with 7-bit weights (:func:`~bertsilicon.backends.routing.int8_weight_max`)."""
     w = weight.detach().to(torch.float32)
     if smooth is not None:
         w = w * smooth.to(w)[None, :]
-    w_q, w_scale = ops.quantize(w.contiguous(), "int8", "per_channel", backend=backend)
-    return w_q.contiguous(), w_scale.reshape(-1).contiguous()
+    if qmax == 127:
+        w_q, w_scale = ops.quantize(w.contiguous(), "int8", "per_channel", backend=backend)
+        return w_q.contiguous(), w_scale.reshape(-1).contiguous()
+    return quantize_rows(w, qmax)
+
+
+def quantize_rows(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row quantization of fp32 ``w [N, K]`` to ``[-qmax, qmax]`` in int8, by the rule of
+    :func:`bertsilicon.ops.quantize` with ``qmax`` for 127: ``scale = amax / qmax`` (1 where a row is all
+    zero), ``q = rne(w / scale)``; a row holding a NaN gets scale NaN and q 0."""
+    if not (isinstance(qmax, int) and 1 <= qmax <= 127):
+        raise ValueError(f"qmax must be an int in [1, 127], got {qmax!r}")
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / qmax)
+    scale = torch.where(torch.isnan(w).any(dim=1), torch.full_like(scale, float("nan")), scale)
+    q = torch.round(w / scale[:, None]).clamp(-qmax, qmax).nan_to_num(0.0)
+    return q.to(torch.int8).contiguous(), scale.contiguous()
 
 
 def quantize_activations(x: torch.Tensor, inv_smooth: Optional[torch.Tensor] = None, *,

@@ -39,7 +39,7 @@ PYBIND11_MODULE(_C, m) {
   py::enum_<bs::PackKind>(m, "PackKind").value("Raw", bs::PackKind::Raw).value("F32x64", bs::PackKind::F32x64)
       .value("Bf16x64", bs::PackKind::Bf16x64).value("F32x16", bs::PackKind::F32x16)
       .value("U8S8x64", bs::PackKind::U8S8x64).value("S16x16", bs::PackKind::S16x16)
-      .value("S16x64", bs::PackKind::S16x64);
+      .value("S16x64", bs::PackKind::S16x64).value("U8S7x16", bs::PackKind::U8S7x16);
 
   m.def("cpu_features", [] {
     const bs::CpuFeatures &f = bs::cpu_features(), &cpu = bs::detected_cpu_features();

@@ -29,6 +29,13 @@
 //                AVX-512BW, as on Skylake-SP: 2x the fp32 kernel's multiplies per instruction; ymm on AVX2): the
 //                pair sum is at most 2 * 128 * 128 = 32768 in int32, so nothing saturates (the
 //                vpmaddubsw path would saturate its int16 pair sums at 32767).
+//   int8 AVX2, 7-bit weights (G 4): the u8 x s8 layout of VNNI, 16 columns wide, weights |w| <= 63:
+//                p = vpmaddubsw(a + 128, w)   int16 lanes: p = (a0 + 128) w0 + (a1 + 128) w1
+//                acc += vpmaddwd(p, 1)        int32 lanes: p_lo + p_hi (the 4 products of one group)
+//                then acc -= comp[n] as above. Cannot saturate: a + 128 is in [1, 255] (quantized
+//                activations are clamped to +-127) and |w| <= 63 (gemm_pack refuses anything wider), so
+//                |p| <= 2 * 255 * 63 = 32130 < 32767; vpmaddwd's pair sum is exact in int32. 32 products
+//                in 3 instructions (fp32 FMA: 8 in 1; the int16 pairs: 16 in 2).
 #include <algorithm>
 #include <memory>
 #include <stdexcept>
@@ -83,6 +90,12 @@ static void pack_panels(const Src* w, int64_t N, int64_t K, Dst* dst, int nr, in
   });
 }
 
+bool fits_7bit(const int8_t* __restrict w, int64_t n) {  // restrict: vectorises
+  int bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= (w[i] > kU8S7MaxWeight) | (w[i] < -kU8S7MaxWeight);
+  return !bad;
+}
+
 static int32_t row_sum(const int8_t* __restrict row, int64_t K) {  // restrict: vectorises
   int32_t s = 0;
   for (int64_t k = 0; k < K; ++k) s += row[k];
@@ -109,8 +122,12 @@ void gemm_pack(PackKind kind, const void* w, ElemType wt, int64_t N, int64_t K, 
         pack_panels(static_cast<const uint16_t*>(w), N, K, static_cast<uint16_t*>(dst), p.nr, p.group, threads,
                     [](uint16_t v) { return v; });
       break;
-    case PackKind::U8S8x64: {
+    case PackKind::U8S8x64:
+    case PackKind::U8S7x16: {
       const int8_t* wq = static_cast<const int8_t*>(w);
+      if (kind == PackKind::U8S7x16 && !fits_7bit(wq, N * K))
+        throw std::invalid_argument("int8 weight has values outside [-" + std::to_string(kU8S7MaxWeight) + ", " +
+                                    std::to_string(kU8S7MaxWeight) + "]: the u8s7x16 layout takes 7-bit weights only");
       if (K % p.group == 0)
         pack_panels(static_cast<const uint32_t*>(w), N, K / p.group, static_cast<uint32_t*>(dst), p.nr, 1, threads,
                     [](uint32_t v) { return v; });
@@ -134,7 +151,7 @@ void gemm_pack(PackKind kind, const void* w, ElemType wt, int64_t N, int64_t K, 
   }
 }
 
-PackKind gemm_pack_kind(ElemType t) {
+PackKind gemm_pack_kind(ElemType t, bool weight_7bit) {
   const CpuFeatures& f = cpu_features();
   const Isa isa = active_isa();
   if (isa == Isa::Scalar) return PackKind::Raw;
@@ -143,9 +160,9 @@ PackKind gemm_pack_kind(ElemType t) {
     case ElemType::BF16:
       if (isa == Isa::Avx512) return f.avx512_bf16 ? PackKind::Bf16x64 : PackKind::F32x64;
       return PackKind::F32x16;
-    default:  // int8: VNNI where present, else the non-saturating int16 pair kernel
+    default:  // int8: VNNI where present; AVX2: u8 x s7 for 7-bit weights; else the int16 pair kernels
       if (isa == Isa::Avx512) return f.avx512_vnni ? PackKind::U8S8x64 : PackKind::S16x64;
-      return PackKind::S16x16;
+      return weight_7bit ? PackKind::U8S7x16 : PackKind::S16x16;
   }
 }
 
@@ -158,7 +175,8 @@ bool gemm_kind_runs_here(PackKind kind) {
     case PackKind::Bf16x64: return avx512 && f.avx512_bf16;
     case PackKind::U8S8x64: return avx512 && f.avx512_vnni;
     case PackKind::F32x16:
-    case PackKind::S16x16: return avx2;
+    case PackKind::S16x16:
+    case PackKind::U8S7x16: return avx2;
     default: return true;
   }
 }
@@ -296,6 +314,12 @@ struct MacS16 {  // int16 pairs: vpmaddwd never saturates (|a0 b0 + a1 b1| <= 2^
   }
   static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) { return add(acc, _mm256_castsi256_ps(_mm256_madd_epi16(a, b))); }
 };
+struct MacU8S7 : MacS16 {  // u8 x 7-bit s8 quads: vpmaddubsw cannot saturate (see the header comment)
+  static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) {
+    const VI pairs = _mm256_maddubs_epi16(a, b);  // int16: (a0 + 128) w0 + (a1 + 128) w1, |.| <= 32130
+    return add(acc, _mm256_castsi256_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1))));
+  }
+};
 
 static BS_INLINE VI load_b(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 static BS_INLINE VI bcast(uint32_t g) { return _mm256_set1_epi32(int32_t(g)); }
@@ -371,6 +395,7 @@ static const TileFn* tiles_for(PackKind kind) {
     case PackKind::S16x64: return TileTable<Avx512Tile, gemm512::MacS16>::fns;
     case PackKind::F32x16: return TileTable<Avx2Tile, gemm256::MacF32>::fns;
     case PackKind::S16x16: return TileTable<Avx2Tile, gemm256::MacS16>::fns;
+    case PackKind::U8S7x16: return TileTable<Avx2Tile, gemm256::MacU8S7>::fns;
     default: return nullptr;
   }
 }
@@ -470,11 +495,11 @@ void linear(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, con
   run_tiles(t, p.nr, tiles_for(kind), threads);
 }
 
-// The VNNI kernel's compensation 128 * sum_k w[n, k], appended to the packed weight.
-static const int32_t* vnni_comp(const void* w, int64_t N, int64_t K) {
-  const PackInfo p = pack_info(PackKind::U8S8x64);
+// The u8 x s8 kernels' compensation 128 * sum_k w[n, k], appended to the packed weight.
+static const int32_t* u8_comp(PackKind kind, const void* w, int64_t N, int64_t K) {
+  const PackInfo p = pack_info(kind);
   return reinterpret_cast<const int32_t*>(static_cast<const uint8_t*>(w) +
-                                          gemm_packed_bytes(PackKind::U8S8x64, N, K) - ceil_div(N, p.nr) * p.nr * 4);
+                                          gemm_packed_bytes(kind, N, K) - ceil_div(N, p.nr) * p.nr * 4);
 }
 
 void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const void* w, int64_t N,
@@ -487,9 +512,9 @@ void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const voi
   t.M = M, t.N = N, t.steps = ceil_div(K, p.group), t.b = static_cast<const int32_t*>(w), t.ep = ep;
   t.x_scale = x_scale, t.w_scale = w_scale;
   std::unique_ptr<uint32_t[]> buf;
-  if (kind == PackKind::U8S8x64) {
+  if (p.comp) {  // u8 x s8: activations shifted to u8
     buf = widen_rows(x, M, K, 4, threads, [](int8_t v) { return uint8_t(uint8_t(v) ^ 0x80u); });
-    t.comp = vnni_comp(w, N, K);
+    t.comp = u8_comp(kind, w, N, K);
   } else {
     buf = widen_rows(x, M, K, 2, threads, [](int8_t v) { return int16_t(v); });
   }
@@ -498,7 +523,7 @@ void int8_linear(PackKind kind, const int8_t* x, int64_t M, int64_t K, const voi
 }
 
 // Quantize each row of x (optionally times inv_smooth first) as quantize_row does, straight into the
-// GEMM's A operand: on the VNNI path the row is stored shifted (q + 128 as uint8, padded to the k-group)
+// GEMM's A operand: on the u8 x s8 paths the row is stored shifted (q + 128 as uint8, padded to the k-group)
 // and read by the tiles in place; the int16 path widens the int8 rows once more. One pass over x
 // instead of quantize's, then the int8 copy and its conversion.
 void int8_linear_dynamic(PackKind kind, const void* x, ElemType xt, int64_t M, int64_t K, const float* inv_smooth,
@@ -506,9 +531,9 @@ void int8_linear_dynamic(PackKind kind, const void* x, ElemType xt, int64_t M, i
                          int threads) {
   check_kind(kind);
   const PackInfo p = pack_info(kind);
-  const bool vnni = kind == PackKind::U8S8x64;
+  const bool shifted = p.comp;  // u8 x s8 kernels: activations stored as q + 128
   const int64_t kp = kind == PackKind::Raw ? K : ceil_div(K, p.group) * p.group;
-  const uint8_t flip = vnni ? 0x80 : 0x00;  // padding: k >= K meets zero weights, any value will do
+  const uint8_t flip = shifted ? 0x80 : 0x00;  // padding: k >= K meets zero weights, any value will do
   std::unique_ptr<uint32_t[]> qbuf(new uint32_t[size_t(M * kp / 4 + 1)]);
   int8_t* q = reinterpret_cast<int8_t*>(qbuf.get());
   const size_t xe = xt == ElemType::F32 ? 4 : 2;
@@ -535,8 +560,8 @@ void int8_linear_dynamic(PackKind kind, const void* x, ElemType xt, int64_t M, i
   t.M = M, t.N = N, t.steps = ceil_div(K, p.group), t.b = static_cast<const int32_t*>(w), t.ep = ep;
   t.x_scale = x_scale, t.w_scale = w_scale;
   std::unique_ptr<uint32_t[]> wide;
-  if (vnni) {
-    t.a = qbuf.get(), t.comp = vnni_comp(w, N, K);
+  if (shifted) {
+    t.a = qbuf.get(), t.comp = u8_comp(kind, w, N, K);
   } else {
     wide = widen_rows(q, M, kp, 2, threads, [](int8_t v) { return int16_t(v); });
     t.a = wide.get();

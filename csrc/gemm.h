@@ -6,8 +6,11 @@
 
 namespace bs {
 
-// The packed layout the active instruction-set path uses for weights of element type t.
-PackKind gemm_pack_kind(ElemType t);
+// The packed layout the active instruction-set path uses for weights of element type t; for int8,
+// weight_7bit says every |w| <= kU8S7MaxWeight (the AVX2 path then takes the u8 x s7 kernel).
+PackKind gemm_pack_kind(ElemType t, bool weight_7bit = false);
+// Whether every one of the n int8 values is within [-kU8S7MaxWeight, kU8S7MaxWeight].
+bool fits_7bit(const int8_t* w, int64_t n);
 bool gemm_kind_runs_here(PackKind kind);
 int64_t gemm_packed_bytes(PackKind kind, int64_t N, int64_t K);
 // Pack weight w [N, K] (fp32, bf16 or int8, row-major) into dst (gemm_packed_bytes bytes).

@@ -17,10 +17,15 @@ bs::PackKind kind_of(int k) {
 }  // namespace
 
 void bind_gemm(py::module_& m) {
-  m.def("gemm_pack_kind", [](int elem) { return int(bs::gemm_pack_kind(bs::ElemType(elem))); }, py::arg("elem"),
-        "Packed weight layout the active ISA path uses for weights of this element type.");
+  m.def("gemm_pack_kind", [](int elem, bool weight_7bit) { return int(bs::gemm_pack_kind(bs::ElemType(elem), weight_7bit)); },
+        py::arg("elem"), py::arg("weight_7bit") = false,
+        "Packed weight layout the active ISA path uses for weights of this element type (int8: weight_7bit "
+        "when every |w| <= 63).");
+  m.def("int8_fits_7bit", [](uintptr_t w, int64_t n) { return bs::fits_7bit(reinterpret_cast<const int8_t*>(w), n); },
+        py::arg("w"), py::arg("n"), py::call_guard<py::gil_scoped_release>());
+  m.attr("INT8_7BIT_MAX") = bs::kU8S7MaxWeight;
   m.def("gemm_pack_name", [](int kind) {
-    static const char* names[] = {"raw", "f32x64", "bf16x64", "f32x16", "u8s8x64", "s16x16", "s16x64"};
+    static const char* names[] = {"raw", "f32x64", "bf16x64", "f32x16", "u8s8x64", "s16x16", "s16x64", "u8s7x16"};
     return std::string(names[int(kind_of(kind))]);
   }, py::arg("kind"));
   m.def("gemm_packed_bytes", [](int kind, int64_t n, int64_t k) { return bs::gemm_packed_bytes(kind_of(kind), n, k); },

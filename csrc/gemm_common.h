@@ -63,7 +63,7 @@ inline void store_scalar(void* out, int64_t i, double y, OutType ot) {
 //   packed[panel][k / G][column in panel][k % G]                                                  //
 // so one vector load at step s gives NR/lanes registers of "G k-values for each of 16 columns",    //
 // which is exactly the operand of FMA (G=1), vdpbf16ps / vpmaddwd (G=2) and vpdpbusd (G=4).       //
-// Columns >= N and k >= K are zero. Int8 VNNI layouts append int32 comp[N_padded] = 128 sum_k w.  //
+// Columns >= N and k >= K are zero. The u8 x s8 layouts append int32 comp[N_padded] = 128 sum_k w. //
 // -------------------------------------------------------------------------------------------- //
 enum class PackKind : int {
   Raw = 0,          // scalar path: the weight as given (row-major [N, K]); nothing packed
@@ -73,7 +73,8 @@ enum class PackKind : int {
   U8S8x64 = 4,      // AVX-512 VNNI: NR 64, G 4, int8 + comp, for vpdpbusd (activations shifted to u8)
   S16x16 = 5,       // AVX2 int8 without VNNI: NR 16, G 2, int16 pairs for vpmaddwd (never saturates)
   S16x64 = 6,       // AVX-512 int8 without VNNI (Skylake-SP): NR 64, G 2, int16 pairs for vpmaddwd zmm
-  LastKind = S16x64,
+  U8S7x16 = 7,      // AVX2 int8, weights in [-63, 63] (7-bit): NR 16, G 4, int8 + comp, vpmaddubsw + vpmaddwd
+  LastKind = U8S7x16,
 };
 
 struct PackInfo {
@@ -89,9 +90,14 @@ inline PackInfo pack_info(PackKind k) {
     case PackKind::U8S8x64: return {64, 4, 1, true};
     case PackKind::S16x16: return {16, 2, 2, false};
     case PackKind::S16x64: return {64, 2, 2, false};
+    case PackKind::U8S7x16: return {16, 4, 1, true};
     default: return {1, 1, 0, false};
   }
 }
+
+// Largest |w| the AVX2 u8 x s7 kernel (U8S7x16) accepts: its vpmaddubsw pair sums stay below int16's
+// saturation only for 7-bit weights (proof in gemm.cpp). Wider int8 weights take S16x16 instead.
+constexpr int kU8S7MaxWeight = 63;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

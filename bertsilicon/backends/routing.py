@@ -148,6 +148,14 @@ def native_bf16_gemm(device: torch.device, backend: Optional[str]) -> bool:
     return cpu is not None and cpu.gemm.native_bf16()
 
 
+def int8_weight_max(device: torch.device, backend: Optional[str]) -> int:
+    """The int8 weight range ``[-q, q]`` a model quantizes its weights to where it runs: the cpu backend's
+    :func:`~bertsilicon.backends.cpu.gemm.int8_weight_max` (63 on AVX2, whose fast int8 kernel needs 7-bit
+    weights), else 127."""
+    cpu = cpu_backend() if device.type == "cpu" and backend in (None, "cpu") else None
+    return cpu.gemm.int8_weight_max() if cpu is not None else 127
+
+
 @torch.compiler.assume_constant_result  # read when torch.compile traces (a pybind call would break the graph)
 def _cpu_bf16_attention_kernel() -> bool:
     cpu = cpu_backend()

@@ -100,26 +100,37 @@ def build_layer(i, layer, adapter, config, precision, compute_dtype, backend, un
         # each GEMM's fp32 weight as it multiplies (the concatenated one where several linears share an input)
         factors = {g: quant.smoothing_factors(stats[g].value, probe._modules[g].operands()[0], smooth) for g in names}
 
+    weight_max: dict = {}  # GEMM -> int8 weight range where it differs from the path's
+
     def build(gemms):
-        return layer_class(layer, parts, gemms, compute_dtype, smooth=factors, backend=backend)
+        return layer_class(layer, parts, gemms, compute_dtype, smooth=factors, backend=backend,
+                           int8_weight_max=weight_max)
 
     gemms = dict.fromkeys(names, precision)
     fused = build(gemms)
     err, max_err = _layer_error(fused, x, y, real, unpad)
     if budget is not None and err > budget:
-        # sensitivity of each GEMM alone in int8 (others fp32); move the worst up a precision step at a
-        # time (int8 -> bf16 for every GEMM in turn, then bf16 -> fp32) until the layer is within budget
+        # sensitivity of each GEMM alone in int8 (others fp32); move the worst up a step at a time until the
+        # layer is within budget: on a path whose fast int8 kernel takes 7-bit weights (AVX2), first to 8-bit
+        # weights (still int8: the int16-pair kernel, no slower than fp32), then int8 -> bf16 for every GEMM
+        # in turn where bf16 is native, then -> fp32
         sens = {g: _layer_error(build({k: ("int8" if k == g else "fp32") for k in names}), x, y, real, unpad)[0]
                 for g in names}
         order = sorted(names, key=sens.get, reverse=True)
-        steps = [(g, "bf16") for g in order] if routing.native_bf16_gemm(x.device, backend) else []
+        steps = [(g, "int8") for g in order] if routing.int8_weight_max(x.device, backend) < 127 else []
+        steps += [(g, "bf16") for g in order] if routing.native_bf16_gemm(x.device, backend) else []
         steps += [(g, "fp32") for g in order]
         for g, to in steps:
-            gemms[g] = to
+            if to == "int8":
+                weight_max[g] = 127
+            else:
+                gemms[g] = to
             fused = build(gemms)
             err, max_err = _layer_error(fused, x, y, real, unpad)
             if err <= budget:
                 break
+        entry.wider_int8 = [f"{g}: int8 8-bit weights (7-bit alone: {sens[g]:.1e})" for g in order
+                            if gemms[g] == "int8" and g in weight_max]
         entry.fallbacks = [f"{g}: int8 -> {gemms[g]} (int8 alone: {sens[g]:.1e})" for g in order if gemms[g] != "int8"]
     entry.gemms = dict(gemms)
     entry.rel_error, entry.max_abs_error = err, max_err

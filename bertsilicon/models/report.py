@@ -23,6 +23,7 @@ class LayerReport:
     rel_error: Optional[float] = None   # ||fused - original||_F / ||original||_F on real tokens (layer alone)
     max_abs_error: Optional[float] = None
     fallbacks: list = field(default_factory=list)  # int8 GEMMs moved to a higher precision, with their error
+    wider_int8: list = field(default_factory=list)  # int8 GEMMs given 8-bit weights on a 7-bit-weight path, why
     call: str = ""                      # how a call on the model's device runs: "one C++ call" | "per op (why)"
 
 
@@ -80,7 +81,7 @@ class OptimizeReport:
                 g = [r.gemms.get(k, "-") for k in columns] if columns == BERT_GEMMS else [_precision_counts(r.gemms)]
                 err = "-" if r.rel_error is None else f"{r.rel_error:.2e}"
                 mae = "-" if r.max_abs_error is None else f"{r.max_abs_error:.2e}"
-                note = r.reason or "; ".join(r.fallbacks)
+                note = r.reason or "; ".join(r.wider_int8 + r.fallbacks)
                 rows.append((str(r.index), r.status, *g, err, mae, r.call or "-", note))
             widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
             for i, row in enumerate(rows):

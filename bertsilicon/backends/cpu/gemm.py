@@ -55,6 +55,7 @@ class _Pack:
 
     version: int          # source._version when packed
     kind: int             # PackKind (csrc/gemm_common.h)
+    weight_7bit: bool     # int8 with every |w| <= 63 (the AVX2 u8 x s7 kernel takes it)
     data: torch.Tensor    # uint8 buffer; empty for the scalar path, which reads the source itself
     source: torch.Tensor  # the contiguous weight it was packed from
 
@@ -65,11 +66,12 @@ class _Pack:
 def _pack_now(weight: torch.Tensor) -> _Pack:
     w = weight.detach().contiguous()
     N, K = w.shape
-    kind = _C.gemm_pack_kind(ELEM[w.dtype])
+    weight_7bit = w.dtype == torch.int8 and _C.int8_fits_7bit(w.data_ptr(), w.numel())
+    kind = _C.gemm_pack_kind(ELEM[w.dtype], weight_7bit)
     data = torch.empty(_C.gemm_packed_bytes(kind, N, K), dtype=torch.uint8)
     if kind and data.numel():
         _C.gemm_pack(kind, w.data_ptr(), ELEM[w.dtype], N, K, data.data_ptr(), threads())
-    return _Pack(weight._version, kind, data, w)
+    return _Pack(weight._version, kind, weight_7bit, data, w)
 
 
 class PackedWeight:
@@ -105,7 +107,8 @@ class PackedWeight:
 
     def current(self) -> _Pack:
         pack = self._pack
-        if pack.version != self.weight._version or pack.kind != _C.gemm_pack_kind(ELEM[self.weight.dtype]):
+        if (pack.version != self.weight._version
+                or pack.kind != _C.gemm_pack_kind(ELEM[self.weight.dtype], pack.weight_7bit)):
             pack = self._pack = _pack_now(self.weight)
         return pack
 
@@ -139,7 +142,8 @@ def native_bf16() -> bool:
 
 # What each packed layout's micro-kernel multiplies with (csrc/gemm_common.h, PackKind).
 _INSTRUCTIONS = {"raw": "scalar", "f32x64": "FMA zmm", "f32x16": "FMA ymm", "bf16x64": "vdpbf16ps zmm",
-                 "u8s8x64": "vpdpbusd zmm", "s16x64": "vpmaddwd zmm", "s16x16": "vpmaddwd ymm"}
+                 "u8s8x64": "vpdpbusd zmm", "s16x64": "vpmaddwd zmm", "s16x16": "vpmaddwd ymm",
+                 "u8s7x16": "vpmaddubsw ymm"}
 _SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.int8: "int8"}
 
 
@@ -151,7 +155,13 @@ def kernel_summary(gemm_dtypes, attention_dtype: torch.dtype) -> str:
     for dtype in dict.fromkeys(gemm_dtypes):
         layout = _C.gemm_pack_name(_C.gemm_pack_kind(ELEM[dtype]))
         parts.append(f"{_SHORT[dtype]} GEMM {layout} ({_INSTRUCTIONS[layout]})")
-        if dtype == torch.int8 and layout.startswith("s16"):
+        if dtype == torch.int8 and int8_weight_max() < 127:
+            narrow = _C.gemm_pack_name(_C.gemm_pack_kind(ELEM[dtype], True))
+            parts[-1] = (f"int8 GEMM {narrow} ({_INSTRUCTIONS[narrow]}) on 7-bit weights, {layout} "
+                         f"({_INSTRUCTIONS[layout]}) on 8-bit ones")
+            remarks.append("no VNNI here: int8 GEMMs on 7-bit weights run vpmaddubsw (no saturation possible), "
+                           "those calibration gave 8-bit weights run exact int16 pairs")
+        elif dtype == torch.int8 and layout.startswith("s16"):
             remarks.append("no VNNI here: int8 GEMMs run exact int16 pairs, ~1.5x the fp32 kernel's speed (VNNI: ~3x)")
         if dtype == torch.bfloat16 and layout != "bf16x64":
             remarks.append("no AVX512_BF16 here: bf16 runs on the fp32 kernels (widened exactly), so it saves "
@@ -159,6 +169,14 @@ def kernel_summary(gemm_dtypes, attention_dtype: torch.dtype) -> str:
     if attention_dtype == torch.bfloat16:  # csrc/attention_impl.h: DotBf16 on avx512 with AVX512_BF16
         parts.append(f"bf16 attention {'vdpbf16ps' if runtime.native_bf16_attention() else 'widened to fp32'}")
     return ", ".join(parts) + "".join(f"; {r}" for r in remarks)
+
+
+def int8_weight_max() -> int:
+    """The widest int8 weight range ``[-q, q]`` the active path's fastest int8 kernel takes: 63 on AVX2 (the
+    ``vpmaddubsw`` kernel cannot saturate only with 7-bit weights), 127 elsewhere. Weights quantized to
+    127 still run everywhere, exactly, on the int16-pair kernel there."""
+    kind = _C.gemm_pack_kind(ELEM[torch.int8], True)
+    return _C.INT8_7BIT_MAX if kind == int(_C.PackKind.U8S7x16) else 127
 
 
 def pack_linear(weight: torch.Tensor) -> PackedWeight:
@@ -170,9 +188,10 @@ def pack_linear(weight: torch.Tensor) -> PackedWeight:
 
 
 def pack_int8(w_q: torch.Tensor) -> PackedWeight:
-    """Pack an int8 weight ``[N, K]`` once for :func:`int8_linear_packed` (VNNI layout with its
-    ``128 * sum_k w`` compensation where the CPU has AVX512-VNNI, else int16 pairs for ``vpmaddwd``: 64
-    columns wide on AVX-512, 16 on AVX2)."""
+    """Pack an int8 weight ``[N, K]`` once for :func:`int8_linear_packed`: VNNI layout with its
+    ``128 * sum_k w`` compensation where the CPU has AVX512-VNNI; on AVX2 the same u8 x s8 layout 16 columns
+    wide (``vpmaddubsw``) when every ``|w| <= 63`` (:func:`int8_weight_max`), else int16 pairs for
+    ``vpmaddwd`` (64 columns wide on AVX-512 without VNNI, 16 on AVX2)."""
     reason = _check_weight("w_q", w_q, (torch.int8,))
     if reason:
         raise ValueError(reason)

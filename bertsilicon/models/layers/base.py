@@ -39,7 +39,7 @@ class FusedLayerBase(nn.Module):
     NORM_OPS: tuple = ("add_layernorm",)
 
     def __init__(self, original: nn.Module, gemm_precision: dict, compute_dtype: torch.dtype,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, int8_weight_max: Optional[dict] = None):
         super().__init__()
         for name, child in original.named_children():  # same state_dict keys as the original layer
             self.add_module(name, child)
@@ -47,6 +47,7 @@ class FusedLayerBase(nn.Module):
         self.compute_dtype = compute_dtype
         self.backend = backend
         self.gemm_precision = dict(gemm_precision)
+        self.int8_weight_max = dict(int8_weight_max or {})  # GEMM name -> int8 weight range (default: the path's)
         self.one_call = ONE_CALL  # see _one_call
 
     def _add_gemm(self, name: str, linears: tuple, smooth: Optional[dict] = None) -> None:
@@ -55,16 +56,19 @@ class FusedLayerBase(nn.Module):
         counts as zeros); ``smooth``: SmoothQuant factors by GEMM name (int8 GEMMs only)."""
         p = self.gemm_precision[name]
         factors = (smooth or {}).get(name) if p == "int8" else None
+        wmax = self.int8_weight_max.get(name)
         if len(linears) == 1:
             lin = linears[0]
-            gemm = PreparedLinear(lin.weight, lin.bias, p, source=lin, smooth=factors, backend=self.backend)
+            gemm = PreparedLinear(lin.weight, lin.bias, p, source=lin, smooth=factors, backend=self.backend,
+                                  weight_max=wmax)
         else:
             weight = torch.cat([lin.weight.detach() for lin in linears], 0)
             bias = None
             if any(lin.bias is not None for lin in linears):
                 bias = torch.cat([(lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)).detach()
                                   for lin in linears])
-            gemm = PreparedLinear(weight, bias, p, smooth=factors, backend=self.backend, derived_from=tuple(linears))
+            gemm = PreparedLinear(weight, bias, p, smooth=factors, backend=self.backend, derived_from=tuple(linears),
+                                  weight_max=wmax)
         self.add_module(name, gemm)
 
     def _one_call(self, x: torch.Tensor, stats: Optional[dict]):

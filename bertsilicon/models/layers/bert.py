@@ -91,7 +91,8 @@ class FusedEncoderLayer(FusedLayerBase):
 
     ``gemm_precision``: ``{"qkv" | "o" | "up" | "down": "fp32" | "bf16" | "fp16" | "int8"}``;
     ``compute_dtype``: the dtype of activations between GEMMs (residual stream, attention inputs);
-    ``smooth``: optional SmoothQuant factors per GEMM (int8 GEMMs only);
+    ``smooth``: optional SmoothQuant factors per GEMM (int8 GEMMs only); ``int8_weight_max``: optional int8
+    weight range by GEMM name (default: the path's, :class:`PreparedLinear`);
     ``one_call`` (attribute): run the whole layer as one C++ call where the cpu backend serves it (default
     ``ONE_CALL``; see the module docstring).
     ``bf16_attention`` (attribute, default True): let an int8 layer run attention in bf16 where that is faster
@@ -101,8 +102,8 @@ class FusedEncoderLayer(FusedLayerBase):
     CPU_PLAN = "encoder_layer"  # the cpu backend's one-call plan (bertsilicon.backends.cpu.layer)
 
     def __init__(self, original: nn.Module, parts: LayerParts, gemm_precision: dict, compute_dtype: torch.dtype,
-                 smooth: Optional[dict] = None, backend: Optional[str] = None):
-        super().__init__(original, gemm_precision, compute_dtype, backend)
+                 smooth: Optional[dict] = None, backend: Optional[str] = None, int8_weight_max: Optional[dict] = None):
+        super().__init__(original, gemm_precision, compute_dtype, backend, int8_weight_max)
         self.parts = parts
         self.num_heads = parts.num_heads
         self.hidden = parts.q.in_features

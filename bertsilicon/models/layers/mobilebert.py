@@ -85,13 +85,14 @@ class MobileBertParts:
 class FusedMobileBertLayer(FusedLayerBase):
     """A drop-in for one HF ``MobileBertLayer`` (see the module docstring). ``gemm_precision``: by GEMM name
     (:meth:`gemm_names`) ``"fp32" | "bf16" | "fp16" | "int8"``; ``compute_dtype``: activations between GEMMs;
-    ``smooth``: optional SmoothQuant factors by GEMM name (int8 GEMMs only)."""
+    ``smooth``: optional SmoothQuant factors by GEMM name (int8 GEMMs only); ``int8_weight_max``: optional int8
+    weight range by GEMM name (default: the path's, :class:`PreparedLinear`)."""
 
     CPU_PLAN = "mobilebert_layer"  # the cpu backend's one-call plan (bertsilicon.backends.cpu.layer)
 
     def __init__(self, original: nn.Module, parts: MobileBertParts, gemm_precision: dict, compute_dtype: torch.dtype,
-                 smooth: Optional[dict] = None, backend: Optional[str] = None):
-        super().__init__(original, gemm_precision, compute_dtype, backend)
+                 smooth: Optional[dict] = None, backend: Optional[str] = None, int8_weight_max: Optional[dict] = None):
+        super().__init__(original, gemm_precision, compute_dtype, backend, int8_weight_max)
         self.parts = parts
         self.NORM_OPS = () if parts.no_norm else ("add_layernorm",)
         q = dict(parts.x_proj + parts.attn_proj)["q"]

@@ -54,7 +54,9 @@ class PreparedLinear(nn.Module):
       (no copy, always in sync with the model's parameters). fp16 on the cpu backend (no fp16 arithmetic):
       also ``weight_fp16_in_fp32``, the fp16 weight's values held in fp32, for the fp32 kernel.
     * ``int8``: per-channel int8 weight (``W * s`` when SmoothQuant factors ``s`` are given), per-token
-      dynamic activations, :func:`bertsilicon.quant.int8_matmul`.
+      dynamic activations, :func:`bertsilicon.quant.int8_matmul`. ``weight_max``: the weight range
+      ``[-q, q]`` (default :func:`~bertsilicon.backends.routing.int8_weight_max` where it runs: 63 on the AVX2
+      path, whose fast kernel takes 7-bit weights; 127 elsewhere, and wherever calibration asks for it).
 
     ``derived_from``: the ``nn.Linear`` modules ``weight`` / ``bias`` were made from, their weights
     concatenated along the output dimension (q, k, v for the fused qkv GEMM; default ``(source,)``).
@@ -63,7 +65,8 @@ class PreparedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], precision: str, *,
                  source: Optional[nn.Linear] = None, smooth: Optional[torch.Tensor] = None,
-                 backend: Optional[str] = None, derived_from: Optional[tuple] = None):
+                 backend: Optional[str] = None, derived_from: Optional[tuple] = None,
+                 weight_max: Optional[int] = None):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} is unknown; expected one of {tuple(PRECISIONS)}")
@@ -75,6 +78,7 @@ class PreparedLinear(nn.Module):
         self.derived_from = tuple(derived_from) if derived_from is not None else (
             (source,) if source is not None else ())
         if precision == "int8":  # the SmoothQuant factors are kept: sync_prepared re-quantizes with them
+            self.weight_max = weight_max or routing.int8_weight_max(weight.device, backend)
             self.register_buffer("smooth", None if smooth is None else smooth.detach(), persistent=False)
             self.register_buffer("inv_smooth", None if smooth is None else (1.0 / smooth.float()).contiguous(),
                                  persistent=False)
@@ -95,7 +99,8 @@ class PreparedLinear(nn.Module):
         bias = None if bias is None else bias.detach()
         out = {}
         if self.precision == "int8":
-            out["w_q"], out["w_scale"] = quant.quantize_weight(weight, self._buffers["smooth"], backend=self.backend)
+            out["w_q"], out["w_scale"] = quant.quantize_weight(weight, self._buffers["smooth"], backend=self.backend,
+                                                                qmax=self.weight_max)
             out["bias"] = None if bias is None else bias.float().clone()
         elif self.__dict__["source"] is None:
             dtype = PRECISIONS[self.precision]
@@ -195,4 +200,5 @@ class PreparedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         smooth = self.precision == "int8" and self.inv_smooth is not None
-        return f"{self.in_features} -> {self.out_features}, {self.precision}{', smoothed' if smooth else ''}"
+        bits = f", {self.weight_max.bit_length() + 1}-bit weights" if self.precision == "int8" else ""
+        return f"{self.in_features} -> {self.out_features}, {self.precision}{bits}{', smoothed' if smooth else ''}"

@@ -274,7 +274,8 @@ def test_isa_switch_after_optimize_repacks(small_bert, precision):
             for layer in m.encoder.layer:  # the plan points at packs made for this path's kernels
                 snap = _cpu_layer.snapshot(layer)
                 packs = [p for p in snap.held if isinstance(p, _cpu_gemm._Pack)]
-                assert packs and all(p.kind == _C.gemm_pack_kind(_cpu_gemm.ELEM[p.source.dtype]) for p in packs)
+                assert packs and all(p.kind == _C.gemm_pack_kind(_cpu_gemm.ELEM[p.source.dtype], p.weight_7bit)
+                                     for p in packs)
                 bf16_attention = precision == "int8" and _cpu.native_bf16_attention()
                 assert layer.attention_dtype(torch.device("cpu")) == (torch.bfloat16 if bf16_attention
                                                                       else layer.compute_dtype)
@@ -370,7 +371,8 @@ def test_report_names_the_cpu_kernels(small_bert, isa):
     assert int8.startswith(f"{_cpu.kernel_path()} path, int8 GEMM") and bf16.startswith(f"{_cpu.kernel_path()} path")
     avx512 = isa.startswith("avx512")
     vnni, native_bf16 = avx512 and has["avx512_vnni"], avx512 and has["avx512_bf16"]
-    expected_int8 = {"scalar": "raw (scalar)", "avx2": "s16x16 (vpmaddwd ymm)"}.get(
+    expected_int8 = {"scalar": "raw (scalar)",
+                     "avx2": "u8s7x16 (vpmaddubsw ymm) on 7-bit weights, s16x16 (vpmaddwd ymm) on 8-bit ones"}.get(
         isa, "u8s8x64 (vpdpbusd zmm)" if vnni else "s16x64 (vpmaddwd zmm)")
     assert f"int8 GEMM {expected_int8}" in int8
     assert ("no VNNI here" in int8) == (not vnni and isa != "scalar")
