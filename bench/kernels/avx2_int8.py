@@ -7,9 +7,9 @@ cosine against HF fp32.
 
 Rounds are interleaved (every provider of a case once per round, so load hits all alike); medians.
 The AVX2 code runs on any AVX2 CPU; on a wider one it is forced (``set_isa("avx2")``), so say which CPU
-the figures come from (``machine`` in the JSON). Writes ``bench/results/cpu/avx2_int8.{json,md}``.
+the figures come from (``machine`` in the JSON). Writes ``bench/results/cpu/<name>.{json,md}``.
 
-    .venv/bin/python bench/kernels/avx2_int8.py [--rounds 15] [--threads 2]
+    .venv/bin/python bench/kernels/avx2_int8.py [--rounds 15] [--threads 2] [--name avx2_int8]
 """
 from __future__ import annotations
 
@@ -110,6 +110,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--name", default="avx2_int8", help="results file stem under bench/results/cpu")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     _cpu.set_isa("avx2")
@@ -130,7 +131,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"what": "AVX2 path (forced): int8 7-bit / 8-bit weight kernels vs fp32, GEMMs and MiniLM end to end",
            "rounds": args.rounds, "machine": info, "gemm": gemm_rows, "end_to_end": e2e}
-    (out / "avx2_int8.json").write_text(json.dumps(doc, indent=1))
+    (out / f"{args.name}.json").write_text(json.dumps(doc, indent=1))
     lines = ["# int8 on the AVX2 path", "", describe(info), "",
              f"AVX2 code paths (`set_isa(\"avx2\")`), median of {args.rounds} interleaved rounds, {args.threads} threads; "
              "torch held to AVX2 (`ONEDNN_MAX_CPU_ISA`, `MKL_ENABLE_INSTRUCTIONS`). int8 rows include the "
@@ -143,8 +144,8 @@ def main() -> None:
               "|---|---|---:|---:|---:|---:|"]
     lines += [f'| {r["batch"]} ({r["tokens"]}) | {r["model"]} | {r["median_s"] * 1e3:.1f} | {r["vs_fp32"]:.2f}x '
               f'| {r["cos_min_vs_hf_fp32"]:.5f} | {r["gemms_on_7bit_weights"]} of 24 |' for r in e2e]
-    (out / "avx2_int8.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'avx2_int8.md'}")
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / (args.name + '.md')}")
 
 
 if __name__ == "__main__":

@@ -263,6 +263,33 @@ def _ort_fused_int8(ctx: BuildContext) -> Runner:
 
 
 # ------------------------------------------------------------------------------------------------ #
+# OpenVINO                                                                                           #
+# ------------------------------------------------------------------------------------------------ #
+def _openvino(precision_hint: Optional[str]):
+    """Builder of OpenVINO's CPU plugin on the fp32 ONNX export (dynamic batch and length), latency hint,
+    ``ctx.threads`` threads; ``precision_hint`` pins ``INFERENCE_PRECISION_HINT`` (``"f32"``), None keeps the
+    plugin's default (bf16 on CPUs with AVX512_BF16 / AMX, f32 elsewhere). The runner's ``detail`` names the
+    precision the compiled model runs in."""
+    def build(ctx: BuildContext) -> Runner:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ProviderUnavailable(f"{exc.name} is not installed (pip install -e '.[peers]')") from exc
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": ctx.threads}
+        if precision_hint is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision_hint
+        compiled = ov.Core().compile_model(export_onnx(ctx), "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(b: Batch) -> torch.Tensor:
+            out = request.infer({"input_ids": b.input_ids.numpy(), "attention_mask": b.attention_mask.numpy()})
+            return torch.from_numpy(next(iter(out.values())).copy())
+        run.detail = f"inference precision {compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()}"
+        return run
+    return build
+
+
+# ------------------------------------------------------------------------------------------------ #
 # bertsilicon                                                                                        #
 # ------------------------------------------------------------------------------------------------ #
 # SmoothQuant migration strength for the int8 provider. On MiniLM-L6 with the default per-layer error
@@ -316,6 +343,11 @@ PROVIDERS: tuple[Provider, ...] = (
              "ORT_ENABLE_ALL", _ort_fused_fp32),
     Provider("onnxruntime-bert", "int8", "quantize_dynamic (QInt8 weights) of the onnxruntime-bert fp32 graph",
              _ort_fused_int8),
+    Provider("openvino", "fp32", "OpenVINO CPU plugin on the fp32 ONNX export, INFERENCE_PRECISION_HINT f32 pinned, "
+             "latency hint", _openvino("f32")),
+    Provider("openvino-default-hint", "fp32", "OpenVINO CPU plugin on the fp32 ONNX export, the plugin's default "
+             "inference precision (bf16 where the CPU has AVX512_BF16 / AMX: the row's status says which)",
+             _openvino(None)),
     *(Provider("bertsilicon", p, f"bertsilicon.optimize(model, precision={p!r})", _bertsilicon(p))
       for p in PRECISIONS if p != "int8"),
     Provider("bertsilicon", "int8", "bertsilicon.optimize(model, precision='int8', smooth=0.5, calibration=8 "

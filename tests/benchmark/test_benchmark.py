@@ -54,7 +54,7 @@ def test_provider_precision_combination_without_any_match():
 def test_selection_keeps_the_baseline_and_canonical_order():
     chosen = [p.key for p in select_providers(["onnxruntime", "bertsilicon"], ["int8"])]
     assert chosen == ["torch-sdpa fp32", "onnxruntime int8", "bertsilicon int8"]
-    assert len(select_providers()) == 13
+    assert len(select_providers()) == 15  # torch 5, onnxruntime 4, openvino 2, bertsilicon 4
 
 
 def test_cli_rejects_unknown_model_with_the_list(capsys):
@@ -461,3 +461,31 @@ def test_kernel_environment_is_part_of_the_command(monkeypatch, tiny_run):
     assert prefix == "BERTSILICON_HIDE_CPU_FEATURES=avx512_bf16,avx512_vnni ONEDNN_MAX_CPU_ISA=AVX512_CORE "
     result = dict(json.loads(json.dumps(tiny_run[0])), env=prefix, argv="--models minilm-l6")
     assert f"`{prefix}bertsilicon bench --models minilm-l6`" in report.markdown(result)
+
+
+def test_openvino_missing_is_skipped_with_the_reason(ctx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    for key in ("openvino fp32", "openvino-default-hint fp32"):
+        run, _, status, reason = prov.build_runner(_provider(key), ctx)
+        assert run is None and status == "skipped"
+        assert "openvino is not installed" in reason and "[peers]" in reason
+
+
+def test_openvino_f32_pinned_matches_the_export_and_names_its_precision(ctx):
+    """The ``openvino fp32`` row runs f32 (hint pinned) and matches ORT on the same export; the default-hint
+    row says which precision the plugin chose, and is within bf16's error where that is bf16."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    b = ctx.example
+    mask = b.attention_mask.bool()
+    ort, _, status, _ = prov.build_runner(_provider("onnxruntime fp32"), ctx)
+    ov32, _, status32, _ = prov.build_runner(_provider("openvino fp32"), ctx)
+    ovdef, _, status_def, reason = prov.build_runner(_provider("openvino-default-hint fp32"), ctx)
+    assert status == status32 == status_def == "ok", reason
+    assert ov32.detail == "inference precision f32"
+    want = ort(b)[mask].double()
+    assert float((ov32(b)[mask].double() - want).norm() / want.norm()) < 1e-5
+    got = ovdef(b)[mask].double()
+    bound = 1e-5 if ovdef.detail.endswith("f32") else 3e-2
+    assert ovdef.detail.startswith("inference precision ")
+    assert float((got - want).norm() / want.norm()) < bound
