@@ -315,6 +315,7 @@ struct MacS16 {  // int16 pairs: vpmaddwd never saturates (|a0 b0 + a1 b1| <= 2^
   static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) { return add(acc, _mm256_castsi256_ps(_mm256_madd_epi16(a, b))); }
 };
 struct MacU8S7 : MacS16 {  // u8 x 7-bit s8 quads: vpmaddubsw cannot saturate (see the header comment)
+  static constexpr int kMaxRows = 3;  // 6 acc + 2 B + ones + 3 temps: at 4 rows GCC spilled an accumulator per k-step
   static BS_INLINE __m256 mac(__m256 acc, VI a, VI b) {
     const VI pairs = _mm256_maddubs_epi16(a, b);  // int16: (a0 + 128) w0 + (a1 + 128) w1, |.| <= 32130
     return add(acc, _mm256_castsi256_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1))));
