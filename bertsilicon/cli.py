@@ -1,5 +1,5 @@
 """The ``bertsilicon`` command. ``demo`` lives here; the other subcommands are registered by their areas
-(``profile``/``design``: profiler, ``bench``: benchmark, ``precision``, ``distill``)."""
+(``profile``/``design``: profiler, ``bench``: benchmark, ``precision``, ``distill``, ``optimize``: artifact)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import sys
 
 # Areas that add subcommands: each module has ``register(subparsers)``.
 _AREAS = ("bertsilicon.profiler.cli", "bertsilicon.benchmark.cli", "bertsilicon.precision.cli",
-          "bertsilicon.distill.cli")
+          "bertsilicon.distill.cli", "bertsilicon.models.artifact_cli")
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -213,7 +213,7 @@ def _assign(model: nn.Module, name: str, t: torch.Tensor) -> None:
     owner, _, leaf = name.rpartition(".")
     module = model.get_submodule(owner)
     if leaf in module._parameters:
-        module._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+        module._parameters[leaf] = t if isinstance(t, nn.Parameter) else nn.Parameter(t, requires_grad=False)
     else:
         module._buffers[leaf] = t
 
@@ -258,9 +258,9 @@ def load(path: Union[str, Path], device: Union[None, str, torch.device] = None) 
 
     for name in sorted(wanted - prepared_names):
         _assign(model, name, placed(name))
-    for name, target in aliases.items():
-        _assign(model, name, model.get_parameter(target) if target in expected and isinstance(
-            expected[target], nn.Parameter) else model.get_buffer(target))
+    for name, target in aliases.items():  # tied weights: the same tensor object again
+        is_param = isinstance(expected.get(target), nn.Parameter)
+        _assign(model, name, model.get_parameter(target) if is_param else model.get_buffer(target))
 
     report = _report(manifest)
     compute_dtype = getattr(torch, manifest["compute_dtype"])
