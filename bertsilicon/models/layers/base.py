@@ -54,10 +54,11 @@ class FusedLayerBase(nn.Module):
         """Register GEMM ``name`` in its precision (``gemm_precision[name]``): one ``nn.Linear``, or several
         reading the same input with their weights concatenated along the output dimension (a missing bias
         counts as zeros); ``smooth``: SmoothQuant factors by GEMM name (int8 GEMMs only); ``prepared``: by GEMM
-        name, its prepared copies as saved (:class:`PreparedLinear`'s ``prepared``: nothing is derived again)."""
+        name, its prepared copies as made before (:class:`PreparedLinear`'s ``prepared``: adopted, not derived again;
+        a GEMM not in it is prepared here)."""
         p = self.gemm_precision[name]
         factors = (smooth or {}).get(name) if p == "int8" else None
-        given = None if prepared is None else prepared.get(name, {})
+        given = None if prepared is None else prepared.get(name)  # None: prepared here
         if len(linears) == 1:
             lin = linears[0]
             gemm = PreparedLinear(lin.weight, lin.bias, p, source=lin, smooth=factors, backend=self.backend,
