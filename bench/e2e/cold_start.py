@@ -107,7 +107,6 @@ def _prepare(work: Path, threads: int) -> dict:
     import torch
 
     import bertsilicon
-    from bertsilicon.models.students import minilm_path
 
     torch.set_num_threads(threads)
     tok = bertsilicon.load_tokenizer()
@@ -148,16 +147,10 @@ def _prepare(work: Path, threads: int) -> dict:
         import onnxruntime  # noqa: F401
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        class LastHidden(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        from bertsilicon.benchmark.providers import _LastHidden  # (input_ids, attention_mask) -> last hidden state
 
         axes = {0: "batch", 1: "length"}
-        torch.onnx.export(LastHidden(fp32).eval(), (two["input_ids"], two["attention_mask"]), work / "fp32.onnx",
+        torch.onnx.export(_LastHidden(fp32).eval(), (two["input_ids"], two["attention_mask"]), work / "fp32.onnx",
                           input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
                           dynamic_axes={"input_ids": axes, "attention_mask": axes}, opset_version=17, dynamo=False)
         quantize_dynamic(str(work / "fp32.onnx"), str(work / "int8.onnx"), weight_type=QuantType.QInt8)
@@ -248,7 +241,7 @@ def main(argv=None) -> int:
 def _markdown(doc: dict, provenance: str) -> str:
     res, prep = doc["cold_start"], doc["prepare"]
     ref = res.get("hf-fp32", {}).get("rss_model_mib", {}).get("median")
-    lines = [f"# Cold start: MiniLM-L6 int8, one sentence, fresh process after `import torch`", "", provenance, "",
+    lines = ["# Cold start: MiniLM-L6 int8, one sentence, fresh process after `import torch`", "", provenance, "",
              f"Medians of {doc['repeats']} fresh processes (min-max). RSS: after the first embedding minus after the "
              "engine's import (the modeling code included); ratio against the fp32 HF model. Cosine: the first embedding (mean-pooled) against the fp32 HF model's.", "",
              "| engine | import s | load / session s | first call s | total s | RSS MiB | RSS / HF fp32 | cosine vs fp32 |",

@@ -26,9 +26,8 @@ error, and calls that need the original layers (training mode, ``output_attentio
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -37,7 +36,7 @@ from .. import __version__
 from ..backends import routing
 from . import tensor_file
 from .encoder import FusedEncoder
-from .optimize import _STATE, COMPUTE_DTYPE, _adapter_for, _cpu_kernels, _validate_inputs_hook
+from .optimize import _STATE, _adapter_for, _cpu_kernels, _validate_inputs_hook
 from .report import LayerReport, OptimizeReport
 from .tensor_file import ArtifactError
 

@@ -55,25 +55,6 @@ def calibration_batch(config, calibration, tokenizer, device, max_positions: Opt
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), f"{len(texts)} {what}"
 
 
-def _capture_layers(base, layers, ids, mask):
-    """Run the original model; return the inputs and outputs of every encoder layer and the final states."""
-    inputs, outputs, hooks = [], [], []
-
-    def hook(module, args, kwargs, out):
-        inputs.append((args[0] if args else kwargs["hidden_states"]).detach())
-        outputs.append((out[0] if isinstance(out, tuple) else out).detach())
-
-    for layer in layers:
-        hooks.append(layer.register_forward_hook(hook, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            final = base(input_ids=ids, attention_mask=mask).last_hidden_state.detach()
-    finally:
-        for h in hooks:
-            h.remove()
-    return inputs, outputs, final
-
-
 def capture_layers(base, layers, ids, mask):
     """Run the original model; return the inputs and outputs of every encoder layer and the final states."""
     inputs, outputs, hooks = [], [], []
