@@ -278,6 +278,11 @@ def load(path: Union[str, Path], device: Union[None, str, torch.device] = None) 
             f.bf16_attention = spec["bf16_attention"]
         fused.append(f)
     _describe_here(report, fused, device, manifest, path)
+    if device.type == "cpu" and all(entry.call == "one C++ call" for entry in report.layers):
+        # the layers' one-call plans hold packed copies of every GEMM weight (made by _describe_here's call_path):
+        # the mapped pages they were packed from need not stay resident
+        tensor_file.release_pages(t for layer in fused for g in layer.gemm_precision
+                                  for t in layer._modules[g].prepared_tensors().values())
     new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, args["unpad"],
                                bool(args["cuda_graphs"]) and device.type == "cuda")
     setattr(base, adapter.encoder_attr, new_encoder)

@@ -12,6 +12,7 @@ a :class:`ArtifactError` naming the file and what is wrong with it:
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
@@ -25,6 +26,8 @@ import torch
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
           "I8": torch.int8, "U8": torch.uint8, "I32": torch.int32, "I64": torch.int64, "BOOL": torch.bool}
 _HEADER_LIMIT = 100 * 2 ** 20
+_MAPPED: list = []  # (first byte address, end address) of every mapping read() made; never unmapped
+_MADV_DONTNEED = 4
 
 
 class ArtifactError(ValueError):
@@ -80,6 +83,8 @@ def read(path: Path, expected_sha256: str) -> dict:
         return {}
     with open(path, "rb") as f:
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+    _MAPPED.append((base, base + size))
     out = {}
     for name, (dtype, shape, begin, end) in entries.items():
         count = math.prod(shape)
@@ -118,3 +123,22 @@ def _checked_entries(path: Path, header: dict, data_len: int) -> dict:
         raise ArtifactError(f"{path}: the tensors' byte ranges do not tile the {data_len} data bytes; the file is "
                             "corrupted")
     return entries
+
+
+def release_pages(tensors) -> int:
+    """Drop the resident pages of ``tensors`` that lie wholly inside a mapping :func:`read` made (others are left
+    alone): the pages are clean copies of the file, read again from it if touched again. For prepared weights once
+    their packs are made (a pack is a copy). Returns the bytes released."""
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    released = 0
+    for t in tensors:
+        if t is None or t.device.type != "cpu" or t.numel() == 0:
+            continue
+        begin, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+        if not any(lo <= begin and end <= hi for lo, hi in _MAPPED):
+            continue
+        first, last = -(-begin // page) * page, end // page * page  # whole pages inside the tensor only
+        if last > first and libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) == 0:
+            released += last - first
+    return released
