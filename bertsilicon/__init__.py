@@ -6,6 +6,7 @@
 * :func:`profile`, :mod:`bertsilicon.design` — FLOPs, bytes, roofline latency and energy; student design
 * :mod:`bertsilicon.formats`, :mod:`bertsilicon.precision` — number formats, rounding, precision experiments
 * :mod:`bertsilicon.distill` — distillation losses and the distiller
+* :func:`encode` — bulk embedding of a corpus (also ``bertsilicon encode``: resumable shards, Ray)
 * :func:`student_config`, :func:`load_student`, :mod:`bertsilicon.data` — students and real text
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ _LAZY = {
     "design": ("bertsilicon.profiler.design", None),
     "precision": ("bertsilicon.precision", None),
     "distill": ("bertsilicon.distill", None),
+    "encode": ("bertsilicon.encode", None),  # a callable package: bertsilicon.encode(texts, ...)
 }
 
 

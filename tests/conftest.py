@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-# The shared helpers (numerics, cpu_isa, hf_parity) live here; the tests sit in folders mirroring the package.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The shared helpers (numerics, cpu_isa, hf_parity) live here; the tests sit in folders mirroring the package and
+# import a few of each other's fixtures and peers by module name (the names are unique), whatever subset runs.
+_HERE = Path(__file__).resolve().parent
+for _folder in [_HERE, *sorted(p for p in _HERE.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+    sys.path.insert(0, str(_folder))
 
 try:
     import torch

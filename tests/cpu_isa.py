@@ -7,7 +7,7 @@ restores the previous one after.
 """
 import pytest
 
-from bertsilicon.backends import registry, routing
+from bertsilicon.backends import registry
 
 
 def cpu_available() -> bool:

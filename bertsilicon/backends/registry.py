@@ -12,8 +12,6 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import torch
-
 BACKENDS = ("reference", "cpu", "triton")
 
 # Modules that register each backend's implementations when imported. Imported lazily: triton is

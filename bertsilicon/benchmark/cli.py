@@ -9,7 +9,7 @@ import sys
 from .providers import PRECISIONS, PROVIDER_NAMES
 from .runner import DEFAULT_MODELS, PADDINGS
 
-DEFAULT_OUT = "bench/results/cpu"
+DEFAULT_OUT = "bertsilicon-results/bench"  # a new folder under the current one (the recorded runs: make bench)
 
 
 def _csv(value: str) -> list[str]:
@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="< 5 minutes on 2 cores: minilm-l6, batch 1,8, 5 rounds, 16 accuracy texts")
     p.add_argument("--models", type=_csv, help=f"comma-separated students (default {','.join(DEFAULT_MODELS)}; "
                    "any name of bertsilicon.STUDENTS)")
-    p.add_argument("--batch", type=_csv_ints, help="comma-separated batch sizes (default 1,8,32)")
-    p.add_argument("--seq", type=_csv_ints, help="comma-separated max lengths (default 128)")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=_csv_ints,
+                   help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--seq-len", "--seq", dest="seq", type=_csv_ints, help="comma-separated max lengths (default 128)")
     p.add_argument("--providers", type=_csv, help=f"comma-separated, any of {','.join(PROVIDER_NAMES)} (default "
                    "all; torch-sdpa fp32, the baseline, is always run)")
     p.add_argument("--precisions", type=_csv, help=f"comma-separated, any of {','.join(PRECISIONS)} (default all)")

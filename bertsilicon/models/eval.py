@@ -74,7 +74,7 @@ def pooled_cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
 
 
-def _cosine_neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
+def cosine_neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
     e = torch.nn.functional.normalize(emb.double(), dim=-1)
     sims = e @ e.t()
     sims.fill_diagonal_(float("-inf"))
@@ -91,7 +91,7 @@ def knn_correct(emb: torch.Tensor, labels: Sequence, k: int = 5) -> torch.Tensor
         raise ValueError(f"k must be in [1, N-1] = [1, {n - 1}], got {k}")
     classes = {c: i for i, c in enumerate(sorted(set(labels), key=str))}
     y = torch.tensor([classes[c] for c in labels])
-    top_sims, top_idx = _cosine_neighbours(emb, k)
+    top_sims, top_idx = cosine_neighbours(emb, k)
     votes = torch.zeros(n, len(classes), dtype=torch.float64)
     votes.scatter_add_(1, y[top_idx], 1.0 + 1e-6 * top_sims)
     return votes.argmax(1) == y

@@ -35,12 +35,13 @@ def register(subparsers) -> None:
     p.add_argument("--where", default="weights,activations,accumulation",
                    help="comma list of places (weights, activations, accumulation; combine with '+')")
     p.add_argument("--texts", type=int, default=256, help="docstrings to use (0 = all)")
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", "--max-length", dest="max_length", type=int, default=64,
+                   help="tokens per text at most")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per batch")
     p.add_argument("--seeds", type=int, default=2, help="stochastic-rounding seeds per configuration")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--no-fp8-scaling", action="store_true", help="cast to fp8 without the per-tensor scale")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--out", default="bench/results/precision", help="folder for the JSON, Markdown and PNG")
+    p.add_argument("--out", default="bertsilicon-results/precision", help="folder for the JSON, Markdown and PNG")
     p.add_argument("--stem", default="minilm_precision", help="file name stem of the report")
     p.set_defaults(func=run)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.eval import _cosine_neighbours, knn_correct, pooled_cosines  # noqa: F401  (one kNN rule, re-exported)
+from ..models.eval import cosine_neighbours, knn_correct, pooled_cosines  # noqa: F401  (one kNN rule, re-exported)
 
 
 def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
@@ -36,8 +36,8 @@ def topk_overlap(emb: torch.Tensor, ref_emb: torch.Tensor, k: int = 10) -> torch
         raise ValueError(f"emb and ref_emb must have one shape, got {tuple(emb.shape)} and {tuple(ref_emb.shape)}")
     if not 1 <= k < emb.shape[0]:
         raise ValueError(f"k must be in [1, N-1] = [1, {emb.shape[0] - 1}], got {k}")
-    _, a = _cosine_neighbours(emb, k)
-    _, b = _cosine_neighbours(ref_emb, k)
+    _, a = cosine_neighbours(emb, k)
+    _, b = cosine_neighbours(ref_emb, k)
     return (a[:, :, None] == b[:, None, :]).any(-1).sum(-1).double() / k
 
 

@@ -220,11 +220,13 @@ def test_cli_writes_a_loadable_artifact(tmp_path):
     assert json.loads((tmp_path / "art" / MANIFEST).read_text())["optimize_args"]["calibration"] == "2 given text(s)"
 
 
-def test_cli_bad_inputs(tmp_path):
+def test_cli_bad_inputs(tmp_path, capsys):
     from bertsilicon.cli import main
 
-    with pytest.raises(SystemExit, match="is not a Hugging Face checkpoint directory"):
-        main(["optimize", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert main(["optimize", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "is not a Hugging Face checkpoint directory (no config.json)" in capsys.readouterr().err
     _model("bert").save_pretrained(tmp_path / "hf")
-    with pytest.raises(SystemExit, match="--calib .*missing.txt: no such file"):
-        main(["optimize", str(tmp_path / "hf"), "--out", str(tmp_path / "o"), "--calib", str(tmp_path / "missing.txt")])
+    assert main(["optimize", str(tmp_path / "hf"), "--out", str(tmp_path / "o"),
+                 "--calib", str(tmp_path / "missing.txt")]) == 2
+    assert "--calib" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written

@@ -14,7 +14,6 @@ import torch
 import transformers
 
 import bertsilicon
-from bertsilicon.models import optimize as opt
 from bertsilicon.models import cuda_graphs as cg
 from bertsilicon.models.encoder import FusedEncoder
 from bertsilicon.models.eval import mean_pool, pooled_cosines

@@ -16,7 +16,6 @@ import torch
 import transformers
 
 import bertsilicon
-from bertsilicon.models import optimize as opt
 from bertsilicon.models import cuda_graphs as cg
 from bertsilicon.models.encoder import FusedEncoder
 from bertsilicon.models.layers import FusedEncoderLayer, FusedLayerBase

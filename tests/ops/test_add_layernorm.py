@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bertsilicon import ops
-from bertsilicon.backends import registry, routing
+from bertsilicon.backends import registry
 from numerics import assert_numerics, poison_allocator
 
 from cpu_isa import cpu_isas, isa  # noqa: F401  (isa is a fixture)

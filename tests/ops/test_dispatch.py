@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bertsilicon import ops
-from bertsilicon.backends import registry, routing
+from bertsilicon.backends import registry
 
 
 def _ln_args(dtype=torch.float32, n=64):

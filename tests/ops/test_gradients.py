@@ -24,7 +24,7 @@ import transformers
 import bertsilicon
 from bertsilicon import ops
 from bertsilicon import reference as R
-from bertsilicon.backends import registry, routing
+from bertsilicon.backends import registry
 from numerics import ragged_mask
 
 BACKENDS = [b for b in ("cpu", "triton") if registry.load(b) is None]

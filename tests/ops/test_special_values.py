@@ -35,7 +35,7 @@ import torch
 
 from bertsilicon import formats, ops
 from bertsilicon import reference as R
-from bertsilicon.backends import registry, routing
+from bertsilicon.backends import registry
 from cpu_isa import cpu_isas
 from numerics import assert_numerics, poison_allocator
 from test_triton_attention import torch_attention

@@ -167,7 +167,7 @@ def _build_mobilebert(layer, isa: tuple, ops: tuple, eps: tuple) -> Snapshot:
     parts, dtype = layer.parts, layer.compute_dtype
     if dtype not in _DTYPE or not parts.no_norm or len(parts.ffn) > _C.MOBILEBERT_MAX_STACKED_FFNS:
         return Snapshot.of(isa, ops, eps)
-    h, F = layer.num_heads * layer.head_dim, parts.up.out_features
+    F = parts.up.out_features
     plan = _C.MobileBertLayerPlan(_DTYPE[dtype], layer.hidden, layer.num_heads, layer.head_dim, F,
                                   ACT[layer.activation], float(layer.scale))
     held = []

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from ..layers import FusedEncoderLayer, LayerParts
+from ..layers import FusedEncoderLayer
 
 # HF activation names -> the epilogue activations of ops.linear / ops.int8_linear
 ACTIVATION_NAMES = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
