@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     p.add_argument("model_dir", nargs="?", default=None,
                    help="a Hugging Face checkpoint directory (config.json + weights); default: the built-in MiniLM")
     p.add_argument("--model", dest="model_flag", default=None, help="the same as MODEL_DIR")
-    p.add_argument("--precision", choices=PRECISIONS, default="int8")
+    p.add_argument("--precision", choices=PRECISIONS, default="int8", help="the GEMMs' precision")
     p.add_argument("--out", required=True, help="the artifact directory to write")
     p.add_argument("--calib", "--texts", dest="calib", default=None,
                    help="calibration text file, one text per non-empty line (default: the built-in "
