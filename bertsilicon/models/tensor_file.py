@@ -43,11 +43,12 @@ def write(tensors: dict, path: Path) -> str:
 
 
 def sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 4 MiB chunks (no mapping: nothing stays resident)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(4 << 20), b""):
-            digest.update(chunk)
+    """SHA-256 of a file, read into one reused 4 MiB buffer (no mapping: nothing of the file stays resident)."""
+    digest, buffer = hashlib.sha256(), bytearray(4 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
     return digest.hexdigest()
 
 
