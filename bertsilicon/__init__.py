@@ -2,6 +2,7 @@
 
 * :mod:`bertsilicon.ops` — fused ops with ``reference`` / ``cpu`` (C++) / ``triton`` backends
 * :func:`optimize` / :func:`restore` — drop-in fused kernels for Hugging Face BERT-family models
+* :func:`save` / :func:`load` — an optimized model as a directory, loaded without calibration
 * :func:`profile`, :mod:`bertsilicon.design` — FLOPs, bytes, roofline latency and energy; student design
 * :mod:`bertsilicon.formats`, :mod:`bertsilicon.precision` — number formats, rounding, precision experiments
 * :mod:`bertsilicon.distill` — distillation losses and the distiller
@@ -21,6 +22,8 @@ from .models.students import STUDENTS, load_student, load_tokenizer, student_con
 _LAZY = {
     "optimize": ("bertsilicon.models.optimize", "optimize"),
     "restore": ("bertsilicon.models.optimize", "restore"),
+    "save": ("bertsilicon.models.artifact", "save"),
+    "load": ("bertsilicon.models.artifact", "load"),
     "profile": ("bertsilicon.profiler", "profile"),
     "design": ("bertsilicon.profiler.design", None),
     "precision": ("bertsilicon.precision", None),

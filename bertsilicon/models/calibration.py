@@ -74,16 +74,25 @@ def capture_layers(base, layers, ids, mask):
     return inputs, outputs, final
 
 
-def _layer_error(layer: FusedLayerBase, x, y, real, unpad) -> tuple[float, float]:
-    """Relative and max-abs error of the fused layer on real tokens, input ``x`` and reference ``y``."""
-    with torch.no_grad():
-        xc = x.to(layer.compute_dtype)
-        if unpad:
-            out = layer.forward_packed(xc[real], *pack(real), offsets_checked=True)
-        else:
-            out = layer.forward_padded(xc, real)[real]
-    ref = y[real]
-    return quant.relative_error(out, ref), float((out.double() - ref.double()).abs().max())
+def _error_meter(x, y, real, unpad, compute_dtype):
+    """``measure(layer) -> (relative error, max abs error)`` of a fused layer against the original layer's output
+    ``y`` on input ``x``, real tokens only, in float64 (:func:`bertsilicon.quant.relative_error`'s definition). The
+    input in the compute dtype, its packing and the float64 reference are made once for every candidate layer."""
+    xc = x.to(compute_dtype)
+    packed = (xc[real], *pack(real)) if unpad else None
+    ref = y[real].double()
+    ref_norm = ref.norm()
+
+    def measure(layer: FusedLayerBase) -> tuple[float, float]:
+        with torch.no_grad():
+            out = layer.forward_packed(*packed, offsets_checked=True) if unpad else layer.forward_padded(xc, real)[real]
+        if ref.numel() == 0:
+            return 0.0, 0.0
+        d = out.double() - ref
+        norm = d.norm()
+        return float(norm / ref_norm) if float(ref_norm) > 0 else float(norm), float(d.abs().max())
+
+    return measure
 
 
 def build_layer(i, layer, adapter, config, precision, compute_dtype, backend, unpad, x, y, real, smooth, budget):
@@ -101,21 +110,29 @@ def build_layer(i, layer, adapter, config, precision, compute_dtype, backend, un
         factors = {g: quant.smoothing_factors(stats[g].value, probe._modules[g].operands()[0], smooth) for g in names}
 
     weight_max: dict = {}  # GEMM -> int8 weight range where it differs from the path's
+    prepared: dict = {}  # (GEMM, precision, int8 weight range) -> its prepared copies: each made once per layer
+
+    def key(g, p):
+        return g, p, weight_max.get(g) if p == "int8" else None
 
     def build(gemms):
-        return layer_class(layer, parts, gemms, compute_dtype, smooth=factors, backend=backend,
-                           int8_weight_max=weight_max)
+        given = {g: prepared[key(g, p)] for g, p in gemms.items() if key(g, p) in prepared}
+        candidate = layer_class(layer, parts, gemms, compute_dtype, smooth=factors, backend=backend,
+                                int8_weight_max=weight_max, prepared=given)
+        for g, p in gemms.items():
+            prepared.setdefault(key(g, p), dict(candidate._modules[g].named_buffers()))
+        return candidate
 
+    layer_error = _error_meter(x, y, real, unpad, compute_dtype)
     gemms = dict.fromkeys(names, precision)
     fused = build(gemms)
-    err, max_err = _layer_error(fused, x, y, real, unpad)
+    err, max_err = layer_error(fused)
     if budget is not None and err > budget:
         # sensitivity of each GEMM alone in int8 (others fp32); move the worst up a step at a time until the
         # layer is within budget: on a path whose fast int8 kernel takes 7-bit weights (AVX2), first to 8-bit
         # weights (still int8: the int16-pair kernel, no slower than fp32), then int8 -> bf16 for every GEMM
         # in turn where bf16 is native, then -> fp32
-        sens = {g: _layer_error(build({k: ("int8" if k == g else "fp32") for k in names}), x, y, real, unpad)[0]
-                for g in names}
+        sens = {g: layer_error(build({k: ("int8" if k == g else "fp32") for k in names}))[0] for g in names}
         order = sorted(names, key=sens.get, reverse=True)
         steps = [(g, "int8") for g in order] if routing.int8_weight_max(x.device, backend) < 127 else []
         steps += [(g, "bf16") for g in order] if routing.native_bf16_gemm(x.device, backend) else []
@@ -126,7 +143,7 @@ def build_layer(i, layer, adapter, config, precision, compute_dtype, backend, un
             else:
                 gemms[g] = to
             fused = build(gemms)
-            err, max_err = _layer_error(fused, x, y, real, unpad)
+            err, max_err = layer_error(fused)
             if err <= budget:
                 break
         entry.wider_int8 = [f"{g}: int8 8-bit weights (7-bit alone: {sens[g]:.1e})" for g in order

@@ -249,6 +249,8 @@ class FusedEncoder(nn.Module):
                 h.remove()
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *args, **kwargs):
+        if torch.compiler.is_exporting():
+            return self.adapter.encoder_output(self.run_exportable(hidden_states, attention_mask))
         self._refuse_if_converted()
         collected = _collector()
         reason = self._runtime_fallback(args, kwargs, collected)
@@ -324,6 +326,26 @@ class FusedEncoder(nn.Module):
                 return out.to(in_dtype)
         x = self._layers_padded(x, key_mask, None if on_layer is None else (lambda t: on_layer(t.to(in_dtype))))
         return x.to(in_dtype)
+
+    def run_exportable(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The call as ``torch.export`` traces it: no value read on the host, no shape that depends on the data.
+        The padded layers run with the key-padding mask taken as it is (a 2-D 0/1 mask, or HF's 4-D bool or
+        additive mask, read at the first query row; a 4-D mask that is not a key-padding mask is not detected
+        here), every op as its custom op (:mod:`bertsilicon.ops.library`), which picks its kernel when the
+        exported program runs. With ``unpad`` the padded positions come out 0, as the padding-free path gives
+        them. Inference only (no runtime fallback to the original layers)."""
+        x = hidden_states.to(self.compute_dtype)
+        key_mask = None
+        if attention_mask is not None:
+            if attention_mask.dim() == 4:
+                first = attention_mask[:, 0, 0]
+                key_mask = first if first.dtype == torch.bool else first == 0
+            else:
+                key_mask = attention_mask != 0
+        out = self._layers_padded(x, key_mask)
+        if key_mask is not None and self.unpad:
+            out = out * key_mask.unsqueeze(-1).to(out.dtype)
+        return out.to(hidden_states.dtype)
 
     # -- the layer loop: eager, and the body a CUDA graph records ---------------------------------- #
     def _layers_packed(self, x, cu_seqlens, max_seqlen, on_layer=None):

@@ -274,6 +274,11 @@ def restore(model: nn.Module) -> nn.Module:
     state = getattr(model, _STATE, None) if isinstance(model, nn.Module) else None
     if state is None:
         raise ValueError("restore: this model was not optimized by bertsilicon.optimize (nothing to restore)")
+    if "artifact" in state:
+        raise ValueError(f"restore: this model was loaded from the artifact {state['artifact']}, which holds no fp32 "
+                         "copy of the GEMM weights it prepared, so there is nothing to restore; load the original "
+                         "checkpoint for the fp32 model (transformers' from_pretrained on the directory the "
+                         "artifact was made from)")
     if "inner" in state:
         restore(state["inner"])
     elif "base" in state:

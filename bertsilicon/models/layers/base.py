@@ -50,17 +50,21 @@ class FusedLayerBase(nn.Module):
         self.int8_weight_max = dict(int8_weight_max or {})  # GEMM name -> int8 weight range (default: the path's)
         self.one_call = ONE_CALL  # see _one_call
 
-    def _add_gemm(self, name: str, linears: tuple, smooth: Optional[dict] = None) -> None:
+    def _add_gemm(self, name: str, linears: tuple, smooth: Optional[dict] = None,
+                  prepared: Optional[dict] = None) -> None:
         """Register GEMM ``name`` in its precision (``gemm_precision[name]``): one ``nn.Linear``, or several
         reading the same input with their weights concatenated along the output dimension (a missing bias
-        counts as zeros); ``smooth``: SmoothQuant factors by GEMM name (int8 GEMMs only)."""
+        counts as zeros); ``smooth``: SmoothQuant factors by GEMM name (int8 GEMMs only); ``prepared``: by GEMM
+        name, its prepared copies as made before (:class:`PreparedLinear`'s ``prepared``: adopted, not derived again;
+        a GEMM not in it is prepared here)."""
         p = self.gemm_precision[name]
         factors = (smooth or {}).get(name) if p == "int8" else None
         wmax = self.int8_weight_max.get(name)
+        given = None if prepared is None else prepared.get(name)  # None: prepared here
         if len(linears) == 1:
             lin = linears[0]
             gemm = PreparedLinear(lin.weight, lin.bias, p, source=lin, smooth=factors, backend=self.backend,
-                                  weight_max=wmax)
+                                  weight_max=wmax, prepared=given)
         else:
             weight = torch.cat([lin.weight.detach() for lin in linears], 0)
             bias = None
@@ -68,7 +72,7 @@ class FusedLayerBase(nn.Module):
                 bias = torch.cat([(lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)).detach()
                                   for lin in linears])
             gemm = PreparedLinear(weight, bias, p, smooth=factors, backend=self.backend, derived_from=tuple(linears),
-                                  weight_max=wmax)
+                                  weight_max=wmax, prepared=given)
         self.add_module(name, gemm)
 
     def _one_call(self, x: torch.Tensor, stats: Optional[dict]):

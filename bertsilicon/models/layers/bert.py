@@ -93,6 +93,7 @@ class FusedEncoderLayer(FusedLayerBase):
     ``compute_dtype``: the dtype of activations between GEMMs (residual stream, attention inputs);
     ``smooth``: optional SmoothQuant factors per GEMM (int8 GEMMs only); ``int8_weight_max``: optional int8
     weight range by GEMM name (default: the path's, :class:`PreparedLinear`);
+    ``prepared``: per GEMM, its prepared copies as saved (``bertsilicon.load``: adopted, not derived again);
     ``one_call`` (attribute): run the whole layer as one C++ call where the cpu backend serves it (default
     ``ONE_CALL``; see the module docstring).
     ``bf16_attention`` (attribute, default True): let an int8 layer run attention in bf16 where that is faster
@@ -102,7 +103,8 @@ class FusedEncoderLayer(FusedLayerBase):
     CPU_PLAN = "encoder_layer"  # the cpu backend's one-call plan (bertsilicon.backends.cpu.layer)
 
     def __init__(self, original: nn.Module, parts: LayerParts, gemm_precision: dict, compute_dtype: torch.dtype,
-                 smooth: Optional[dict] = None, backend: Optional[str] = None, int8_weight_max: Optional[dict] = None):
+                 smooth: Optional[dict] = None, backend: Optional[str] = None, int8_weight_max: Optional[dict] = None,
+                 prepared: Optional[dict] = None):
         super().__init__(original, gemm_precision, compute_dtype, backend, int8_weight_max)
         self.parts = parts
         self.num_heads = parts.num_heads
@@ -117,7 +119,7 @@ class FusedEncoderLayer(FusedLayerBase):
         self._direct_verdicts = {}  # (device, dtype) -> whether every op resolves to triton
         linears = {"qkv": (parts.q, parts.k, parts.v), "o": (parts.o,), "up": (parts.up,), "down": (parts.down,)}
         for name in GEMMS:
-            self._add_gemm(name, linears[name], smooth)
+            self._add_gemm(name, linears[name], smooth, prepared)
         self._track_prepared()
 
     @staticmethod

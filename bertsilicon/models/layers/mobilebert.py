@@ -86,12 +86,14 @@ class FusedMobileBertLayer(FusedLayerBase):
     """A drop-in for one HF ``MobileBertLayer`` (see the module docstring). ``gemm_precision``: by GEMM name
     (:meth:`gemm_names`) ``"fp32" | "bf16" | "fp16" | "int8"``; ``compute_dtype``: activations between GEMMs;
     ``smooth``: optional SmoothQuant factors by GEMM name (int8 GEMMs only); ``int8_weight_max``: optional int8
-    weight range by GEMM name (default: the path's, :class:`PreparedLinear`)."""
+    weight range by GEMM name (default: the path's, :class:`PreparedLinear`); ``prepared``: per GEMM, its prepared
+    copies as saved (``bertsilicon.load``)."""
 
     CPU_PLAN = "mobilebert_layer"  # the cpu backend's one-call plan (bertsilicon.backends.cpu.layer)
 
     def __init__(self, original: nn.Module, parts: MobileBertParts, gemm_precision: dict, compute_dtype: torch.dtype,
-                 smooth: Optional[dict] = None, backend: Optional[str] = None, int8_weight_max: Optional[dict] = None):
+                 smooth: Optional[dict] = None, backend: Optional[str] = None, int8_weight_max: Optional[dict] = None,
+                 prepared: Optional[dict] = None):
         super().__init__(original, gemm_precision, compute_dtype, backend, int8_weight_max)
         self.parts = parts
         self.NORM_OPS = () if parts.no_norm else ("add_layernorm",)
@@ -105,7 +107,7 @@ class FusedMobileBertLayer(FusedLayerBase):
         self.hidden = parts.x_proj[0][1].in_features
         self.activation = parts.activation
         for name, linears in self._gemm_linears(parts).items():
-            self._add_gemm(name, linears, smooth)
+            self._add_gemm(name, linears, smooth, prepared)
         self._track_prepared()
 
     @staticmethod

@@ -61,12 +61,16 @@ class PreparedLinear(nn.Module):
     ``derived_from``: the ``nn.Linear`` modules ``weight`` / ``bias`` were made from, their weights
     concatenated along the output dimension (q, k, v for the fused qkv GEMM; default ``(source,)``).
     :meth:`sync_prepared` re-derives the prepared copies when their parameters change.
+
+    ``prepared``: the copies as an earlier build made them (by buffer name, as ``named_buffers`` lists them:
+    :func:`bertsilicon.load`); they are adopted as they are, nothing is quantized or cast again, and
+    ``weight`` / ``bias`` only give the shape (they may be ``meta`` tensors).
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], precision: str, *,
                  source: Optional[nn.Linear] = None, smooth: Optional[torch.Tensor] = None,
                  backend: Optional[str] = None, derived_from: Optional[tuple] = None,
-                 weight_max: Optional[int] = None):
+                 weight_max: Optional[int] = None, prepared: Optional[dict] = None):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} is unknown; expected one of {tuple(PRECISIONS)}")
@@ -78,13 +82,17 @@ class PreparedLinear(nn.Module):
         self.derived_from = tuple(derived_from) if derived_from is not None else (
             (source,) if source is not None else ())
         if precision == "int8":  # the SmoothQuant factors are kept: sync_prepared re-quantizes with them
+            if prepared is not None:  # an earlier build's copies: its factors, and the range its weights use
+                smooth = prepared.get("smooth")
+                w_q = prepared.get("w_q")
+                weight_max = weight_max or (63 if w_q is not None and int(w_q.abs().max()) <= 63 else 127)
             self.weight_max = weight_max or routing.int8_weight_max(weight.device, backend)
             self.register_buffer("smooth", None if smooth is None else smooth.detach(), persistent=False)
             self.register_buffer("inv_smooth", None if smooth is None else (1.0 / smooth.float()).contiguous(),
                                  persistent=False)
         elif source is not None and source.weight.dtype == PRECISIONS[precision]:
             self.__dict__["source"] = source
-        prepared = self._prepare(weight, bias)
+        prepared = self._prepare(weight, bias) if prepared is None else self._adopt(prepared)
         for name, t in prepared.items():
             self.register_buffer(name, t, persistent=False)
         self.prepared_names = tuple(prepared)
@@ -110,6 +118,19 @@ class PreparedLinear(nn.Module):
             # CPUs without AVX512-FP16 have no fp16 arithmetic: the cpu backend runs an fp16 GEMM on its fp32
             # kernel, on the fp16 weight's values held in fp32 (exact) and fp16-rounded activations (forward).
             out["weight_fp16_in_fp32"] = weight.to(torch.float16).float().contiguous()
+        return out
+
+    def _adopt(self, prepared: dict) -> dict:
+        """The copies :meth:`_prepare` makes, taken from ``prepared`` (a missing name is None: no bias);
+        the fp16 GEMM's fp32-held copy is derived here, as it depends on the CPU (exact: fp16 -> fp32)."""
+        if self.precision == "int8":
+            names = ("w_q", "w_scale", "bias")
+        else:
+            names = ("weight", "bias") if self.__dict__["source"] is None else ()
+        out = {name: prepared.get(name) for name in names}
+        weight = out.get("weight")
+        if weight is not None and self.precision == "fp16" and routing.fp16_on_fp32_kernels(weight.device, self.backend):
+            out["weight_fp16_in_fp32"] = weight.float().contiguous()
         return out
 
     def prepared_sources(self) -> tuple:
