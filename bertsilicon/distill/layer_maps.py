@@ -7,7 +7,7 @@ Layers are 0-based transformer layers (``hidden_states[l + 1]`` is the output of
 kind            teacher layers for M student layers of an N-layer teacher   used by
 =============  ==========================================================  ==============================
 ``uniform``     ``round((m + 1) N / M) - 1``: every N/M-th, ending at N-1     TinyBERT (g(m) = m·N/M)
-``skip``        ``start + m·step`` (default step N // M, start 0)            BERT-PKD-Skip / "one in k"
+``skip``        ``start + m·step`` (default step k = N // M, start k - 1)   BERT-PKD-Skip / "one in k"
 ``last``        the last M layers ``N-M .. N-1``                              BERT-PKD-Last
 ``first``       the first M layers ``0 .. M-1``                               PKD's initialisation
 ``distilbert``  ``[0, 2, 4, 7, 9, 11]`` (M = 6, N = 12)                      DistilBERT's initialisation
@@ -26,9 +26,11 @@ DISTILBERT_LAYERS = (0, 2, 4, 7, 9, 11)
 
 
 def layer_map(kind: Union[str, Sequence[int]], n_student: int, n_teacher: int,
-              layers: Optional[Sequence[int]] = None, step: Optional[int] = None, start: int = 0) -> list[int]:
+              layers: Optional[Sequence[int]] = None, step: Optional[int] = None, start: Optional[int] = None) -> list[int]:
     """Teacher layer (0-based) for each of the ``n_student`` student layers. ``kind`` is one of
-    :data:`LAYER_MAPS` or directly a list of teacher layers (= ``"custom"``)."""
+    :data:`LAYER_MAPS` or directly a list of teacher layers (= ``"custom"``). BERT-PKD-Skip with a
+    12-layer teacher and a 6-layer student: ``layer_map("skip", 6, 12) == [1, 3, 5, 7, 9, 11]`` (the
+    paper's layers {2, 4, 6, 8, 10, 12} counted from 1)."""
     for name, v in (("n_student", n_student), ("n_teacher", n_teacher)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -39,7 +41,10 @@ def layer_map(kind: Union[str, Sequence[int]], n_student: int, n_teacher: int,
     if kind == "uniform":
         out = [round((m + 1) * n_teacher / n_student) - 1 for m in range(n_student)]
     elif kind == "skip":
+        # PKD-Skip learns from every k-th layer counting from 1: {2, 4, 6, 8, 10} of 12 for k = 2, i.e.
+        # 0-based k-1, 2k-1, ... (ending at the teacher's last layer when M divides N)
         step = n_teacher // n_student if step is None else step
+        start = step - 1 if start is None else start
         out = [start + m * step for m in range(n_student)]
     elif kind == "last":
         out = list(range(n_teacher - n_student, n_teacher))
