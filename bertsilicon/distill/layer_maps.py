@@ -88,11 +88,12 @@ def student_from_spec(spec: str, teacher_config=None):
 
     * a published student (``"tinybert4"``, ``"bert-L4-H256"``: see ``bertsilicon.STUDENTS``);
     * a published student with overrides: ``"minilm-l6:num_hidden_layers=3,intermediate_size=1024"``;
+    * a shape as ``bertsilicon design`` prints it, ``"L2-H768-A12-F1536"``;
     * a generic BERT ``"bert-L{L}-H{H}[-A{A}][-F{F}]"``: missing heads / FFN width take the teacher's when
       ``H`` equals the teacher's width (so its layers can be copied), else Turc et al.'s ``A = H/64``,
       ``F = 4H``. E.g. ``bert-L3-H384`` under MiniLM-L6 = 3 layers, 12 heads, FFN 1536.
     """
-    from ..models.students import _BERT_SHAPES, student_config
+    from ..models.students import _BERT_SHAPES, DESIGN_NAME, student_config
 
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"student spec must be a non-empty str, got {spec!r}")
@@ -103,6 +104,8 @@ def student_from_spec(spec: str, teacher_config=None):
         if not eq:
             raise ValueError(f"student spec {spec!r}: override {item!r} must be key=value")
         overrides[key.strip()] = _parse_value(value.strip())
+    if DESIGN_NAME.match(name):  # the design explorer's names: every field given
+        return student_config(name, **overrides)
     m = _BERT_SPEC.match(name)
     if m and name not in _BERT_SHAPES:
         L, H = int(m.group(1)), int(m.group(2))
