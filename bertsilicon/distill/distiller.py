@@ -121,6 +121,10 @@ class DistillConfig:
         return all(k in TEACHER_FREE_LOSSES for k in self.losses)
 
     @property
+    def logit_only(self) -> bool:
+        return all(k in LOGIT_LOSSES + LABEL_LOSSES for k in self.losses)
+
+    @property
     def sentence_only(self) -> bool:
         return all(k in SENTENCE_LOSSES for k in self.losses)
 
@@ -137,6 +141,16 @@ def _heads(layer, h: torch.Tensor):
 
     q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
     return q @ k.transpose(-1, -2) / math.sqrt(dk), v
+
+
+def ensemble_soft_target_logits(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits ``[..., C]`` whose softmax at ``temperature`` is the MEAN of the teachers' softmaxes (MT-DNN's
+    ensemble soft targets), ``τ · log(mean_k softmax(z_k / τ))``, from ``teacher_logits [K, ..., C]``; one
+    teacher gives its own logits back."""
+    if teacher_logits.shape[0] == 1:
+        return teacher_logits[0]
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, -1)
+    return temperature * (log_p.logsumexp(0) - math.log(teacher_logits.shape[0]))
 
 
 def _check_labels(labels, n: int) -> Optional[torch.Tensor]:
@@ -156,7 +170,8 @@ class Distiller:
     ``eval_fn(student) -> dict[str, float]`` is called every ``eval_every`` steps and at the end (the
     student in eval mode). ``fit`` returns the history: per-step losses and the evaluations. The teacher
     is put in eval mode and frozen (``requires_grad_(False)``).
-    ``teacher_cache``: with sentence-level losses only, the teacher's mean-pooled embeddings of the
+    ``teacher_cache``: with logit and label losses only, the teachers' logits of the training texts
+    ``[teachers, N, C]``; with sentence-level losses only, the teacher's mean-pooled embeddings of the
     training texts ``[N, D]``, computed once by ``fit`` (assign one to reuse it across students).
     """
 
@@ -278,15 +293,17 @@ class Distiller:
 
     # -------------------------------------------------------------------------------------------- #
     def compute_loss(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None,
-                     labels: Optional[torch.Tensor] = None):
+                     labels: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None):
         """(total loss, {name: unweighted value}) for one tokenized batch; ``labels`` [B] (or [B, S] for
-        token-level heads, -100 = ignored) for ``label_ce``."""
+        token-level heads, -100 = ignored) for ``label_ce``; ``teacher_logits`` [teachers, B, C]: cached
+        teacher logits (no teacher pass)."""
         cfg = self.config
         mask = batch["attention_mask"]
         needs_hidden = any(k in cfg.losses for k in SENTENCE_LOSSES + LAYER_LOSSES)
         s_out = self.student(**batch, output_hidden_states=True) if needs_hidden else self.student(**batch)
         s_hid = s_out.hidden_states if needs_hidden else None
-        need_teacher_pass = not cfg.teacher_free and not (cfg.sentence_only and teacher_sentences is not None)
+        need_teacher_pass = not cfg.teacher_free and not (cfg.sentence_only and teacher_sentences is not None) \
+            and not (cfg.logit_only and teacher_logits is not None)
         t_out = None
         if need_teacher_pass:
             with torch.no_grad():
@@ -344,15 +361,17 @@ class Distiller:
         # token-level logits [B, S, C] (a masked-LM head): padded positions count in no logit loss
         logit_mask = mask if getattr(s_out, "logits", None) is not None and s_out.logits.dim() == 3 else None
         if any(k in cfg.losses for k in LOGIT_LOSSES):
-            if getattr(t_out, "logits", None) is None:
-                raise ValueError(f"losses {[k for k in LOGIT_LOSSES if k in cfg.losses]} need a teacher with logits "
-                                 "(a task head, e.g. BertForSequenceClassification)")
+            if teacher_logits is None:
+                if getattr(t_out, "logits", None) is None:
+                    raise ValueError(f"losses {[k for k in LOGIT_LOSSES if k in cfg.losses]} need a teacher with "
+                                     "logits (a task head, e.g. BertForSequenceClassification)")
+                teacher_logits = torch.stack([t_out.logits.float(), *self._other_teacher_logits(batch)])
             if "soft_target" in cfg.losses:
-                targets = self._soft_targets(batch, t_out.logits)
+                targets = ensemble_soft_target_logits(teacher_logits, cfg.temperature)
                 parts["soft_target"] = L.soft_target_loss(s_out.logits, targets, cfg.temperature,
                                                            t2_scale=cfg.t2_scale, mask=logit_mask)
             if "logit_mse" in cfg.losses:
-                parts["logit_mse"] = L.logit_mse(s_out.logits, self._mean_logits(batch, t_out.logits), mask=logit_mask)
+                parts["logit_mse"] = L.logit_mse(s_out.logits, teacher_logits.mean(0), mask=logit_mask)
         if "label_ce" in cfg.losses:
             if labels is None:
                 raise ValueError("the 'label_ce' loss needs labels: fit(texts, labels=...)")
@@ -366,30 +385,29 @@ class Distiller:
     def _other_teacher_logits(self, batch: dict) -> list:
         return [t(**batch).logits.float() for t in self.teachers[1:]]
 
-    def _soft_targets(self, batch: dict, first_logits: torch.Tensor) -> torch.Tensor:
-        """Teacher logits whose softmax at ``temperature`` is the MEAN of the teachers' softmaxes (MT-DNN's
-        ensemble soft targets): ``τ · log(mean_k softmax(z_k / τ))``; one teacher's own logits otherwise."""
-        if len(self.teachers) == 1:
-            return first_logits
-        tau = self.config.temperature
-        logits = torch.stack([first_logits.float(), *self._other_teacher_logits(batch)])
-        return tau * (torch.log_softmax(logits / tau, -1).logsumexp(0) - math.log(len(self.teachers)))
-
-    def _mean_logits(self, batch: dict, first_logits: torch.Tensor) -> torch.Tensor:
-        """The teachers' mean logits (one teacher: its own)."""
-        if len(self.teachers) == 1:
-            return first_logits
-        return torch.stack([first_logits.float(), *self._other_teacher_logits(batch)]).mean(0)
+    @torch.no_grad()
+    def teacher_logits(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Every teacher's logits of ``texts``, ``[teachers, N, C]`` float32 (batched by length, eval mode)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = None
+        for c in self._bar(range(0, len(order), batch_size), "teacher logits"):
+            idx = order[c:c + batch_size]
+            b = self._tokenize([texts[i] for i in idx])
+            logits = torch.stack([t(**b).logits.float() for t in self.teachers])
+            if out is None:
+                out = torch.empty(len(self.teachers), len(texts), *logits.shape[2:])
+            out[:, idx] = logits
+        return out
 
     def train_step(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None,
-                   labels: Optional[torch.Tensor] = None) -> float:
+                   labels: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None) -> float:
         """One optimizer step (+ bf16 rounding of the weights when asked); returns the loss."""
         cfg = self.config
         self.student.train()
         self.projections.train()
         for g in self.optimizer.param_groups:
             g["lr"] = self._lr(self.step)
-        total, parts = self.compute_loss(batch, teacher_sentences, labels)
+        total, parts = self.compute_loss(batch, teacher_sentences, labels, teacher_logits)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.grad_clip:
@@ -432,12 +450,18 @@ class Distiller:
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         if cfg.sentence_only and not cfg.teacher_free and self.teacher_cache is None:
             self.teacher_cache = self.teacher_embeddings(texts)
+        if cfg.logit_only and not cfg.teacher_free and self.teacher_cache is None:
+            self.teacher_cache = self.teacher_logits(texts)
         bar = self._bar(range(self.step, end), "distill", initial=0)
         for _ in bar:
             idx = self.batch_indices(self.step, len(texts))
             batch = self._tokenize([texts[i] for i in idx])
-            cached = self.teacher_cache[idx] if self.teacher_cache is not None else None
-            loss = self.train_step(batch, cached, label_tensor[idx] if label_tensor is not None else None)
+            labels_now = label_tensor[idx] if label_tensor is not None else None
+            if cfg.logit_only and self.teacher_cache is not None:
+                loss = self.train_step(batch, None, labels_now, self.teacher_cache[:, idx])
+            else:
+                cached = self.teacher_cache[idx] if self.teacher_cache is not None else None
+                loss = self.train_step(batch, cached, labels_now)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss:.4f}")
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < end:

@@ -97,6 +97,10 @@ def test_two_teachers_average_their_soft_targets(tok):
     kl = (p * (p.log() - F.log_softmax(zs / T, -1))).sum(-1).mean() * T * T
     mse = (zs - (z1 + z2) / 2).pow(2).sum(-1).mean()
     assert abs(parts["soft_target"] - kl.item()) < 1e-5 and abs(parts["logit_mse"] - mse.item()) < 1e-4
+    cached = d.teacher_logits(TEXTS[:5], batch_size=2)  # [teachers, N, C], batched by length: same targets
+    assert cached.shape == (2, 5, C)
+    for k, v in d.compute_loss(batch, teacher_logits=cached)[1].items():
+        assert abs(v - parts[k]) < 1e-4 * max(1.0, abs(parts[k])), k
     one = Distiller(t1, student, tok, _cfg(losses={"soft_target": 1.0}, temperature=T)).compute_loss(batch)[1]
     assert abs(one["soft_target"] - parts["soft_target"]) > 1e-4  # the second teacher changes the target
     with pytest.raises(ValueError, match="compare layers with one teacher"):
