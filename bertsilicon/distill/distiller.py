@@ -153,6 +153,27 @@ def ensemble_soft_target_logits(teacher_logits: torch.Tensor, temperature: float
     return temperature * (log_p.logsumexp(0) - math.log(teacher_logits.shape[0]))
 
 
+@torch.no_grad()
+def teacher_logits(teachers: Sequence, tokenizer, texts: Sequence[str], max_length: int = 128, batch_size: int = 64,
+                   progress: bool = True) -> torch.Tensor:
+    """Every teacher's logits of ``texts``, ``[teachers, N, C]`` float32 (batched by length, order kept; the
+    teachers in eval mode)."""
+    from tqdm import tqdm
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = None
+    for c in tqdm(range(0, len(order), batch_size), desc="teacher logits", file=sys.stderr, disable=not progress,
+                  leave=False):
+        idx = order[c:c + batch_size]
+        b = dict(tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt"))
+        logits = torch.stack([t.eval()(**b).logits.float() for t in teachers])
+        if out is None:
+            out = torch.empty(len(teachers), len(texts), *logits.shape[2:])
+        out[:, idx] = logits
+    return out
+
+
 def _check_labels(labels, n: int) -> Optional[torch.Tensor]:
     if labels is None:
         return None
@@ -385,19 +406,10 @@ class Distiller:
     def _other_teacher_logits(self, batch: dict) -> list:
         return [t(**batch).logits.float() for t in self.teachers[1:]]
 
-    @torch.no_grad()
     def teacher_logits(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Every teacher's logits of ``texts``, ``[teachers, N, C]`` float32 (batched by length, eval mode)."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = None
-        for c in self._bar(range(0, len(order), batch_size), "teacher logits"):
-            idx = order[c:c + batch_size]
-            b = self._tokenize([texts[i] for i in idx])
-            logits = torch.stack([t(**b).logits.float() for t in self.teachers])
-            if out is None:
-                out = torch.empty(len(self.teachers), len(texts), *logits.shape[2:])
-            out[:, idx] = logits
-        return out
+        """Every teacher's logits of ``texts``, ``[teachers, N, C]`` (see :func:`teacher_logits`)."""
+        return teacher_logits(self.teachers, self.tokenizer, texts, self.config.max_length, batch_size,
+                              self.config.progress)
 
     def train_step(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None,
                    labels: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None) -> float:
