@@ -9,7 +9,8 @@ import sys
 
 # Areas that add subcommands: each module has ``register(subparsers)``.
 _AREAS = ("bertsilicon.profiler.cli", "bertsilicon.benchmark.cli", "bertsilicon.precision.cli",
-          "bertsilicon.distill.cli")
+          "bertsilicon.distill.cli",
+          "bertsilicon.distill.task_cli")
 
 
 # ------------------------------------------------------------------------------------------------ #

@@ -16,7 +16,9 @@ kind            teacher layers for M student layers of an N-layer teacher   used
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
@@ -119,6 +121,20 @@ def student_from_spec(spec: str, teacher_config=None):
     return student_config(name, **overrides)
 
 
+def student_from_design(path, pick: int) -> str:
+    """The student spec of entry ``pick`` (0-based) of the Pareto front in a ``bertsilicon design --json`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--from-design {str(path)!r} does not exist (write one with bertsilicon design --json FILE)")
+    try:
+        front = json.loads(path.read_text())["front"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"--from-design {str(path)!r} is not a bertsilicon design JSON (no 'front' list)") from None
+    if not isinstance(pick, int) or not 0 <= pick < len(front):
+        raise ValueError(f"--pick {pick!r} is outside the front of {str(path)!r} (0..{len(front) - 1})")
+    return front[pick]["name"].split(" / ")[0]  # a grid shape, or a published student that has the same shape
+
+
 def _check_widths(student_cfg, teacher_cfg) -> None:
     fields = ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
               "type_vocab_size", "hidden_act")
@@ -156,5 +172,5 @@ def init_student_from_teacher(student, teacher, layers: Sequence[int]):
     return student
 
 
-__all__ = ["LAYER_MAPS", "DISTILBERT_LAYERS", "layer_map", "student_from_spec", "init_student_from_teacher",
+__all__ = ["LAYER_MAPS", "DISTILBERT_LAYERS", "layer_map", "student_from_spec", "student_from_design", "init_student_from_teacher",
            "bert_body"]
