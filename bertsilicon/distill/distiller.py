@@ -49,7 +49,8 @@ import torch
 from ..models.eval import mean_pool
 from . import losses as L
 from .checkpoint import load_checkpoint, save_checkpoint
-from .layer_maps import bert_body, init_student_from_teacher, layer_map
+from .attention import common_heads, heads
+from .layer_maps import bert_body, init_student_from_teacher, layer_map, transformer_layers
 
 SENTENCE_LOSSES = ("sentence_mse", "sentence_cosine", "sentence_relation", "simcse")
 LAYER_LOSSES = ("hidden_cosine", "hidden_mse", "embedding_mse", "attention_mse", "attention_kl", "value_kl", "patient")
@@ -68,6 +69,7 @@ class DistillConfig:
     losses: dict = field(default_factory=lambda: {"sentence_mse": 1.0})
     layer_map: Union[str, list] = "uniform"      # see bertsilicon.distill.layer_maps
     init_from_teacher: bool = True               # copy embeddings + mapped layers (same widths only)
+    relation_heads: Optional[int] = None         # attention losses: heads both are split into (None: see attention.py)
     temperature: float = 2.0                     # soft_target
     t2_scale: bool = True                        # soft_target: multiply by T^2 (Hinton, DistilBERT)
     simcse_temperature: float = 0.05
@@ -127,20 +129,6 @@ class DistillConfig:
     @property
     def sentence_only(self) -> bool:
         return all(k in SENTENCE_LOSSES for k in self.losses)
-
-
-def _heads(layer, h: torch.Tensor):
-    """(scores [B, H, S, S] = QKᵀ/√dk without the padding mask, values [B, H, S, dk]) of a BertLayer
-    whose input hidden state is ``h`` [B, S, D]."""
-    sa = layer.attention.self
-    B, S, _ = h.shape
-    nh, dk = sa.num_attention_heads, sa.attention_head_size
-
-    def split(x):
-        return x.view(B, S, nh, dk).transpose(1, 2)
-
-    q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
-    return q @ k.transpose(-1, -2) / math.sqrt(dk), v
 
 
 def ensemble_soft_target_logits(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -221,7 +209,7 @@ class Distiller:
         self.layers: list[int] = []
         if teacher is not None and needs_body:
             t_body = bert_body(teacher)
-            self.layers = layer_map(cfg.layer_map, len(s_body.encoder.layer), len(t_body.encoder.layer))
+            self.layers = layer_map(cfg.layer_map, len(transformer_layers(student)), len(transformer_layers(teacher)))
             if cfg.init_from_teacher:
                 init_student_from_teacher(student, teacher, self.layers)
         for t in self.teachers:
@@ -291,8 +279,10 @@ class Distiller:
         return out
 
     def _tokenize(self, texts: Sequence[str]) -> dict:
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
-                                   return_tensors="pt"))
+        """input_ids and attention_mask (single sentences: token types are all 0, and DistilBERT takes none)."""
+        b = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
+                           return_tensors="pt")
+        return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
 
     @torch.no_grad()
     def teacher_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -359,19 +349,21 @@ class Distiller:
             parts["patient"] = L.patient_loss([s_hid[i + 1][:, 0] for i in range(len(self.layers))],
                                               [t_hid[t + 1][:, 0] for t in self.layers])
         if any(k in cfg.losses for k in ("attention_mse", "attention_kl", "value_kl")):
-            s_layers, t_layers = bert_body(self.student).encoder.layer, bert_body(self.teacher).encoder.layer
+            s_layers, t_layers = transformer_layers(self.student), transformer_layers(self.teacher)
             if "attention_mse" in cfg.losses:
                 total = 0
                 for i, t in enumerate(self.layers):
+                    r = common_heads(s_layers[i], t_layers[t], cfg.relation_heads)
                     with torch.no_grad():
-                        t_scores, _ = _heads(t_layers[t], t_hid[t])
-                    s_scores, _ = _heads(s_layers[i], s_hid[i])
+                        t_scores, _ = heads(t_layers[t], t_hid[t], r)
+                    s_scores, _ = heads(s_layers[i], s_hid[i], r)
                     total = total + L.attention_score_mse(s_scores, t_scores, mask)
                 parts["attention_mse"] = total
             if "attention_kl" in cfg.losses or "value_kl" in cfg.losses:
+                r = common_heads(s_layers[-1], t_layers[-1], cfg.relation_heads)
                 with torch.no_grad():
-                    t_scores, t_values = _heads(t_layers[-1], t_hid[-2])
-                s_scores, s_values = _heads(s_layers[-1], s_hid[-2])
+                    t_scores, t_values = heads(t_layers[-1], t_hid[-2], r)
+                s_scores, s_values = heads(s_layers[-1], s_hid[-2], r)
                 if "attention_kl" in cfg.losses:
                     parts["attention_kl"] = L.attention_kl(s_scores, t_scores, mask)
                 if "value_kl" in cfg.losses:

@@ -147,12 +147,22 @@ def _check_widths(student_cfg, teacher_cfg) -> None:
 
 
 def bert_body(model):
-    """The ``BertModel`` inside a Hugging Face BERT model (itself, or ``.bert`` of a task head)."""
+    """The encoder model inside a Hugging Face BERT-family model (itself, or ``.bert`` / ``.distilbert`` /
+    ``.mobilebert`` of a task head): embeddings + transformer layers (``encoder.layer`` or DistilBERT's
+    ``transformer.layer``)."""
     body = getattr(model, "base_model", model)
-    if not (hasattr(body, "embeddings") and hasattr(body, "encoder") and hasattr(body.encoder, "layer")):
-        raise TypeError(f"{type(model).__name__} is not a BERT-style model (embeddings + encoder.layer); "
-                        "layer maps, initialisation and attention losses need one")
+    layers = getattr(getattr(body, "encoder", None) or getattr(body, "transformer", None), "layer", None)
+    if not (hasattr(body, "embeddings") and layers is not None):
+        raise TypeError(f"{type(model).__name__} is not a BERT-family model (embeddings + transformer layers); "
+                        "layer maps, initialisation from teacher layers (init_from_teacher=False turns it off) and "
+                        "layer losses need one")
     return body
+
+
+def transformer_layers(model):
+    """The transformer layers (``torch.nn.ModuleList``) of a BERT-family model."""
+    body = bert_body(model)
+    return (body.encoder if hasattr(body, "encoder") else body.transformer).layer
 
 
 @torch.no_grad()
@@ -162,15 +172,17 @@ def init_student_from_teacher(student, teacher, layers: Sequence[int]):
     naming the fields that differ when the widths do not match."""
     s_body, t_body = bert_body(student), bert_body(teacher)
     _check_widths(s_body.config, t_body.config)
-    n_s, n_t = len(s_body.encoder.layer), len(t_body.encoder.layer)
+    s_layers, t_layers = transformer_layers(student), transformer_layers(teacher)
+    n_s, n_t = len(s_layers), len(t_layers)
     layers = layer_map(list(layers), n_s, n_t)
     s_body.embeddings.load_state_dict(t_body.embeddings.state_dict())
     for i, t in enumerate(layers):
-        s_body.encoder.layer[i].load_state_dict(t_body.encoder.layer[t].state_dict())
+        s_layers[i].load_state_dict(t_layers[t].state_dict())
     if getattr(s_body, "pooler", None) is not None and getattr(t_body, "pooler", None) is not None:
         s_body.pooler.load_state_dict(t_body.pooler.state_dict())
     return student
 
 
 __all__ = ["LAYER_MAPS", "DISTILBERT_LAYERS", "layer_map", "student_from_spec", "student_from_design", "init_student_from_teacher",
+           "transformer_layers",
            "bert_body"]

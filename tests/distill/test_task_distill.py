@@ -199,3 +199,84 @@ def test_finetune_and_accuracy(tok):
     acc = accuracy(model, tok, split, max_length=24)
     assert acc == float((logits.argmax(-1) == torch.tensor(split.labels)).double().mean())
     assert acc > 0.5  # 8 texts, 5 classes (half one class), 40 full-batch steps: memorised
+
+
+# ------------------------------------------------------------------------------------------------ #
+# students of other families and other head counts                                                    #
+# ------------------------------------------------------------------------------------------------ #
+def _mobilebert(seed=0):
+    from transformers import MobileBertConfig, MobileBertModel
+
+    cfg = MobileBertConfig(vocab_size=30522, hidden_size=32, embedding_size=16, intra_bottleneck_size=16,
+                           true_hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24,
+                           max_position_embeddings=64, num_feedforward_networks=2)
+    torch.manual_seed(seed)
+    return MobileBertModel(cfg, add_pooling_layer=False).eval()
+
+
+def _distilbert(seed=0):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    cfg = DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=4, hidden_dim=40, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    return DistilBertModel(cfg).eval()
+
+
+def _bert(layers, hidden=32, heads=2, seed=0):
+    from transformers import BertModel
+
+    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=37, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+@pytest.mark.parametrize("family", ["mobilebert", "distilbert"])
+def test_other_family_students_train_on_every_layer_loss(tok, family):
+    """MobileBERT (attention inside its bottleneck) and DistilBERT students: every layer loss is finite and
+    goes down; the teacher (BERT, 4 heads) has another head count, so the attention losses use relation heads."""
+    teacher = _bert(4, heads=4, seed=1)
+    with torch.no_grad():  # sharper attention and values than a random init's near-uniform ones
+        for layer in teacher.encoder.layer:
+            for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
+                lin.weight.mul_(6.0)
+    for name in ("attention_mse", "attention_kl", "value_kl", "hidden_mse"):
+        student = _mobilebert(2) if family == "mobilebert" else _distilbert(2)
+        d = Distiller(teacher, student, tok, _cfg(losses={name: 1.0}, steps=4, schedule="constant"))
+        batch = d._tokenize(TEXTS[:4])
+        before = d.compute_loss(batch)[1][name]
+        for _ in range(4):
+            d.train_step(batch)
+        after = d.compute_loss(batch)[1][name]
+        assert math.isfinite(before) and after < before, (family, name, before, after)
+
+
+def test_relation_heads_match_a_float64_reference(tok):
+    """Student 2 heads, teacher 4 heads (width 32 each): both split into 4 relation heads of 8; MiniLM's
+    attention KL recomputed by hand in float64, padding excluded."""
+    teacher, student = _bert(2, heads=4, seed=3), _bert(1, heads=2, seed=4)
+    d = Distiller(teacher, student, tok, _cfg(losses={"attention_kl": 1.0, "value_kl": 1.0}))
+    batch = d._tokenize([TEXTS[0][:50], TEXTS[2]])
+    mask = batch["attention_mask"].bool()
+    _, parts = d.compute_loss(batch)
+    with torch.no_grad():
+        hs = student(**batch, output_hidden_states=True).hidden_states[-2].double()
+        ht = teacher(**batch, output_hidden_states=True).hidden_states[-2].double()
+
+    def rel(layer, h, which):
+        sa = layer.attention.self
+        x = {"q": sa.query, "k": sa.key, "v": sa.value}
+        B, S, _ = h.shape
+        split = {n: F.linear(h, f.weight.double(), f.bias.double()).view(B, S, 4, 8).transpose(1, 2) for n, f in x.items()}
+        a, b = (split["q"], split["k"]) if which == "attention" else (split["v"], split["v"])
+        return a @ b.transpose(-1, -2) / math.sqrt(8)
+
+    for which, key in (("attention", "attention_kl"), ("value", "value_kl")):
+        s = rel(student.encoder.layer[-1], hs, which).masked_fill(~mask[:, None, None, :], -math.inf)
+        t = rel(teacher.encoder.layer[-1], ht, which).masked_fill(~mask[:, None, None, :], -math.inf)
+        ls, lt = F.log_softmax(s, -1), F.log_softmax(t, -1)
+        kl = (lt.exp() * (lt - ls)).nan_to_num().sum(-1)  # [B, R, S]
+        ref = (kl * mask[:, None, :]).sum() / (mask.sum() * 4)
+        assert abs(parts[key] - ref.item()) < 1e-5 * max(1.0, ref.item()), key
+    with pytest.raises(ValueError, match="relation_heads=3 must divide"):
+        Distiller(teacher, student, tok, _cfg(losses={"attention_kl": 1.0}, relation_heads=3)).compute_loss(batch)
