@@ -3,7 +3,8 @@
     bertsilicon finetune --task docstring-module --steps 300 --out teacher/          # the real MiniLM + a head
     bertsilicon distill-task --teacher teacher/ --student bert-L2-H384 --init uniform \\
         --losses label_ce=0.5,soft_target=0.5 --temperature 2 --steps 200
-    bertsilicon distill-task --teacher teacher/ --teacher teacher2/ --student bilstm --losses label_ce,logit_mse
+    bertsilicon distill-task --teacher teacher/ --teacher teacher2/ --student bilstm --losses label_ce,logit_mse \
+        --augment 4                                                                  # Tang et al.'s augmentation
     bertsilicon design --latency-budget 2 --json front.json
     bertsilicon distill-task --teacher teacher/ --from-design front.json --pick 0 --losses label_ce,soft_target
 
@@ -52,6 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--losses", type=_losses, default={"label_ce": 0.5, "soft_target": 0.5})
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--no-t2", action="store_true", help="soft targets without the T^2 factor")
+    p.add_argument("--augment", type=int, default=0, help="add N augmented variants per training text (masking, "
+                   "teacher word-embedding neighbours, n-grams: bertsilicon.distill.augment)")
     p.set_defaults(func=distill_main)
 
 
@@ -123,7 +126,14 @@ def distill_main(args) -> int:
                         temperature=args.temperature, t2_scale=not args.no_t2, lr=args.lr or 3e-4, steps=args.steps,
                         batch_size=args.batch_size, max_length=args.max_length, seed=args.seed,
                         warmup_steps=max(1, args.steps // 10))
-    Distiller(teachers or None, student, tok, cfg).fit(list(t.train.texts), list(t.train.labels))
+    texts, labels = list(t.train.texts), list(t.train.labels)
+    if args.augment:
+        from .augment import augment
+
+        table = teachers[0].get_input_embeddings().weight if teachers else None
+        texts, labels = augment(texts, labels, tok, n=args.augment, word_embeddings=table, seed=args.seed)
+        print(f"augmented: {len(t.train)} -> {len(texts)} training texts", flush=True)
+    Distiller(teachers or None, student, tok, cfg).fit(texts, labels)
     return _report(tok, student.eval(), t, args, {"task": t.name, "student": spec, "losses": args.losses,
                                                   "teachers": args.teacher, "steps": args.steps})
 
