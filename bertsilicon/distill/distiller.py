@@ -16,8 +16,8 @@ hidden_cosine       DistilBERT's masked cosine on the last hidden states        
 hidden_mse          TinyBERT's MSE(h_S W_h, h_T) summed over the mapped layers                 layer map
 embedding_mse       TinyBERT's MSE(E_S W_e, E_T) on the embedding outputs                      embeddings
 attention_mse       TinyBERT's pre-softmax score MSE summed over the mapped layers            layer map
-attention_kl        MiniLM's attention-distribution KL                                         last
-value_kl            MiniLM's value-relation KL                                                 last
+attention_kl        MiniLM's attention-distribution KL                                         last (mapped)
+value_kl            MiniLM's value-relation KL                                                 last (mapped)
 patient             BERT-PKD's loss on normalised [CLS] states of the mapped layers            layer map
 soft_target         Hinton's KL at ``temperature`` (models with ``.logits``)                   output
 logit_mse           Tang et al.'s logit MSE (models with ``.logits``)                          output
@@ -69,6 +69,7 @@ class DistillConfig:
     losses: dict = field(default_factory=lambda: {"sentence_mse": 1.0})
     layer_map: Union[str, list] = "uniform"      # see bertsilicon.distill.layer_maps
     init_from_teacher: bool = True               # copy embeddings + mapped layers (same widths only)
+    up_to_layer: Optional[int] = None            # layer losses on student layers 0..up_to_layer only (None: all)
     relation_heads: Optional[int] = None         # attention losses: heads both are split into (None: see attention.py)
     temperature: float = 2.0                     # soft_target
     t2_scale: bool = True                        # soft_target: multiply by T^2 (Hinton, DistilBERT)
@@ -212,6 +213,9 @@ class Distiller:
             self.layers = layer_map(cfg.layer_map, len(transformer_layers(student)), len(transformer_layers(teacher)))
             if cfg.init_from_teacher:
                 init_student_from_teacher(student, teacher, self.layers)
+        # (student layer, teacher layer) pairs the layer losses use: all, or the first up_to_layer + 1
+        # (a stage of progressive transfer)
+        self.loss_layers = list(enumerate(self.layers))[:None if cfg.up_to_layer is None else cfg.up_to_layer + 1]
         for t in self.teachers:
             t.eval().requires_grad_(False)
         # TinyBERT's W_h (hidden layers, shared) and W_e (embeddings) when the widths differ; a later stage
@@ -344,15 +348,15 @@ class Distiller:
         if "hidden_mse" in cfg.losses:
             proj = self.projections["hidden_mse"] if "hidden_mse" in self.projections else None
             parts["hidden_mse"] = sum(L.hidden_mse_loss(s_hid[i + 1], t_hid[t + 1], proj, mask)
-                                      for i, t in enumerate(self.layers))
+                                      for i, t in self.loss_layers)
         if "patient" in cfg.losses:
-            parts["patient"] = L.patient_loss([s_hid[i + 1][:, 0] for i in range(len(self.layers))],
-                                              [t_hid[t + 1][:, 0] for t in self.layers])
+            parts["patient"] = L.patient_loss([s_hid[i + 1][:, 0] for i, _ in self.loss_layers],
+                                              [t_hid[t + 1][:, 0] for _, t in self.loss_layers])
         if any(k in cfg.losses for k in ("attention_mse", "attention_kl", "value_kl")):
             s_layers, t_layers = transformer_layers(self.student), transformer_layers(self.teacher)
             if "attention_mse" in cfg.losses:
                 total = 0
-                for i, t in enumerate(self.layers):
+                for i, t in self.loss_layers:
                     r = common_heads(s_layers[i], t_layers[t], cfg.relation_heads)
                     with torch.no_grad():
                         t_scores, _ = heads(t_layers[t], t_hid[t], r)
@@ -360,10 +364,11 @@ class Distiller:
                     total = total + L.attention_score_mse(s_scores, t_scores, mask)
                 parts["attention_mse"] = total
             if "attention_kl" in cfg.losses or "value_kl" in cfg.losses:
-                r = common_heads(s_layers[-1], t_layers[-1], cfg.relation_heads)
+                i, last = self.loss_layers[-1]  # the student's last layer and its teacher layer (uniform: the last)
+                r = common_heads(s_layers[i], t_layers[last], cfg.relation_heads)
                 with torch.no_grad():
-                    t_scores, t_values = heads(t_layers[-1], t_hid[-2], r)
-                s_scores, s_values = heads(s_layers[-1], s_hid[-2], r)
+                    t_scores, t_values = heads(t_layers[last], t_hid[last], r)
+                s_scores, s_values = heads(s_layers[i], s_hid[i], r)
                 if "attention_kl" in cfg.losses:
                     parts["attention_kl"] = L.attention_kl(s_scores, t_scores, mask)
                 if "value_kl" in cfg.losses:

@@ -280,3 +280,35 @@ def test_relation_heads_match_a_float64_reference(tok):
         assert abs(parts[key] - ref.item()) < 1e-5 * max(1.0, ref.item()), key
     with pytest.raises(ValueError, match="relation_heads=3 must divide"):
         Distiller(teacher, student, tok, _cfg(losses={"attention_kl": 1.0}, relation_heads=3)).compute_loss(batch)
+
+
+def test_progressive_transfer_trains_one_layer_per_stage(tok):
+    """MobileBERT's progressive transfer: every layer and the embeddings train, each stage's loss goes down,
+    and afterwards the student has all its layers, all trainable again. Stage 0's loss is the first pair's
+    alone (up_to_layer=0)."""
+    from bertsilicon.distill.progressive import progressive_transfer
+
+    teacher, student = _bert(4, heads=4, seed=5), _mobilebert(6)
+    layers = student.encoder.layer
+    snapshots = [{k: v.clone() for k, v in student.state_dict().items()}]
+    hist = progressive_transfer(teacher, student, tok, TEXTS[:4], steps_per_layer=3, lr=1e-3, batch_size=4,
+                                max_length=24, progress=False, schedule="constant", student_dropout=0.0)
+    assert len(hist) == 2 and len(student.encoder.layer) == 2 and student.encoder.layer is layers
+    assert all(p.requires_grad for p in student.parameters())
+    after = student.state_dict()
+    changed = {k.split(".")[0] + ("." + k.split(".")[2] if k.startswith("encoder") else "")
+               for k, v in after.items() if not torch.equal(v, snapshots[0][k])}
+    assert {"encoder.0", "encoder.1", "embeddings"} <= changed
+    for h in hist:
+        assert h["loss"][-1] < h["loss"][0]
+    batch = tok(TEXTS[:2], padding=True, return_tensors="pt")
+    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    one = Distiller(teacher, student, tok, _cfg(losses={"hidden_mse": 1.0}, up_to_layer=0))
+    both = Distiller(teacher, student, tok, _cfg(losses={"hidden_mse": 1.0}))
+    with torch.no_grad():
+        s_hid = student(**batch, output_hidden_states=True).hidden_states
+        t_hid = teacher(**batch, output_hidden_states=True).hidden_states
+        first = F.mse_loss(s_hid[1], t_hid[2], reduction="none").mean(-1)  # widths 32 and 32: no projection
+        ref = (first * batch["attention_mask"]).sum() / batch["attention_mask"].sum()
+    assert abs(one.compute_loss(batch)[1]["hidden_mse"] - ref.item()) < 1e-5
+    assert both.compute_loss(batch)[1]["hidden_mse"] > ref.item() + 1e-4
