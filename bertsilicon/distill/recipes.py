@@ -135,15 +135,11 @@ def _teacher(k: int, tok, t, s: Settings):
 
 
 def _ms_per_batch(model, batches, repeats: int = 5) -> float:
+    """Median ms per batch (:func:`bertsilicon.models.eval.time_batches`) without autograd."""
+    from ..models.eval import time_batches
+
     with torch.no_grad():
-        model(input_ids=batches[0]["input_ids"], attention_mask=batches[0]["attention_mask"])
-        per_pass = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for b in batches:
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-            per_pass.append((time.perf_counter() - t0) / len(batches))
-    return statistics.median(per_pass) * 1e3
+        return time_batches(model, batches, repeats)
 
 
 def _int8(model):
