@@ -1,7 +1,7 @@
 """Record each paper's task-distillation recipe against hard labels: bench/results/distill/recipes.{json,md,png}.
 
     .venv/bin/python bench/studies/distill_recipes.py                  # the full run (see bertsilicon.distill.recipes)
-    .venv/bin/python bench/studies/distill_recipes.py --steps 40 --teacher-steps 60 --seeds 0 1
+    .venv/bin/python bench/studies/distill_recipes.py --steps 40 --teacher-steps 120 --threads 1   # the recorded, reduced run
 
 Teachers and finished runs are cached under --cache (resumable: a rerun trains only what is missing).
 """

@@ -1,6 +1,6 @@
 """The papers' task-distillation recipes, each against the same student trained on hard labels alone.
 
-    python bench/studies/distill_recipes.py [--steps 200] [--seeds 0 1 2] [--recipes hinton pkd ...]
+    python bench/studies/distill_recipes.py [--steps 100] [--seeds 0 1 2] [--recipes hinton pkd ...]
 
 Task: ``bertsilicon.tasks.task("docstring-module")`` (41 classes; train / test splits). Teachers: the real
 all-MiniLM-L6-v2 with a classification head, fine-tuned on the train split (teacher 0 with seed 0, teacher 1
@@ -75,11 +75,11 @@ BILSTM = dict(embedding_dim=384, hidden_size=128, mlp_hidden=256)
 
 @dataclass
 class Settings:
-    steps: int = 200
-    teacher_steps: int = 300
+    steps: int = 100
+    teacher_steps: int = 150
     seeds: tuple = (0, 1, 2)
-    batch_size: int = 32
-    max_length: int = 64
+    batch_size: int = 16
+    max_length: int = 48
     threads: int = 2
     recipes: tuple = tuple(RECIPES)
     cache: str = "build/distill-recipes"
