@@ -20,6 +20,7 @@ tinybert        a narrower student (H 192, 12 heads, random init), two stages:  
 pkd             2 layers from the teacher's first layers, PKD-Skip map             label CE + soft targets + patient
 tang-bilstm     BiLSTM (Tang et al.), the teacher's word embeddings                label CE + logit MSE
 two-teachers    as hinton                                                          soft targets averaged over 2
+alpha-control   as hinton (a control)                                              label CE x 0.5 alone
 =============  =================================================================  ==================================
 """
 from __future__ import annotations
@@ -69,6 +70,10 @@ RECIPES = {
     "tang-bilstm": Recipe("bilstm", ({"label_ce": 0.5, "logit_mse": 0.5},), lr=2e-3,
                           note="no data augmentation"),
     "two-teachers": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5},), init="uniform", teachers=2),
+    # a control, not a recipe: hinton's hard-label term alone at its weight (0.5), no teacher. Against it, the
+    # gain is the soft targets' own (the weight changes the step size through gradient clipping)
+    "alpha-control": Recipe("bert-L2-H384", ({"label_ce": 0.5},), init="uniform",
+                            note="control: hinton's hard-label term alone (weight 0.5), no teacher"),
 }
 BILSTM = dict(embedding_dim=384, hidden_size=128, mlp_hidden=256)
 

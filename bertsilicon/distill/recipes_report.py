@@ -66,7 +66,7 @@ def plot(r: dict, path: Path) -> None:
         xs = [i + (j - 0.5) * 0.35 for i in range(len(names))]
         v = [r["recipes"][n]["summary"][kind] for n in names]
         ax.bar(xs, [x["mean"] for x in v], width=0.35, color=color, label=kind.replace("_", " "),
-               yerr=[[x["mean"] - x["min"] for x in v], [x["max"] - x["mean"] for x in v]], capsize=3)
+               yerr=[[max(0.0, x["mean"] - x["min"]) for x in v], [max(0.0, x["max"] - x["mean"]) for x in v]], capsize=3)
     ax.axhline(r["teachers_test_accuracy"][0], color="grey", ls="--", lw=1, label="teacher")
     ax.set_xticks(range(len(names)), names)
     ax.set(ylabel="test accuracy", title=f"{r['task']['name']}: distilled vs hard labels (min-max over seeds)")
