@@ -2,6 +2,8 @@
 
     bertsilicon distill --teacher minilm-l6 --student bert-L3-H384 --steps 200
     bertsilicon distill --teacher minilm-l6 --student "minilm-l6:num_hidden_layers=3" --losses hidden_mse=1,attention_kl=1
+    bertsilicon distill --student L2-H768-A12-F1536          # a shape as `bertsilicon design` names it
+    bertsilicon distill --from-design front.json --pick 0    # entry 0 of a `bertsilicon design --json` front
     bertsilicon distill --demo            # the measured demo (python -m bertsilicon.distill.demo)
 
 Train text: ``corpus("pydoc")`` + ``corpus("docstrings-train")`` (other modules' docstrings); evaluation:
@@ -44,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--teacher", default="minilm-l6", help="a student name (only minilm-l6 has real weights)")
     p.add_argument("--student", default="bert-L3-H384",
                    help="bert-L{L}-H{H}[-A{A}][-F{F}], a published student, or name:key=value,...")
+    p.add_argument("--from-design", default=None, help="a `bertsilicon design --json` file: the student is its "
+                   "front's entry --pick (overrides --student)")
+    p.add_argument("--pick", type=int, default=0, help="0-based entry of the --from-design front")
     p.add_argument("--losses", type=_losses, default={"sentence_mse": 1.0, "sentence_cosine": 1.0},
                    help=f"name[=weight],... from {', '.join(LOSS_NAMES)}")
     p.add_argument("--layer-map", type=_layer_map, default="uniform",
@@ -52,12 +57,12 @@ def register(subparsers) -> None:
     p.add_argument("--freeze-embeddings", action="store_true", help="train the transformer layers only")
     p.add_argument("--student-dropout", type=float, default=None,
                    help="set every dropout of the student to this p (default: the student config's own)")
-    p.add_argument("--temperature", type=float, default=2.0)
-    p.add_argument("--warmup", type=int, default=0)
-    p.add_argument("--checkpoint-dir", default=None)
-    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft-target losses")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
+    p.add_argument("--checkpoint-dir", default=None, help="folder for resumable checkpoints (safetensors)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
     p.add_argument("--resume", default=None, help="a checkpoint (.safetensors) to continue from")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the student init and data order")
     p.add_argument("--json", default=None, help="write the history and final metrics here")
     add_arguments(p)  # --steps, --batch-size, --max-length, --lr, --threads, --eval-every, --out, ...
     p.set_defaults(func=main)
@@ -76,11 +81,13 @@ def main(args) -> int:
     from ..models.eval import knn_accuracy
     from .demo import embed, length_batches, metrics, train_texts
     from .distiller import DistillConfig, Distiller
-    from .layer_maps import student_from_spec
+    from .layer_maps import student_from_design, student_from_spec
 
     torch.set_num_threads(args.threads)
     tok = bs.load_tokenizer()
     teacher = bs.load_student(args.teacher)
+    if args.from_design:
+        args.student = student_from_design(args.from_design, args.pick)
     student_cfg = student_from_spec(args.student, teacher.config)
     torch.manual_seed(args.seed)
     student = AutoModel.from_config(student_cfg, add_pooling_layer=False)

@@ -342,17 +342,18 @@ def write(r: dict, out: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=100, help="optimizer steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="(demo) one distilled + one undistilled "
                    "run per seed")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32, help="texts per step")
+    p.add_argument("--seq-len", "--max-length", dest="max_length", type=int, default=64,
+                   help="tokens per text at most")
+    p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--precision", default="fp32", help="(demo) bertsilicon.optimize precision of the timed student")
     p.add_argument("--train-precision", default="fp32", help="student weights while training (fp32, bf16-nearest, "
                    "bf16-stochastic)")
-    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)")
     p.add_argument("--max-texts", type=int, default=None, help="train on the first N texts only")
     p.add_argument("--eval-texts", type=int, default=None, help="evaluate on N docstrings (a fixed random subset)")
     p.add_argument("--out", default=None, help="(demo) folder for demo.json, demo.md and demo.png")

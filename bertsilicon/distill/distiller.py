@@ -16,11 +16,12 @@ hidden_cosine       DistilBERT's masked cosine on the last hidden states        
 hidden_mse          TinyBERT's MSE(h_S W_h, h_T) summed over the mapped layers                 layer map
 embedding_mse       TinyBERT's MSE(E_S W_e, E_T) on the embedding outputs                      embeddings
 attention_mse       TinyBERT's pre-softmax score MSE summed over the mapped layers            layer map
-attention_kl        MiniLM's attention-distribution KL                                         last
-value_kl            MiniLM's value-relation KL                                                 last
+attention_kl        MiniLM's attention-distribution KL                                         last (mapped)
+value_kl            MiniLM's value-relation KL                                                 last (mapped)
 patient             BERT-PKD's loss on normalised [CLS] states of the mapped layers            layer map
 soft_target         Hinton's KL at ``temperature`` (models with ``.logits``)                   output
 logit_mse           Tang et al.'s logit MSE (models with ``.logits``)                          output
+label_ce            cross-entropy with the hard labels given to ``fit(texts, labels=...)``      output
 simcse              unsupervised SimCSE (no teacher): the non-distillation baseline            output
 =================  =========================================================================  =============
 
@@ -36,11 +37,10 @@ function of ``(seed, step)``).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -48,12 +48,16 @@ import torch
 
 from ..models.eval import mean_pool
 from . import losses as L
-from .layer_maps import bert_body, init_student_from_teacher, layer_map
+from .checkpoint import load_checkpoint, save_checkpoint
+from .attention import common_heads, heads
+from .layer_maps import bert_body, init_student_from_teacher, layer_map, transformer_layers
 
 SENTENCE_LOSSES = ("sentence_mse", "sentence_cosine", "sentence_relation", "simcse")
 LAYER_LOSSES = ("hidden_cosine", "hidden_mse", "embedding_mse", "attention_mse", "attention_kl", "value_kl", "patient")
 LOGIT_LOSSES = ("soft_target", "logit_mse")
-LOSS_NAMES = SENTENCE_LOSSES + LAYER_LOSSES + LOGIT_LOSSES
+LABEL_LOSSES = ("label_ce",)
+TEACHER_FREE_LOSSES = ("simcse", "label_ce")
+LOSS_NAMES = SENTENCE_LOSSES + LAYER_LOSSES + LOGIT_LOSSES + LABEL_LOSSES
 PRECISIONS = ("fp32", "bf16-nearest", "bf16-stochastic")
 _SR_SEED_MASK = (1 << 63) - 1
 
@@ -65,6 +69,8 @@ class DistillConfig:
     losses: dict = field(default_factory=lambda: {"sentence_mse": 1.0})
     layer_map: Union[str, list] = "uniform"      # see bertsilicon.distill.layer_maps
     init_from_teacher: bool = True               # copy embeddings + mapped layers (same widths only)
+    up_to_layer: Optional[int] = None            # layer losses on student layers 0..up_to_layer only (None: all)
+    relation_heads: Optional[int] = None         # attention losses: heads both are split into (None: see attention.py)
     temperature: float = 2.0                     # soft_target
     t2_scale: bool = True                        # soft_target: multiply by T^2 (Hinton, DistilBERT)
     simcse_temperature: float = 0.05
@@ -115,25 +121,57 @@ class DistillConfig:
 
     @property
     def teacher_free(self) -> bool:
-        return all(k == "simcse" for k in self.losses)
+        return all(k in TEACHER_FREE_LOSSES for k in self.losses)
+
+    @property
+    def logit_only(self) -> bool:
+        return all(k in LOGIT_LOSSES + LABEL_LOSSES for k in self.losses)
 
     @property
     def sentence_only(self) -> bool:
         return all(k in SENTENCE_LOSSES for k in self.losses)
 
 
-def _heads(layer, h: torch.Tensor):
-    """(scores [B, H, S, S] = QKᵀ/√dk without the padding mask, values [B, H, S, dk]) of a BertLayer
-    whose input hidden state is ``h`` [B, S, D]."""
-    sa = layer.attention.self
-    B, S, _ = h.shape
-    nh, dk = sa.num_attention_heads, sa.attention_head_size
+def ensemble_soft_target_logits(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits ``[..., C]`` whose softmax at ``temperature`` is the MEAN of the teachers' softmaxes (MT-DNN's
+    ensemble soft targets), ``τ · log(mean_k softmax(z_k / τ))``, from ``teacher_logits [K, ..., C]``; one
+    teacher gives its own logits back."""
+    if teacher_logits.shape[0] == 1:
+        return teacher_logits[0]
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, -1)
+    return temperature * (log_p.logsumexp(0) - math.log(teacher_logits.shape[0]))
 
-    def split(x):
-        return x.view(B, S, nh, dk).transpose(1, 2)
 
-    q, k, v = split(sa.query(h)), split(sa.key(h)), split(sa.value(h))
-    return q @ k.transpose(-1, -2) / math.sqrt(dk), v
+@torch.no_grad()
+def teacher_logits(teachers: Sequence, tokenizer, texts: Sequence[str], max_length: int = 128, batch_size: int = 64,
+                   progress: bool = True) -> torch.Tensor:
+    """Every teacher's logits of ``texts``, ``[teachers, N, C]`` float32 (batched by length, order kept; the
+    teachers in eval mode)."""
+    from tqdm import tqdm
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = None
+    for c in tqdm(range(0, len(order), batch_size), desc="teacher logits", file=sys.stderr, disable=not progress,
+                  leave=False):
+        idx = order[c:c + batch_size]
+        b = dict(tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt"))
+        logits = torch.stack([t.eval()(**b).logits.float() for t in teachers])
+        if out is None:
+            out = torch.empty(len(teachers), len(texts), *logits.shape[2:])
+        out[:, idx] = logits
+    return out
+
+
+def _check_labels(labels, n: int) -> Optional[torch.Tensor]:
+    if labels is None:
+        return None
+    labels = list(labels)
+    if len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} entries; expected one per text ({n})")
+    if not all(isinstance(y, int) and not isinstance(y, bool) and y >= 0 for y in labels):
+        raise ValueError("labels must be class indices (int >= 0), one per text")
+    return torch.tensor(labels, dtype=torch.long)
 
 
 class Distiller:
@@ -142,38 +180,55 @@ class Distiller:
     ``eval_fn(student) -> dict[str, float]`` is called every ``eval_every`` steps and at the end (the
     student in eval mode). ``fit`` returns the history: per-step losses and the evaluations. The teacher
     is put in eval mode and frozen (``requires_grad_(False)``).
-    ``teacher_cache``: with sentence-level losses only, the teacher's mean-pooled embeddings of the
+    ``teacher_cache``: with logit and label losses only, the teachers' logits of the training texts
+    ``[teachers, N, C]``; with sentence-level losses only, the teacher's mean-pooled embeddings of the
     training texts ``[N, D]``, computed once by ``fit`` (assign one to reuse it across students).
     """
 
     def __init__(self, teacher, student, tokenizer, config: Optional[DistillConfig] = None,
-                 eval_fn: Optional[Callable] = None):
+                 eval_fn: Optional[Callable] = None, projections: Optional[torch.nn.ModuleDict] = None):
         self.config = (config or DistillConfig()).validate()
         cfg = self.config
         if teacher is None and not cfg.teacher_free:
             raise ValueError(f"teacher is None but the losses {sorted(cfg.losses)} need one")
+        self.teachers = list(teacher) if isinstance(teacher, (list, tuple)) else ([] if teacher is None else [teacher])
+        if not self.teachers and teacher is not None:
+            raise ValueError("teacher is an empty list; give a model, a list of models, or None")
+        teacher = self.teachers[0] if self.teachers else None
+        layer_losses = [k for k in cfg.losses if k in LAYER_LOSSES]
+        if len(self.teachers) > 1 and layer_losses:
+            raise ValueError(f"losses {layer_losses} compare layers with one teacher; several teachers give "
+                             f"averaged soft targets only ({LOGIT_LOSSES})")
         self.teacher, self.student, self.tokenizer, self.eval_fn = teacher, student, tokenizer, eval_fn
         self.step = 0
         self.history = {"step": [], "loss": [], "parts": [], "eval": []}
         self.teacher_cache = None
-        s_body = bert_body(student)
-        n_s = len(s_body.encoder.layer)
+        # the layer structure is needed only by layer losses, initialisation and frozen embeddings: a
+        # non-transformer student (a BiLSTM) trains with the logit and label losses alone
+        needs_body = bool(layer_losses) or (teacher is not None and cfg.init_from_teacher) or cfg.freeze_embeddings
+        s_body = bert_body(student) if needs_body else None
         self.layers: list[int] = []
-        if teacher is not None:
+        if teacher is not None and needs_body:
             t_body = bert_body(teacher)
-            self.layers = layer_map(cfg.layer_map, n_s, len(t_body.encoder.layer))
+            self.layers = layer_map(cfg.layer_map, len(transformer_layers(student)), len(transformer_layers(teacher)))
             if cfg.init_from_teacher:
                 init_student_from_teacher(student, teacher, self.layers)
-            teacher.eval().requires_grad_(False)
-        # TinyBERT's W_h (hidden layers, shared) and W_e (embeddings) when the widths differ
-        self.projections = torch.nn.ModuleDict()
-        if teacher is not None:
-            d_s, d_t = s_body.config.hidden_size, bert_body(teacher).config.hidden_size
+        # (student layer, teacher layer) pairs the layer losses use: all, or the first up_to_layer + 1
+        # (a stage of progressive transfer)
+        self.loss_layers = list(enumerate(self.layers))[:None if cfg.up_to_layer is None else cfg.up_to_layer + 1]
+        for t in self.teachers:
+            t.eval().requires_grad_(False)
+        # TinyBERT's W_h (hidden layers, shared) and W_e (embeddings) when the widths differ; a later stage
+        # (task distillation after general distillation) passes the earlier stage's to carry them over
+        self.projections = projections if projections is not None else torch.nn.ModuleDict()
+        width_losses = [k for k in cfg.losses if k in SENTENCE_LOSSES + LAYER_LOSSES and k != "simcse"]
+        if teacher is not None and width_losses:
+            d_s, d_t = bert_body(student).config.hidden_size, bert_body(teacher).config.hidden_size
             if d_s != d_t:
                 for name in ("hidden_mse", "embedding_mse"):
-                    if name in cfg.losses:
+                    if name in cfg.losses and name not in self.projections:
                         self.projections[name] = L.HiddenProjection(d_s, d_t)
-                if "sentence_mse" in cfg.losses or "sentence_cosine" in cfg.losses:
+                if ("sentence_mse" in cfg.losses or "sentence_cosine" in cfg.losses) and "sentence" not in self.projections:
                     self.projections["sentence"] = L.HiddenProjection(d_s, d_t)
                 bad = [k for k in ("hidden_cosine", "patient") if k in cfg.losses]
                 if bad:
@@ -228,8 +283,10 @@ class Distiller:
         return out
 
     def _tokenize(self, texts: Sequence[str]) -> dict:
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
-                                   return_tensors="pt"))
+        """input_ids and attention_mask (single sentences: token types are all 0, and DistilBERT takes none)."""
+        b = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
+                           return_tensors="pt")
+        return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
 
     @torch.no_grad()
     def teacher_embeddings(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -250,18 +307,23 @@ class Distiller:
         return tqdm(iterable, desc=desc, file=sys.stderr, disable=not self.config.progress, leave=False, **kw)
 
     # -------------------------------------------------------------------------------------------- #
-    def compute_loss(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None):
-        """(total loss, {name: unweighted value}) for one tokenized batch."""
+    def compute_loss(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None,
+                     labels: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None):
+        """(total loss, {name: unweighted value}) for one tokenized batch; ``labels`` [B] (or [B, S] for
+        token-level heads, -100 = ignored) for ``label_ce``; ``teacher_logits`` [teachers, B, C]: cached
+        teacher logits (no teacher pass)."""
         cfg = self.config
         mask = batch["attention_mask"]
-        s_out = self.student(**batch, output_hidden_states=True)
-        s_hid = s_out.hidden_states
-        need_teacher_pass = not cfg.teacher_free and not (cfg.sentence_only and teacher_sentences is not None)
+        needs_hidden = any(k in cfg.losses for k in SENTENCE_LOSSES + LAYER_LOSSES)
+        s_out = self.student(**batch, output_hidden_states=True) if needs_hidden else self.student(**batch)
+        s_hid = s_out.hidden_states if needs_hidden else None
+        need_teacher_pass = not cfg.teacher_free and not (cfg.sentence_only and teacher_sentences is not None) \
+            and not (cfg.logit_only and teacher_logits is not None)
         t_out = None
         if need_teacher_pass:
             with torch.no_grad():
-                t_out = self.teacher(**batch, output_hidden_states=True)
-        t_hid = t_out.hidden_states if t_out is not None else None
+                t_out = self.teacher(**batch, output_hidden_states=needs_hidden)
+        t_hid = t_out.hidden_states if t_out is not None and needs_hidden else None
         parts = {}
         s_sent = None
         if any(k in cfg.losses for k in SENTENCE_LOSSES):
@@ -286,48 +348,75 @@ class Distiller:
         if "hidden_mse" in cfg.losses:
             proj = self.projections["hidden_mse"] if "hidden_mse" in self.projections else None
             parts["hidden_mse"] = sum(L.hidden_mse_loss(s_hid[i + 1], t_hid[t + 1], proj, mask)
-                                      for i, t in enumerate(self.layers))
+                                      for i, t in self.loss_layers)
         if "patient" in cfg.losses:
-            parts["patient"] = L.patient_loss([s_hid[i + 1][:, 0] for i in range(len(self.layers))],
-                                              [t_hid[t + 1][:, 0] for t in self.layers])
+            parts["patient"] = L.patient_loss([s_hid[i + 1][:, 0] for i, _ in self.loss_layers],
+                                              [t_hid[t + 1][:, 0] for _, t in self.loss_layers])
         if any(k in cfg.losses for k in ("attention_mse", "attention_kl", "value_kl")):
-            s_layers, t_layers = bert_body(self.student).encoder.layer, bert_body(self.teacher).encoder.layer
+            s_layers, t_layers = transformer_layers(self.student), transformer_layers(self.teacher)
             if "attention_mse" in cfg.losses:
                 total = 0
-                for i, t in enumerate(self.layers):
+                for i, t in self.loss_layers:
+                    r = common_heads(s_layers[i], t_layers[t], cfg.relation_heads)
                     with torch.no_grad():
-                        t_scores, _ = _heads(t_layers[t], t_hid[t])
-                    s_scores, _ = _heads(s_layers[i], s_hid[i])
+                        t_scores, _ = heads(t_layers[t], t_hid[t], r)
+                    s_scores, _ = heads(s_layers[i], s_hid[i], r)
                     total = total + L.attention_score_mse(s_scores, t_scores, mask)
                 parts["attention_mse"] = total
             if "attention_kl" in cfg.losses or "value_kl" in cfg.losses:
+                i, last = self.loss_layers[-1]  # the student's last layer and its teacher layer (uniform: the last)
+                r = common_heads(s_layers[i], t_layers[last], cfg.relation_heads)
                 with torch.no_grad():
-                    t_scores, t_values = _heads(t_layers[-1], t_hid[-2])
-                s_scores, s_values = _heads(s_layers[-1], s_hid[-2])
+                    t_scores, t_values = heads(t_layers[last], t_hid[last], r)
+                s_scores, s_values = heads(s_layers[i], s_hid[i], r)
                 if "attention_kl" in cfg.losses:
                     parts["attention_kl"] = L.attention_kl(s_scores, t_scores, mask)
                 if "value_kl" in cfg.losses:
                     parts["value_kl"] = L.value_relation_kl(s_values, t_values, mask)
+        if any(k in cfg.losses for k in LOGIT_LOSSES + LABEL_LOSSES) and getattr(s_out, "logits", None) is None:
+            raise ValueError(f"losses {[k for k in LOGIT_LOSSES + LABEL_LOSSES if k in cfg.losses]} need a student "
+                             "with logits (a task head, e.g. BertForSequenceClassification)")
+        # token-level logits [B, S, C] (a masked-LM head): padded positions count in no logit loss
+        logit_mask = mask if getattr(s_out, "logits", None) is not None and s_out.logits.dim() == 3 else None
         if any(k in cfg.losses for k in LOGIT_LOSSES):
-            if getattr(s_out, "logits", None) is None or getattr(t_out, "logits", None) is None:
-                raise ValueError(f"losses {[k for k in LOGIT_LOSSES if k in cfg.losses]} need models with logits "
-                                 "(a task head, e.g. BertForSequenceClassification)")
+            if teacher_logits is None:
+                if getattr(t_out, "logits", None) is None:
+                    raise ValueError(f"losses {[k for k in LOGIT_LOSSES if k in cfg.losses]} need a teacher with "
+                                     "logits (a task head, e.g. BertForSequenceClassification)")
+                teacher_logits = torch.stack([t_out.logits.float(), *self._other_teacher_logits(batch)])
             if "soft_target" in cfg.losses:
-                parts["soft_target"] = L.soft_target_loss(s_out.logits, t_out.logits, cfg.temperature,
-                                                           t2_scale=cfg.t2_scale)
+                targets = ensemble_soft_target_logits(teacher_logits, cfg.temperature)
+                parts["soft_target"] = L.soft_target_loss(s_out.logits, targets, cfg.temperature,
+                                                           t2_scale=cfg.t2_scale, mask=logit_mask)
             if "logit_mse" in cfg.losses:
-                parts["logit_mse"] = L.logit_mse(s_out.logits, t_out.logits)
+                parts["logit_mse"] = L.logit_mse(s_out.logits, teacher_logits.mean(0), mask=logit_mask)
+        if "label_ce" in cfg.losses:
+            if labels is None:
+                raise ValueError("the 'label_ce' loss needs labels: fit(texts, labels=...)")
+            logits = s_out.logits
+            parts["label_ce"] = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                                  labels.reshape(-1), ignore_index=-100)
         total = sum(cfg.losses[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
-    def train_step(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None) -> float:
+    @torch.no_grad()
+    def _other_teacher_logits(self, batch: dict) -> list:
+        return [t(**batch).logits.float() for t in self.teachers[1:]]
+
+    def teacher_logits(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Every teacher's logits of ``texts``, ``[teachers, N, C]`` (see :func:`teacher_logits`)."""
+        return teacher_logits(self.teachers, self.tokenizer, texts, self.config.max_length, batch_size,
+                              self.config.progress)
+
+    def train_step(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None,
+                   labels: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None) -> float:
         """One optimizer step (+ bf16 rounding of the weights when asked); returns the loss."""
         cfg = self.config
         self.student.train()
         self.projections.train()
         for g in self.optimizer.param_groups:
             g["lr"] = self._lr(self.step)
-        total, parts = self.compute_loss(batch, teacher_sentences)
+        total, parts = self.compute_loss(batch, teacher_sentences, labels, teacher_logits)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if cfg.grad_clip:
@@ -354,24 +443,34 @@ class Distiller:
         self.history["eval"].append({"step": self.step, **result})
         return result
 
-    def fit(self, texts: Sequence[str], resume_from: Optional[Union[str, os.PathLike]] = None,
-            stop_at: Optional[int] = None) -> dict:
-        """Train until ``config.steps`` (or ``stop_at`` steps, for a partial run); returns the history."""
+    def fit(self, texts: Sequence[str], labels: Optional[Sequence[int]] = None,
+            resume_from: Optional[Union[str, os.PathLike]] = None, stop_at: Optional[int] = None) -> dict:
+        """Train until ``config.steps`` (or ``stop_at`` steps, for a partial run); returns the history.
+        ``labels``: one class index per text, for the ``label_ce`` loss (hard labels)."""
         cfg = self.config
         texts = list(texts)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a non-empty sequence of str")
+        label_tensor = _check_labels(labels, len(texts))
+        if "label_ce" in cfg.losses and label_tensor is None:
+            raise ValueError("the 'label_ce' loss needs labels: fit(texts, labels=...)")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         if cfg.sentence_only and not cfg.teacher_free and self.teacher_cache is None:
             self.teacher_cache = self.teacher_embeddings(texts)
+        if cfg.logit_only and not cfg.teacher_free and self.teacher_cache is None:
+            self.teacher_cache = self.teacher_logits(texts)
         bar = self._bar(range(self.step, end), "distill", initial=0)
         for _ in bar:
             idx = self.batch_indices(self.step, len(texts))
             batch = self._tokenize([texts[i] for i in idx])
-            cached = self.teacher_cache[idx] if self.teacher_cache is not None else None
-            loss = self.train_step(batch, cached)
+            labels_now = label_tensor[idx] if label_tensor is not None else None
+            if cfg.logit_only and self.teacher_cache is not None:
+                loss = self.train_step(batch, None, labels_now, self.teacher_cache[:, idx])
+            else:
+                cached = self.teacher_cache[idx] if self.teacher_cache is not None else None
+                loss = self.train_step(batch, cached, labels_now)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{loss:.4f}")
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < end:
@@ -386,52 +485,11 @@ class Distiller:
 
     # -------------------------------------------------------------------------------------------- #
     def save_checkpoint(self, path: Union[str, os.PathLike]) -> Path:
-        """Student, projections, AdamW state and RNG state in one safetensors file; step, config and
-        history in its metadata."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"student.{k}": v.detach().clone().contiguous() for k, v in self.student.state_dict().items()}
-        tensors.update({f"projections.{k}": v.detach().clone().contiguous()
-                        for k, v in self.projections.state_dict().items()})
-        opt = self.optimizer.state_dict()
-        for pid, state in opt["state"].items():
-            for k, v in state.items():
-                tensors[f"optim.{pid}.{k}"] = torch.as_tensor(v).detach().clone().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
-        meta = {"step": self.step, "param_groups": opt["param_groups"], "config": asdict(self.config),
-                "history": self.history}
-        save_file(tensors, str(path), metadata={"bertsilicon.distill": json.dumps(meta)})
-        return path
+        """Student, projections, AdamW state and RNG state in one safetensors file (see :mod:`.checkpoint`)."""
+        return save_checkpoint(self, path)
 
     def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("bertsilicon.distill")
-        if raw is None:
-            raise ValueError(f"{str(path)!r} is not a bertsilicon.distill checkpoint (no metadata)")
-        meta = json.loads(raw)
-        tensors = load_file(str(path))
-
-        def section(prefix):
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        self.student.load_state_dict(section("student."))
-        self.projections.load_state_dict(section("projections."))
-        state: dict = {}
-        for k, v in section("optim.").items():
-            pid, name = k.split(".", 1)
-            state.setdefault(int(pid), {})[name] = v
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
-        self.step = int(meta["step"])
-        self.history = meta["history"]
+        load_checkpoint(self, path)
 
 
 __all__ = ["DistillConfig", "Distiller", "LOSS_NAMES", "PRECISIONS"]

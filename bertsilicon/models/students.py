@@ -7,6 +7,7 @@ random weights, for shape, speed and parity work. Nothing is ever downloaded.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -28,15 +29,19 @@ for _L in (2, 4, 6, 8, 10, 12):
         _BERT_SHAPES[f"bert-L{_L}-H{_H}"] = (_L, _H, _H // 64, 4 * _H)
 
 STUDENTS = tuple(sorted([*_BERT_SHAPES, "distilbert", "mobilebert"]))
+# A BERT shape as the design explorer names it: L{layers}-H{hidden}-A{heads}-F{ffn}, "bert-" optional.
+DESIGN_NAME = re.compile(r"^(?:bert-)?L(\d+)-H(\d+)-A(\d+)-F(\d+)$")
 
 
 def _unknown(name) -> ValueError:
-    return ValueError(f"student {name!r} is unknown; expected one of: {', '.join(STUDENTS)}")
+    return ValueError(f"student {name!r} is unknown; expected one of: {', '.join(STUDENTS)}, or a shape "
+                      "L{layers}-H{hidden}-A{heads}-F{ffn}")
 
 
 def student_config(name: str, **overrides):
     """The Hugging Face config of a published student (``BertConfig``, ``DistilBertConfig`` or
-    ``MobileBertConfig``); keyword ``overrides`` replace fields (e.g. ``num_hidden_layers=3``)."""
+    ``MobileBertConfig``) or of a BERT shape named as the design explorer prints it
+    (``"L2-H768-A12-F1536"``); keyword ``overrides`` replace fields (e.g. ``num_hidden_layers=3``)."""
     from transformers import BertConfig, DistilBertConfig, MobileBertConfig
 
     if not isinstance(name, str):
@@ -46,8 +51,10 @@ def student_config(name: str, **overrides):
                                max_position_embeddings=512, activation="gelu")
     elif name == "mobilebert":  # Sun et al. 2020, MobileBERT (google/mobilebert-uncased): the defaults
         cfg = MobileBertConfig()
-    elif name in _BERT_SHAPES:
-        L, H, A, F = _BERT_SHAPES[name]
+    elif name in _BERT_SHAPES or DESIGN_NAME.match(name):
+        L, H, A, F = _BERT_SHAPES[name] if name in _BERT_SHAPES else map(int, DESIGN_NAME.match(name).groups())
+        if H % A:
+            raise ValueError(f"student {name!r}: hidden size {H} is not divisible by {A} heads")
         cfg = BertConfig(vocab_size=30522, hidden_size=H, num_hidden_layers=L, num_attention_heads=A,
                          intermediate_size=F, max_position_embeddings=512, type_vocab_size=2,
                          hidden_act="gelu", layer_norm_eps=1e-12)

@@ -31,9 +31,11 @@ def sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
 
 def topk_overlap(emb: torch.Tensor, ref_emb: torch.Tensor, k: int = 10) -> torch.Tensor:
     """Per query: the fraction of its ``k`` nearest neighbours under ``ref_emb`` that it keeps under
-    ``emb`` (cosine similarity, the query itself excluded). ``[N, H]`` x2 -> ``[N]`` float64."""
-    if emb.shape != ref_emb.shape:
-        raise ValueError(f"emb and ref_emb must have one shape, got {tuple(emb.shape)} and {tuple(ref_emb.shape)}")
+    ``emb`` (cosine similarity, the query itself excluded). ``[N, H]`` and ``[N, H_ref]`` -> ``[N]`` float64:
+    the widths may differ (a student narrower or wider than its teacher), only the neighbours are compared."""
+    if emb.dim() != 2 or ref_emb.dim() != 2 or emb.shape[0] != ref_emb.shape[0]:
+        raise ValueError(f"emb and ref_emb must be [N, width] with one N, got {tuple(emb.shape)} and "
+                         f"{tuple(ref_emb.shape)}")
     if not 1 <= k < emb.shape[0]:
         raise ValueError(f"k must be in [1, N-1] = [1, {emb.shape[0] - 1}], got {k}")
     _, a = cosine_neighbours(emb, k)

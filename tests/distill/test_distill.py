@@ -10,7 +10,7 @@ from transformers import BertConfig, BertModel
 import bertsilicon as bs
 from bertsilicon.distill import (LOSS_NAMES, DistillConfig, Distiller, init_student_from_teacher, layer_map,
                                  student_from_spec)
-from bertsilicon.distill.distiller import LOGIT_LOSSES
+from bertsilicon.distill.distiller import LABEL_LOSSES, LOGIT_LOSSES
 from test_distill_losses import one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 TEXTS = bs.data.corpus("pydoc").subset(24, seed=3).texts
@@ -35,7 +35,8 @@ def test_layer_maps():
     assert layer_map("uniform", 3, 6) == [1, 3, 5]
     assert layer_map("uniform", 4, 12) == [2, 5, 8, 11]  # TinyBERT4: g(m) = 3m
     assert layer_map("uniform", 5, 12) == [1, 4, 6, 9, 11]  # non-integer ratio rounds
-    assert layer_map("skip", 6, 12) == [0, 2, 4, 6, 8, 10]
+    assert layer_map("skip", 6, 12) == [1, 3, 5, 7, 9, 11]  # PKD-Skip: teacher layers {2, 4, ..., 12} from 1
+    assert layer_map("skip", 3, 12) == [3, 7, 11]
     assert layer_map("skip", 3, 12, step=3, start=2) == [2, 5, 8]
     assert layer_map("last", 3, 12) == [9, 10, 11]
     assert layer_map("first", 3, 12) == [0, 1, 2]
@@ -110,7 +111,7 @@ def _cfg(**kw):
 def test_every_loss_trains(tok, width):
     """Each loss alone (same width: all; narrower: those with projections, which must be created) is
     finite and goes down after a few steps on one batch; the teacher's weights do not move."""
-    names = [n for n in LOSS_NAMES if n not in LOGIT_LOSSES]
+    names = [n for n in LOSS_NAMES if n not in LOGIT_LOSSES + LABEL_LOSSES]  # those: test_task_distill.py
     if width != 32:
         names = [n for n in names if n not in ("hidden_cosine", "patient")]
     teacher = tiny(4, seed=1)

@@ -1,0 +1,251 @@
+"""The papers' task-distillation recipes, each against the same student trained on hard labels alone.
+
+    python bench/studies/distill_recipes.py [--steps 100] [--seeds 0 1 2] [--recipes hinton pkd ...]
+
+Task: ``bertsilicon.tasks.task("docstring-module")`` (41 classes; train / test splits). Teachers: the real
+all-MiniLM-L6-v2 with a classification head, fine-tuned on the train split (teacher 0 with seed 0, teacher 1
+with seed 1, for the two-teacher recipe). For each recipe and seed, two runs from the SAME student
+initialisation, data order, steps, batch and learning rate: the recipe's losses (``distilled``) and the
+hard-label cross-entropy alone (``hard_labels``); accuracy on the test split. Beside each recipe: its last
+distilled student after ``bertsilicon.optimize(..., "int8")`` (accuracy, measured latency) against the
+teacher (fp32 and int8), and the profiler's roofline latency of student and teacher.
+
+=============  =================================================================  ==================================
+recipe          student                                                            distilled losses
+=============  =================================================================  ==================================
+hinton          2 layers of the teacher's width, initialised from teacher layers   label CE + soft targets (T, T²)
+distilbert      3 layers of the teacher's width, from every other teacher layer    + DistilBERT's hidden cosine
+tinybert        a narrower student (H 192, 12 heads, random init), two stages:      embedding + hidden + attention
+                intermediate layers, then predictions (projection carried over)    MSE, then soft CE at T = 1
+pkd             2 layers from the teacher's first layers, PKD-Skip map             label CE + soft targets + patient
+tang-bilstm     BiLSTM (Tang et al.), the teacher's word embeddings                label CE + logit MSE
+two-teachers    as hinton                                                          soft targets averaged over 2
+alpha-control   as hinton (a control)                                              label CE x 0.5 alone
+=============  =================================================================  ==================================
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .bilstm import BiLSTMClassifier, BiLSTMConfig
+from .distiller import DistillConfig, Distiller, teacher_logits
+from .layer_maps import init_student_from_teacher, layer_map
+from .task import accuracy, finetune, student_classifier, teacher_classifier
+
+HARD_LABELS = {"label_ce": 1.0}
+TEACHER_LR = 2e-4
+
+
+@dataclass(frozen=True)
+class Recipe:
+    student: str                        # a student spec, or "bilstm"
+    stages: tuple                       # one dict of losses per stage (steps split evenly)
+    init: Optional[str] = None          # layer map the student is initialised from (same width), or None
+    layer_map: str = "uniform"          # the map the layer losses use
+    teachers: int = 1
+    temperature: float = 2.0
+    t2_scale: bool = True
+    lr: float = 3e-4
+    note: str = ""
+
+
+RECIPES = {
+    "hinton": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5},), init="uniform"),
+    "distilbert": Recipe("bert-L3-H384", ({"label_ce": 0.5, "soft_target": 0.5, "hidden_cosine": 1.0},),
+                         init="skip", layer_map="skip",
+                         note="task-stage losses only (no masked-LM pretraining stage)"),
+    "tinybert": Recipe("L2-H192-A12-F768", ({"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0},
+                                            {"soft_target": 1.0}), temperature=1.0, t2_scale=False, lr=5e-4,
+                       note="task stages only (no general stage, no data augmentation)"),
+    "pkd": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5, "patient": 1.0},), init="first",
+                  layer_map="skip"),
+    "tang-bilstm": Recipe("bilstm", ({"label_ce": 0.5, "logit_mse": 0.5},), lr=2e-3,
+                          note="no data augmentation"),
+    "two-teachers": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5},), init="uniform", teachers=2),
+    # a control, not a recipe: hinton's hard-label term alone at its weight (0.5), no teacher. Against it, the
+    # gain is the soft targets' own (the weight changes the step size through gradient clipping)
+    "alpha-control": Recipe("bert-L2-H384", ({"label_ce": 0.5},), init="uniform",
+                            note="control: hinton's hard-label term alone (weight 0.5), no teacher"),
+}
+BILSTM = dict(embedding_dim=384, hidden_size=128, mlp_hidden=256)
+
+
+@dataclass
+class Settings:
+    steps: int = 100
+    teacher_steps: int = 150
+    seeds: tuple = (0, 1, 2)
+    batch_size: int = 16
+    max_length: int = 48
+    threads: int = 2
+    recipes: tuple = tuple(RECIPES)
+    cache: str = "build/distill-recipes"
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _student(recipe: Recipe, teacher, num_labels: int, seed: int):
+    if recipe.student == "bilstm":
+        return BiLSTMClassifier.from_teacher_embeddings(BiLSTMConfig(num_labels=num_labels, **BILSTM), teacher, seed)
+    student = student_classifier(recipe.student, num_labels, teacher.config, seed=seed)
+    if recipe.init:
+        n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+        init_student_from_teacher(student, teacher, layer_map(recipe.init, n_s, n_t))
+    return student
+
+
+def _train(teachers, student, tok, split, stages, recipe: Recipe, s: Settings, seed: int,
+           teacher_logits: torch.Tensor) -> None:
+    """Run the stages in order on one student; a later stage keeps the earlier one's projections.
+    ``teacher_logits`` [teachers, N, C]: the teachers' logits of the split, computed once for every run."""
+    projections = None
+    per_stage = max(1, s.steps // len(stages))
+    for losses in stages:
+        teacher_free = all(k == "label_ce" for k in losses)
+        cfg = DistillConfig(losses=dict(losses), layer_map=recipe.layer_map, init_from_teacher=False,
+                            temperature=recipe.temperature, t2_scale=recipe.t2_scale, lr=recipe.lr, steps=per_stage,
+                            batch_size=s.batch_size, max_length=s.max_length, seed=seed,
+                            warmup_steps=max(1, per_stage // 10), progress=s.progress)
+        d = Distiller(None if teacher_free else teachers, student, tok, cfg, projections=projections)
+        if cfg.logit_only and not teacher_free:
+            d.teacher_cache = teacher_logits[:len(teachers)]
+        torch.manual_seed(seed)  # dropout
+        d.fit(list(split.texts), list(split.labels) if "label_ce" in losses else None)
+        projections = d.projections
+    student.eval()
+
+
+def _teacher(k: int, tok, t, s: Settings):
+    """Teacher ``k``: the real MiniLM fine-tuned on the train split with seed ``k`` (cached on disk)."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(s.cache) / f"teacher-{k}-steps{s.teacher_steps}-len{s.max_length}-bs{s.batch_size}.safetensors"
+    model = teacher_classifier(t.num_labels, seed=k)
+    if path.is_file():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    finetune(model, tok, t.train, steps=s.teacher_steps, lr=TEACHER_LR, batch_size=s.batch_size, max_length=s.max_length,
+             seed=k, progress=s.progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({n: p.detach().contiguous() for n, p in model.state_dict().items()}, str(path))
+    return model.eval()
+
+
+def _ms_per_batch(model, batches, repeats: int = 5) -> float:
+    """Median ms per batch (:func:`bertsilicon.models.eval.time_batches`) without autograd."""
+    from ..models.eval import time_batches
+
+    with torch.no_grad():
+        return time_batches(model, batches, repeats)
+
+
+def _int8(model):
+    """(model, note): ``bertsilicon.optimize(copy, "int8")``, or None and why (a BiLSTM has no BERT encoder)."""
+    from ..models.optimize import optimize
+
+    if isinstance(model, BiLSTMClassifier):
+        return None, "bertsilicon.optimize fuses BERT-family encoders; the BiLSTM runs in plain torch fp32"
+    return optimize(copy.deepcopy(model), precision="int8"), "bertsilicon.optimize(precision='int8')"
+
+
+def _predicted_ms(model, batch_size: int, seq_len: int, hardware: str) -> float:
+    from ..profiler import profile
+    from ..profiler.recurrent import profile_bilstm
+
+    if isinstance(model, BiLSTMClassifier):
+        return profile_bilstm(model.config, batch_size, seq_len, "fp32", hardware)["latency_s"] * 1e3
+    return profile(model.config, batch_size=batch_size, seq_len=seq_len, precision="fp32",
+                   hardware=hardware).totals["latency_s"] * 1e3
+
+
+def _spread(values) -> dict:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+            "spread": max(values) - min(values), "values": list(values)}
+
+
+def run(s: Settings, out: Optional[Path] = None) -> dict:
+    """Every recipe x seed x {distilled, hard_labels}; runs already in the cache are not trained again."""
+    import bertsilicon as bs
+
+    from ..benchmark.machine import machine_info
+    from ..tasks import task
+
+    unknown = [r for r in s.recipes if r not in RECIPES]
+    if unknown:
+        raise ValueError(f"recipes {unknown} are unknown; expected some of {tuple(RECIPES)}")
+    torch.set_num_threads(s.threads)
+    t_start = time.perf_counter()
+    info = machine_info(s.threads)
+    tok, t = bs.load_tokenizer(), task("docstring-module")
+    n_teachers = max(RECIPES[r].teachers for r in s.recipes)
+    teachers = [_teacher(k, tok, t, s) for k in range(n_teachers)]
+    teacher_acc = [accuracy(m, tok, t.test, max_length=s.max_length) for m in teachers]
+    logits = teacher_logits(teachers, tok, list(t.train.texts), s.max_length, progress=s.progress)
+    runs_dir = Path(s.cache) / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    results, last = {}, {}
+    for name in s.recipes:
+        recipe = RECIPES[name]
+        rows = {"distilled": [], "hard_labels": []}
+        for seed in s.seeds:
+            for kind, stages in (("distilled", recipe.stages), ("hard_labels", (HARD_LABELS,))):
+                key = runs_dir / f"{name}-{kind}-seed{seed}-steps{s.steps}-len{s.max_length}-bs{s.batch_size}.json"
+                if key.is_file() and not (kind == "distilled" and seed == s.seeds[-1]):
+                    rows[kind].append(json.loads(key.read_text()))
+                    continue
+                student = _student(recipe, teachers[0], t.num_labels, seed)  # same init for both kinds
+                t0 = time.perf_counter()
+                _train(teachers[:recipe.teachers], student, tok, t.train, stages, recipe, s, seed, logits)
+                row = {"seed": seed, "accuracy": accuracy(student, tok, t.test, max_length=s.max_length),
+                       "train_s": time.perf_counter() - t0}
+                key.write_text(json.dumps(row))
+                rows[kind].append(row)
+                if kind == "distilled":
+                    last[name] = student
+                print(f"{name:>13} seed {seed} {kind:<11}: test accuracy {row['accuracy']:.4f} "
+                      f"({row['train_s']:.0f} s)", flush=True)
+        summary = {k: _spread([r["accuracy"] for r in v]) for k, v in rows.items()}
+        gain = summary["distilled"]["mean"] - summary["hard_labels"]["mean"]
+        results[name] = {"recipe": {**recipe.__dict__, "stages": list(recipe.stages)}, "runs": rows,
+                         "summary": summary, "gain": gain,
+                         "beats_beyond_spread": gain > max(summary["distilled"]["spread"],
+                                                           summary["hard_labels"]["spread"])}
+
+    # speed and int8: the last seed's distilled students against teacher 0, on the test split's batches
+    order = sorted(range(len(t.test)), key=lambda i: len(t.test.texts[i]))
+    batches = [dict(tok([t.test.texts[i] for i in order[c:c + 32]], padding=True, truncation=True,
+                        max_length=s.max_length, return_tensors="pt")) for c in range(0, len(order), 32)][::3]
+    teacher_int8, _ = _int8(teachers[0])
+    hardware = "avx512" if "avx512f" in info["cpu"]["flags"] else "avx2"
+    seq = round(statistics.fmean(b["input_ids"].shape[1] for b in batches))
+    speed = {"teacher": {"fp32_ms": _ms_per_batch(teachers[0], batches), "int8_ms": _ms_per_batch(teacher_int8, batches),
+                         "int8_accuracy": accuracy(teacher_int8, tok, t.test, max_length=s.max_length),
+                         "predicted_fp32_ms": _predicted_ms(teachers[0], 32, seq, hardware)}}
+    for name, student in last.items():
+        q, note = _int8(student)
+        speed[name] = {"fp32_ms": _ms_per_batch(student, batches), "int8_ms": _ms_per_batch(q, batches) if q else None,
+                       "int8_accuracy": accuracy(q, tok, t.test, max_length=s.max_length) if q else None,
+                       "predicted_fp32_ms": _predicted_ms(student, 32, seq, hardware), "int8_note": note}
+    info["load_average_end"] = list(__import__("os").getloadavg())
+    result = {"machine": info, "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+              "task": {"name": t.name, "classes": t.num_labels, "train": len(t.train), "test": len(t.test)},
+              "teachers_test_accuracy": teacher_acc, "recipes": results, "speed": speed,
+              "speed_setup": {"batches": len(batches), "batch_size": 32, "mean_padded_length": seq,
+                              "profiler_hardware": hardware, "repeats": 5},
+              "wall_s": time.perf_counter() - t_start}
+    if out is not None:
+        from .recipes_report import write
+
+        write(result, Path(out))
+    return result
+
+
+__all__ = ["RECIPES", "Recipe", "Settings", "run", "HARD_LABELS"]

@@ -1,0 +1,54 @@
+"""`bertsilicon finetune` / `distill-task` end to end (1 step each, short texts), design -> distill."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import bertsilicon as bs
+from bertsilicon.cli import build_parser, main
+from bertsilicon.distill.layer_maps import student_from_design, student_from_spec
+from bertsilicon.profiler.arch import arch_from_config
+from test_distill_losses import one_thread  # noqa: F401  (autouse: small models run on one thread)
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory):
+    path = tmp_path_factory.mktemp("design") / "front.json"
+    bs.design.explore(hardware="t4", seq_len=64, precision="fp16", latency_budget=1.0, layers=(2, 3),
+                      hidden=(256, 384)).to_json(path)
+    return path
+
+
+def test_design_front_entries_are_student_specs(front):
+    names = [c["name"] for c in json.loads(front.read_text())["front"]]
+    for pick, name in enumerate(names):
+        spec = student_from_design(front, pick)
+        assert spec == name.split(" / ")[0]
+        a = arch_from_config(student_from_spec(spec))  # the shape the explorer priced
+        got = json.loads(front.read_text())["front"][pick]
+        assert (a.layers, a.hidden, a.heads, a.intermediate) == (got["layers"], got["hidden"], got["heads"],
+                                                                  got["intermediate"])
+    with pytest.raises(ValueError, match=r"--pick 99 is outside the front"):
+        student_from_design(front, 99)
+    with pytest.raises(ValueError, match="does not exist"):
+        student_from_design(front.parent / "missing.json", 0)
+
+
+def test_distill_accepts_from_design(front):
+    args = build_parser().parse_args(["distill", "--from-design", str(front), "--pick", "1"])
+    assert (args.from_design, args.pick) == (str(front), 1)
+
+
+def test_finetune_then_distill_task(tmp_path, capsys):
+    common = ["--steps", "1", "--batch-size", "4", "--max-length", "12", "--threads", "1"]
+    assert main(["finetune", *common, "--out", str(tmp_path / "teacher"), "--json", str(tmp_path / "t.json")]) == 0
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert set(t["accuracy"]) == {"dev", "test"} and 0 <= t["accuracy"]["test"] <= 1
+    assert main(["distill-task", *common, "--teacher", str(tmp_path / "teacher"), "--student", "L1-H64-A2-F128",
+                 "--losses", "label_ce=0.5,soft_target=0.5", "--json", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["student"] == "L1-H64-A2-F128" and 0 <= s["accuracy"]["test"] <= 1
+    assert "accuracy: dev" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="need --teacher"):
+        main(["distill-task", *common, "--losses", "soft_target"])
