@@ -157,12 +157,9 @@ def torch_threads(n: Optional[int]):
 
 
 def _load_artifact(path: Path):
-    import bertsilicon
+    """A saved optimized model (``bertsilicon.save``), as it was saved: no calibration, its own precision."""
+    from ..models.artifact import load
 
-    load = getattr(bertsilicon, "load", None)
-    if load is None:
-        raise ModelError(f"model {str(path)!r} is a saved optimized bertsilicon model ({ARTIFACT_FILE}), but this "
-                         "bertsilicon has no bertsilicon.load to read it; use the Hugging Face directory instead")
     return load(str(path))
 
 

@@ -50,5 +50,7 @@ def test_finetune_then_distill_task(tmp_path, capsys):
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["student"] == "L1-H64-A2-F128" and 0 <= s["accuracy"]["test"] <= 1
     assert "accuracy: dev" in capsys.readouterr().out
+    assert main(["distill-task", *common, "--losses", "soft_target"]) == 2  # a user's mistake: one line, status 2
+    assert "need --teacher" in capsys.readouterr().err
     with pytest.raises(ValueError, match="need --teacher"):
-        main(["distill-task", *common, "--losses", "soft_target"])
+        main(["--debug", "distill-task", *common, "--losses", "soft_target"])

@@ -152,16 +152,24 @@ def test_unsupported_st_modules_are_errors(tmp_path):
         resolve(model=str(d))
 
 
-def test_saved_artifact_needs_bertsilicon_load(tmp_path, monkeypatch):
-    (tmp_path / "bertsilicon.json").write_text("{}")
+def test_a_saved_artifact_encodes_as_the_model_that_was_saved(tmp_path, texts):
+    """A ``bertsilicon.save`` directory as the model: its own precision (asking for another is an error), the same
+    vectors as the optimized model it was saved from, computed the same way."""
+    model = bertsilicon.optimize(bertsilicon.load_student("minilm-l6"), "int8", smooth=0.5)
+    bertsilicon.save(model, tmp_path / "art", tokenizer=bertsilicon.load_tokenizer())
     with pytest.raises(ModelError, match="leave precision unset"):
-        resolve(model=str(tmp_path), precision="int8")
-    config = resolve(model=str(tmp_path), max_length=128)
+        resolve(model=str(tmp_path / "art"), precision="int8")
+    config = resolve(model=str(tmp_path / "art"), max_length=128)
     assert config.precision == "artifact"
-    monkeypatch.delattr(bertsilicon, "load", raising=False)
-    monkeypatch.setattr(bertsilicon.encode.embedder, "_model_dir", lambda model: minilm_path())
-    with pytest.raises(ModelError, match="no bertsilicon.load"):
-        Embedder(config)
+    got = encode_texts(Embedder(config), texts[:6], 4096)[0]
+    tok = bertsilicon.load_tokenizer()
+    with torch.no_grad():
+        for text, vector in zip(texts[:6], got):
+            enc = tok([text], truncation=True, max_length=128, return_tensors="pt")
+            want = model(**enc).last_hidden_state[0].double().mean(0)  # mean pooling (no padding: one text)
+            if config.normalize:
+                want = torch.nn.functional.normalize(want, dim=0)
+            assert torch.allclose(torch.as_tensor(vector, dtype=torch.float64), want, rtol=1e-6, atol=1e-7)
 
 
 def test_long_texts_chunk_into_overlapping_windows_mean_pooled(texts, embedders):

@@ -74,11 +74,18 @@ def test_killed_run_resumes_to_the_uninterrupted_output(corpus, uninterrupted, t
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "bertsilicon.cli", *_args(corpus[0], out, "--no-progress")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = -(-N_TEXTS // 8)
+    target = random.Random().randint(1, shards // 2)  # a random shard boundary in the first half of the job
     deadline = time.monotonic() + 240
-    while not list(out.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.Random().uniform(0.0, 0.5))
-    proc.send_signal(signal.SIGKILL)
+    def recorded() -> int:  # shards the manifest (written atomically, after each shard) lists as done
+        try:
+            return len(json.loads((out / MANIFEST).read_text())["shards"])
+        except (OSError, ValueError):
+            return 0
+
+    while recorded() < target and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)  # at once: the second half of the job is far longer than one poll
     proc.wait()
     manifest = json.loads((out / MANIFEST).read_text())
     done = len(manifest["shards"])
