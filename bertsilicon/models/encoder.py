@@ -209,7 +209,7 @@ class FusedEncoder(nn.Module):
         if converted:
             raise ValueError(
                 f"the optimized model's tensors changed dtype after bertsilicon.optimize ({', '.join(converted)}): "
-                f"its fused layers were prepared for precision={self.__dict__['report'].precision!r}, and converting "
+                f"its fused layers were prepared for precision={self.report.precision!r}, and converting "
                 "an optimized model's dtype (.half(), .double(), .to(dtype)) is not supported; call "
                 "bertsilicon.restore(model), convert it, then bertsilicon.optimize(model, ...) again (moving it to "
                 "another device with .to(device) is fine)")
