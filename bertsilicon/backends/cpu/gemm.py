@@ -165,7 +165,8 @@ def kernel_summary(gemm_dtypes, attention_dtype: torch.dtype) -> str:
             remarks.append("no VNNI here: int8 GEMMs run exact int16 pairs, ~1.5x the fp32 kernel's speed (VNNI: ~3x)")
         if dtype == torch.bfloat16 and layout != "bf16x64":
             remarks.append("no AVX512_BF16 here: bf16 runs on the fp32 kernels (widened exactly), no faster than "
-                           "fp32; an optimized fp32 model keeps its fp32 weights beside the bf16 copies, so no memory is saved either")
+                           "fp32; an optimized fp32 model keeps its fp32 weights beside the bf16 copies, so no "
+                           "memory is saved either")
     if attention_dtype == torch.bfloat16:  # csrc/attention_impl.h: DotBf16 on avx512 with AVX512_BF16
         parts.append(f"bf16 attention {'vdpbf16ps' if runtime.native_bf16_attention() else 'widened to fp32'}")
     return ", ".join(parts) + "".join(f"; {r}" for r in remarks)
