@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from . import ops
+from . import ops, reference
 from .backends import routing
 
 __all__ = ["quantize_weight", "quantize_activations", "int8_matmul", "smoothing_factors", "ChannelAbsMax",
@@ -45,16 +45,10 @@ def quantize_weight(weight: torch.Tensor, smooth: Optional[torch.Tensor] = None,
 
 
 def quantize_rows(w: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row quantization of fp32 ``w [N, K]`` to ``[-qmax, qmax]`` in int8, by the rule of
-    :func:`bertsilicon.ops.quantize` with ``qmax`` for 127: ``scale = amax / qmax`` (1 where a row is all
-    zero), ``q = rne(w / scale)``; a row holding a NaN gets scale NaN and q 0."""
-    if not (isinstance(qmax, int) and 1 <= qmax <= 127):
-        raise ValueError(f"qmax must be an int in [1, 127], got {qmax!r}")
-    amax = w.abs().amax(dim=1)
-    scale = torch.where(amax == 0, torch.ones_like(amax), amax / qmax)
-    scale = torch.where(torch.isnan(w).any(dim=1), torch.full_like(scale, float("nan")), scale)
-    q = torch.round(w / scale[:, None]).clamp(-qmax, qmax).nan_to_num(0.0)
-    return q.to(torch.int8).contiguous(), scale.contiguous()
+    """Per-row symmetric int8 of fp32 ``w [N, K]`` in ``[-qmax, qmax]`` -> ``(q int8 [N, K], scale fp32 [N])``: the
+    int8 op's definition (:func:`bertsilicon.reference.quantize`, ``per_channel``) with ``qmax`` for 127."""
+    q, scale = reference.quantize(w, "int8", "per_channel", qmax=qmax)
+    return q.contiguous(), scale.reshape(-1).contiguous()
 
 
 def quantize_activations(x: torch.Tensor, inv_smooth: Optional[torch.Tensor] = None, *,

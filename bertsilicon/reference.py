@@ -103,8 +103,9 @@ def linear(x, weight, bias=None, activation=None):
     return activate(y, activation).to(x.dtype)
 
 
-def quantize(x, dtype="int8", granularity="per_token"):
+def quantize(x, dtype="int8", granularity="per_token", qmax: int = INT8_MAX):
     """Symmetric int8 quantization: ``scale = amax / 127`` (1 where amax == 0), ``q = round_half_even(x / scale)``.
+    ``qmax`` narrows the range to ``[-qmax, qmax]`` (63: the 7-bit weights of the AVX2 int8 kernel).
 
     Returns ``(q int8, scale float32)``; ``scale`` keeps the reduced dims as size 1 so ``q * scale``
     dequantizes. ``per_tensor``: one scale (shape ``[1]*ndim``); ``per_token``: amax over the last dim;
@@ -114,6 +115,8 @@ def quantize(x, dtype="int8", granularity="per_token"):
     """
     if dtype != "int8":
         raise ValueError(f"dtype={dtype!r} is not supported; expected 'int8'")
+    if isinstance(qmax, bool) or not isinstance(qmax, int) or not 1 <= qmax <= INT8_MAX:
+        raise ValueError(f"qmax must be an int in [1, {INT8_MAX}], got {qmax!r}")
     acc = _acc(x.dtype)
     xa = x.to(acc)
     dims = quant_reduce_dims(x, granularity)
@@ -121,8 +124,8 @@ def quantize(x, dtype="int8", granularity="per_token"):
         shape = [1 if i in dims else s for i, s in enumerate(x.shape)]
         return torch.empty_like(x, dtype=torch.int8), torch.ones(shape, dtype=torch.float32, device=x.device)
     amax = xa.abs().amax(dim=dims, keepdim=True)
-    scale = torch.where(amax == 0, torch.ones((), dtype=acc, device=x.device), amax / INT8_MAX)
-    q = torch.round(xa / scale).clamp(-INT8_MAX, INT8_MAX)
+    scale = torch.where(amax == 0, torch.ones((), dtype=acc, device=x.device), amax / qmax)
+    q = torch.round(xa / scale).clamp(-qmax, qmax)
     q = torch.nan_to_num(q, nan=0.0)
     return q.to(torch.int8), scale.to(torch.float32)
 

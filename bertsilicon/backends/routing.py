@@ -105,6 +105,12 @@ def cpu_backend():
 CPU_GEMM_DTYPES = (torch.float32, torch.bfloat16)  # activations and weights the cpu packed GEMMs take (and int8)
 
 
+def _cpu_serving(device: torch.device, backend: Optional[str]):
+    """The cpu backend package when it serves a model on ``device`` asked with ``backend`` (a CPU model, backend
+    None or "cpu", the extension built), else None: the one place these three conditions are written."""
+    return cpu_backend() if device.type == "cpu" and backend in (None, "cpu") else None
+
+
 def cpu_gemm(x: torch.Tensor, backend: Optional[str], weight_dtype: Optional[torch.dtype], fp16_on_fp32: bool = False):
     """The cpu backend's GEMM module (:mod:`bertsilicon.backends.cpu.gemm`) when its packed-weight entry points
     serve a model GEMM on ``x`` directly, else None (the public ops then decide, and raise where they must).
@@ -112,28 +118,27 @@ def cpu_gemm(x: torch.Tensor, backend: Optional[str], weight_dtype: Optional[tor
     Served: CPU tensors, ``backend`` None or "cpu", the extension built, fp32/bf16 activations and a weight the
     cpu GEMMs take (``weight_dtype`` fp32, bf16, or None for int8; an fp16 GEMM only as fp16 values on the
     fp32 kernel, ``fp16_on_fp32``), outside torch.compile tracing (which captures the public custom ops)."""
-    if (x.device.type != "cpu" or backend not in (None, "cpu") or x.dtype not in CPU_GEMM_DTYPES
-            or (weight_dtype is not None and weight_dtype not in CPU_GEMM_DTYPES and not fp16_on_fp32)
-            or torch.compiler.is_compiling()):
+    if (x.dtype not in CPU_GEMM_DTYPES or (weight_dtype is not None and weight_dtype not in CPU_GEMM_DTYPES
+                                           and not fp16_on_fp32) or torch.compiler.is_compiling()):
         return None
-    cpu = cpu_backend()
+    cpu = _cpu_serving(x.device, backend)
     return None if cpu is None else cpu.gemm
 
 
 def cpu_int8_fused(x: torch.Tensor, inv_smooth: Optional[torch.Tensor], backend: Optional[str]) -> bool:
     """Whether a dynamic int8 GEMM on ``x`` runs as the cpu backend's fused ``int8_linear_dynamic`` (quantize
     inside the GEMM): where the composed ops would both resolve to the cpu backend (CPU tensor, fp32/bf16,
-    extension built), outside ``torch.compile`` tracing (which captures the composed custom ops instead)."""
+    extension built: what :func:`cpu_gemm` asks), outside ``torch.compile`` tracing (which captures the composed
+    custom ops instead), with fp32 contiguous SmoothQuant factors if any."""
     return (cpu_gemm(x, backend, None) is not None
-            and (inv_smooth is None or (inv_smooth.dtype == torch.float32 and inv_smooth.is_contiguous()))
-            and why_not("quantize", "cpu", x.device, (x.contiguous(), "int8", "per_token"), {}) is None)
+            and (inv_smooth is None or (inv_smooth.dtype == torch.float32 and inv_smooth.is_contiguous())))
 
 
 def fp16_on_fp32_kernels(device: torch.device, backend: Optional[str]) -> bool:
     """Whether an fp16 model's GEMMs run as fp16 operands on the cpu backend's fp32 kernel (x86 CPUs have no
     fp16 arithmetic): a CPU model, backend None or "cpu", the extension built. Its activations between GEMMs
     are then fp32."""
-    return device.type == "cpu" and backend in (None, "cpu") and cpu_backend() is not None
+    return _cpu_serving(device, backend) is not None
 
 
 def native_bf16_gemm(device: torch.device, backend: Optional[str]) -> bool:
@@ -144,7 +149,7 @@ def native_bf16_gemm(device: torch.device, backend: Optional[str]) -> bool:
         return False
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    cpu = cpu_backend() if device.type == "cpu" and backend in (None, "cpu") else None
+    cpu = _cpu_serving(device, backend)
     return cpu is not None and cpu.gemm.native_bf16()
 
 
@@ -152,7 +157,7 @@ def int8_weight_max(device: torch.device, backend: Optional[str]) -> int:
     """The int8 weight range ``[-q, q]`` a model quantizes its weights to where it runs: the cpu backend's
     :func:`~bertsilicon.backends.cpu.gemm.int8_weight_max` (63 on AVX2, whose fast int8 kernel needs 7-bit
     weights), else 127."""
-    cpu = cpu_backend() if device.type == "cpu" and backend in (None, "cpu") else None
+    cpu = _cpu_serving(device, backend)
     return cpu.gemm.int8_weight_max() if cpu is not None else 127
 
 

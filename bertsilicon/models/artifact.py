@@ -36,7 +36,7 @@ from .. import __version__
 from ..backends import routing
 from . import tensor_file
 from .encoder import FusedEncoder
-from .optimize import _STATE, _adapter_for, _cpu_kernels, _validate_inputs_hook
+from .optimize import STATE, adapter_for, cpu_kernels_line, install
 from .report import LayerReport, OptimizeReport
 from .tensor_file import ArtifactError
 
@@ -53,7 +53,7 @@ def _optimized_parts(model: nn.Module):
     """``(adapter, base, fused encoder)`` of a model :func:`bertsilicon.optimize` fused, else a clear error."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module optimized by bertsilicon.optimize, got {type(model).__name__}")
-    state = getattr(model, _STATE, None)
+    state = getattr(model, STATE, None)
     if state is None:
         raise ValueError("save: this model was not optimized; call bertsilicon.optimize(model, precision=...) first "
                          "(a plain model is saved with its own save_pretrained)")
@@ -62,7 +62,7 @@ def _optimized_parts(model: nn.Module):
                          "SentenceTransformer: model[0].auto_model)")
     if state.get("refused"):
         raise ValueError(f"save: optimize kept this model's layers ({model.bertsilicon_report.refused}): nothing to save")
-    adapter = _adapter_for(model)
+    adapter = adapter_for(model)
     base = state["base"] if "base" in state else adapter.base_model(model)
     return adapter, base, getattr(base, adapter.encoder_attr)
 
@@ -228,7 +228,7 @@ def load(path: Union[str, Path], device: Union[None, str, torch.device] = None) 
     device = _target_device(manifest, device, file)
     stored = tensor_file.read(file, manifest["tensors"]["sha256"])
     model = _skeleton(path, manifest)
-    adapter = _adapter_for(model)
+    adapter = adapter_for(model)
     base = adapter.base_model(model)
     encoder = getattr(base, adapter.encoder_attr)
     prefix = manifest["encoder"]
@@ -283,12 +283,9 @@ def load(path: Union[str, Path], device: Union[None, str, torch.device] = None) 
         # the mapped pages they were packed from need not stay resident
         tensor_file.release_pages(t for layer in fused for g in layer.gemm_precision
                                   for t in layer._modules[g].prepared_tensors().values())
-    new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, args["unpad"],
-                               bool(args["cuda_graphs"]) and device.type == "cuda")
-    setattr(base, adapter.encoder_attr, new_encoder)
-    check = _validate_inputs_hook(adapter.max_positions(model.config), adapter.position_limit_text(model.config))
-    handle = base.register_forward_pre_hook(check, with_kwargs=True)
-    model.__dict__[_STATE] = {"artifact": str(path), "hook": handle}
+    graphs = bool(args["cuda_graphs"]) and device.type == "cuda"
+    install(model, base, adapter, FusedEncoder(encoder, fused, adapter, report, compute_dtype, args["unpad"], graphs),
+            {"artifact": str(path)})
     model.bertsilicon_report = report
     return model
 
@@ -311,7 +308,7 @@ def _describe_here(report: OptimizeReport, fused: list, device: torch.device, ma
     probe = torch.zeros(4, fused[0].hidden, dtype=fused[0].compute_dtype, device=device)
     report.backends_used = fused[0].backends_used(probe)
     if device.type == "cpu" and "cpu" in report.backends_used.values():
-        report.cpu_kernels = _cpu_kernels(fused, fused[0].compute_dtype)
+        report.cpu_kernels = cpu_kernels_line(fused, fused[0].compute_dtype)
     then, now = manifest["prepared_on"], _prepared_on(device)
     where = then.get("kernel_path") or then.get("arch")
     here = now.get("kernel_path") or now.get("arch")

@@ -40,7 +40,7 @@ COMPUTE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 # it moves its most sensitive int8 GEMMs to a higher precision until it fits: first to bf16 where the
 # backend has a native bf16 GEMM (AVX512_BF16 CPUs, GPUs with bf16), then, if that is not enough, to fp32.
 DEFAULT_INT8_BUDGET = 2e-2
-_STATE = "_bertsilicon_state"
+STATE = "_bertsilicon_state"
 
 
 def supported_classes() -> list[str]:
@@ -56,7 +56,7 @@ def supported_classes() -> list[str]:
     return sorted(set(names))
 
 
-def _adapter_for(model: nn.Module):
+def adapter_for(model: nn.Module):
     for adapter in ADAPTERS:
         if isinstance(model, adapter.pretrained_class):
             return adapter
@@ -65,7 +65,7 @@ def _adapter_for(model: nn.Module):
 
 def _inner_model(model: nn.Module) -> Optional[nn.Module]:
     """A supported HF model inside a wrapper (e.g. a ``SentenceTransformer``), if there is exactly one."""
-    found = [m for m in model.modules() if m is not model and _adapter_for(m) is not None]
+    found = [m for m in model.modules() if m is not model and adapter_for(m) is not None]
     top = [m for m in found if not any(m is not o and any(m is s for s in o.modules()) for o in found)]
     return top[0] if len(top) == 1 else None
 
@@ -117,6 +117,15 @@ def _check_device(base: nn.Module, backend: Optional[str]) -> torch.device:
     return device
 
 
+def install(model: nn.Module, base: nn.Module, adapter, encoder: FusedEncoder, state: dict) -> FusedEncoder:
+    """Put the fused ``encoder`` in the place of ``base``'s own, add the input-check hook, and keep on ``model`` what
+    :func:`restore` needs (``state``, with the hook): what :func:`optimize` and ``bertsilicon.load`` share."""
+    setattr(base, adapter.encoder_attr, encoder)
+    check = _validate_inputs_hook(adapter.max_positions(base.config), adapter.position_limit_text(base.config))
+    model.__dict__[STATE] = {**state, "hook": base.register_forward_pre_hook(check, with_kwargs=True)}
+    return encoder
+
+
 def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] = None, unpad: bool = True,
              calibration: Union[None, Sequence[str], Mapping] = None, smooth: Optional[float] = None, *,
              tokenizer=None, error_budget: Optional[float] = None, cuda_graphs: Optional[bool] = None) -> nn.Module:
@@ -159,12 +168,12 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         raise ValueError(f"smooth={smooth} only applies to precision='int8' (got precision={precision!r})")
     if error_budget is not None and not (isinstance(error_budget, (int, float)) and error_budget > 0):
         raise ValueError(f"error_budget must be a positive float, got {error_budget!r}")
-    if getattr(model, _STATE, None) is not None:
+    if getattr(model, STATE, None) is not None:
         warnings.warn("optimize: this model is already optimized; returning it unchanged "
                       "(call bertsilicon.restore(model) first to re-optimize)", stacklevel=2)
         return model
 
-    adapter = _adapter_for(model)
+    adapter = adapter_for(model)
     if adapter is None:
         inner = _inner_model(model)
         if inner is None:
@@ -172,7 +181,7 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
                             f"{', '.join(supported_classes())} (or a wrapper such as SentenceTransformer holding one)")
         optimize(inner, precision, backend, unpad, calibration, smooth, tokenizer=tokenizer,
                  error_budget=error_budget, cuda_graphs=cuda_graphs)
-        model.__dict__[_STATE] = {"inner": inner}
+        model.__dict__[STATE] = {"inner": inner}
         model.__dict__["bertsilicon_report"] = inner.bertsilicon_report
         return model
 
@@ -186,7 +195,7 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         report.refused = why_not
         report.layers = [LayerReport(i, "kept", why_not) for i in range(len(encoder.layer))]
         warnings.warn(f"optimize: {type(model).__name__} encoder layers kept: {why_not}", stacklevel=2)
-        model.__dict__[_STATE] = {"refused": True}
+        model.__dict__[STATE] = {"refused": True}
         model.bertsilicon_report = report
         return model
 
@@ -224,12 +233,9 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
                 entry.call = f"CUDA graph (calls on <= {cg.GRAPH_MAX_TOKENS} token rows), else {entry.call}"
         report.backends_used = fused[0].backends_used(inputs[0][real][:4].to(compute_dtype).contiguous())
         if "cpu" in report.backends_used.values():
-            report.cpu_kernels = _cpu_kernels(fused, compute_dtype)
+            report.cpu_kernels = cpu_kernels_line(fused, compute_dtype)
         new_encoder = FusedEncoder(encoder, fused, adapter, report, compute_dtype, unpad, bool(cuda_graphs))
-        setattr(base, adapter.encoder_attr, new_encoder)
-        check = _validate_inputs_hook(adapter.max_positions(config), adapter.position_limit_text(config))
-        handle = base.register_forward_pre_hook(check, with_kwargs=True)
-        model.__dict__[_STATE] = {"base": base, "attr": adapter.encoder_attr, "original": encoder, "hook": handle}
+        install(model, base, adapter, new_encoder, {"base": base, "attr": adapter.encoder_attr, "original": encoder})
         new_encoder.cuda_graphs = False  # measured eagerly (the graph path is the same kernels on the same rows):
         try:                             # no graph captured, and held, for the calibration batch's shape
             with torch.no_grad():
@@ -246,7 +252,7 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
     except Exception:
         if getattr(base, adapter.encoder_attr) is not encoder:
             setattr(base, adapter.encoder_attr, encoder)
-        state = model.__dict__.pop(_STATE, None)
+        state = model.__dict__.pop(STATE, None)
         if state and "hook" in state:
             state["hook"].remove()
         raise
@@ -256,7 +262,7 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
     return model
 
 
-def _cpu_kernels(fused: list, compute_dtype: torch.dtype) -> str:
+def cpu_kernels_line(fused: list, compute_dtype: torch.dtype) -> str:
     """The report's ``cpu kernels`` line: which C++ path and GEMM / attention instructions the layers run."""
     weight_dtype = {"int8": torch.int8, "bf16": torch.bfloat16}  # fp32 and CPU fp16: the fp32 kernel
     dtypes = [weight_dtype.get(p, torch.float32) for layer in fused for p in layer.gemm_precision.values()]
@@ -271,7 +277,7 @@ def _cpu_kernels(fused: list, compute_dtype: torch.dtype) -> str:
 def restore(model: nn.Module) -> nn.Module:
     """Undo :func:`optimize`: put the original encoder back (same weights, same objects), remove the input
     checks and the report. ValueError if the model was not optimized."""
-    state = getattr(model, _STATE, None) if isinstance(model, nn.Module) else None
+    state = getattr(model, STATE, None) if isinstance(model, nn.Module) else None
     if state is None:
         raise ValueError("restore: this model was not optimized by bertsilicon.optimize (nothing to restore)")
     if "artifact" in state:
@@ -286,6 +292,6 @@ def restore(model: nn.Module) -> nn.Module:
         state["original"].train(fused.training)
         setattr(state["base"], state["attr"], state["original"])
         state["hook"].remove()
-    model.__dict__.pop(_STATE, None)
+    model.__dict__.pop(STATE, None)
     model.__dict__.pop("bertsilicon_report", None)
     return model
