@@ -52,7 +52,7 @@ def providers(model, all_providers: bool) -> list[tuple[str, str, Callable, Opti
         def build():
             from .models.optimize import optimize
 
-            return optimize(copy.deepcopy(model), precision=precision, smooth=0.5 if precision == "int8" else None)
+            return optimize(copy.deepcopy(model), precision=precision)
         return build
 
     emulated = None if routing.native_bf16_gemm(torch.device("cpu"), None) or all_providers else \

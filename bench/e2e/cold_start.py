@@ -104,7 +104,10 @@ print(json.dumps({"import_s": t_import - t0, "load_s": t_load - t_import, "first
 '''
 
 
-def _prepare(work: Path, threads: int) -> dict:
+ENGINES = ("bertsilicon", "onnxruntime", "openvino", "torch.export", "aotinductor", "hf-fp32")
+
+
+def _prepare(work: Path, threads: int, engines: tuple) -> dict:
     """Every artifact the cold starts read, and what preparing them cost."""
     import torch
 
@@ -131,6 +134,8 @@ def _prepare(work: Path, threads: int) -> dict:
     prep["paths"]["bertsilicon"] = str(work / "artifact")
     prep["artifact_mib"] = sum(f.stat().st_size for f in (work / "artifact").iterdir()) / 2 ** 20
 
+    if "torch.export" not in engines and "aotinductor" not in engines:
+        return _prepare_onnx(work, two, prep)
     from torch.export import Dim
 
     batch, length = Dim("batch", min=1, max=1024), Dim("length", min=2, max=512)
@@ -140,9 +145,18 @@ def _prepare(work: Path, threads: int) -> dict:
     prep["torch_export_s"] = time.perf_counter() - t
     torch.export.save(program, work / "minilm-int8.pt2")
     prep["paths"]["torch.export"] = str(work / "minilm-int8.pt2")
-    prep["aoti"] = _try_aoti(program, work)
-    if prep["aoti"]["status"] == "ok":
-        prep["paths"]["aotinductor"] = prep["aoti"]["path"]
+    if "aotinductor" in engines:
+        prep["aoti"] = _try_aoti(program, work)
+        if prep["aoti"]["status"] == "ok":
+            prep["paths"]["aotinductor"] = prep["aoti"]["path"]
+    return _prepare_onnx(work, two, prep)
+
+
+def _prepare_onnx(work: Path, two: dict, prep: dict) -> dict:
+    """The ONNX Runtime int8 file (also what OpenVINO compiles), added to ``prep``."""
+    import torch
+
+    import bertsilicon
 
     fp32 = bertsilicon.load_student("minilm-l6").eval()
     try:
@@ -216,16 +230,21 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--engines", default=",".join(ENGINES),
+                   help=f"comma-separated, of {', '.join(ENGINES)} (AOTInductor packaging takes minutes)")
     args = p.parse_args(argv)
+    engines = tuple(e for e in args.engines.split(",") if e)
+    if not set(engines) <= set(ENGINES):
+        p.error(f"--engines: unknown {sorted(set(engines) - set(ENGINES))}; expected some of {', '.join(ENGINES)}")
     from bertsilicon.benchmark.machine import describe, load_average, machine_info
 
     info = machine_info(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prep = _prepare(work, args.threads)
+        prep = _prepare(work, args.threads, engines)
         results = {}
-        for engine in ("bertsilicon", "onnxruntime", "openvino", "torch.export", "aotinductor", "hf-fp32"):
-            if engine in prep["paths"]:
+        for engine in ENGINES:
+            if engine in engines and engine in prep["paths"]:
                 print(f"cold start: {engine}", file=sys.stderr)
                 results[engine] = _cold(engine, prep["paths"][engine], work / "ids.pt", args.threads, args.repeats)
                 if results[engine]["status"] == "ok":  # its first embedding against the fp32 model's
@@ -265,12 +284,13 @@ def _markdown(doc: dict, provenance: str) -> str:
         lines.append(f"| {engine} | {cell('import_s')} | {cell('load_s')} | {cell('first_call_s')} | "
                      f"{cell('total_s')} | {mib('rss_model_mib')} | {mib('rss_second_copy_mib')} | "
                      f"{r['cosine_vs_hf_fp32']:.5f} |")
-    aoti = prep["aoti"]
+    aoti = prep.get("aoti")
+    export = f", `torch.export` {prep['torch_export_s']:.2f} s" if "torch_export_s" in prep else ""
+    packaging = "" if aoti is None else "; AOTInductor packaging: " + (
+        f"ok ({aoti['compile_s']:.1f} s)" if aoti["status"] == "ok" else
+        f"failed after {aoti['compile_s']:.1f} s: {aoti['error']}")
     lines += ["", f"Preparation: `optimize(minilm, 'int8')` {prep['optimize_int8_s']:.2f} s, `bertsilicon.save` "
-              f"{prep['save_s']:.2f} s (artifact {prep['artifact_mib']:.1f} MiB), `torch.export` "
-              f"{prep['torch_export_s']:.2f} s; AOTInductor packaging: "
-              + (f"ok ({aoti['compile_s']:.1f} s)" if aoti["status"] == "ok" else f"failed after "
-                 f"{aoti['compile_s']:.1f} s: {aoti['error']}")]
+              f"{prep['save_s']:.2f} s (artifact {prep['artifact_mib']:.1f} MiB){export}{packaging}"]
     lines += [f"- {n}" for n in prep["notes"]]
     return "\n".join(lines) + "\n"
 

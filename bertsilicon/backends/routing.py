@@ -161,7 +161,14 @@ def int8_weight_max(device: torch.device, backend: Optional[str]) -> int:
     return cpu.gemm.int8_weight_max() if cpu is not None else 127
 
 
-@torch.compiler.assume_constant_result  # read when torch.compile traces (a pybind call would break the graph)
+def assume_constant_when_traced(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` (over a second of every
+    ``import bertsilicon``): the same mark on ``fn``, which torch.compile reads when it traces a call to it."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@assume_constant_when_traced  # read when torch.compile traces (a pybind call would break the graph)
 def _cpu_bf16_attention_kernel() -> bool:
     cpu = cpu_backend()
     return cpu is not None and cpu.native_bf16_attention()

@@ -292,13 +292,6 @@ def _openvino(precision_hint: Optional[str]):
 # ------------------------------------------------------------------------------------------------ #
 # bertsilicon                                                                                        #
 # ------------------------------------------------------------------------------------------------ #
-# SmoothQuant migration strength for the int8 provider. On MiniLM-L6 with the default per-layer error
-# budget it needs no fallback GEMM (alpha 0.5: 24 of 24 int8, mean-pooled cosine 0.9990 mean / 0.9974 min
-# on 64 pydoc texts), where smooth=None moves 8 of 24 GEMMs to bf16 to fit the budget (0.9990 / 0.9978),
-# which are slower than int8 ones.
-INT8_SMOOTH = 0.5
-
-
 def _bertsilicon(precision: str, **options):
     """Builder of ``bertsilicon.optimize(model, precision, **options)`` (``options``: e.g. ``backend``,
     ``cuda_graphs``; the int8 set-up below is added)."""
@@ -314,8 +307,7 @@ def _bertsilicon(precision: str, **options):
                 raise ProviderUnavailable("bertsilicon.optimize is not built yet", "not built yet") from exc
             raise
         kwargs = dict(options)
-        if precision == "int8":  # the recommended int8 set-up (README): SmoothQuant alpha 0.5
-            kwargs["smooth"] = INT8_SMOOTH
+        if precision == "int8":
             if "calibration" not in kwargs and getattr(ctx.model.config, "vocab_size", None) == 30522:  # built-in vocab
                 from bertsilicon import data
 

@@ -26,7 +26,6 @@ POOLINGS = ("mean", "cls", "max", "mean_sqrt_len")
 LONG_MODES = ("truncate", "chunk")
 BUILTIN_MODEL = "minilm-l6"
 ARTIFACT_FILE = "bertsilicon.json"
-INT8_SMOOTH = 0.5  # SmoothQuant alpha: keeps every GEMM of the built-in MiniLM in int8 within the error budget
 CHUNK_OVERLAP = 4  # --long chunk: consecutive windows share 1/CHUNK_OVERLAP of a window's tokens
 
 # sentence-transformers' pooling flags -> our pooling names
@@ -186,9 +185,7 @@ class Embedder:
                 model = _load_artifact(path)
             else:
                 model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32).eval()
-                smooth = INT8_SMOOTH if config.precision == "int8" else None
-                model = bertsilicon.optimize(model, config.precision, unpad=True, smooth=smooth,
-                                             tokenizer=self.tokenizer)
+                model = bertsilicon.optimize(model, config.precision, unpad=True, tokenizer=self.tokenizer)
         self.model = model.eval()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.prefix, self.suffix = _special_tokens(self.tokenizer)

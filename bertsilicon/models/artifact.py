@@ -36,7 +36,7 @@ from .. import __version__
 from ..backends import routing
 from . import tensor_file
 from .encoder import FusedEncoder
-from .optimize import STATE, adapter_for, cpu_kernels_line, install
+from .optimize import STATE, adapter_for, cpu_kernels_line, install, weight_bytes
 from .report import LayerReport, OptimizeReport
 from .tensor_file import ArtifactError
 
@@ -284,8 +284,14 @@ def load(path: Union[str, Path], device: Union[None, str, torch.device] = None) 
         tensor_file.release_pages(t for layer in fused for g in layer.gemm_precision
                                   for t in layer._modules[g].prepared_tensors().values())
     graphs = bool(args["cuda_graphs"]) and device.type == "cuda"
-    install(model, base, adapter, FusedEncoder(encoder, fused, adapter, report, compute_dtype, args["unpad"], graphs),
-            {"artifact": str(path)})
+    why = f"it was loaded from the artifact {path}"
+    new_encoder = install(model, base, adapter, FusedEncoder(encoder, fused, adapter, report, compute_dtype,
+                                                             args["unpad"], graphs),
+                          {"artifact": str(path), "originals_gone": why})
+    new_encoder.originals_gone = why
+    report.weights = weight_bytes(base, fused)
+    report.notes.append("the artifact's tensors are memory-mapped: a page is resident only once read (the embedding "
+                        "table's for the tokens looked up; the GEMM weights' pages are released once packed)")
     model.bertsilicon_report = report
     return model
 
@@ -298,6 +304,7 @@ def _report(manifest: dict) -> OptimizeReport:
 
     fields["runtime_fallbacks"] = Counter()
     fields["recomputed_backward"] = 0
+    fields["weights"] = {}
     return OptimizeReport(**fields)
 
 

@@ -2,6 +2,7 @@
 the artifact :func:`bertsilicon.load` reads (:mod:`bertsilicon.models.artifact`)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,9 +20,23 @@ def register(subparsers) -> None:
     p.add_argument("--calib", "--texts", dest="calib", default=None,
                    help="calibration text file, one text per non-empty line (default: the built-in "
                         "Python-documentation corpus)")
-    p.add_argument("--smooth", type=float, default=None, help="SmoothQuant alpha in [0, 1] (int8)")
+    p.add_argument("--smooth", type=_smooth, default="auto",
+                   help="int8 SmoothQuant alpha in [0, 1], 'none' for no migration, or 'auto' (0.5 for int8)")
     p.add_argument("--device", default="cpu", help="where to prepare it: cpu (default) or cuda")
     p.set_defaults(func=run)
+
+
+def _smooth(text: str):
+    """--smooth's value: 'auto', 'none' (None) or an alpha in [0, 1]."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = -1.0
+    if not 0 <= alpha <= 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or an alpha in [0, 1], got {text!r}")
+    return alpha
 
 
 def _calibration_texts(file: str) -> list:

@@ -175,6 +175,7 @@ class FusedEncoder(nn.Module):
                 self.__dict__[attr] = original.__dict__[attr]
         self.compute_dtype = compute_dtype
         self.unpad = unpad
+        self.originals_gone: Optional[str] = None  # why the original layers' GEMM weights are not held, if not
         self.graphs = GraphCache(self.layer, report, cuda_graphs)
         self.train(original.training)
 
@@ -265,6 +266,10 @@ class FusedEncoder(nn.Module):
         params = self._grad_params(hidden_states) if reason is None else None
         if params is not None and want_states:  # the states handed to the collector would carry no gradient
             reason = "gradients needed with output_hidden_states"
+        if self.originals_gone and (reason is not None or params is not None):
+            raise ValueError(f"this call needs the original layers ({reason or 'gradients'}), whose GEMM weights the "
+                             f"model does not hold ({self.originals_gone}); it serves inference only: call it in eval "
+                             "mode under torch.no_grad(), without output_attentions")
         if reason is not None:
             self.report.runtime_fallbacks[reason] += 1
             return self._run_original(hidden_states, attention_mask, args, kwargs, collected)

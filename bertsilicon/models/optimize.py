@@ -33,13 +33,17 @@ from .encoder import FusedEncoder
 from .layers import PRECISIONS
 from .report import LayerReport, OptimizeReport
 
-__all__ = ["optimize", "restore", "supported_classes", "DEFAULT_INT8_BUDGET"]
+__all__ = ["optimize", "restore", "supported_classes", "DEFAULT_INT8_BUDGET", "DEFAULT_INT8_SMOOTH"]
 
 COMPUTE_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 # int8 per-layer budget: a layer whose relative output error (alone, on the calibration batch) exceeds
 # it moves its most sensitive int8 GEMMs to a higher precision until it fits: first to bf16 where the
 # backend has a native bf16 GEMM (AVX512_BF16 CPUs, GPUs with bf16), then, if that is not enough, to fp32.
 DEFAULT_INT8_BUDGET = 2e-2
+# int8's SmoothQuant alpha unless told otherwise (smooth="auto"): migrating half of each GEMM input's outlier
+# range into its weight keeps every GEMM of the built-in MiniLM int8 within the budget above, where no migration
+# moves a third of them to a wider precision (larger weights, slower GEMMs, a longer calibration).
+DEFAULT_INT8_SMOOTH = 0.5
 STATE = "_bertsilicon_state"
 
 
@@ -127,8 +131,9 @@ def install(model: nn.Module, base: nn.Module, adapter, encoder: FusedEncoder, s
 
 
 def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] = None, unpad: bool = True,
-             calibration: Union[None, Sequence[str], Mapping] = None, smooth: Optional[float] = None, *,
-             tokenizer=None, error_budget: Optional[float] = None, cuda_graphs: Optional[bool] = None) -> nn.Module:
+             calibration: Union[None, Sequence[str], Mapping] = None, smooth: Union[float, None, str] = "auto", *,
+             tokenizer=None, error_budget: Optional[float] = None, cuda_graphs: Optional[bool] = None,
+             keep_original: bool = True) -> nn.Module:
     """Run a Hugging Face BERT-family model's encoder on bertsilicon's fused ops; returns the same object.
 
     Args:
@@ -144,13 +149,18 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         unpad: strip padding once after the embeddings (padded output positions are 0, see module doc).
         calibration: texts (or a tokenized batch) for the optimize-time error measurement and the int8
             statistics; default: 16 paragraphs of the built-in Python documentation corpus.
-        smooth: SmoothQuant alpha in [0, 1] for int8 (None: no migration).
+        smooth: SmoothQuant alpha in [0, 1] for int8; ``"auto"``: ``DEFAULT_INT8_SMOOTH`` for int8, nothing for
+            the other precisions; None: no migration.
         tokenizer: to tokenize ``calibration`` texts (default: the built-in uncased WordPiece).
         error_budget: int8 per-layer relative-error budget (default ``DEFAULT_INT8_BUDGET``); a layer over
             it moves its most sensitive GEMMs to fp32, and the report says which.
         cuda_graphs: replay a captured CUDA graph per (batch, length, token) bucket for every call whose
             layers run on at most ``GRAPH_MAX_TOKENS`` token rows (8192: batch 32 x 128 unpadded or padded;
             lengths <= 512); larger calls run eagerly (None: on for CUDA models; must be off for CPU models).
+        keep_original: keep the original weights of the GEMMs that now run on prepared copies (int8, bf16, ...),
+            for :func:`restore` and for the calls only the original layers serve (training mode,
+            ``output_attentions``, gradients). False drops them (an int8 MiniLM: 40 MiB fewer): the model serves
+            inference only, like one loaded by ``bertsilicon.load``.
 
     ``model.bertsilicon_report`` describes what happened; ``bertsilicon.restore(model)`` undoes it.
     """
@@ -162,10 +172,14 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         raise ValueError(f"backend={backend!r} is unknown; expected one of {ops.BACKENDS} or None")
     if not isinstance(unpad, bool):
         raise TypeError(f"unpad must be a bool, got {type(unpad).__name__}")
+    if isinstance(smooth, str) and smooth == "auto":
+        smooth = DEFAULT_INT8_SMOOTH if precision == "int8" else None
     if smooth is not None and (isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth <= 1):
-        raise ValueError(f"smooth must be None or a SmoothQuant alpha in [0, 1], got {smooth!r}")
+        raise ValueError(f"smooth must be 'auto', None or a SmoothQuant alpha in [0, 1], got {smooth!r}")
     if smooth is not None and precision != "int8":
         raise ValueError(f"smooth={smooth} only applies to precision='int8' (got precision={precision!r})")
+    if not isinstance(keep_original, bool):
+        raise TypeError(f"keep_original must be a bool, got {type(keep_original).__name__}")
     if error_budget is not None and not (isinstance(error_budget, (int, float)) and error_budget > 0):
         raise ValueError(f"error_budget must be a positive float, got {error_budget!r}")
     if getattr(model, STATE, None) is not None:
@@ -180,7 +194,7 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
             raise TypeError(f"optimize does not support {type(model).__name__}; supported: "
                             f"{', '.join(supported_classes())} (or a wrapper such as SentenceTransformer holding one)")
         optimize(inner, precision, backend, unpad, calibration, smooth, tokenizer=tokenizer,
-                 error_budget=error_budget, cuda_graphs=cuda_graphs)
+                 error_budget=error_budget, cuda_graphs=cuda_graphs, keep_original=keep_original)
         model.__dict__[STATE] = {"inner": inner}
         model.__dict__["bertsilicon_report"] = inner.bertsilicon_report
         return model
@@ -258,8 +272,59 @@ def optimize(model: nn.Module, precision: str = "fp32", backend: Optional[str] =
         raise
     finally:
         base.train(was_training)
+    if not keep_original:
+        drop_original_weights(model, new_encoder, "optimize(..., keep_original=False) dropped them")
+    report.weights = weight_bytes(base, fused)
     model.bertsilicon_report = report
     return model
+
+
+def drop_original_weights(model: nn.Module, encoder: FusedEncoder, why: str) -> None:
+    """Replace every original parameter a fused GEMM holds a prepared copy of by a ``meta`` tensor of its shape (no
+    memory) and freeze the model (inference only); :func:`restore` and calls that need the original layers say
+    ``why`` they are gone."""
+    for layer in encoder.layer:
+        for g in layer.gemm_precision:
+            gemm = layer._modules[g]
+            for source in gemm.prepared_sources():
+                for name, p in source._parameters.items():
+                    if p is not None and p.device.type != "meta":
+                        source._parameters[name] = nn.Parameter(p.detach().to("meta"), requires_grad=False)
+            gemm.resync()
+    model.requires_grad_(False)
+    encoder.originals_gone = why
+    model.__dict__[STATE]["originals_gone"] = why
+
+
+def weight_bytes(base: nn.Module, fused: list) -> dict:
+    """Bytes of the weights the optimized model holds, by role: ``"<precision> prepared"`` (the GEMMs' prepared
+    copies), ``"cpu packs"`` (the cpu kernels' packed layouts of the GEMM weights, made at first use),
+    ``"originals of prepared GEMMs"`` (kept for :func:`restore`), ``"other"`` (embeddings, LayerNorms, fp32 GEMMs
+    read in place, heads). A tensor counts once; ``meta`` tensors count nothing."""
+    cpu = routing.cpu_backend()
+    out: dict = {}
+    seen: set = set()
+
+    def add(role: str, t) -> None:
+        if t is None or t.device.type == "meta" or t.untyped_storage().data_ptr() in seen:
+            return
+        seen.add(t.untyped_storage().data_ptr())
+        out[role] = out.get(role, 0) + t.untyped_storage().nbytes()
+
+    for layer in fused:
+        for g, precision in layer.gemm_precision.items():
+            gemm = layer._modules[g]
+            for t in gemm.prepared_tensors().values():
+                add(f"{precision} prepared", t)
+            for source in gemm.prepared_sources():
+                for t in source._parameters.values():
+                    add("originals of prepared GEMMs", t)
+            if cpu is not None:
+                packs = sum(cpu.gemm.packed_bytes(w) for w in gemm.cpu_operands()[:1])
+                out["cpu packs"] = out.get("cpu packs", 0) + packs
+    for t in [*base.parameters(), *base.buffers()]:
+        add("other", t)
+    return {role: n for role, n in out.items() if n}
 
 
 def cpu_kernels_line(fused: list, compute_dtype: torch.dtype) -> str:
@@ -280,11 +345,10 @@ def restore(model: nn.Module) -> nn.Module:
     state = getattr(model, STATE, None) if isinstance(model, nn.Module) else None
     if state is None:
         raise ValueError("restore: this model was not optimized by bertsilicon.optimize (nothing to restore)")
-    if "artifact" in state:
-        raise ValueError(f"restore: this model was loaded from the artifact {state['artifact']}, which holds no fp32 "
-                         "copy of the GEMM weights it prepared, so there is nothing to restore; load the original "
-                         "checkpoint for the fp32 model (transformers' from_pretrained on the directory the "
-                         "artifact was made from)")
+    if "originals_gone" in state:
+        raise ValueError(f"restore: this model holds no original copy of the GEMM weights it prepared "
+                         f"({state['originals_gone']}), so there is nothing to restore; load the original checkpoint "
+                         "for the fp32 model (transformers' from_pretrained on the directory it came from)")
     if "inner" in state:
         restore(state["inner"])
     elif "base" in state:

@@ -46,6 +46,7 @@ class OptimizeReport:
     cpu_kernels: str = ""               # the C++ path and the GEMM / attention instructions it runs (cpu backend)
     runtime_fallbacks: Counter = field(default_factory=Counter)  # calls run on the original layers, by reason
     recomputed_backward: int = 0        # calls that needed gradients: fused forward, original layers' backward
+    weights: dict = field(default_factory=dict)  # bytes of the weights held, by role (optimize.weight_bytes)
 
     @property
     def replaced(self) -> list:
@@ -99,6 +100,8 @@ class OptimizeReport:
             lines.append("  backends: " + ", ".join(f"{k}={v}" for k, v in sorted(self.backends_used.items())))
         if self.cpu_kernels:
             lines.append(f"  cpu kernels: {self.cpu_kernels}")
+        if self.weights:
+            lines.append("  weights held: " + ", ".join(f"{role} {n / 2 ** 20:.1f} MiB" for role, n in self.weights.items()))
         for n in self.notes:
             lines.append(f"  note: {n}")
         if self.runtime_fallbacks:

@@ -128,6 +128,15 @@ def cached_pack(weight: torch.Tensor) -> PackedWeight:
     return pw
 
 
+def packed_bytes(weight: torch.Tensor) -> int:
+    """Bytes of the pack :func:`cached_pack` holds for ``weight`` (0 when none was made yet, or when its layout
+    reads the weight itself)."""
+    pw = _PACK_CACHE.get(id(weight))
+    if pw is None or pw._weight_ref() is not weight:
+        return 0
+    return pw._pack.data.numel() if pw._pack.kind else 0
+
+
 def _check_weight(name: str, w, dtypes) -> Optional[str]:
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         return f"{name} must be a 2-D tensor [N, K]"

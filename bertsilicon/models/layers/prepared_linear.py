@@ -178,6 +178,11 @@ class PreparedLinear(nn.Module):
         self.synced = _SourceState(tensors)
         return True
 
+    def resync(self) -> None:
+        """Take the source parameters as they are now as the ones the prepared copies stand for (after they were
+        replaced by ``meta`` placeholders: nothing is re-derived from them)."""
+        self.synced = _SourceState(_linear_tensors(self.derived_from))
+
     def operands(self) -> tuple:
         """Every tensor this GEMM reads now: ``(w_q, bias, w_scale, inv_smooth)`` for int8; ``(weight, bias)``
         for float precisions, the source ``nn.Linear``'s own parameters when it is read directly, else the
