@@ -60,8 +60,8 @@ def config_from_args(args):
 
     kw = {"models": args.models, "batches": args.batch, "seqs": args.seq, "providers": args.providers,
           "precisions": args.precisions, "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-          "accuracy_texts": args.accuracy_texts, "corpus": args.corpus, "texts_file": args.texts, "padding": args.padding, "note": args.note,
-          "tag": args.tag}
+          "accuracy_texts": args.accuracy_texts, "corpus": args.corpus, "texts_file": args.texts,
+          "padding": args.padding, "note": args.note, "tag": args.tag}
     kw = {k: v for k, v in kw.items() if v is not None}
     cfg = BenchConfig.quick_defaults(**kw) if args.quick else BenchConfig(**kw)
     return cfg.validate()

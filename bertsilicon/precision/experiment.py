@@ -10,7 +10,8 @@ For every configuration (format, rounding, where) and seed it measures
 * kNN module classification accuracy (leave-one-out, k = 5) — the fp32 accuracy is the baseline;
 
 with 95 % bootstrap intervals over the texts and, for stochastic rounding, a band over seeds (min and
-max of each metric across seeds). The user's own texts (``texts_file``) have no labels: no kNN accuracy then. :func:`write_report` writes JSON + Markdown + a PNG heat map
+max of each metric across seeds). The user's own texts (``texts_file``) have no labels: no kNN accuracy
+then. :func:`write_report` writes JSON + Markdown + a PNG heat map
 (layer x format, one panel per place and rounding).
 """
 from __future__ import annotations
