@@ -9,8 +9,8 @@ from bertsilicon import cli, sources
 from bertsilicon.benchmark import cli as bench_cli
 from bertsilicon.models.students import load_tokenizer
 
-TEXTS = ["The quick brown fox jumps over the lazy dog near the river bank today.",
-         "Short one.", "", "A third text, of middling length, about parsing command lines.",
+TEXTS = ["Short one.", "A tiny second text.", "", "The quick brown fox jumps over the lazy dog near the river bank.",
+         "A fourth text, of middling length, about parsing command lines.",
          "Fourth: the cache is invalidated when the file changes.", "Fifth and last line of the file."]
 
 
@@ -71,7 +71,7 @@ def test_a_saved_optimized_model_is_refused_where_fp32_weights_are_needed(user_m
 
 
 @pytest.mark.parametrize("command", [["bench", "--no-plots", "--quiet"], ["precision"], ["demo"],
-                                     ["distill", "--steps", "1"], ["profile", "--optimized"]])
+                                     ["distill", "--steps", "1"], ["profile", "--optimized"], ["finetune"]])
 def test_every_subcommand_gives_one_line_errors_for_models_and_texts(command, tmp_path, capsys):
     not_a_model = tmp_path / "empty-dir"
     not_a_model.mkdir()
@@ -90,7 +90,7 @@ def test_every_subcommand_gives_one_line_errors_for_models_and_texts(command, tm
     model_option = [] if command[0] == "profile" else ["--model"]
     assert "not a directory" in error(*model_option, str(tmp_path / "missing"))
     assert "no config.json" in error(*model_option, str(not_a_model))
-    if command[0] != "profile":  # profile prices shapes: it reads no texts
+    if command[0] not in ("profile", "finetune"):  # shapes / a labelled task: no texts file
         assert f"--texts {empty} has no good row" in error("--texts", str(empty))
         assert "no such file" in error("--texts", str(tmp_path / "nope.txt"))
     assert not (tmp_path / "out").exists()  # nothing written before the inputs are checked
@@ -127,7 +127,7 @@ def test_bench_runs_the_users_model_on_their_texts_writing_partial_results(user_
     for row in final["rows"]:
         assert row["model"] == "my-bert" and row["params_m"] == round(n_params / 1e6, 2)
         longest = max(len(tok(t, truncation=True, max_length=row["seq"])["input_ids"]) for t in _kept()[:2])
-        assert row["padded_shape"] == [2, longest]  # the first two texts of the file are the timed batch
+        assert row["padded_shape"] == [2, longest] and longest < 8  # the file's first two (short) texts are timed
         assert row["status"] == "ok" and row["cos_mean"] > 0.9999
     err = capsys.readouterr().err
     assert "bench: 2 configuration(s); estimated time ~" in err
@@ -204,3 +204,20 @@ def test_the_clock_refines_from_the_first_configuration():
     assert duration(5400) == "1.5 h" and duration(150) == "2.5 min"
     with pytest.raises(ValueError, match="positive"):
         RunClock("job", [], 1.0)
+
+
+def test_finetune_puts_the_head_on_the_users_model(user_model, tmp_path, capsys):
+    from transformers import AutoConfig
+
+    path, _ = user_model
+    out = tmp_path / "teacher"
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["finetune", "--model", str(path), "--steps", "1", "--batch-size", "4", "--seq-len", "12",
+                         "--threads", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    saved = AutoConfig.from_pretrained(out)
+    assert saved.hidden_size == 48 and saved.num_hidden_layers == 2 and saved.num_labels > 2
+    assert cli.main(["finetune", "--model", "tinybert4", "--out", str(out)]) == 2
+    assert "a student without pretrained weights" in capsys.readouterr().err
