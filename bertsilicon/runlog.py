@@ -26,13 +26,16 @@ def duration(seconds: float) -> str:
 class RunClock:
     """Estimates for a run of configurations of relative cost ``weights`` (see the module docstring).
 
-    ``prior_s_per_weight``: the seconds one unit of weight is assumed to take before any was measured."""
+    ``prior_s_per_weight``: the seconds one unit of weight is assumed to take before any was measured; ``unit``:
+    what one entry of ``weights`` is called in the lines printed."""
 
-    def __init__(self, label: str, weights: Sequence[float], prior_s_per_weight: float, stream=None):
+    def __init__(self, label: str, weights: Sequence[float], prior_s_per_weight: float, stream=None,
+                 unit: str = "configuration", prior: str = "a rough prior"):
         if not weights or any(w <= 0 for w in weights):
             raise ValueError(f"weights: expected positive relative costs, got {list(weights)!r}")
         self.label, self.weights, self.prior = label, [float(w) for w in weights], float(prior_s_per_weight)
         self.stream = stream if stream is not None else sys.stderr
+        self.unit, self.prior_name = unit, prior
         self.done, self.started = 0, None
         self.lines: list[str] = []  # what was printed (a report may quote it)
 
@@ -46,8 +49,8 @@ class RunClock:
 
     def start(self) -> None:
         self.started = time.perf_counter()
-        self._say(f"{self.label}: {len(self.weights)} configuration(s); estimated time ~{duration(self.estimate_s())} "
-                  "(a rough prior; refined after the first configuration)")
+        self._say(f"{self.label}: {len(self.weights)} {self.unit}(s); estimated time ~{duration(self.estimate_s())} "
+                  f"({self.prior_name}; refined after the first {self.unit})")
 
     def finished(self) -> None:
         """One more configuration is done (call in order); after the first, print the measured estimate."""
@@ -57,5 +60,5 @@ class RunClock:
         elapsed = time.perf_counter() - self.started
         if self.done == 1 and self.done < len(self.weights):
             rate = elapsed / self.weights[0]
-            self._say(f"{self.label}: the first configuration took {duration(elapsed)}; about "
+            self._say(f"{self.label}: the first {self.unit} took {duration(elapsed)}; about "
                       f"{duration(self.estimate_s(rate))} more for the other {len(self.weights) - 1}")

@@ -120,8 +120,9 @@ def main(argv=None):
                               "module": model, "inputs": inputs(model, batch, args.seq_len),
                               "predicted_s": rep.totals["latency_s"], "samples": []})
     # The estimate of the rounds is the profiler's own prediction of one round (the warm-up is a round too).
-    clock = RunClock(f"{len(cases)} cases x {rounds} rounds", [1.0] * (rounds + 1),
-                     sum(c["predicted_s"] for c in cases))
+    clock = RunClock(f"profiler accuracy, {len(cases)} cases", [1.0] * (rounds + 1),
+                     sum(c["predicted_s"] for c in cases), unit="round",
+                     prior="the profiler's prediction, warm-up round included")
     clock.start()
     with torch.inference_mode():
         for c in cases:  # warm-up
