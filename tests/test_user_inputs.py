@@ -1,6 +1,7 @@
 """The user's own model and texts in every subcommand (bertsilicon.sources), partial results written as a run
 goes, and the run-time estimate printed before it starts. Small random models saved to tmp dirs; no timer."""
 import json
+import re
 
 import pytest
 import torch
@@ -186,7 +187,8 @@ def test_calibration_writes_partial_sections_and_estimates(tmp_path, capsys, mon
     assert "bandwidth" in snapshots[-2]
     assert not calibration.partial_path(path).exists() and rec["gemm_curve"]
     err = capsys.readouterr().err
-    assert "calibration: " in err and "estimated time ~" in err and "the first configuration took" in err
+    assert re.search(r"calibration: [67] section\(s\); estimated time ~", err)  # 7 with the C++ kernels built
+    assert "calibration: the first section took" in err
 
 
 def test_the_clock_refines_from_the_first_configuration():

@@ -150,7 +150,7 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
     path = Path(path) if path else calibration_path()
     sections = [2 * len(gemms), len(attns), len(sdpas), 1, 5 * len(ew_sizes), 1] + \
         ([kernel_rates.steps(quick)] if built else [])
-    clock = RunClock("calibration", sections, _PRIOR_S_PER_STEP[bool(quick)])
+    clock = RunClock("calibration", sections, _PRIOR_S_PER_STEP[bool(quick)], unit="section")
     clock.start()
     measured = {"partial": True, "threads": threads, "quick": quick, "cpu": _cpu_name(), "kernel_path": _kernel_path()}
 
