@@ -153,29 +153,19 @@ def table(rows: list[Row]) -> list[str]:
 def main(args) -> int:
     from tqdm import tqdm
 
-    from . import data
-    from .models.students import load_student, load_tokenizer
+    from . import data, sources
 
     for name in ("sentences", "batch_size", "seq_len", "threads", "rounds"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    if args.model:
-        from transformers import AutoModel, AutoTokenizer
-
-        model = AutoModel.from_pretrained(args.model, local_files_only=True).eval()
-        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-        what = f"{args.model}"
-    else:
-        model, tokenizer, what = load_student("minilm-l6"), load_tokenizer(), "MiniLM-L6-H384 (all-MiniLM-L6-v2)"
-    if args.texts:
-        texts = [t for t in Path(args.texts).read_text().splitlines() if t.strip()][: args.sentences]
-        if not texts:
-            raise ValueError(f"--texts {args.texts}: no non-empty line (expected one text per line)")
-        source = args.texts
+    if args.texts:  # inputs are checked before any model is loaded
+        texts, source = sources.read_texts(args.texts, limit=args.sentences), args.texts
     else:
         texts, source = data.corpus("pydoc").subset(args.sentences, seed=0).texts, "paragraphs of the Python docs"
+    model, tokenizer, _ = sources.resolve_model(args.model, fp32_weights=True)
+    what = "MiniLM-L6-H384 (all-MiniLM-L6-v2)" if args.model is None else args.model
     print(f"{what} on {len(texts)} {source}, batch {args.batch_size}, max length {args.seq_len}, "
           f"{args.threads} threads, {args.rounds} interleaved rounds", flush=True)
     with tqdm(total=7 + args.rounds, desc="demo (build, check, time)", file=sys.stderr) as bar:
@@ -205,9 +195,10 @@ def main(args) -> int:
 
 def register(sub) -> None:
     d = sub.add_parser("demo", help="a model on real text: every precision against Hugging Face fp32")
-    d.add_argument("--model", default=None, help="a Hugging Face / sentence-transformers model directory "
-                   "(default: the built-in all-MiniLM-L6-v2)")
-    d.add_argument("--texts", default=None, help="a text file, one text per line (default: Python documentation)")
+    d.add_argument("--model", default=None, help="a Hugging Face / sentence-transformers model directory or a "
+                   "student name (default: the built-in all-MiniLM-L6-v2)")
+    d.add_argument("--texts", default=None, help="your texts: .txt (a text a line), .jsonl / .csv / .parquet "
+                   "(field 'text') (default: Python documentation)")
     d.add_argument("--sentences", type=int, default=32, help="how many texts")
     d.add_argument("--batch-size", type=int, default=8, help="texts per batch")
     d.add_argument("--seq-len", type=int, default=128, help="tokens per text at most (longer ones are truncated)")

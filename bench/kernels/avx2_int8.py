@@ -7,7 +7,8 @@ cosine against HF fp32.
 
 Rounds are interleaved (every provider of a case once per round, so load hits all alike); medians.
 The AVX2 code runs on any AVX2 CPU; on a wider one it is forced (``set_isa("avx2")``), so say which CPU
-the figures come from (``machine`` in the JSON). Writes ``bench/results/cpu/<name>.{json,md}``.
+the figures come from (``machine`` in the JSON). Writes ``<out>/<name>.{json,md}`` (``--out``, default
+``./bertsilicon-results/kernels``; the recorded ones: ``--out bench/results/cpu``).
 
     .venv/bin/python bench/kernels/avx2_int8.py [--rounds 15] [--threads 2] [--name avx2_int8]
 """
@@ -110,7 +111,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--name", default="avx2_int8", help="results file stem under bench/results/cpu")
+    p.add_argument("--name", default="avx2_int8", help="results file stem")
+    p.add_argument("--out", default=str(harness.RESULTS_DIR), help="results folder (the recorded ones: "
+                   "bench/results/cpu)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     _cpu.set_isa("avx2")
@@ -127,7 +130,7 @@ def main() -> None:
                               "vs_our_fp32": ours32 / t})
     e2e = end_to_end(args.rounds)
     info["load_average_end"] = load_average()
-    out = harness.RESULTS_DIR
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"what": "AVX2 path (forced): int8 7-bit / 8-bit weight kernels vs fp32, GEMMs and MiniLM end to end",
            "rounds": args.rounds, "machine": info, "gemm": gemm_rows, "end_to_end": e2e}

@@ -1,5 +1,6 @@
 """pytest configuration of the per-kernel benchmarks: collect ``bench_*.py`` files, make ``harness``
-importable, and write ``bench/results/cpu/kernels.{json,md}`` at the end of the pytest run.
+importable, and write ``kernels.{json,md}`` at the end of the pytest run into ``$BERTSILICON_KERNEL_RESULTS``
+(the recorded tables: ``bench/results/cpu``), else ``./bertsilicon-results/kernels``.
 
 Run: ``.venv/bin/pytest bench/kernels --benchmark-only -q`` (or one ``bench_*.py`` file).
 ``BERTSILICON_BENCH_ROUNDS`` sets the timed rounds per benchmark (default 100);

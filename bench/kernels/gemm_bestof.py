@@ -89,6 +89,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
+    p.add_argument("--out", default=str(harness.RESULTS_DIR), help="results folder (the recorded ones: "
+                   "bench/results/cpu)")
     args = p.parse_args()
     rows = []
     for threads in args.threads:
@@ -97,7 +99,7 @@ def main() -> None:
             for provider, t in best_of(fns, args.rounds).items():
                 rows.append({"op": op, "case": case, "threads": threads, "provider": provider,
                              "best_s": t, "GFLOP_per_s": flops / t / 1e9})
-    out = harness.RESULTS_DIR
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"what": "best-of-N interleaved timings (min over rounds), GEMM family vs torch", "rounds": args.rounds,
            "machine": harness.machine(), "rows": rows}

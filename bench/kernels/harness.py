@@ -22,7 +22,10 @@ import torch
 from bertsilicon.benchmark.machine import describe, machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS_DIR = ROOT / "bench" / "results" / "cpu"
+# Where the tables go: $BERTSILICON_KERNEL_RESULTS (the recorded ones: bench/results/cpu), else a new folder under
+# the current one, so a run never overwrites the recorded tables by default.
+RESULTS_ENV = "BERTSILICON_KERNEL_RESULTS"
+RESULTS_DIR = Path(os.environ.get(RESULTS_ENV) or Path.cwd() / "bertsilicon-results" / "kernels")
 TOKENS = 8 * 128        # batch 8 x sequence 128
 HIDDENS = (384, 768)    # MiniLM-L6 / BERT-base widths
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -10,9 +10,15 @@ against the median round and against the best round: the calibration times short
 loaded machine delays less than a forward of a second or more, so under load the best round is the
 like-for-like figure; on a quiet machine the two agree.
 
-    .venv/bin/python bench/studies/profiler_accuracy.py            # fresh calibration, 7 rounds (~4-6 min)
-    .venv/bin/python bench/studies/profiler_accuracy.py --quick    # 3 rounds
+    .venv/bin/python bench/studies/profiler_accuracy.py --out DIR          # fresh calibration, 7 rounds
+    .venv/bin/python bench/studies/profiler_accuracy.py --quick --out DIR  # 3 rounds: checks the script runs
     BERTSILICON_ISA=avx2 .venv/bin/python bench/studies/profiler_accuracy.py   # the AVX2 kernel path
+
+Run time: the calibration (<= 60 s), building the 12 models (~1 min), then the rounds: one round runs every
+case once, ~30 s on 2 AVX-512 cores (the profiler's predicted sum of the 36 cases), so ~4 min for 7 rounds
+plus the warm-up round. In all ~6 min on an idle machine (``--quick``: ~3.5 min); under load, several times
+that. The script prints its estimate of the rounds before they start (from the profiler's predictions) and
+refines it after the warm-up round.
 
 Writes <out>/profiler_accuracy_<kernel path>{_quick}.json / .md (default out: ./bertsilicon-results/profiler).
 """
@@ -90,11 +96,15 @@ def main(argv=None):
     import bertsilicon as bs
     from bertsilicon.benchmark.machine import machine_info
     from bertsilicon.profiler import calibration
+    from bertsilicon.runlog import RunClock
 
     torch.set_num_threads(args.threads)
     machine = machine_info(args.threads)
     machine["load_average_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rounds = 3 if args.quick else 7
+    print(f"profiler accuracy: calibration (<= 60 s), {len(args.models.split(','))} models x {len(VARIANTS)} "
+          f"variants built, then {rounds} rounds + a warm-up round; the estimate of the rounds follows the build",
+          file=sys.stderr, flush=True)
     t0 = time.time()
     rec = calibration.load_calibration(args.threads) if args.reuse_calibration else None
     if rec is None:
@@ -109,15 +119,21 @@ def main(argv=None):
                 cases.append({"model": name, "batch": batch, "variant": variant, "precision": rep.precision,
                               "module": model, "inputs": inputs(model, batch, args.seq_len),
                               "predicted_s": rep.totals["latency_s"], "samples": []})
-    print(f"{len(cases)} cases x {rounds} rounds")
+    # The estimate of the rounds is the profiler's own prediction of one round (the warm-up is a round too).
+    clock = RunClock(f"profiler accuracy, {len(cases)} cases", [1.0] * (rounds + 1),
+                     sum(c["predicted_s"] for c in cases), unit="round",
+                     prior="the profiler's prediction, warm-up round included")
+    clock.start()
     with torch.inference_mode():
         for c in cases:  # warm-up
             c["module"](input_ids=c["inputs"][0], attention_mask=c["inputs"][1])
+        clock.finished()
         for _ in tqdm(range(rounds), desc="interleaved rounds"):
             for c in cases:
                 start = time.perf_counter()
                 c["module"](input_ids=c["inputs"][0], attention_mask=c["inputs"][1])
                 c["samples"].append(time.perf_counter() - start)
+            clock.finished()
     machine["load_average_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = []
     for c in cases:

@@ -16,7 +16,8 @@ fp32. Logged per step: training loss, and the fraction of parameters whose store
     .venv/bin/python bench/studies/sr_training.py            # ~2-4 minutes on 2 cores
     .venv/bin/python bench/studies/sr_training.py --quick    # a smoke run (seconds)
 
-Writes bench/results/precision/sr_training.{json,md,png}.
+Writes <out>/sr_training.{json,md,png} (``--out``, default ./bertsilicon-results/precision; the recorded run:
+``--out bench/results/precision``).
 """
 from __future__ import annotations
 
@@ -183,7 +184,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 120 texts, 200 steps, 1 seed")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/precision"))
+    ap.add_argument("--out", default="bertsilicon-results/precision",
+                    help="output folder (default: ./bertsilicon-results/precision; the recorded run: "
+                    "bench/results/precision)")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.seeds = 200, 1

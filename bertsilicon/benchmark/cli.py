@@ -29,8 +29,9 @@ def _csv_ints(value: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="< 5 minutes on 2 cores: minilm-l6, batch 1,8, 5 rounds, 16 accuracy texts")
-    p.add_argument("--models", type=_csv, help=f"comma-separated students (default {','.join(DEFAULT_MODELS)}; "
-                   "any name of bertsilicon.STUDENTS)")
+    p.add_argument("--model", "--models", dest="models", type=_csv,
+                   help=f"comma-separated students or model directories (Hugging Face / sentence-transformers) "
+                   f"(default {','.join(DEFAULT_MODELS)}; any name of bertsilicon.STUDENTS)")
     p.add_argument("--batch-size", "--batch", dest="batch", type=_csv_ints,
                    help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--seq-len", "--seq", dest="seq", type=_csv_ints, help="comma-separated max lengths (default 128)")
@@ -42,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, help="untimed calls per provider before timing (default 2; quick 1)")
     p.add_argument("--accuracy-texts", type=int, help="texts for the cosine check (default 64; quick 16)")
     p.add_argument("--corpus", default="pydoc", help="real-text corpus: pydoc (paragraphs), pydoc-passages (~550-token passages, for --seq 256,512) or docstrings (default pydoc)")
+    p.add_argument("--texts", default=None, help="your texts instead of the corpus: .txt (a text a line), .jsonl / "
+                   ".csv / .parquet (field 'text'); the first batch-size texts are timed, the next ones checked")
     p.add_argument("--padding", default="longest", choices=PADDINGS,
                    help="pad to the longest text of the batch (default) or always to the max length")
     p.add_argument("--note", default="", help="a remark stored with the results, e.g. 'preliminary (shared machine)'")
@@ -57,8 +60,8 @@ def config_from_args(args):
 
     kw = {"models": args.models, "batches": args.batch, "seqs": args.seq, "providers": args.providers,
           "precisions": args.precisions, "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-          "accuracy_texts": args.accuracy_texts, "corpus": args.corpus, "padding": args.padding, "note": args.note,
-          "tag": args.tag}
+          "accuracy_texts": args.accuracy_texts, "corpus": args.corpus, "texts_file": args.texts,
+          "padding": args.padding, "note": args.note, "tag": args.tag}
     kw = {k: v for k, v in kw.items() if v is not None}
     cfg = BenchConfig.quick_defaults(**kw) if args.quick else BenchConfig(**kw)
     return cfg.validate()
@@ -84,6 +87,8 @@ def command_line(cfg, out: str) -> str:
         parts += ["--precisions", ",".join(cfg.precisions)]
     parts += ["--threads", str(cfg.threads), "--repeats", str(cfg.repeats), "--warmup", str(cfg.warmup),
               "--accuracy-texts", str(cfg.accuracy_texts), "--corpus", cfg.corpus, "--padding", cfg.padding]
+    if cfg.texts_file:
+        parts += ["--texts", cfg.texts_file]
     if cfg.note:
         parts += ["--note", cfg.note]
     if cfg.tag:
@@ -91,7 +96,9 @@ def command_line(cfg, out: str) -> str:
     return " ".join(shlex.quote(x) for x in parts + ["--out", out])
 
 
-def bench(args, parser=None) -> int:
+def bench(args, parser=None, after_config=None) -> int:
+    """Run, writing the JSON and Markdown after every configuration (a stopped run keeps what it measured) and
+    everything at the end. ``after_config(paths, partial_result)`` is called after each partial write."""
     from .report import markdown, write_results
     from .runner import run_bench
 
@@ -101,9 +108,20 @@ def bench(args, parser=None) -> int:
         if parser is None:
             raise
         parser.error(str(exc))  # exits with status 2 and the message
-    result = run_bench(cfg, quiet=args.quiet)
-    result["argv"] = command_line(cfg, args.out)
-    result["env"] = env_prefix()
+
+    def provenance(result):
+        result["argv"] = command_line(cfg, args.out)
+        result["env"] = env_prefix()
+        return result
+
+    def write_partial(result):
+        paths = write_results(provenance(result), args.out, plot=False)
+        print(f"\npartial results ({result['partial']['done']} of {result['partial']['total']} configurations): "
+              f"{paths['md']}", file=sys.stderr)
+        if after_config is not None:
+            after_config(paths, result)
+
+    result = provenance(run_bench(cfg, quiet=args.quiet, on_config=write_partial))
     paths = write_results(result, args.out, plot=not args.no_plots)
     md = markdown(result)
     print(md.split("## Method")[0].rstrip())
@@ -115,7 +133,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="end-to-end latency/throughput/accuracy vs torch, torch.compile, "
                               "ONNX Runtime", description=__doc__)
     add_arguments(p)
-    p.set_defaults(func=lambda args: bench(args, p))
+    p.set_defaults(func=bench)  # a mistake raises ValueError: the bertsilicon command prints it in one line
 
 
 def build_parser(prog: str = "bench/e2e/cpu.py") -> argparse.ArgumentParser:

@@ -134,8 +134,12 @@ def markdown(result) -> str:
     lines = [f"# {title}", ""]
     if result.get("note"):
         lines += [f"> **{result['note']}**", ""]
+    if result.get("partial"):
+        lines += [f"> **Partial results: {result['partial']['done']} of {result['partial']['total']} configurations "
+                  "(model x max length) measured; the run was still going when this was written.**", ""]
     lines += machine_lines(result)
-    lines += [f"- **Input**: real text (`bertsilicon.data.corpus({cfg['corpus']!r})`), truncated to the max length, "
+    source = f"`{cfg['texts_file']}`" if cfg.get("texts_file") else f"`bertsilicon.data.corpus({cfg['corpus']!r})`"
+    lines += [f"- **Input**: real text ({source}), truncated to the max length, "
               f"padding `{cfg['padding']}`; every provider gets the same batch. Accuracy: mean-pooled last hidden "
               f"state of {cfg['accuracy_texts']} other texts, cosine against the same model in HF fp32 (SDPA).",
               f"- **Command**: `{result.get('env', '')}bertsilicon bench {result.get('argv', '')}`".rstrip(), "",

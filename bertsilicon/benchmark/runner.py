@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -50,7 +51,6 @@ INT8_COSINE_TARGET = 0.995  # docs/architecture.md: int8 mean-pooled embedding c
 
 def _default_threads() -> int:
     try:
-        import os
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return torch.get_num_threads()
@@ -58,8 +58,9 @@ def _default_threads() -> int:
 
 @dataclass
 class BenchConfig:
-    """One run. ``quick()`` gives the < 5 minute configuration. ``model_overrides`` maps a model name to
-    ``student_config`` overrides (tests use it to make a tiny student)."""
+    """One run. ``quick()`` gives the < 5 minute configuration. ``models``: student names or model directories
+    (:func:`bertsilicon.sources.model_source`). ``model_overrides`` maps a student name to ``student_config``
+    overrides (tests use it to make a tiny student)."""
 
     models: list = field(default_factory=lambda: list(DEFAULT_MODELS))
     batches: list = field(default_factory=lambda: [1, 8, 32])
@@ -74,6 +75,7 @@ class BenchConfig:
     accuracy_texts: int = 64
     accuracy_batch: int = 8
     corpus: str = "pydoc"
+    texts_file: Optional[str] = None  # the user's texts (bertsilicon.sources.read_texts) instead of the corpus
     padding: str = "longest"
     quick: bool = False
     note: str = ""
@@ -91,16 +93,20 @@ class BenchConfig:
     def validate(self) -> "BenchConfig":
         from bertsilicon.data import CORPORA
         from bertsilicon.models.students import STUDENTS
+        from bertsilicon.sources import model_source
 
         def positive_ints(name, values):
             if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
                 raise ValueError(f"{name}: expected a non-empty list of positive integers, got {values!r}")
 
         if not self.models:
-            raise ValueError(f"models: expected at least one of: {', '.join(STUDENTS)}")
-        bad = [m for m in self.models if m not in STUDENTS]
+            raise ValueError(f"models: expected at least one of: {', '.join(STUDENTS)}, or a model directory")
+        bad = [m for m in self.models if m not in STUDENTS and os.sep not in m and not os.path.exists(m)]
         if bad:
-            raise ValueError(f"models: unknown {', '.join(map(repr, bad))}; expected any of: {', '.join(STUDENTS)}")
+            raise ValueError(f"models: unknown {', '.join(map(repr, bad))}; expected any of: {', '.join(STUDENTS)}, "
+                             "or a model directory")
+        for m in self.models:
+            model_source(m, option="--model", fp32_weights=True)  # a directory: checked to hold a model
         positive_ints("batch", self.batches)
         positive_ints("seq", self.seqs)
         if any(s > 512 for s in self.seqs):
@@ -130,17 +136,24 @@ def tokenize(tok, texts, seq: int, padding: str) -> Batch:
 
 
 def text_pool(cfg: BenchConfig) -> tuple[list[str], list[str]]:
-    """(timing texts, accuracy texts): one deterministic draw from the corpus, disjoint halves."""
-    from bertsilicon import data
-
+    """(timing texts, accuracy texts): one deterministic draw from the corpus (or the first texts of
+    ``cfg.texts_file``, in file order), disjoint."""
     n_time = max(cfg.batches)
-    pool = data.corpus(cfg.corpus).subset(n_time + cfg.accuracy_texts + 2, seed=cfg.seed).texts
-    import random
+    if cfg.texts_file:
+        from bertsilicon.sources import read_texts
 
-    random.Random(cfg.seed).shuffle(pool)  # subset() keeps corpus order (topics alphabetically): mix them
+        pool, source = read_texts(cfg.texts_file), f"--texts {cfg.texts_file}"
+    else:
+        import random
+
+        from bertsilicon import data
+
+        pool, source = data.corpus(cfg.corpus).subset(n_time + cfg.accuracy_texts + 2, seed=cfg.seed).texts, \
+            f"corpus {cfg.corpus!r}"
+        random.Random(cfg.seed).shuffle(pool)  # subset() keeps corpus order (topics alphabetically): mix them
     if len(pool) < n_time + cfg.accuracy_texts:
-        raise ValueError(f"corpus {cfg.corpus!r} has {len(pool)} texts; batch {n_time} + accuracy_texts "
-                         f"{cfg.accuracy_texts} need more")
+        raise ValueError(f"{source} has {len(pool)} texts; batch {n_time} + accuracy texts {cfg.accuracy_texts} "
+                         "need that many (lower --batch-size or --accuracy-texts)")
     return pool[:n_time], pool[n_time:n_time + cfg.accuracy_texts]
 
 
@@ -246,52 +259,109 @@ def _progress(total: int, quiet: bool):
     return tqdm(total=total, desc="bench", unit="step", file=sys.stderr, disable=quiet, dynamic_ncols=True)
 
 
-def run_bench(cfg: BenchConfig, quiet: bool = False) -> dict:
+# Seconds per unit of a configuration's weight (:func:`_cell_weights`) assumed before one was measured: a
+# MiniLM-sized model on 2 cores. Only the first estimate uses it; the refined one is measured.
+PRIOR_S_PER_WEIGHT = 3e-3
+
+
+def _model_scale(spec: str) -> float:
+    """A model's GEMM work per token relative to MiniLM-L6 (layers x hidden^2), from its config only."""
+    from bertsilicon.models.students import STUDENTS, student_config
+
+    try:
+        if spec in STUDENTS:
+            c = student_config(spec)
+        else:
+            from transformers import AutoConfig
+
+            c = AutoConfig.from_pretrained(spec, local_files_only=True)
+        layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layers", 6)
+        hidden = getattr(c, "hidden_size", None) or getattr(c, "dim", 384)
+    except (OSError, ValueError):
+        return 1.0
+    return layers * hidden * hidden / (6 * 384 * 384)
+
+
+def _cell_weights(cfg: BenchConfig, providers) -> list[float]:
+    """Relative cost of each (model, max length) configuration, in run order: providers x timed rounds x tokens
+    x model size."""
+    per_token = len(providers) * (cfg.repeats + cfg.warmup) * sum(cfg.batches)
+    return [per_token * seq * _model_scale(m) for m in cfg.models for seq in cfg.seqs]
+
+
+def run_bench(cfg: BenchConfig, quiet: bool = False, on_config=None) -> dict:
     """Run the suite; return the result dict (machine, config, rows, targets). Nothing is written here:
-    see :func:`bertsilicon.benchmark.report.write_results`. Sets torch's thread count for the run and
-    restores it afterwards."""
+    see :func:`bertsilicon.benchmark.report.write_results`. ``on_config(partial_result)`` is called after each
+    (model, max length) configuration with the results so far (``partial``: done / total), so a caller can
+    write them as they come. Prints an estimate of the run time before starting (refined after the first
+    configuration). Sets torch's thread count for the run and restores it afterwards."""
     cfg.validate()
     providers = select_providers(cfg.providers, cfg.precisions)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, providers, quiet)
+        return _run(cfg, providers, quiet, on_config)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(cfg: BenchConfig, providers: list[Provider], quiet: bool) -> dict:
-    from bertsilicon.models.students import load_student, load_tokenizer
+def _load(spec: str, overrides: dict, tokenizers: dict):
+    """(model, tokenizer, label, pretrained) of a student name or a model directory."""
+    from bertsilicon import sources
+    from bertsilicon.models.students import load_student
+
+    source = sources.model_source(spec, fp32_weights=True)
+    if source.path is None:
+        model = load_student(spec, **overrides)
+        pretrained = spec == "minilm-l6" and not overrides
+    else:
+        model, pretrained = sources.load_model(source), True
+    if source.path not in tokenizers:
+        tokenizers[source.path] = sources.load_tokenizer(source)
+    return model, tokenizers[source.path], source.name, pretrained
+
+
+def _run(cfg: BenchConfig, providers: list[Provider], quiet: bool, on_config=None) -> dict:
+    from bertsilicon.runlog import RunClock
 
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel region
         torch.set_num_interop_threads(1)
     info = machine.machine_info(cfg.threads)
-    tok = load_tokenizer()
     time_texts, acc_texts = text_pool(cfg)
-    rows, started = [], time.perf_counter()
+    rows, started, tokenizers = [], time.perf_counter(), {}
+    clock = RunClock("bench", _cell_weights(cfg, providers), PRIOR_S_PER_WEIGHT)
+    clock.start()
     bar = _progress(_progress_total(cfg, providers), quiet)
     try:
-        for model_name in cfg.models:
-            overrides = cfg.model_overrides.get(model_name, {})
-            model = load_student(model_name, **overrides)
+        for spec in cfg.models:
+            model, tok, model_name, pretrained = _load(spec, cfg.model_overrides.get(spec, {}), tokenizers)
             n_params = sum(p.numel() for p in model.parameters())
-            pretrained = model_name == "minilm-l6" and not overrides
             for seq in cfg.seqs:
                 bar.set_description(f"{model_name} L{seq}: build")
                 rows += _run_cell(cfg, providers, model, model_name, n_params, pretrained, seq, tok, time_texts,
                                   acc_texts, bar)
+                clock.finished()
+                if on_config is not None and clock.done < len(clock.weights):
+                    on_config(_result(cfg, providers, info, rows, started, partial=(clock.done, len(clock.weights))))
             del model
             gc.collect()
     finally:
         bar.close()
-    info["load_average_end"] = machine.load_average()
-    info["wall_s"] = round(time.perf_counter() - started, 1)
+    return _result(cfg, providers, info, rows, started)
+
+
+def _result(cfg: BenchConfig, providers, info: dict, rows: list, started: float, partial=None) -> dict:
+    """The result dict of the rows measured so far; ``partial``: (configurations done, in all) of a run still
+    going."""
+    info = {**info, "load_average_end": machine.load_average(), "wall_s": round(time.perf_counter() - started, 1)}
     result = {"kind": "bertsilicon-e2e", "schema": 1, "quick": cfg.quick, "note": cfg.note, "tag": cfg.tag,
               "config": {k: v for k, v in asdict(cfg).items()}, "machine": info,
               "method": __doc__.split("Method", 1)[1].split("\n", 1)[1].strip(),
               "providers": [{"name": p.name, "precision": p.precision, "description": p.description}
                             for p in providers],
-              "baseline": " ".join(BASELINE), "rows": rows}
+              "baseline": " ".join(BASELINE), "rows": list(rows)}
+    if partial is not None:
+        result["partial"] = {"done": partial[0], "total": partial[1]}
     result["targets"] = target_ratios(result)
     return result
 

@@ -43,7 +43,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("distill", help="distil a teacher into a student on real text (see --demo)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true", help="run the measured demo (its options below)")
-    p.add_argument("--teacher", default="minilm-l6", help="a student name (only minilm-l6 has real weights)")
+    p.add_argument("--teacher", "--model", dest="teacher", default="minilm-l6",
+                   help="a student name (only minilm-l6 has real weights) or a Hugging Face / sentence-transformers "
+                   "model directory")
+    p.add_argument("--texts", default=None, help="train on your texts: .txt (a text a line), .jsonl / .csv / .parquet "
+                   "(field 'text') (default: the built-in Python documentation)")
     p.add_argument("--student", default="bert-L3-H384",
                    help="bert-L{L}-H{H}[-A{A}][-F{F}], a published student, or name:key=value,...")
     p.add_argument("--from-design", default=None, help="a `bertsilicon design --json` file: the student is its "
@@ -84,14 +88,16 @@ def main(args) -> int:
     from .layer_maps import student_from_design, student_from_spec
 
     torch.set_num_threads(args.threads)
-    tok = bs.load_tokenizer()
-    teacher = bs.load_student(args.teacher)
+    from .. import sources
+
+    source = sources.model_source(args.teacher, option="--teacher", fp32_weights=True)  # inputs first, then weights
+    train = sources.read_texts(args.texts, limit=args.max_texts) if args.texts else train_texts(args.max_texts)
+    teacher, tok = sources.load_model(source, "--teacher"), sources.load_tokenizer(source, "--teacher")
     if args.from_design:
         args.student = student_from_design(args.from_design, args.pick)
     student_cfg = student_from_spec(args.student, teacher.config)
     torch.manual_seed(args.seed)
     student = AutoModel.from_config(student_cfg, add_pooling_layer=False)
-    train = train_texts(args.max_texts)
     evalset = bs.data.corpus("docstrings")
     if args.eval_texts:
         evalset = evalset.subset(args.eval_texts, seed=0)

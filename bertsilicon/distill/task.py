@@ -25,15 +25,16 @@ def _seeded(seed: int, build):
         return build()
 
 
-def teacher_classifier(num_labels: int, seed: int = 0):
-    """The real all-MiniLM-L6-v2 with a sequence-classification head (pooler and head drawn with ``seed``)."""
-    from transformers import BertForSequenceClassification
+def teacher_classifier(num_labels: int, seed: int = 0, path=None):
+    """A pretrained encoder with a sequence-classification head (the parts the checkpoint lacks drawn with
+    ``seed``): the model directory ``path``, by default the real all-MiniLM-L6-v2."""
+    from transformers import AutoModelForSequenceClassification
 
     from ..models.students import minilm_path
 
     _check_num_labels(num_labels)
-    return _seeded(seed, lambda: BertForSequenceClassification.from_pretrained(
-        str(minilm_path()), num_labels=num_labels, local_files_only=True))
+    return _seeded(seed, lambda: AutoModelForSequenceClassification.from_pretrained(
+        str(path or minilm_path()), num_labels=num_labels, local_files_only=True))
 
 
 def student_classifier(spec: str, num_labels: int, teacher_config=None, seed: int = 0):

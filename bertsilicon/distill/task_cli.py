@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune the real MiniLM with a classification head on a task",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
+    p.add_argument("--model", default=None, help="a Hugging Face / sentence-transformers directory to fine-tune "
+                   "(default: the built-in all-MiniLM-L6-v2)")
     p.add_argument("--out", required=True, help="folder for the fine-tuned teacher (save_pretrained)")
     p.set_defaults(func=finetune_main)
     p = subparsers.add_parser("distill-task", help="distil fine-tuned teachers into a student on a labelled task",
@@ -73,14 +75,18 @@ def _report(tok, model, t, args, extra: dict) -> int:
 def finetune_main(args) -> int:
     import torch
 
-    import bertsilicon as bs
-
     from ..tasks import task
     from .task import finetune, teacher_classifier
 
+    from .. import sources
+
+    source = sources.model_source(args.model, fp32_weights=True)
+    if source.path is None and source.spec != sources.BUILTIN_MODEL:
+        raise ValueError(f"--model {source.spec}: a student without pretrained weights; finetune needs "
+                         f"'{sources.BUILTIN_MODEL}' or a model directory")
     torch.set_num_threads(args.threads)
-    t, tok = task(args.task), bs.load_tokenizer()
-    model = teacher_classifier(t.num_labels, seed=args.seed)
+    t, tok = task(args.task), sources.load_tokenizer(source)
+    model = teacher_classifier(t.num_labels, seed=args.seed, path=source.path)
     model.config.id2label = dict(enumerate(t.label_names))
     model.config.label2id = {n: i for i, n in enumerate(t.label_names)}
     finetune(model, tok, t.train, steps=args.steps, lr=args.lr or 2e-4, batch_size=args.batch_size,

@@ -52,7 +52,7 @@ class EncoderConfig:
         return asdict(self)
 
 
-def _model_dir(model: Optional[str]) -> Path:
+def model_dir(model: Optional[str]) -> Path:
     from ..models.students import minilm_path
 
     if model is None or model == BUILTIN_MODEL:
@@ -107,7 +107,7 @@ def resolve(model: Optional[str] = None, precision: Optional[str] = None, poolin
             long: str = "truncate") -> EncoderConfig:
     """The :class:`EncoderConfig` of the user's choices; ``None`` means: what the model directory says
     (sentence-transformers config), else mean pooling, no normalization, the model's position limit, int8."""
-    path = _model_dir(model)
+    path = model_dir(model)
     artifact = (path / ARTIFACT_FILE).is_file()
     if artifact and precision is not None:
         raise ModelError(f"model {str(path)!r} is a saved optimized model with its own precision; leave precision "
@@ -175,7 +175,7 @@ class Embedder:
         import bertsilicon
 
         self.config = config
-        path = _model_dir(config.model)
+        path = model_dir(config.model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as exc:

@@ -94,7 +94,7 @@ def read_rows(path, field: str = DEFAULT_FIELD, id_field: Optional[str] = None, 
         rows.ids.append(number if id_field is None else ident)
     if not rows.texts:
         what = "is empty" if not rows.skipped else f"has no good row ({len(rows.skipped)} skipped)"
-        raise InputError(f"input {path} {what}: nothing to encode")
+        raise InputError(f"input {path} {what}: no text in it")
     if id_field is not None and len({type(i) for i in rows.ids}) > 1:
         raise InputError(f"input {path}: id field {id_field!r} mixes ints and strings; expected one type")
     return rows

@@ -18,8 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="int8", help="the GEMMs' precision")
     p.add_argument("--out", required=True, help="the artifact directory to write")
     p.add_argument("--calib", "--texts", dest="calib", default=None,
-                   help="calibration text file, one text per non-empty line (default: the built-in "
-                        "Python-documentation corpus)")
+                   help="calibration texts: .txt (a text a line), .jsonl / .csv / .parquet (field 'text') "
+                        "(default: the built-in Python-documentation corpus)")
     p.add_argument("--smooth", type=_smooth, default="auto",
                    help="int8 SmoothQuant alpha in [0, 1], 'none' for no migration, or 'auto' (0.5 for int8)")
     p.add_argument("--device", default="cpu", help="where to prepare it: cpu (default) or cuda")
@@ -39,24 +39,12 @@ def _smooth(text: str):
     return alpha
 
 
-def _calibration_texts(file: str) -> list:
-    path = Path(file)
-    if not path.is_file():
-        raise FileNotFoundError(f"--calib {file}: no such file")
-    try:
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"--calib {file} is not UTF-8 text ({exc})") from exc
-    if not texts:
-        raise ValueError(f"--calib {file} holds no text (one text per non-empty line)")
-    return texts
-
-
 def run(args) -> int:
     import torch
     import transformers
     from tqdm import tqdm
 
+    from ..sources import read_texts
     from .artifact import save
     from .optimize import optimize
 
@@ -70,7 +58,7 @@ def run(args) -> int:
     model_dir = Path(given)
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"{model_dir} is not a Hugging Face checkpoint directory (no config.json)")
-    calibration = _calibration_texts(args.calib) if args.calib else None
+    calibration = read_texts(args.calib, option="--calib") if args.calib else None
     steps = tqdm(total=4, desc="bertsilicon optimize", file=sys.stderr, unit="step")
     steps.set_postfix_str("loading the checkpoint")
     try:

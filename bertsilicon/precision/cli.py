@@ -1,6 +1,8 @@
 """``bertsilicon precision``: the precision experiment of :mod:`bertsilicon.precision.experiment`."""
 from __future__ import annotations
 
+import sys
+
 
 def _csv(s: str) -> list[str]:
     return [t.strip() for t in s.split(",") if t.strip()]
@@ -13,9 +15,16 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_experiment(args.model, _csv(args.formats), _csv(args.rounding), _csv(args.where), texts=args.texts,
-                            max_length=args.max_length, batch_size=args.batch_size, seeds=args.seeds,
-                            n_boot=args.bootstrap, fp8_scaling=not args.no_fp8_scaling)
+
+    def write_partial(partial: dict) -> None:
+        paths = write_report(partial, args.out, args.stem, plot=False)
+        done = partial["meta"]["partial"]
+        print(f"partial results ({done['done']} of {done['total']} configurations): {paths['md']}", file=sys.stderr)
+
+    result = run_experiment(args.model, _csv(args.formats), _csv(args.rounding), _csv(args.where),
+                            texts=args.sentences, texts_file=args.texts, max_length=args.max_length,
+                            batch_size=args.batch_size, seeds=args.seeds, n_boot=args.bootstrap,
+                            fp8_scaling=not args.no_fp8_scaling, on_config=write_partial)
     paths = write_report(result, args.out, args.stem)
     print(markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -28,13 +37,16 @@ def register(subparsers) -> None:
                               "activations, GEMM outputs) on real text; per-layer SQNR, pooled-embedding cosine, top-10 "
                               "retrieval overlap and kNN module accuracy vs fp32, with bootstrap intervals and seed bands. "
                               "Writes JSON + Markdown + a PNG heat map.")
-    p.add_argument("--model", default="minilm-l6", help="student name (minilm-l6 has real weights)")
+    p.add_argument("--model", default="minilm-l6", help="a student name (minilm-l6 has real weights) or a Hugging "
+                   "Face / sentence-transformers model directory")
     p.add_argument("--formats", default="fp32,bf16,fp16,e4m3,int8",
                    help="comma list: fp32 bf16 fp16 e4m3 e5m2 int8 int4, custom e{E}m{M}[fn][-nosub], fixed q{I}.{F}")
     p.add_argument("--rounding", default="nearest,stochastic", help="comma list: nearest, stochastic, toward_zero")
     p.add_argument("--where", default="weights,activations,accumulation",
                    help="comma list of places (weights, activations, accumulation; combine with '+')")
-    p.add_argument("--texts", type=int, default=256, help="docstrings to use (0 = all)")
+    p.add_argument("--texts", default=None, help="your texts instead of the labelled docstrings: .txt (a text a "
+                   "line), .jsonl / .csv / .parquet (field 'text'); no kNN accuracy then (no labels)")
+    p.add_argument("--sentences", type=int, default=256, help="how many texts (0 = all)")
     p.add_argument("--seq-len", "--max-length", dest="max_length", type=int, default=64,
                    help="tokens per text at most")
     p.add_argument("--batch-size", type=int, default=32, help="texts per batch")

@@ -10,7 +10,8 @@ For every configuration (format, rounding, where) and seed it measures
 * kNN module classification accuracy (leave-one-out, k = 5) — the fp32 accuracy is the baseline;
 
 with 95 % bootstrap intervals over the texts and, for stochastic rounding, a band over seeds (min and
-max of each metric across seeds). :func:`write_report` writes JSON + Markdown + a PNG heat map
+max of each metric across seeds). The user's own texts (``texts_file``) have no labels: no kNN accuracy
+then. :func:`write_report` writes JSON + Markdown + a PNG heat map
 (layer x format, one panel per place and rounding).
 """
 from __future__ import annotations
@@ -95,21 +96,30 @@ EMULATION_NOTES = [
 ]
 
 
+# Seconds per emulated forward batch assumed before one was measured (MiniLM-L6, 32 texts of 64 tokens, 2
+# cores); only the first estimate uses it.
+PRIOR_S_PER_BATCH = 1.5
+
+
 def run_experiment(model="minilm-l6", formats_: Sequence[str] = ("fp32", "bf16", "fp16", "e4m3", "int8"),
                    roundings: Sequence[str] = ("nearest", "stochastic"),
                    where: Sequence[str] = ("weights", "activations", "accumulation"), texts: int = 256,
                    max_length: int = 64, batch_size: int = 32, seeds: int = 2, n_boot: int = 1000,
-                   fp8_scaling: bool = True, progress: bool = True, tokenizer=None) -> dict:
+                   fp8_scaling: bool = True, progress: bool = True, tokenizer=None, texts_file=None,
+                   on_config=None) -> dict:
     """Run the experiment; returns the result dict :func:`write_report` writes (see module docstring).
 
-    ``model``: a student name (``"minilm-l6"`` has real weights; others are random-weight shapes) or an
-    HF model. ``texts``: how many docstrings (drawn with seed 0; all 767+ with ``texts=0``).
-    ``seeds``: stochastic runs per configuration (nearest is deterministic: one run).
+    ``model``: a student name (``"minilm-l6"`` has real weights; others are random-weight shapes), a Hugging
+    Face / sentence-transformers directory, or an HF model. ``texts``: how many docstrings (drawn with seed 0;
+    all 767+ with ``texts=0``), or the first ``texts`` of ``texts_file`` (:func:`bertsilicon.sources.read_texts`).
+    ``seeds``: stochastic runs per configuration (nearest is deterministic: one run). ``on_config(result)``
+    is called after every configuration but the last with the results so far (``meta["partial"]``: done, total).
+    Prints an estimate of the run time first (refined after the first configuration).
     """
     from tqdm import tqdm
 
-    from .. import data
-    from ..models.students import load_student, load_tokenizer
+    from .. import data, sources
+    from ..runlog import RunClock
 
     for name in formats_:
         formats.get_format(name)  # unknown formats fail before any work
@@ -119,22 +129,42 @@ def run_experiment(model="minilm-l6", formats_: Sequence[str] = ("fp32", "bf16",
     places = [parse_where(w) for w in where]
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+    if texts_file:  # inputs are checked before any model is loaded
+        corpus_name, text_list, labels = str(texts_file), sources.read_texts(texts_file, limit=texts or None), None
+    else:
+        corpus = data.corpus("docstrings")
+        if texts:
+            corpus = corpus.subset(texts, seed=0)
+        corpus_name, text_list, labels = "docstrings", corpus.texts, corpus.labels
+    if len(text_list) <= TOPK + 1:
+        raise ValueError(f"{corpus_name}: {len(text_list)} texts; the top-{TOPK} retrieval overlap needs at least "
+                         f"{TOPK + 2}")
     model_name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
-        model = load_student(model)
+        model, given_tokenizer, source = sources.resolve_model(model, fp32_weights=True)
+        tokenizer, model_name = tokenizer or given_tokenizer, source.name
     model.eval()
-    tokenizer = tokenizer or load_tokenizer()
-    corpus = data.corpus("docstrings")
-    if texts:
-        corpus = corpus.subset(texts, seed=0)
-    batches = _batches(tokenizer, corpus.texts, batch_size, max_length)
-    n = len(corpus)
+    tokenizer = tokenizer or sources.load_tokenizer(sources.model_source(None))
+    batches = _batches(tokenizer, text_list, batch_size, max_length)
+    n = len(text_list)
 
     ref_emb, ref_layers = _forward(model, batches, n)
-    base_knn = M.knn_correct(ref_emb, corpus.labels, KNN_K).double()
     configs = [(f, r, w) for w in places for f in formats_ for r in roundings
                if not (formats.get_format(f) == formats.FORMATS["fp32"] and r != roundings[0])]
+    clock = RunClock("precision", [(seeds if r == "stochastic" else 1) * len(batches) for _, r, _ in configs],
+                     PRIOR_S_PER_BATCH)
+    clock.start()
     runs = []
+    meta = {
+        "model": model_name, "corpus": corpus_name, "texts": n, "labels": len(set(labels)) if labels else None,
+        "max_length": max_length, "real_tokens": int(sum(int(b.attention_mask.sum()) for b in batches)),
+        "seeds": seeds, "bootstrap": n_boot, "knn_k": KNN_K, "topk": TOPK, "fp8_scaling": fp8_scaling,
+        "layers": [f"L{i + 1}" for i in range(len(ref_layers))] + ["pooled"],
+        "emulation": EMULATION_NOTES, "commit": _git_commit(), "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    baseline = {"knn_accuracy": _summary(M.knn_correct(ref_emb, labels, KNN_K).double(), n_boot)} if labels else {}
     for fmt, rounding, w in tqdm(configs, desc="precision configs", disable=not progress):
         exact = formats.get_format(fmt) == formats.FORMATS["fp32"]
         seed_list = list(range(seeds)) if rounding == "stochastic" and not exact else [0]
@@ -148,30 +178,24 @@ def run_experiment(model="minilm-l6", formats_: Sequence[str] = ("fp32", "bf16",
             per_seed.append({
                 "cos": M.pooled_cosines(emb, ref_emb),
                 "overlap": M.topk_overlap(emb, ref_emb, TOPK),
-                "knn": M.knn_correct(emb, corpus.labels, KNN_K).double(),
+                **({"knn": M.knn_correct(emb, labels, KNN_K).double()} if labels else {}),
                 "sqnr": [M.sqnr_db(torch.cat(r_), torch.cat(x_)) for r_, x_ in zip(ref_layers, layers)]
                 + [M.sqnr_db(ref_emb, emb)],
             })
         runs.append(_summarize_run(fmt, rounding, w, seed_list, per_seed, n_boot, exact))
-    return {
-        "meta": {
-            "model": model_name, "corpus": "docstrings", "texts": n, "labels": len(set(corpus.labels)),
-            "max_length": max_length, "real_tokens": int(sum(int(b.attention_mask.sum()) for b in batches)),
-            "seeds": seeds, "bootstrap": n_boot, "knn_k": KNN_K, "topk": TOPK, "fp8_scaling": fp8_scaling,
-            "layers": [f"L{i + 1}" for i in range(len(ref_layers))] + ["pooled"],
-            "emulation": EMULATION_NOTES, "commit": _git_commit(), "torch": torch.__version__,
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": torch.get_num_threads(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        },
-        "baseline_fp32": {"knn_accuracy": _summary(base_knn, n_boot)},
-        "runs": runs,
-    }
+        clock.finished()
+        if on_config is not None and clock.done < len(configs):
+            on_config({"meta": {**meta, "partial": {"done": clock.done, "total": len(configs)}},
+                       "baseline_fp32": baseline, "runs": list(runs)})
+    return {"meta": meta, "baseline_fp32": baseline, "runs": runs}
 
 
 def _summarize_run(fmt, rounding, where, seed_list, per_seed, n_boot, exact) -> dict:
     out = {"format": fmt, "rounding": "exact" if exact else rounding, "where": "+".join(where), "seeds": seed_list,
            "metrics": {}}
     for key, label in (("cos", "cosine"), ("overlap", "top10_overlap"), ("knn", "knn_accuracy")):
+        if key not in per_seed[0]:  # kNN needs labels
+            continue
         pooled = torch.stack([s[key] for s in per_seed]).mean(0)  # per text, averaged over seeds
         summ = _summary(pooled, n_boot)
         seed_means = [float(s[key].mean()) for s in per_seed]
@@ -199,12 +223,18 @@ def _db(v: float) -> str:
 
 def markdown(result: dict) -> str:
     meta = result["meta"]
-    lines = [f"# Precision experiment: {meta['model']} on {meta['texts']} docstrings ({meta['labels']} modules)", "",
+    what = f"{meta['texts']} docstrings ({meta['labels']} modules)" if meta.get("labels") else \
+        f"{meta['texts']} texts of {meta['corpus']} (no labels: no kNN accuracy)"
+    knn = result["baseline_fp32"].get("knn_accuracy")
+    partial = meta.get("partial")
+    lines = [f"# Precision experiment: {meta['model']} on {what}", "",
+             *([f"> **Partial results: {partial['done']} of {partial['total']} configurations measured; the run was "
+                "still going when this was written.**", ""] if partial else []),
              f"commit `{meta['commit']}`, torch {meta['torch']}, {meta['machine']}, {meta['threads']} threads, "
              f"{meta['date']}; max length {meta['max_length']} ({meta['real_tokens']} real tokens); "
              f"stochastic runs: {meta['seeds']} seeds; 95 % bootstrap intervals over texts ({meta['bootstrap']} resamples).",
-             "", f"fp32 kNN module accuracy (k = {meta['knn_k']}, leave-one-out): "
-             f"{_fmt_ci(result['baseline_fp32']['knn_accuracy'])}", "", "Emulation:"]
+             *(["", f"fp32 kNN module accuracy (k = {meta['knn_k']}, leave-one-out): {_fmt_ci(knn)}"] if knn else []),
+             "", "Emulation:"]
     lines += [f"- {n}" for n in meta["emulation"]]
     layers = meta["layers"]
     for where in dict.fromkeys(r["where"] for r in result["runs"]):
@@ -215,7 +245,8 @@ def markdown(result: dict) -> str:
         for r in rows:
             m = r["metrics"]
             lines.append(f"| {r['format']} | {r['rounding']} | {_fmt_ci(m['cosine'], 5)} | {_fmt_ci(m['top10_overlap'], 3)} | "
-                         f"{_fmt_ci(m['knn_accuracy'], 3)} | {_db(min(m['sqnr_db']['mean']))} |")
+                         f"{_fmt_ci(m['knn_accuracy'], 3) if 'knn_accuracy' in m else '-'} | "
+                         f"{_db(min(m['sqnr_db']['mean']))} |")
         lines += ["", "SQNR (dB) per layer (mean over seeds):", "",
                   "| format | rounding | " + " | ".join(layers) + " |", "|---|---|" + "---|" * len(layers)]
         for r in rows:
@@ -261,8 +292,8 @@ def heatmap(result: dict, path) -> None:
     plt.close(fig)
 
 
-def write_report(result: dict, out_dir, stem: str = "precision") -> dict[str, Path]:
-    """Write ``{stem}.json``, ``{stem}.md`` and ``{stem}.png`` under ``out_dir``; returns the paths."""
+def write_report(result: dict, out_dir, stem: str = "precision", plot: bool = True) -> dict[str, Path]:
+    """Write ``{stem}.json``, ``{stem}.md`` and (``plot``) ``{stem}.png`` under ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
@@ -278,5 +309,8 @@ def write_report(result: dict, out_dir, stem: str = "precision") -> dict[str, Pa
 
     paths["json"].write_text(json.dumps(clean(result), indent=1))
     paths["md"].write_text(markdown(result))
-    heatmap(result, paths["png"])
+    if plot:
+        heatmap(result, paths["png"])
+    else:
+        del paths["png"]
     return paths

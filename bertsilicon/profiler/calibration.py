@@ -48,6 +48,8 @@ _SDPA_QUICK = [(1, 4, 64, 32), (2, 12, 128, 32)]
 _EW_FULL = [3 << 13, 3 << 16, 3 << 19, 3 << 22]  # elements: 24k .. 12.6M (multiples of 384)
 _EW_QUICK = [3 << 10, 3 << 16]
 _SLOW_CALL_S = 1.0  # a GEMM size whose one call takes longer is not timed (nor any larger one)
+# Seconds per calibration step assumed before one was measured (2 cores); only the first estimate uses it.
+_PRIOR_S_PER_STEP = {False: 0.5, True: 0.05}
 
 
 def calibration_path() -> Path:
@@ -119,13 +121,20 @@ def _torch_gemm_curves(gemms, timer, gen, tick) -> dict:
     return curves
 
 
+def partial_path(path: Path) -> Path:
+    """Where a calibration still running keeps what it measured so far (removed when it completes)."""
+    return path.with_name(path.stem + ".partial.json")
+
+
 def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, progress: bool = True) -> dict:
     """Measure this CPU and store the record; returns it. ``quick``: small shapes and few repeats (a few
-    seconds; for tests — the curves then cover only small GEMMs)."""
+    seconds; for tests — the curves then cover only small GEMMs). Prints an estimate of the time first
+    (refined after the first section) and writes each section to :func:`partial_path` as it completes."""
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from ..runlog import RunClock
     from . import kernel_rates
 
     if threads is not None:
@@ -138,11 +147,24 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
     n_big = 1 << 20 if quick else 1 << 24  # bandwidth: far larger than the caches (3 x 64 MB)
     gen = torch.Generator().manual_seed(0)
     built = _kernel_path() != "none"
-    steps = (2 * len(gemms) + len(attns) + len(sdpas) + 5 * len(ew_sizes) + 2
-             + (kernel_rates.steps(quick) if built else 0))
-    bar = tqdm(total=steps, desc="calibrating", disable=not progress)
+    path = Path(path) if path else calibration_path()
+    sections = [2 * len(gemms), len(attns), len(sdpas), 1, 5 * len(ew_sizes), 1] + \
+        ([kernel_rates.steps(quick)] if built else [])
+    clock = RunClock("calibration", sections, _PRIOR_S_PER_STEP[bool(quick)], unit="section")
+    clock.start()
+    measured = {"partial": True, "threads": threads, "quick": quick, "cpu": _cpu_name(), "kernel_path": _kernel_path()}
+
+    def section_done(**values):
+        measured.update(values)
+        clock.finished()
+        if clock.done < len(sections):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial_path(path).write_text(json.dumps(measured, indent=1))
+
+    bar = tqdm(total=sum(sections), desc="calibrating", disable=not progress)
     with torch.inference_mode():
         curves = _torch_gemm_curves(gemms, timer, gen, bar.update)
+        section_done(gemm_curve=curves)
         attention = []
         for bsz, S, d in attns:
             q = torch.randn(bsz, S, d, generator=gen)
@@ -150,17 +172,20 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
             flops = 2.0 * bsz * S * S * d
             attention.append((flops, flops / timer(lambda: torch.matmul(q, k))))
             bar.update()
+        section_done(attention_curve=attention)
         fused_attention = []
         for bsz, heads, S, d in sdpas:
             q, k, v = (torch.randn(bsz, heads, S, d, generator=gen) for _ in range(3))
             flops = 4.0 * bsz * heads * S * S * d  # both matmuls
             fused_attention.append((flops, flops / timer(lambda: F.scaled_dot_product_attention(q, k, v))))
             bar.update()
+        section_done(fused_attention_curve=fused_attention)
         a = torch.randn(n_big, generator=gen)
         b = torch.randn(n_big, generator=gen)
         c = torch.empty_like(a)
         bandwidth = 3 * 4 * n_big / timer(lambda: torch.add(a, b, out=c))
         bar.update()
+        section_done(bandwidth=bandwidth)
         elementwise = {cls: [] for cls in ("add", "gelu", "softmax", "layernorm", "relu")}
         g, beta = torch.ones(384), torch.zeros(384)
         for n in ew_sizes:  # activation sizes of BERT students: cache-resident to DRAM-sized
@@ -172,11 +197,15 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
                 flops = n * FLOPS_PER_ELEMENT[cls]
                 elementwise[cls].append((flops, flops / timer(fn)))
                 bar.update()
+        section_done(elementwise_curve=elementwise)
         tiny = torch.nn.Linear(8, 8)
         xt = torch.randn(1, 8, generator=gen)
         overhead = timer(lambda: tiny(xt))
         bar.update()
+        section_done(launch_overhead_s=overhead)
     kernels = kernel_rates.measure_kernels(timer, quick, gen, bar.update) if built else None
+    if built:
+        section_done(kernels=kernels)
     if kernels:  # HF has no int8 GEMM: a plain model priced at int8 is priced on ours
         curves["int8"] = kernels["curves"]["gemm:int8"]
     bar.close()
@@ -189,13 +218,13 @@ def calibrate(quick: bool = False, path=None, threads: Optional[int] = None, pro
         "elementwise_curve": {k: sorted(v) for k, v in elementwise.items()}, "bandwidth": bandwidth,
         "launch_overhead_s": overhead, "kernels": kernels,
     }
-    path = Path(path) if path else calibration_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     store = _load(path)
     store.setdefault("records", {})[_key(threads)] = record
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(store, indent=1))
     tmp.replace(path)
+    partial_path(path).unlink(missing_ok=True)
     return record
 
 

@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-import sys
-
 
 def _ints(s: str):
     try:
@@ -26,35 +24,26 @@ def _floats(s: str):
 
 
 def _config(model: str):
-    """A student name, or a local folder / config.json of a Hugging Face model (config only)."""
-    from pathlib import Path
+    """A student name, or the config of a model directory (:func:`bertsilicon.sources.model_source`)."""
+    from .. import sources
 
-    from ..models.students import STUDENTS
+    source = sources.model_source(model)
+    if source.path is None:
+        return source.spec
+    from transformers import AutoConfig
 
-    if model in STUDENTS:
-        return model
-    p = Path(model)
-    if p.exists():
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(str(p), local_files_only=True)
-    raise ValueError(f"model {model!r} is neither a student ({', '.join(STUDENTS)}) nor a local model folder")
+    return AutoConfig.from_pretrained(str(source.path), local_files_only=True)
 
 
 def _optimized(model: str, precision: str):
-    """``bertsilicon.optimize`` of a student (its weights: real where shipped) or a local HF model folder."""
-    from pathlib import Path
-
+    """``bertsilicon.optimize`` of a student (its weights: real where shipped) or of a model directory; a saved
+    optimized model as it was saved (its own precision)."""
+    from .. import sources
     from ..models.optimize import optimize
-    from ..models.students import STUDENTS, load_student
 
-    if model in STUDENTS:
-        return optimize(load_student(model), precision)
-    if not Path(model).is_dir():
-        raise ValueError(f"model {model!r} is neither a student ({', '.join(STUDENTS)}) nor a local model folder")
-    from transformers import AutoModel
-
-    return optimize(AutoModel.from_pretrained(model, local_files_only=True).eval(), precision)
+    source = sources.model_source(model)
+    loaded = sources.load_model(source)
+    return loaded if source.artifact else optimize(loaded, precision)
 
 
 def run_profile(args) -> int:
@@ -78,17 +67,11 @@ def run_profile(args) -> int:
         if not args.model:
             return 0
     if not args.model:
-        print("error: give a model (a student name or a local model folder), --calibrate or --list-hardware",
-              file=sys.stderr)
-        return 2
-    try:
-        subject = _optimized(args.model, args.precision) if args.optimized else _config(args.model)
-        report = profile(subject, batch_size=args.batch_size, seq_len=args.seq_len,
-                         precision=args.precision, hardware=args.hardware, measure=args.measure,
-                         repeats=args.repeats, attn_implementation=args.attn_implementation)
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError("give a model (a student name or a model directory), --calibrate or --list-hardware")
+    subject = _optimized(args.model, args.precision) if args.optimized else _config(args.model)
+    report = profile(subject, batch_size=args.batch_size, seq_len=args.seq_len,
+                     precision=args.precision, hardware=args.hardware, measure=args.measure,
+                     repeats=args.repeats, attn_implementation=args.attn_implementation)
     print(report.to_markdown(per_op=args.per_op))
     if args.json:
         report.to_json(args.json)
@@ -111,13 +94,9 @@ def run_design(args) -> int:
             kw[name] = _ints(getattr(args, name))
     if args.ffn_ratios:
         kw["ffn_ratios"] = _floats(args.ffn_ratios)
-    try:
-        res = design.explore(hardware=args.hardware, seq_len=args.seq_len, latency_budget=args.latency_budget,
-                             energy_budget=args.energy_budget, batch_size=args.batch_size, precision=args.precision,
-                             fused=args.fused, **kw)
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    res = design.explore(hardware=args.hardware, seq_len=args.seq_len, latency_budget=args.latency_budget,
+                         energy_budget=args.energy_budget, batch_size=args.batch_size, precision=args.precision,
+                         fused=args.fused, **kw)
     print(res.to_markdown())
     for flag, fn in ((args.json, res.to_json), (args.markdown, res.to_markdown), (args.plot, res.plot)):
         if flag:
@@ -129,7 +108,8 @@ def run_design(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("profile", help="FLOPs, bytes, roofline latency and energy per op per layer",
                               description=__doc__)
-    p.add_argument("model", nargs="?", help="student name (bertsilicon.STUDENTS) or a local HF model folder")
+    p.add_argument("model", nargs="?", help="a student name (bertsilicon.STUDENTS), a Hugging Face / "
+                   "sentence-transformers directory, or a saved optimized model (with --optimized)")
     p.add_argument("--hardware", default="h100", help="device name (see --list-hardware) or 'local'")
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | int8")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")

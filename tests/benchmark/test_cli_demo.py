@@ -48,7 +48,7 @@ def test_cli_version_help_defaults_and_one_line_errors(capsys):
     with pytest.raises(ValueError, match="--batch-size must be at least 1"):
         cli.main(["--debug", "demo", "--batch-size", "0"])
     assert cli.main(["demo", "--texts", "/nonexistent/texts.txt", "--sentences", "2"]) == 2
-    assert "No such file" in capsys.readouterr().err
+    assert "--texts /nonexistent/texts.txt: no such file" in capsys.readouterr().err
 
 
 def test_demo_skips_what_this_cpu_only_emulates(monkeypatch):

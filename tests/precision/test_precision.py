@@ -134,7 +134,7 @@ def test_run_experiment_report_and_cli(tmp_path):
 
     from bertsilicon.cli import main
     assert main(["precision", "--model", "bert-L2-H128", "--formats", "e5m2", "--rounding", "nearest", "--where",
-                 "weights+accumulation", "--texts", "24", "--max-length", "16", "--bootstrap", "50",
+                 "weights+accumulation", "--sentences", "24", "--max-length", "16", "--bootstrap", "50",
                  "--out", str(tmp_path), "--stem", "cli"]) == 0
     assert (tmp_path / "cli.png").exists() and "weights+accumulation" in (tmp_path / "cli.md").read_text()
 
