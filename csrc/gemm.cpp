@@ -268,9 +268,11 @@ static void run_tiles(const Tiles& t, int64_t nr, const TileSet& set, int thread
   const int64_t panel_groups = ceil_div(panels, per_group);
   const int64_t lda_packed = bk.block_steps + kPackedRowPad;
   parallel_for(groups * panel_groups, threads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(size_t(group_rows * per_group * nr) + 16);
-    float* partial = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
-    std::vector<uint32_t> a_block(bk.pack_a ? size_t(group_rows * lda_packed) : 0);
+    // scratch: the running-sum tiles, then the copied A block; uninitialised (each is written before read)
+    const size_t partial_len = size_t(group_rows * per_group * nr);
+    std::unique_ptr<float[]> scratch(new float[partial_len + (bk.pack_a ? size_t(group_rows * lda_packed) : 0) + 16]);
+    float* partial = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.get()) + 63) & ~uintptr_t(63));
+    uint32_t* a_block = reinterpret_cast<uint32_t*>(partial + partial_len);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t p0 = (i / groups) * per_group, p1 = std::min(panels, p0 + per_group);
       const int64_t g0 = (i % groups) * group_rows, g1 = std::min(t.M, g0 + group_rows);
@@ -280,8 +282,8 @@ static void run_tiles(const Tiles& t, int64_t nr, const TileSet& set, int thread
         int64_t lda = t.lda;
         if (bk.pack_a) {
           for (int64_t m = g0; m < g1; ++m)
-            std::memcpy(&a_block[size_t((m - g0) * lda_packed)], t.a + m * t.lda + s0, size_t(s1 - s0) * 4);
-          a = a_block.data(), lda = lda_packed;
+            std::memcpy(a_block + (m - g0) * lda_packed, t.a + m * t.lda + s0, size_t(s1 - s0) * 4);
+          a = a_block, lda = lda_packed;
         }
         for (int64_t p = p0; p < p1; ++p)
           for (int64_t m0 = g0; m0 < g1; m0 += MR)

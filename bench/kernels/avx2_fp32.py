@@ -238,7 +238,8 @@ def markdown(doc: dict) -> str:
                          + " | ".join(f(r.get("GFLOP_per_s"), "{:.0f}") for r in row[:len(engines)]) + " | "
                          + " | ".join(f(r.get("vs_best_peer"), "{:.2f}x") for r in row[len(engines):]) + " |")
         for e in ours:  # geometric mean of the ratios over the cases
-            rs = [by[(e, json.dumps(c), t)]["vs_best_peer"] for c in doc["gemm_cases"] if (e, json.dumps(c), t) in by]
+            rs = [by.get((e, json.dumps(c), t), {}).get("vs_best_peer") for c in doc["gemm_cases"]]
+            rs = [r for r in rs if r is not None]
             if rs:
                 lines.append(f"\n{t} thread(s), {e} / {PEERS[e][0]}: geometric mean {statistics.geometric_mean(rs):.2f}x, "
                              f"min {min(rs):.2f}x over {len(rs)} shapes.\n")
@@ -294,6 +295,7 @@ def main() -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time (an idle machine); cpu: the worker's CPU time, which other processes on "
                         "the cores do not inflate (use with --threads 1 on a shared machine)")
+    p.add_argument("--engines", nargs="+", choices=list(ENGINES), help="only these engines (default: all that apply)")
     p.add_argument("--note", default="", help="free text for the Markdown header (e.g. the machine's load)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -313,7 +315,7 @@ def main() -> None:
     if args.baseline and not list(args.baseline.glob("bertsilicon/_C*.so")):
         p.error(f"--baseline {args.baseline}: no built extension (bertsilicon/_C*.so) there")
     engines = [e for e in ENGINES if (ENGINES[e][1] == "gemm" or layer)
-               and (args.baseline or not e.endswith("baseline"))]
+               and (args.baseline or not e.endswith("baseline")) and (not args.engines or e in args.engines)]
     info = machine_info(max(threads))
     from bertsilicon.backends.cpu.runtime import cpu_features
 
