@@ -101,6 +101,7 @@ def _layer_runner(engine: str, tmp: Path):
 
             src, dst = tmp / f"hf-{model.config.hidden_size}", tmp / f"ct2-{model.config.hidden_size}"
             if not dst.exists():
+                model.config.position_embedding_type = "absolute"  # read by the converter, gone from transformers 5
                 model.save_pretrained(src)
                 TransformersConverter(str(src)).convert(str(dst), quantization="float32")
             enc = ctranslate2.Encoder(str(dst), device="cpu", compute_type="float32",
