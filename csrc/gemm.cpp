@@ -11,8 +11,8 @@
 //   * Micro-kernel: MR = 6 rows x NR columns of accumulators in registers (AVX-512: 6 x 4 zmm = 24
 //     accumulators, NR 64; AVX2: 6 x 2 ymm = 12, NR 16). Per k-step it loads NR/16 B vectors and
 //     broadcasts 6 A groups: 24 (resp. 12) multiply-accumulates per 10 (resp. 8) loads.
-//   * K is cut into blocks of kBlockSteps steps; for one panel, a group of up to 16 row-blocks runs
-//     k-block by k-block, so the panel's k-block (16 KB) stays in L1 while 96 rows use it. A tile's
+//   * K is cut into k-blocks; for one task (a group of row-blocks x a group of panels, see Blocking) the
+//     rows run k-block by k-block, so a panel's k-block (16 KB) stays in L1 while the rows use it. A tile's
 //     running sum waits between k-blocks in an L1 scratch tile; after the last k-block the epilogue
 //     (dequant, bias, activation, rounding to the output type) runs on the registers before the
 //     tile's single store: the output is written once and never re-read.
@@ -60,15 +60,29 @@ struct Tiles {
   Epilogue ep;
 };
 
-// K is cut into blocks of kBlockSteps k-steps. For one panel, the driver runs a group of up to
-// kGroupBlocks row-blocks through k-block 0, then through k-block 1, ...: the panel's k-block
-// (kBlockSteps x 64 x 4 bytes = 16 KB) stays in L1 while the group's rows use it, instead of the
-// whole panel (up to 768 KB at K 3072) streaming from L2 for every 6 rows. Each tile carries its
-// running sum between k-blocks in an L1 scratch tile (6 x 64 x 4 bytes) and runs the epilogue on
-// the registers after the last block. For fp32 this also bounds the rounding error: it grows like
-// kBlockSteps + K / kBlockSteps instead of K (torch's blocked GEMMs do the same).
-constexpr int64_t kBlockSteps = 64;
-constexpr int kGroupBlocks = 16;
+// How one instruction set's tiles walk the caches: the loop nest of run_tiles. A task is (a group of
+// `group_blocks` row-blocks of MR rows, a group of up to `group_panels` panels); inside it K runs in
+// k-blocks of `block_steps` k-steps, and for each k-block every panel of the task meets every row-block:
+//   for k-block:  [copy A's k-block of the task's rows to a contiguous buffer, if pack_a]
+//     for panel:  for row-block:  tile (B's k-block of the panel stays in L1 while the rows use it)
+// Each tile carries its running sum between k-blocks in a scratch tile (MR x nr fp32 / int32) and runs
+// the epilogue on the registers after the last k-block. For fp32 the blocking also bounds the rounding
+// error: it grows like block_steps + K / block_steps instead of K (torch's blocked GEMMs do the same).
+//   * AVX-512 (nr 64): one panel per task, 64-step k-blocks (16 KB of B), 96 rows; A read in place.
+//   * AVX2 (nr 16): four times the panels for the same columns, so A would be re-read from memory four
+//     times as often, and rows of A whose stride is a multiple of 1-4 KB (K = 768, 1536, 3072) fall into a
+//     few L1 sets and evict each other. So a task takes up to 8 panels (128 columns) per pass over A, and
+//     each k-block of A (72 rows x 256 steps, 72 KB, an L2-sized block) is first copied to a buffer whose row
+//     stride is 256 + 16 groups (rows spread over all L1 sets); B's k-block is 256 x 16 x 4 = 16 KB (L1).
+struct Blocking {
+  int64_t block_steps;  // k-steps per k-block
+  int group_blocks;     // row-blocks (of MR rows) per task
+  int group_panels;     // panels per task, at most (fewer when that leaves too few tasks for the threads)
+  bool pack_a;          // copy each k-block of A to a contiguous buffer with a padded row stride first
+};
+constexpr Blocking kAvx512Blocking{64, 16, 1, false};
+constexpr Blocking kAvx2Blocking{256, 12, 8, true};
+constexpr int64_t kPackedRowPad = 16;  // groups added to the packed A block's row stride
 
 // -------------------------------------------------------------------------------------------- //
 // AVX-512: 6 x 64 tile. The whole AVX-512 GEMM family is compiled with one target that includes //
@@ -214,7 +228,8 @@ static BS_INLINE void store_out(const Epilogue& ep, int64_t i, __m256 y, int n) 
 // -------------------------------------------------------------------------------------------- //
 // Driver                                                                                        //
 // -------------------------------------------------------------------------------------------- //
-using TileFn = void (*)(const Tiles&, int64_t m0, int64_t panel, int64_t s0, int64_t s1, float* partial);
+using TileFn = void (*)(const Tiles&, const uint32_t* a, int64_t lda, int64_t m0, int64_t panel, int64_t s0,
+                        int64_t s1, float* partial);
 constexpr int MR = 6;
 
 template <template <class, int> class Tile, class Mac>
@@ -224,45 +239,71 @@ struct TileTable {
 };
 
 template <class Mac, int R> struct Avx512Tile {
-  static void run(const Tiles& t, int64_t m, int64_t p, int64_t s0, int64_t s1, float* partial) {
-    gemm512::tile<Mac, R>(t, m, p, s0, s1, partial);
+  static void run(const Tiles& t, const uint32_t* a, int64_t lda, int64_t m, int64_t p, int64_t s0, int64_t s1,
+                  float* partial) {
+    gemm512::tile<Mac, R>(t, a, lda, m, p, s0, s1, partial);
   }
 };
 template <class Mac, int R> struct Avx2Tile {
-  static void run(const Tiles& t, int64_t m, int64_t p, int64_t s0, int64_t s1, float* partial) {
-    gemm256::tile<Mac, R>(t, m, p, s0, s1, partial);
+  static void run(const Tiles& t, const uint32_t* a, int64_t lda, int64_t m, int64_t p, int64_t s0, int64_t s1,
+                  float* partial) {
+    gemm256::tile<Mac, R>(t, a, lda, m, p, s0, s1, partial);
   }
 };
 
-// Tasks = (panel, group of kGroupBlocks row-blocks), panel-major so each thread keeps its panels;
-// inside a task: k-block outer, row-blocks inner (see kBlockSteps).
-static void run_tiles(const Tiles& t, int nr, const TileFn* fns, int threads) {
-  const int64_t group_rows = int64_t(kGroupBlocks) * MR;
+struct TileSet {
+  const TileFn* fns;  // by rows (1..MR)
+  Blocking blocking;
+};
+
+// Tasks = (row group, panel group), panel-group-major so each thread keeps its panels; inside a task the
+// loop nest of Blocking. Panel groups shrink (down to one panel) until there are 4 tasks per thread, so
+// small M still spreads over the threads.
+static void run_tiles(const Tiles& t, int64_t nr, const TileSet& set, int threads) {
+  const Blocking& bk = set.blocking;
+  const int64_t group_rows = int64_t(bk.group_blocks) * MR;
   const int64_t groups = ceil_div(t.M, group_rows), panels = ceil_div(t.N, nr);
-  parallel_for(groups * panels, threads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(size_t(group_rows) * 64 + 16);
-    float* partial = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+  const int64_t per_group = std::clamp<int64_t>(groups * panels / (4 * int64_t(std::max(threads, 1))), 1,
+                                                bk.group_panels);
+  const int64_t panel_groups = ceil_div(panels, per_group);
+  const int64_t lda_packed = bk.block_steps + kPackedRowPad;
+  parallel_for(groups * panel_groups, threads, 1, [&](int64_t begin, int64_t end) {
+    // scratch: the running-sum tiles, then the copied A block; uninitialised (each is written before read)
+    const size_t partial_len = size_t(group_rows * per_group * nr);
+    std::unique_ptr<float[]> scratch(new float[partial_len + (bk.pack_a ? size_t(group_rows * lda_packed) : 0) + 16]);
+    float* partial = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.get()) + 63) & ~uintptr_t(63));
+    uint32_t* a_block = reinterpret_cast<uint32_t*>(partial + partial_len);
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t panel = i / groups, g0 = (i % groups) * group_rows, g1 = std::min(t.M, g0 + group_rows);
-      for (int64_t s0 = 0; s0 < t.steps || s0 == 0; s0 += kBlockSteps) {
-        const int64_t s1 = std::min(t.steps, s0 + kBlockSteps);
-        for (int64_t m0 = g0; m0 < g1; m0 += MR)
-          fns[std::min<int64_t>(MR, g1 - m0)](t, m0, panel, s0, s1, partial + (m0 - g0) * nr);
+      const int64_t p0 = (i / groups) * per_group, p1 = std::min(panels, p0 + per_group);
+      const int64_t g0 = (i % groups) * group_rows, g1 = std::min(t.M, g0 + group_rows);
+      for (int64_t s0 = 0; s0 < t.steps || s0 == 0; s0 += bk.block_steps) {
+        const int64_t s1 = std::min(t.steps, s0 + bk.block_steps);
+        const uint32_t* a = t.a + g0 * t.lda + s0;
+        int64_t lda = t.lda;
+        if (bk.pack_a) {
+          for (int64_t m = g0; m < g1; ++m)
+            std::memcpy(a_block + (m - g0) * lda_packed, t.a + m * t.lda + s0, size_t(s1 - s0) * 4);
+          a = a_block, lda = lda_packed;
+        }
+        for (int64_t p = p0; p < p1; ++p)
+          for (int64_t m0 = g0; m0 < g1; m0 += MR)
+            set.fns[std::min<int64_t>(MR, g1 - m0)](t, a + (m0 - g0) * lda, lda, m0, p, s0, s1,
+                                                    partial + ((p - p0) * group_rows + (m0 - g0)) * nr);
       }
     }
   });
 }
 
-static const TileFn* tiles_for(PackKind kind) {
+static TileSet tiles_for(PackKind kind) {
   switch (kind) {
-    case PackKind::F32x64: return TileTable<Avx512Tile, gemm512::MacF32>::fns;
-    case PackKind::Bf16x64: return TileTable<Avx512Tile, gemm512::MacBf16>::fns;
-    case PackKind::U8S8x64: return TileTable<Avx512Tile, gemm512::MacU8S8>::fns;
-    case PackKind::S16x64: return TileTable<Avx512Tile, gemm512::MacS16>::fns;
-    case PackKind::F32x16: return TileTable<Avx2Tile, gemm256::MacF32>::fns;
-    case PackKind::S16x16: return TileTable<Avx2Tile, gemm256::MacS16>::fns;
-    case PackKind::U8S7x16: return TileTable<Avx2Tile, gemm256::MacU8S7>::fns;
-    default: return nullptr;
+    case PackKind::F32x64: return {TileTable<Avx512Tile, gemm512::MacF32>::fns, kAvx512Blocking};
+    case PackKind::Bf16x64: return {TileTable<Avx512Tile, gemm512::MacBf16>::fns, kAvx512Blocking};
+    case PackKind::U8S8x64: return {TileTable<Avx512Tile, gemm512::MacU8S8>::fns, kAvx512Blocking};
+    case PackKind::S16x64: return {TileTable<Avx512Tile, gemm512::MacS16>::fns, kAvx512Blocking};
+    case PackKind::F32x16: return {TileTable<Avx2Tile, gemm256::MacF32>::fns, kAvx2Blocking};
+    case PackKind::S16x16: return {TileTable<Avx2Tile, gemm256::MacS16>::fns, kAvx2Blocking};
+    case PackKind::U8S7x16: return {TileTable<Avx2Tile, gemm256::MacU8S7>::fns, kAvx2Blocking};
+    default: return {nullptr, {}};
   }
 }
 

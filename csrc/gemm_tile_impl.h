@@ -16,7 +16,8 @@ static inline __attribute__((always_inline)) F activate(F y, Activation act) {
 }
 
 // One k-block of one tile: acc = A[m0 : m0 + R, k-block] @ B_panel[k-block] (+ the running sum of
-// the earlier k-blocks, kept in `partial`, an R x NR fp32/int32 tile in L1). Not the last block:
+// the earlier k-blocks, kept in `partial`, an R x NR fp32/int32 tile in L1). `a` is row m0's group at
+// step s0 (in t.a itself, or in the driver's copy of the k-block), `lda` its row stride in groups. Not the last block:
 // store the running sum back. The last block: the epilogue (int8: minus the u8-shift compensation,
 // dequantize; + bias; activation; rounding to the output type) runs on the registers before the
 // tile's only store to the output.
@@ -26,11 +27,13 @@ static inline __attribute__((always_inline)) F activate(F y, Activation act) {
 // the register file (16 ymm / 32 zmm) and the compiler would spill accumulators to the stack in the
 // inner loop; a taller tile is then run as sub-tiles of kMaxRows rows (B re-read from L1).
 template <class Mac, int R>
-static void tile(const Tiles& t, int64_t m0, int64_t panel, int64_t s0, int64_t s1, float* partial) {
+static void tile(const Tiles& t, const uint32_t* a, int64_t lda, int64_t m0, int64_t panel, int64_t s0, int64_t s1,
+                 float* partial) {
   constexpr int W = Vec::W, NR = NV * W;
   if constexpr (R > Mac::kMaxRows) {
-    tile<Mac, Mac::kMaxRows>(t, m0, panel, s0, s1, partial);
-    tile<Mac, R - Mac::kMaxRows>(t, m0 + Mac::kMaxRows, panel, s0, s1, partial + Mac::kMaxRows * NR);
+    tile<Mac, Mac::kMaxRows>(t, a, lda, m0, panel, s0, s1, partial);
+    tile<Mac, R - Mac::kMaxRows>(t, a + Mac::kMaxRows * lda, lda, m0 + Mac::kMaxRows, panel, s0, s1,
+                                 partial + Mac::kMaxRows * NR);
     return;
   }
   F acc[R][NV];
@@ -38,15 +41,14 @@ static void tile(const Tiles& t, int64_t m0, int64_t panel, int64_t s0, int64_t 
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = Vec::zero();
-  const uint32_t* a = t.a + m0 * t.lda;
   const int32_t* b = t.b + (panel * t.steps + s0) * NR;
-  for (int64_t s = s0; s < s1; ++s, b += NR) {
+  for (int64_t j = 0; j < s1 - s0; ++j, b += NR) {
     VI bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = load_b(b + v * W);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const VI av = bcast(a[r * t.lda + s]);
+      const VI av = bcast(a[r * lda + j]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = Mac::mac(acc[r][v], av, bv[v]);
     }
