@@ -2,10 +2,6 @@
 one table per batch with every column), and the latency / speed-up plots of ``report.plots``."""
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 from . import report
 
 
@@ -90,15 +86,4 @@ def markdown(result) -> str:
 
 def write(result, out, plot: bool = True) -> dict:
     """``{"json", "md", "png": [...]}``: the files written into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = stem(result)
-    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": []}
-    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
-    paths["md"].write_text(markdown(result))
-    if plot:
-        try:
-            paths["png"] = report.plots(result, out, name)
-        except ImportError:
-            print("matplotlib is not installed: PNG plots skipped (pip install matplotlib)", file=sys.stderr)
-    return paths
+    return report.write_results(result, out, plot, name=stem(result), render=markdown)

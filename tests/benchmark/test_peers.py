@@ -184,8 +184,10 @@ def test_cold_start_runs_fresh_processes_and_reuses_converted_files(ctx):
     pytest.importorskip("onnxruntime")
     _build("onnxruntime fp32", ctx)  # the export lands in the scratch folder and the cache
     one = tokenize(bertsilicon.load_tokenizer(), ["one sentence"], 24, "longest")
+    ballast = torch.ones(2 ** 28)  # 1 GiB held by this process: none of it may show in the child's peak
     got = coldstart.measure("onnxruntime fp32", "bert-L2-H128", TINY, ctx.workdir, ctx.cache, 1, one, repeats=1)
-    assert got["processes"] == 1 and got["peak_rss_mib"] > 50
+    assert got["processes"] == 1 and 50 < got["peak_rss_mib"] < coldstart.peak_rss_mib() - 1024
+    del ballast
     assert 0 < got["import_s"] < got["total_s"] and got["ready_s"] > 0 and got["first_s"] > 0
     bad = coldstart.measure("onnxruntime fp32", "no-such-model", {}, ctx.workdir, {}, 1, one, repeats=1)
     assert "error" in bad and "no-such-model" in bad["error"]
