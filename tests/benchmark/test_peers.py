@@ -124,10 +124,14 @@ def test_knn_accuracy_counts_the_votes_of_the_nearest_train_rows():
     test = centers[[0, 1, 2, 2]] + 0.1 * torch.randn(4, 8, generator=gen, dtype=torch.float64)
     assert columns.knn_accuracy(train, train_labels, test, [0, 1, 2, 1], k=3) == 0.75  # the last one is mislabelled
     assert columns.knn_accuracy(train, train_labels, test, [1, 2, 0, 0], k=3) == 0.0
+    # a class-1 train row on top of test row 0: its single nearest neighbour is wrong, its 3 nearest vote right
+    train, train_labels = torch.cat([train, test[:1]]), train_labels + [1]
+    assert columns.knn_accuracy(train, train_labels, test, [0, 1, 2, 2], k=3) == 1.0
+    assert columns.knn_accuracy(train, train_labels, test, [0, 1, 2, 2], k=1) == 0.75
     with pytest.raises(ValueError, match="labels"):
         columns.knn_accuracy(train, train_labels[:-1], test, [0, 1, 2, 2])
     with pytest.raises(ValueError, match="k: expected"):
-        columns.knn_accuracy(train, train_labels, test, [0, 1, 2, 2], k=13)
+        columns.knn_accuracy(train, train_labels, test, [0, 1, 2, 2], k=14)
 
 
 def test_retrieval_ranks_each_query_against_every_document():
@@ -189,8 +193,17 @@ def test_cold_start_runs_fresh_processes_and_reuses_converted_files(ctx):
     assert got["processes"] == 1 and 50 < got["peak_rss_mib"] < coldstart.peak_rss_mib() - 1024
     del ballast
     assert 0 < got["import_s"] < got["total_s"] and got["ready_s"] > 0 and got["first_s"] > 0
-    bad = coldstart.measure("onnxruntime fp32", "no-such-model", {}, ctx.workdir, {}, 1, one, repeats=1)
-    assert "error" in bad and "no-such-model" in bad["error"]
+
+
+def test_cold_start_reports_a_failed_process_with_its_last_error_line(ctx, monkeypatch):
+    import subprocess
+
+    def failed(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="Traceback ...\nValueError: student 'x' is unknown\n")
+    monkeypatch.setattr(coldstart.subprocess, "run", failed)
+    one = tokenize(bertsilicon.load_tokenizer(), ["one sentence"], 24, "longest")
+    got = coldstart.measure("onnxruntime fp32", "x", {}, ctx.workdir, {}, 1, one, repeats=3)
+    assert got == {"error": "exit 1: ValueError: student 'x' is unknown"}
 
 
 def test_unknown_column_lists_the_valid_ones():
