@@ -6,7 +6,8 @@ import os
 import shlex
 import sys
 
-from .providers import PRECISIONS, PROVIDER_NAMES
+from .catalog import PROVIDER_NAMES
+from .providers import PRECISIONS
 from .runner import DEFAULT_MODELS, PADDINGS
 
 DEFAULT_OUT = "bertsilicon-results/bench"  # a new folder under the current one (the recorded runs: make bench)
@@ -68,7 +69,8 @@ def config_from_args(args):
 
 
 # Environment variables that change which kernels run (so the results): repeated in front of the command.
-KERNEL_ENV = ("BERTSILICON_HIDE_CPU_FEATURES", "BERTSILICON_ISA", "ONEDNN_MAX_CPU_ISA", "TRITON_INTERPRET")
+KERNEL_ENV = ("BERTSILICON_HIDE_CPU_FEATURES", "BERTSILICON_ISA", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+              "CT2_FORCE_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "TRITON_INTERPRET")
 
 
 def env_prefix() -> str:

@@ -67,6 +67,12 @@ class BuildContext:
 Runner = Callable[[Batch], torch.Tensor]
 
 
+def tokenize(tok, texts, seq: int, padding: str) -> Batch:
+    """``texts`` tokenized by ``tok``, truncated to ``seq``, padded (``"longest"`` or ``"max_length"``)."""
+    enc = tok(list(texts), padding=padding, truncation=True, max_length=seq, return_tensors="pt")
+    return Batch(enc["input_ids"].to(torch.int64).contiguous(), enc["attention_mask"].to(torch.int64).contiguous())
+
+
 @dataclass(frozen=True)
 class Provider:
     name: str
@@ -199,7 +205,7 @@ def export_onnx_fused(ctx: BuildContext) -> str:
     return path
 
 
-def _ort_runner(path: str, threads: int) -> Runner:
+def ort_runner(path: str, threads: int) -> Runner:
     ort = _import_onnxruntime()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -221,7 +227,7 @@ def _ort_runner(path: str, threads: int) -> Runner:
 
 
 def _ort_fp32(ctx: BuildContext) -> Runner:
-    return _ort_runner(export_onnx(ctx), ctx.threads)
+    return ort_runner(export_onnx(ctx), ctx.threads)
 
 
 def _ort_quantized(fp32: str, path: str) -> str:
@@ -244,7 +250,7 @@ def _ort_quantized(fp32: str, path: str) -> str:
 
 def _ort_int8(ctx: BuildContext) -> Runner:
     path = _ort_quantized(export_onnx(ctx), os.path.join(ctx.workdir, f"{ctx.model_name}-int8.onnx"))
-    return _ort_runner(path, ctx.threads)
+    return ort_runner(path, ctx.threads)
 
 
 def _with_fused_ops(run: Runner, ctx: BuildContext) -> Runner:
@@ -254,12 +260,12 @@ def _with_fused_ops(run: Runner, ctx: BuildContext) -> Runner:
 
 
 def _ort_fused_fp32(ctx: BuildContext) -> Runner:
-    return _with_fused_ops(_ort_runner(export_onnx_fused(ctx), ctx.threads), ctx)
+    return _with_fused_ops(ort_runner(export_onnx_fused(ctx), ctx.threads), ctx)
 
 
 def _ort_fused_int8(ctx: BuildContext) -> Runner:
     path = _ort_quantized(export_onnx_fused(ctx), os.path.join(ctx.workdir, f"{ctx.model_name}-fused-int8.onnx"))
-    return _with_fused_ops(_ort_runner(path, ctx.threads), ctx)
+    return _with_fused_ops(ort_runner(path, ctx.threads), ctx)
 
 
 # ------------------------------------------------------------------------------------------------ #
@@ -320,7 +326,8 @@ def _bertsilicon(precision: str, **options):
     return build
 
 
-PROVIDERS: tuple[Provider, ...] = (
+# The engines of this module; catalog.PROVIDERS is every provider a run can pick (these and peers.PEERS).
+BUILTIN_PROVIDERS: tuple[Provider, ...] = (
     Provider("torch-eager", "fp32", "HF model, attn_implementation='eager' (matmul + softmax attention)", _torch_eager),
     Provider("torch-sdpa", "fp32", "HF model, attn_implementation='sdpa' (the transformers default)", _torch_sdpa(torch.float32)),
     Provider("torch-sdpa", "bf16", "HF model cast to bfloat16, SDPA attention", _torch_sdpa(torch.bfloat16)),
@@ -346,28 +353,6 @@ PROVIDERS: tuple[Provider, ...] = (
              "first paragraphs of standard-library docstrings (corpus 'docstrings-train': no text of the timed or "
              "accuracy sets; random ids where the vocabulary is not the built-in one))", _bertsilicon("int8")),
 )
-PROVIDER_NAMES = tuple(dict.fromkeys(p.name for p in PROVIDERS))
-
-
-def select_providers(names: Optional[list[str]] = None, precisions: Optional[list[str]] = None) -> list[Provider]:
-    """The providers matching ``names`` x ``precisions`` (None = all), in the canonical order; the baseline
-    (torch-sdpa fp32) is always included, since every speed-up is quoted against it. Unknown names raise
-    ``ValueError`` listing the valid ones."""
-    names = list(PROVIDER_NAMES) if names is None else list(names)
-    precisions = list(PRECISIONS) if precisions is None else list(precisions)
-    bad = [n for n in names if n not in PROVIDER_NAMES]
-    if bad:
-        raise ValueError(f"providers: unknown {', '.join(map(repr, bad))}; expected any of: {', '.join(PROVIDER_NAMES)}")
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad:
-        raise ValueError(f"precisions: unknown {', '.join(map(repr, bad))}; expected any of: {', '.join(PRECISIONS)}")
-    chosen = [p for p in PROVIDERS if p.name in names and p.precision in precisions]
-    if not chosen:
-        offered = ", ".join(p.key for p in PROVIDERS if p.name in names)
-        raise ValueError(f"providers {names} offer no precision among {precisions}; they offer: {offered}")
-    return [p for p in PROVIDERS if p in chosen or (p.name, p.precision) == BASELINE]
-
-
 def build_runner(provider: Provider, ctx: BuildContext) -> tuple[Optional[Runner], float, str, str]:
     """Build one provider: ``(runner or None, seconds, status, reason)``; status is ``"ok"``,
     ``"skipped"``, ``"not built yet"`` or ``"failed"`` (an unexpected error, reported, not raised)."""

@@ -220,14 +220,15 @@ def plots(result, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def write_results(result, out, plot: bool = True) -> dict:
-    """Write JSON, Markdown and (``plot``) PNGs into ``out``; returns ``{"json": path, "md": ..., "png": [...]}``."""
+def write_results(result, out, plot: bool = True, name: Optional[str] = None, render=None) -> dict:
+    """Write JSON, Markdown (``render(result)``, default :func:`markdown`) and (``plot``) PNGs into ``out`` as
+    ``name`` (default :func:`stem`); returns ``{"json": path, "md": ..., "png": [...]}``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    name = stem(result)
+    name = name or stem(result)
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": []}
     paths["json"].write_text(json.dumps(result, indent=1) + "\n")
-    paths["md"].write_text(markdown(result))
+    paths["md"].write_text((render or markdown)(result))
     if plot:
         try:
             import matplotlib  # noqa: F401

@@ -33,8 +33,10 @@ import torch
 
 from ..models.eval import mean_pool
 from . import machine
-from .providers import (BASELINE, PRECISIONS, PROVIDER_NAMES, Batch, BuildContext, Provider, build_runner,
-                        select_providers)
+from . import columns as extra_columns
+from .catalog import PROVIDER_NAMES, select_providers
+from .columns import COLUMNS
+from .providers import BASELINE, PRECISIONS, Batch, BuildContext, Provider, build_runner, tokenize
 
 DEFAULT_MODELS = ("minilm-l6", "tinybert4", "distilbert", "bert-base")
 PADDINGS = ("longest", "max_length")
@@ -82,11 +84,14 @@ class BenchConfig:
     tag: str = ""  # appended to the file stem: e2e[-quick][-tag]
     model_overrides: dict = field(default_factory=dict)
     seed: int = 0
+    columns: list = field(default_factory=list)  # any of columns.COLUMNS, measured after the timing
+    quality_limit: Optional[int] = None  # items per part of the quality texts (None: all)
+    cold_starts: int = 3  # fresh processes per provider for the cold-start column
 
     @classmethod
     def quick_defaults(cls, **kw) -> "BenchConfig":
         base = dict(models=["minilm-l6"], batches=[1, 8], repeats=5, warmup=1, min_sample_s=0.02,
-                    budget_s=10.0, accuracy_texts=16, quick=True)
+                    budget_s=10.0, accuracy_texts=16, quick=True, quality_limit=150, cold_starts=1)
         base.update(kw)
         return cls(**base)
 
@@ -123,6 +128,12 @@ class BenchConfig:
             raise ValueError(f"tag: expected letters, digits, '-', '_' or '.', got {self.tag!r}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding: unknown {self.padding!r}; expected one of: {', '.join(PADDINGS)}")
+        bad = [c for c in self.columns if c not in COLUMNS]
+        if bad:
+            raise ValueError(f"columns: unknown {', '.join(map(repr, bad))}; expected any of: {', '.join(COLUMNS)}")
+        if self.quality_limit is not None:
+            positive_ints("quality_limit", [self.quality_limit])
+        positive_ints("cold_starts", [self.cold_starts])
         select_providers(self.providers, self.precisions)  # raises on unknown names
         return self
 
@@ -130,11 +141,6 @@ class BenchConfig:
 # ------------------------------------------------------------------------------------------------ #
 # inputs                                                                                             #
 # ------------------------------------------------------------------------------------------------ #
-def tokenize(tok, texts, seq: int, padding: str) -> Batch:
-    enc = tok(list(texts), padding=padding, truncation=True, max_length=seq, return_tensors="pt")
-    return Batch(enc["input_ids"].to(torch.int64).contiguous(), enc["attention_mask"].to(torch.int64).contiguous())
-
-
 def text_pool(cfg: BenchConfig) -> tuple[list[str], list[str]]:
     """(timing texts, accuracy texts): one deterministic draw from the corpus (or the first texts of
     ``cfg.texts_file``, in file order), disjoint."""
@@ -415,6 +421,10 @@ def _run_cell(cfg, providers: list[Provider], model, model_name, n_params, pretr
                                real_tok_per_s=batch.real_tokens / lat["median"] * 1e3,
                                speedup=base_ms / lat["median"] if base_ms else None)
                 rows.append(row)
+        if cfg.columns:
+            extras = extra_columns.measure(cfg, ctx, built, model, tok, seq, acc_texts[:cfg.accuracy_batch], bar)
+            for row in rows:
+                row.update(extras.get(f"{row['provider']} {row['precision']}", {}), **extras.get("reference", {}))
     built.clear()
     gc.collect()
     return rows

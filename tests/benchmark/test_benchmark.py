@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bertsilicon.benchmark import BenchConfig, run_bench, select_providers
+from bertsilicon.benchmark import catalog
 from bertsilicon.benchmark import cli as bench_cli
 from bertsilicon.benchmark import providers as prov
 from bertsilicon.benchmark import report, runner
@@ -54,7 +55,7 @@ def test_provider_precision_combination_without_any_match():
 def test_selection_keeps_the_baseline_and_canonical_order():
     chosen = [p.key for p in select_providers(["onnxruntime", "bertsilicon"], ["int8"])]
     assert chosen == ["torch-sdpa fp32", "onnxruntime int8", "bertsilicon int8"]
-    assert len(select_providers()) == 15  # torch 5, onnxruntime 4, openvino 2, bertsilicon 4
+    assert len(select_providers()) == 23  # torch 5, onnxruntime 5, openvino 4, ctranslate2 4, llama.cpp 1, bertsilicon 4
 
 
 def test_cli_rejects_unknown_model_with_the_list(capsys):
@@ -157,7 +158,7 @@ def ctx(tmp_path_factory):
 
 
 def _provider(key):
-    return next(p for p in prov.PROVIDERS if p.key == key)
+    return catalog.provider(key)
 
 
 def test_onnxruntime_missing_is_skipped_with_the_reason(ctx, monkeypatch):
