@@ -134,6 +134,13 @@ def _docstrings(min_chars: int, train: bool = False) -> Corpus:
         return Corpus(c.name, [c.texts[i] for i in keep], [c.labels[i] for i in keep])
 
 
+def _defined_in(member, modname: str) -> bool:
+    """False for a function whose ``__module__`` names another top-level package than ``modname``'s, so the corpus
+    does not depend on what else the process imported; members without a ``__module__`` (descriptors) count."""
+    owner = getattr(member, "__module__", None)
+    return not isinstance(owner, str) or owner.lstrip("_").split(".")[0] == modname.split(".")[0]
+
+
 def _collect_docstrings(name: str, modules: tuple, min_chars: int) -> Corpus:
     c = Corpus(name)
     for modname in modules:
@@ -151,6 +158,8 @@ def _collect_docstrings(name: str, modules: tuple, min_chars: int) -> Corpus:
             members = [obj] + ([v for n, v in sorted(vars(obj).items()) if not n.startswith("_")]
                                if inspect.isclass(obj) else [])
             for m in members:
+                if m is not obj and not _defined_in(m, modname):
+                    continue  # a method another package set on the class (a logging.Logger patch): not this module's
                 doc = getattr(m, "__doc__", None)
                 if not isinstance(doc, str):
                     continue

@@ -62,3 +62,19 @@ def test_bad_names():
         task("nope")
     with pytest.raises(ValueError, match="split 'val' is unknown"):
         task().split("val")
+
+
+def test_splits_do_not_depend_on_what_the_process_imported():
+    """transformers adds methods to logging.Logger; the task must not pick their docstrings up (nor any other
+    package's additions to a standard-library class), so every process sees the same splits."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hashlib\n"
+            "if sys.argv[1] == 'after': import transformers, logging; assert hasattr(logging.Logger, 'warning_once')\n"
+            "from bertsilicon.tasks import task\n"
+            "t = task('docstring-module')\n"
+            "print(hashlib.sha256(repr([(s.texts, s.labels) for s in (t.train, t.dev, t.test)]).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code, when], capture_output=True, text=True, check=True).stdout
+               for when in ("bare", "after")}
+    assert len(digests) == 1
