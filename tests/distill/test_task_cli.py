@@ -58,6 +58,12 @@ def test_finetune_then_distill_task(tmp_path, capsys):
     assert acc == pytest.approx(s["accuracy"]["test"], abs=1e-12)  # the same weights the run evaluated
     assert loaded.config.id2label[0] == bs.tasks.task("docstring-module").label_names[0]
     assert "accuracy: dev" in capsys.readouterr().out
+    small = tmp_path / "front.json"  # design -> distill end to end: the explorer's entry 0 trained and evaluated
+    res = bs.design.explore(hardware="avx512", seq_len=16, layers=(1, 2), hidden=(64, 128), include_named=False)
+    res.to_json(small)
+    assert main(["distill-task", *common, "--teacher", str(tmp_path / "teacher"), "--from-design", str(small),
+                 "--pick", "0", "--json", str(tmp_path / "d.json")]) == 0
+    assert json.loads((tmp_path / "d.json").read_text())["student"] == res.front[0].name
     assert main(["distill-task", *common, "--losses", "soft_target"]) == 2  # a user's mistake: one line, status 2
     assert "need --teacher" in capsys.readouterr().err
     with pytest.raises(ValueError, match="need --teacher"):
