@@ -112,3 +112,20 @@ def test_masked_lm_distiller_gradients_flow_and_errors():
         MaskedLMDistiller(bs.load_student("minilm-l6"), student, tok, cfg)
     with pytest.raises(ValueError, match="unknown"):
         MaskedLMDistiller(teacher, student, tok, cfg, weights={"mse": 1.0})
+
+
+def test_distill_mlm_cli_writes_a_loadable_student(tmp_path, capsys):
+    from transformers import AutoModelForMaskedLM
+
+    from bertsilicon.cli import main
+
+    _mlm(4, 0).save_pretrained(str(tmp_path / "teacher"))
+    assert main(["distill-mlm", "--teacher", str(tmp_path / "teacher"), "--steps", "2", "--batch-size", "4",
+                 "--max-length", "16", "--max-texts", "8", "--threads", "1", "--alpha-cos", "0.5",
+                 "--out", str(tmp_path / "student")]) == 0
+    out = capsys.readouterr().out
+    assert "step 2: loss" in out and "mlm" in out and "hidden_cosine" in out
+    student = AutoModelForMaskedLM.from_pretrained(str(tmp_path / "student"))
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 32
+    assert main(["distill-mlm", "--teacher", str(tmp_path / "missing")]) == 2
+    assert "not a model folder" in capsys.readouterr().err
