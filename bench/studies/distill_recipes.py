@@ -1,7 +1,7 @@
 """Record each paper's task-distillation recipe against hard labels: bench/results/distill/recipes.{json,md,png}.
 
     .venv/bin/python bench/studies/distill_recipes.py --out bench/results/distill     # the full run
-    .venv/bin/python bench/studies/distill_recipes.py --quick --out /tmp/recipes     # a few steps: checks the script
+    .venv/bin/python bench/studies/distill_recipes.py --quick --out build/recipes-quick  # a few steps: checks the script
 
 Full run (the defaults): teachers fine-tuned 240 steps x 32 on the whole train split; students 200 steps x 16 on a
 quarter of each class's labelled texts; 3 seeds; every recipe (see bertsilicon.distill.recipes). Teachers and
