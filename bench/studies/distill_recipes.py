@@ -1,11 +1,13 @@
 """Each paper's task-distillation recipe against hard labels: <out>/recipes.{json,md,png} (default
 ./bertsilicon-results/distill; the recorded run: --out bench/results/distill).
 
-    .venv/bin/python bench/studies/distill_recipes.py                  # the full run (see bertsilicon.distill.recipes)
-    .venv/bin/python bench/studies/distill_recipes.py --steps 40 --teacher-steps 120 --threads 1 \
-        --out bench/results/distill                                    # the recorded, reduced run
+    .venv/bin/python bench/studies/distill_recipes.py --out bench/results/distill     # the full run, recorded
+    .venv/bin/python bench/studies/distill_recipes.py --quick --out build/recipes-quick  # a few steps: checks the script
 
-Teachers and finished runs are cached under --cache (resumable: a rerun trains only what is missing).
+Full run (the defaults): teachers fine-tuned 240 steps x 32 on the whole train split; students 200 steps x 16 on a
+quarter of each class's labelled texts; 3 seeds; every recipe (see bertsilicon.distill.recipes). Teachers and
+finished runs are cached under --cache (resumable: a rerun trains only what is missing), and the results so far
+are written to --out after every run (marked partial until the end).
 """
 import argparse
 import sys
@@ -13,24 +15,33 @@ from pathlib import Path
 
 from bertsilicon.distill.recipes import RECIPES, Settings, run
 
+QUICK = dict(steps=4, teacher_steps=4, teacher_batch_size=8, batch_size=8, max_length=24, seeds=(0, 1))
 
 
 def main(argv=None) -> int:
     d = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=d.steps, help="student steps per run")
-    p.add_argument("--teacher-steps", type=int, default=d.teacher_steps)
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--teacher-steps", type=int, default=d.teacher_steps, help="teacher fine-tuning steps")
+    p.add_argument("--teacher-batch-size", type=int, default=d.teacher_batch_size, help="teacher fine-tuning batch")
+    p.add_argument("--label-fraction", type=float, default=d.label_fraction,
+                   help="fraction of each class's train texts the students get labels for (teachers: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="student seeds")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="student batch")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="tokens per text at most")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads")
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="recipes to run")
     p.add_argument("--cache", default=d.cache, help="folder for the fine-tuned teachers and finished runs")
+    p.add_argument("--quick", action="store_true", help=f"a few steps of everything ({QUICK}); checks the script")
     p.add_argument("--out", default="bertsilicon-results/distill",
                    help="output folder (default: ./bertsilicon-results/distill; the recorded run: bench/results/distill)")
     a = p.parse_args(argv)
-    run(Settings(steps=a.steps, teacher_steps=a.teacher_steps, seeds=tuple(a.seeds), batch_size=a.batch_size,
-                 max_length=a.max_length, threads=a.threads, recipes=tuple(a.recipes), cache=a.cache), Path(a.out))
+    s = Settings(steps=a.steps, teacher_steps=a.teacher_steps, teacher_batch_size=a.teacher_batch_size,
+                 label_fraction=a.label_fraction, seeds=tuple(a.seeds), batch_size=a.batch_size,
+                 max_length=a.max_length, threads=a.threads, recipes=tuple(a.recipes), cache=a.cache)
+    if a.quick:
+        s = Settings(**{**s.__dict__, **QUICK, "cache": str(Path(a.cache) / "quick")})
+    run(s, Path(a.out))
     return 0
 
 

@@ -10,7 +10,9 @@
 """
 from . import losses
 from .distiller import LOSS_NAMES, PRECISIONS, DistillConfig, Distiller
+from .export import load_bilstm, save_student
 from .layer_maps import LAYER_MAPS, init_student_from_teacher, layer_map, student_from_spec
+from .mlm import MaskedLMDistiller
 
 __all__ = ["losses", "Distiller", "DistillConfig", "LOSS_NAMES", "PRECISIONS", "LAYER_MAPS", "layer_map",
-           "init_student_from_teacher", "student_from_spec"]
+           "init_student_from_teacher", "student_from_spec", "MaskedLMDistiller", "save_student", "load_bilstm"]

@@ -5,6 +5,11 @@
     bertsilicon distill --student L2-H768-A12-F1536          # a shape as `bertsilicon design` names it
     bertsilicon distill --from-design front.json --pick 0    # entry 0 of a `bertsilicon design --json` front
     bertsilicon distill --demo            # the measured demo (python -m bertsilicon.distill.demo)
+    bertsilicon distill --student bert-L3-H384 --steps 200 --out student/   # then SentenceTransformer("student/")
+
+The final student is written with ``--out`` (or to ``CHECKPOINT_DIR/student``) as a folder that
+``transformers.AutoModel.from_pretrained`` and ``sentence_transformers.SentenceTransformer`` both load
+(:func:`bertsilicon.distill.export.save_student`); the checkpoints stay for resuming.
 
 Train text: ``corpus("pydoc")`` + ``corpus("docstrings-train")`` (other modules' docstrings); evaluation:
 ``corpus("docstrings")``, held out (retrieval top-10 overlap with the teacher, kNN module accuracy).
@@ -124,6 +129,14 @@ def main(args) -> int:
               f"kNN module accuracy {e['knn_accuracy']:.4f}")
     if args.checkpoint_dir:
         print(f"checkpoint: {args.checkpoint_dir}/step-{d.step:06d}.safetensors")
+    out = args.out or (f"{args.checkpoint_dir}/student" if args.checkpoint_dir else None)
+    if out:
+        from .export import save_student
+
+        save_student(student.eval(), tok, out, embedding=True, max_seq_length=args.max_length)
+        print(f"student: {out} (transformers.AutoModel / sentence_transformers.SentenceTransformer)")
+    else:
+        print("the student was not written: give --out FOLDER (or --checkpoint-dir)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "history": hist}, f, indent=1)

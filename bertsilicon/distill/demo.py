@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from typing import Optional
 from pathlib import Path
 
 import torch
@@ -145,6 +146,35 @@ def _mean_spread(values):
             "spread": max(values) - min(values), "values": list(values)}
 
 
+def beats_beyond_spread(summary: dict, baseline: dict) -> Optional[dict]:
+    """Per metric: does ``summary``'s mean exceed ``baseline``'s by more than both seed spreads? ``baseline``
+    maps metrics to a ``_mean_spread`` dict, or to a number (spread 0). None with fewer than two seeds: one
+    seed has no spread, so no such claim can be made."""
+    if min(len(v["values"]) for v in summary.values()) < 2:
+        return None
+    out = {}
+    for m, v in summary.items():
+        b = baseline[m] if isinstance(baseline[m], dict) else {"mean": baseline[m], "spread": 0.0}
+        out[m] = v["mean"] - b["mean"] > max(v["spread"], b["spread"])
+    return out
+
+
+def claim_line(beats: Optional[dict], seeds) -> str:
+    """The Markdown sentence about the seed spread: the per-metric verdict, or why there is none."""
+    if beats is None:
+        return (f"One seed ({list(seeds)}): no seed spread, so no claim either way about beating the baseline "
+                "beyond it (run with two seeds or more, e.g. --seeds 0 1 2).")
+    return ("Distilled beats undistilled by more than the seed spread: "
+            + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in beats.items()) + ".")
+
+
+def _cell(v: dict) -> str:
+    """mean [min, max] over seeds; the value alone for one seed."""
+    if len(v["values"]) < 2:
+        return f"{v['mean']:.4f} (one seed)"
+    return f"{v['mean']:.4f} [{v['min']:.4f}, {v['max']:.4f}]"
+
+
 # ------------------------------------------------------------------------------------------------ #
 # the demo                                                                                            #
 # ------------------------------------------------------------------------------------------------ #
@@ -209,10 +239,8 @@ def run(steps=100, seeds=(0, 1, 2), batch_size=32, max_length=64, lr=2e-4, threa
             last[kind] = student.eval()
 
     summary = {kind: {m: _mean_spread([r[m] for r in rs]) for m in init_metrics} for kind, rs in runs.items()}
-    beats = {m: summary["distilled"][m]["mean"] - summary["undistilled"][m]["mean"]
-             > max(summary["distilled"][m]["spread"], summary["undistilled"][m]["spread"]) for m in init_metrics}
-    beats_init = {m: summary["distilled"][m]["mean"] - init_metrics[m] > summary["distilled"][m]["spread"]
-                  for m in init_metrics}
+    beats = beats_beyond_spread(summary["distilled"], summary["undistilled"])
+    beats_init = beats_beyond_spread(summary["distilled"], init_metrics)
 
     # speed: teacher vs the distilled student (last seed), plain and optimized, on the same docstring batches
     opt_student, opt_note = try_optimize(last["distilled"], precision)
@@ -269,7 +297,8 @@ def to_markdown(r: dict) -> str:
         "",
         f"Student {s['student']} initialised from teacher layers {s['student_layers_from_teacher']} + embeddings; "
         f"{s['steps']} steps x batch {s['batch_size']} (max length {s['max_length']}, lr {s['lr']}, weights "
-        f"{s['precision']}) on {s['train']}; evaluated on {s['eval']}. Seeds {s['seeds']}: mean [min, max].",
+        f"{s['precision']}) on {s['train']}; evaluated on {s['eval']}. Seeds {s['seeds']}"
+        + (": mean [min, max]." if len(s["seeds"]) > 1 else " (one seed: no spread)."),
         "",
         "| model | top-10 overlap with teacher | kNN module accuracy |",
         "|---|---|---|",
@@ -279,11 +308,9 @@ def to_markdown(r: dict) -> str:
     ]
     for kind, label in (("undistilled", "student, undistilled (SimCSE, same data/steps)"),
                         ("distilled", "student, distilled (sentence MSE + cosine + hidden MSE)")):
-        cells = [f"{v['mean']:.4f} [{v['min']:.4f}, {v['max']:.4f}]" for v in r["summary"][kind].values()]
+        cells = [_cell(v) for v in r["summary"][kind].values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    b = r["distilled_beats_undistilled_by_more_than_spread"]
-    lines += ["", "Distilled beats undistilled by more than the seed spread: "
-              + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in b.items()) + ".", ""]
+    lines += ["", claim_line(r["distilled_beats_undistilled_by_more_than_spread"], s["seeds"]), ""]
     ms = sp["ms_per_batch"]
     lines.append(f"Speed ({sp['batches']} docstring batches of {sp['batch_size']}, mean padded length "
                  f"{sp['mean_padded_length']:.0f}, median of 5): teacher {ms['teacher']:.1f} ms/batch, student "
@@ -356,7 +383,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)")
     p.add_argument("--max-texts", type=int, default=None, help="train on the first N texts only")
     p.add_argument("--eval-texts", type=int, default=None, help="evaluate on N docstrings (a fixed random subset)")
-    p.add_argument("--out", default=None, help="(demo) folder for demo.json, demo.md and demo.png")
+    p.add_argument("--out", default=None, help="(demo) folder for demo.json, demo.md and demo.png; otherwise the "
+                   "folder the final student is written to (Hugging Face + sentence-transformers; default: "
+                   "CHECKPOINT_DIR/student when --checkpoint-dir is given)")
     p.add_argument("--note", default="", help="(demo) a line about the conditions, stored with the figures")
 
 

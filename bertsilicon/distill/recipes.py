@@ -3,22 +3,31 @@
     python bench/studies/distill_recipes.py [--steps 100] [--seeds 0 1 2] [--recipes hinton pkd ...]
 
 Task: ``bertsilicon.tasks.task("docstring-module")`` (41 classes; train / test splits). Teachers: the real
-all-MiniLM-L6-v2 with a classification head, fine-tuned on the train split (teacher 0 with seed 0, teacher 1
-with seed 1, for the two-teacher recipe). For each recipe and seed, two runs from the SAME student
-initialisation, data order, steps, batch and learning rate: the recipe's losses (``distilled``) and the
-hard-label cross-entropy alone (``hard_labels``); accuracy on the test split. Beside each recipe: its last
-distilled student after ``bertsilicon.optimize(..., "int8")`` (accuracy, measured latency) against the
-teacher (fp32 and int8), and the profiler's roofline latency of student and teacher.
+all-MiniLM-L6-v2 with a classification head, fine-tuned on the WHOLE train split (teacher 0 with seed 0, teacher 1
+with seed 1, for the two-teacher recipe). Students learn from LIMITED labels: ``label_fraction`` of each class's
+train texts (the first ones in the split's fixed order), the regime where soft targets help most (Hinton et al.'s
+3%-of-the-data experiment). For each recipe and seed, two runs from the SAME student initialisation, data order,
+steps, batch and learning rate: the recipe's losses (``distilled``) and the hard-label cross-entropy alone
+(``hard_labels``, on the same labelled subset); accuracy on the test split. Students of the teacher's width start
+from the PRE-TRAINED MiniLM's layers (as DistilBERT and BERT-PKD start from the pre-trained teacher), not from the
+fine-tuned teacher's, so the baseline does not inherit what the teacher learnt from the labels it does not see.
+Recipes with augmentation (TinyBERT, Tang et al.) train the distilled student on the subset plus ``augment``
+variants of each text (:mod:`.augment`; the teacher labels them); their hard-label twin sees the subset only, the
+data a student without a teacher has. Beside each recipe: its last distilled student after
+``bertsilicon.optimize(..., "int8")`` (accuracy, measured latency) against the teacher (fp32 and int8), and the
+profiler's roofline latency of student and teacher. Partial results are written after every run.
 
 =============  =================================================================  ==================================
 recipe          student                                                            distilled losses
 =============  =================================================================  ==================================
 hinton          2 layers of the teacher's width, initialised from teacher layers   label CE + soft targets (T, T²)
 distilbert      3 layers of the teacher's width, from every other teacher layer    + DistilBERT's hidden cosine
-tinybert        a narrower student (H 192, 12 heads, random init), two stages:      embedding + hidden + attention
-                intermediate layers, then predictions (projection carried over)    MSE, then soft CE at T = 1
+                (the task form: the shipped MiniLM has no masked-LM head, see
+                :mod:`.mlm` for the triple loss with a teacher that has one)
+tinybert        a narrower student (H 192, 12 heads, random init), two stages on     embedding + hidden + attention
+                augmented data: layers, then predictions (projection carried over) MSE, then soft CE at T = 1
 pkd             2 layers from the teacher's first layers, PKD-Skip map             label CE + soft targets + patient
-tang-bilstm     BiLSTM (Tang et al.), the teacher's word embeddings                label CE + logit MSE
+tang-bilstm     BiLSTM (Tang et al.), the teacher's word embeddings, augmented data label CE + logit MSE
 two-teachers    as hinton                                                          soft targets averaged over 2
 alpha-control   as hinton (a control)                                              label CE x 0.5 alone
 =============  =================================================================  ==================================
@@ -27,6 +36,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -54,6 +65,7 @@ class Recipe:
     temperature: float = 2.0
     t2_scale: bool = True
     lr: float = 3e-4
+    augment: int = 0                    # variants per training text for the distilled student (0: none)
     note: str = ""
 
 
@@ -61,14 +73,16 @@ RECIPES = {
     "hinton": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5},), init="uniform"),
     "distilbert": Recipe("bert-L3-H384", ({"label_ce": 0.5, "soft_target": 0.5, "hidden_cosine": 1.0},),
                          init="skip", layer_map="skip",
-                         note="task-stage losses only (no masked-LM pretraining stage)"),
+                         note="DistilBERT's triple loss in its task form: soft targets on the task logits (not the "
+                              "masked-LM distribution) + hidden cosine + hard labels in place of the MLM loss; the "
+                              "shipped MiniLM has no masked-LM head, so no masked-LM stage"),
     "tinybert": Recipe("L2-H192-A12-F768", ({"embedding_mse": 1.0, "hidden_mse": 1.0, "attention_mse": 1.0},
                                             {"soft_target": 1.0}), temperature=1.0, t2_scale=False, lr=5e-4,
-                       note="task stages only (no general stage, no data augmentation)"),
+                       augment=4, note="task stages only (no general stage); 4 augmented variants per text"),
     "pkd": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5, "patient": 1.0},), init="first",
                   layer_map="skip"),
-    "tang-bilstm": Recipe("bilstm", ({"label_ce": 0.5, "logit_mse": 0.5},), lr=2e-3,
-                          note="no data augmentation"),
+    "tang-bilstm": Recipe("bilstm", ({"label_ce": 0.5, "logit_mse": 0.5},), lr=2e-3, augment=4,
+                          note="4 augmented variants per text (masking, embedding neighbours, n-grams)"),
     "two-teachers": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5},), init="uniform", teachers=2),
     # a control, not a recipe: hinton's hard-label term alone at its weight (0.5), no teacher. Against it, the
     # gain is the soft targets' own (the weight changes the step size through gradient clipping)
@@ -80,8 +94,10 @@ BILSTM = dict(embedding_dim=384, hidden_size=128, mlp_hidden=256)
 
 @dataclass
 class Settings:
-    steps: int = 100
-    teacher_steps: int = 150
+    steps: int = 200
+    teacher_steps: int = 240
+    teacher_batch_size: int = 32
+    label_fraction: float = 0.25
     seeds: tuple = (0, 1, 2)
     batch_size: int = 16
     max_length: int = 48
@@ -92,20 +108,35 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
 
-def _student(recipe: Recipe, teacher, num_labels: int, seed: int):
+def _student(recipe: Recipe, pretrained, num_labels: int, seed: int):
+    """The student of ``recipe`` (seeded), initialised from the PRE-TRAINED MiniLM ``pretrained``."""
     if recipe.student == "bilstm":
-        return BiLSTMClassifier.from_teacher_embeddings(BiLSTMConfig(num_labels=num_labels, **BILSTM), teacher, seed)
-    student = student_classifier(recipe.student, num_labels, teacher.config, seed=seed)
+        return BiLSTMClassifier.from_teacher_embeddings(BiLSTMConfig(num_labels=num_labels, **BILSTM), pretrained,
+                                                        seed)
+    student = student_classifier(recipe.student, num_labels, pretrained.config, seed=seed)
     if recipe.init:
-        n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
-        init_student_from_teacher(student, teacher, layer_map(recipe.init, n_s, n_t))
+        n_s, n_t = student.config.num_hidden_layers, pretrained.config.num_hidden_layers
+        init_student_from_teacher(student, pretrained, layer_map(recipe.init, n_s, n_t))
     return student
+
+
+def labelled_subset(split, fraction: float):
+    """The first ``ceil(fraction * n_c)`` texts of each class ``c`` in ``split``'s fixed order (at least one)."""
+    from ..tasks import Split
+
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction!r}")
+    by_class: dict = {}
+    for i, y in enumerate(split.labels):
+        by_class.setdefault(y, []).append(i)
+    keep = sorted(i for idx in by_class.values() for i in idx[:max(1, math.ceil(fraction * len(idx)))])
+    return Split(tuple(split.texts[i] for i in keep), tuple(split.labels[i] for i in keep))
 
 
 def _train(teachers, student, tok, split, stages, recipe: Recipe, s: Settings, seed: int,
            teacher_logits: torch.Tensor) -> None:
     """Run the stages in order on one student; a later stage keeps the earlier one's projections.
-    ``teacher_logits`` [teachers, N, C]: the teachers' logits of the split, computed once for every run."""
+    ``teacher_logits`` [teachers, N, C]: the teachers' logits of ``split``'s texts, computed once for every run."""
     projections = None
     per_stage = max(1, s.steps // len(stages))
     for losses in stages:
@@ -127,13 +158,13 @@ def _teacher(k: int, tok, t, s: Settings):
     """Teacher ``k``: the real MiniLM fine-tuned on the train split with seed ``k`` (cached on disk)."""
     from safetensors.torch import load_file, save_file
 
-    path = Path(s.cache) / f"teacher-{k}-steps{s.teacher_steps}-len{s.max_length}-bs{s.batch_size}.safetensors"
+    path = Path(s.cache) / f"teacher-{k}-steps{s.teacher_steps}-len{s.max_length}-bs{s.teacher_batch_size}.safetensors"
     model = teacher_classifier(t.num_labels, seed=k)
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
-    finetune(model, tok, t.train, steps=s.teacher_steps, lr=TEACHER_LR, batch_size=s.batch_size, max_length=s.max_length,
-             seed=k, progress=s.progress)
+    finetune(model, tok, t.train, steps=s.teacher_steps, lr=TEACHER_LR, batch_size=s.teacher_batch_size,
+             max_length=s.max_length, seed=k, progress=s.progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({n: p.detach().contiguous() for n, p in model.state_dict().items()}, str(path))
     return model.eval()
@@ -171,12 +202,40 @@ def _spread(values) -> dict:
             "spread": max(values) - min(values), "values": list(values)}
 
 
+def _run_name(name: str, recipe: Recipe, kind: str, seed: int, s: Settings) -> str:
+    """Cache name of one run. A hard-label run depends on the student, its init and learning rate only, so
+    recipes that share them (hinton, two-teachers, alpha-control) share their hard-label twins."""
+    data = f"steps{s.steps}-len{s.max_length}-bs{s.batch_size}-labels{s.label_fraction:g}"
+    if kind == "hard_labels":
+        return f"hard-{recipe.student}-{recipe.init}-lr{recipe.lr:g}-seed{seed}-{data}"
+    return f"{name}-distilled-seed{seed}-{data}-teacher{s.teacher_steps}x{s.teacher_batch_size}"
+
+
+def _summarise(rows: dict) -> dict:
+    """Per recipe: mean / min / max / spread of each kind, the gain and whether it beats both spreads."""
+    out = {}
+    for name, r in rows.items():
+        if not (r["distilled"] and r["hard_labels"]):
+            continue
+        summary = {k: _spread([x["accuracy"] for x in v]) for k, v in r.items()}
+        gain = summary["distilled"]["mean"] - summary["hard_labels"]["mean"]
+        seeds = min(len(v) for v in r.values())
+        out[name] = {"recipe": {**RECIPES[name].__dict__, "stages": list(RECIPES[name].stages)}, "runs": r,
+                     "summary": summary, "gain": gain, "seeds": seeds,
+                     "beats_beyond_spread": seeds >= 2 and gain > max(summary["distilled"]["spread"],
+                                                                      summary["hard_labels"]["spread"])}
+    return out
+
+
 def run(s: Settings, out: Optional[Path] = None) -> dict:
-    """Every recipe x seed x {distilled, hard_labels}; runs already in the cache are not trained again."""
+    """Every seed x recipe x {distilled, hard_labels} (seeds outermost, so a partial run covers every recipe);
+    runs already in the cache are not trained again; with ``out``, partial results are written after each run."""
     import bertsilicon as bs
+    from safetensors.torch import load_file, save_file
 
     from ..benchmark.machine import machine_info
-    from ..tasks import task
+    from ..tasks import Split, task
+    from .augment import augment
 
     unknown = [r for r in s.recipes if r not in RECIPES]
     if unknown:
@@ -188,36 +247,58 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
     n_teachers = max(RECIPES[r].teachers for r in s.recipes)
     teachers = [_teacher(k, tok, t, s) for k in range(n_teachers)]
     teacher_acc = [accuracy(m, tok, t.test, max_length=s.max_length) for m in teachers]
-    logits = teacher_logits(teachers, tok, list(t.train.texts), s.max_length, progress=s.progress)
+    pretrained = teacher_classifier(t.num_labels, seed=0).eval()  # the students' init: MiniLM before fine-tuning
+    labelled = labelled_subset(t.train, s.label_fraction)
+    data: dict = {}  # variants per text -> (split, the teachers' logits of its texts)
+
+    def data_for(n: int):
+        if n not in data:
+            texts, labels = list(labelled.texts), list(labelled.labels)
+            if n:
+                texts, labels = augment(texts, labels, tok, n=n, seed=0,
+                                        word_embeddings=pretrained.get_input_embeddings().weight)
+            data[n] = (Split(tuple(texts), tuple(labels)),
+                       teacher_logits(teachers, tok, texts, s.max_length, progress=s.progress))
+        return data[n]
+
     runs_dir = Path(s.cache) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    results, last = {}, {}
-    for name in s.recipes:
-        recipe = RECIPES[name]
-        rows = {"distilled": [], "hard_labels": []}
-        for seed in s.seeds:
+    rows = {name: {"distilled": [], "hard_labels": []} for name in s.recipes}
+    last = {}
+    head = {"task": {"name": t.name, "classes": t.num_labels, "train": len(t.train), "test": len(t.test),
+                     "student_labelled_train": len(labelled)},
+            "teachers_test_accuracy": teacher_acc}
+    for seed in s.seeds:
+        for name in s.recipes:
+            recipe = RECIPES[name]
             for kind, stages in (("distilled", recipe.stages), ("hard_labels", (HARD_LABELS,))):
-                key = runs_dir / f"{name}-{kind}-seed{seed}-steps{s.steps}-len{s.max_length}-bs{s.batch_size}.json"
-                if key.is_file() and not (kind == "distilled" and seed == s.seeds[-1]):
-                    rows[kind].append(json.loads(key.read_text()))
+                key = runs_dir / f"{_run_name(name, recipe, kind, seed, s)}.json"
+                weights = key.with_suffix(".safetensors")
+                keep = kind == "distilled" and seed == s.seeds[-1]  # its student is measured for speed and int8
+                if key.is_file() and (not keep or weights.is_file()):
+                    rows[name][kind].append(json.loads(key.read_text()))
+                    if keep:
+                        last[name] = _student(recipe, pretrained, t.num_labels, seed)
+                        last[name].load_state_dict(load_file(str(weights)))
+                        last[name].eval()
                     continue
-                student = _student(recipe, teachers[0], t.num_labels, seed)  # same init for both kinds
+                split, logits = data_for(recipe.augment if kind == "distilled" else 0)
+                student = _student(recipe, pretrained, t.num_labels, seed)  # same init for both kinds
                 t0 = time.perf_counter()
-                _train(teachers[:recipe.teachers], student, tok, t.train, stages, recipe, s, seed, logits)
+                _train(teachers[:recipe.teachers], student, tok, split, stages, recipe, s, seed, logits)
                 row = {"seed": seed, "accuracy": accuracy(student, tok, t.test, max_length=s.max_length),
-                       "train_s": time.perf_counter() - t0}
-                key.write_text(json.dumps(row))
-                rows[kind].append(row)
-                if kind == "distilled":
+                       "train_s": time.perf_counter() - t0, "train_texts": len(split)}
+                if keep:
+                    save_file({n: v.detach().clone().contiguous() for n, v in student.state_dict().items()},
+                              str(weights))
                     last[name] = student
+                key.write_text(json.dumps(row))
+                rows[name][kind].append(row)
                 print(f"{name:>13} seed {seed} {kind:<11}: test accuracy {row['accuracy']:.4f} "
                       f"({row['train_s']:.0f} s)", flush=True)
-        summary = {k: _spread([r["accuracy"] for r in v]) for k, v in rows.items()}
-        gain = summary["distilled"]["mean"] - summary["hard_labels"]["mean"]
-        results[name] = {"recipe": {**recipe.__dict__, "stages": list(recipe.stages)}, "runs": rows,
-                         "summary": summary, "gain": gain,
-                         "beats_beyond_spread": gain > max(summary["distilled"]["spread"],
-                                                           summary["hard_labels"]["spread"])}
+                if out is not None:
+                    _write_partial(info, s, head, rows, t_start, Path(out))
+    results = _summarise(rows)
 
     # speed and int8: the last seed's distilled students against teacher 0, on the test split's batches
     order = sorted(range(len(t.test)), key=lambda i: len(t.test.texts[i]))
@@ -234,10 +315,8 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
         speed[name] = {"fp32_ms": _ms_per_batch(student, batches), "int8_ms": _ms_per_batch(q, batches) if q else None,
                        "int8_accuracy": accuracy(q, tok, t.test, max_length=s.max_length) if q else None,
                        "predicted_fp32_ms": _predicted_ms(student, 32, seq, hardware), "int8_note": note}
-    info["load_average_end"] = list(__import__("os").getloadavg())
-    result = {"machine": info, "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
-              "task": {"name": t.name, "classes": t.num_labels, "train": len(t.train), "test": len(t.test)},
-              "teachers_test_accuracy": teacher_acc, "recipes": results, "speed": speed,
+    info["load_average_end"] = list(os.getloadavg())
+    result = {"machine": info, "settings": _settings(s), **head, "recipes": results, "speed": speed,
               "speed_setup": {"batches": len(batches), "batch_size": 32, "mean_padded_length": seq,
                               "profiler_hardware": hardware, "repeats": 5},
               "wall_s": time.perf_counter() - t_start}
@@ -246,6 +325,19 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
 
         write(result, Path(out))
     return result
+
+
+def _settings(s: Settings) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()}
+
+
+def _write_partial(info: dict, s: Settings, head: dict, rows: dict, t_start: float, out: Path) -> None:
+    """The results so far (no speed section yet), as the final files would show them, marked partial."""
+    from .recipes_report import write
+
+    info = {**info, "load_average_end": list(os.getloadavg())}
+    write({"machine": info, "settings": _settings(s), **head, "recipes": _summarise(rows), "speed": {},
+           "partial": True, "wall_s": time.perf_counter() - t_start}, out, quiet=True)
 
 
 __all__ = ["RECIPES", "Recipe", "Settings", "run", "HARD_LABELS"]

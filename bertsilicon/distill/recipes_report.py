@@ -22,29 +22,38 @@ def to_markdown(r: dict) -> str:
         "",
         describe(r["machine"]),
         "",
+        *(["**PARTIAL RESULTS: the run is still going (or was stopped); no speed section yet.**", ""]
+          if r.get("partial") else []),
         f"Task {r['task']['name']} ({r['task']['classes']} classes, train {r['task']['train']}, test "
-        f"{r['task']['test']}). Teachers: all-MiniLM-L6-v2 + classification head fine-tuned {st['teacher_steps']} "
-        f"steps; test accuracy {', '.join(f'{a:.4f}' for a in r['teachers_test_accuracy'])}. Students: "
-        f"{st['steps']} steps x batch {st['batch_size']}, max length {st['max_length']}, seeds {st['seeds']}; "
-        "each pair has the same init, data order and steps. Test accuracy, mean [min, max] over seeds.",
+        f"{r['task']['test']}). Teachers: all-MiniLM-L6-v2 + classification head fine-tuned on the whole train split, "
+        f"{st['teacher_steps']} steps x batch {st.get('teacher_batch_size', st['batch_size'])}; test accuracy "
+        f"{', '.join(f'{a:.4f}' for a in r['teachers_test_accuracy'])}. Students: "
+        f"{st['steps']} steps x batch {st['batch_size']}, max length {st['max_length']}, seeds {st['seeds']}, "
+        f"labelled train texts: {r['task'].get('student_labelled_train', r['task']['train'])} "
+        f"({st.get('label_fraction', 1.0):g} of each class; the teachers saw all {r['task']['train']}); "
+        "each pair has the same init, data order and steps. Test accuracy, mean [min, max] over seeds "
+        "(`beyond spread`: the gain exceeds both conditions' min-max spread; needs 2 seeds or more).",
         "",
-        "| recipe | student | distilled | hard labels only | gain | beyond spread | student int8 acc | "
+        "| recipe | student | seeds | distilled | hard labels only | gain | beyond spread | student int8 acc | "
         "student fp32 / int8 ms | teacher fp32 / int8 ms | predicted fp32 ms (student / teacher) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    t = sp["teacher"]
+    t = sp.get("teacher", {})
     for name, res in r["recipes"].items():
         s = sp.get(name, {})
         int8_acc = "—" if s.get("int8_accuracy") is None else f"{s['int8_accuracy']:.4f}"
-        lines.append(f"| {name} | {res['recipe']['student']} | {_cell(res['summary']['distilled'])} | "
+        lines.append(f"| {name} | {res['recipe']['student']} | {res.get('seeds', '')} | "
+                     f"{_cell(res['summary']['distilled'])} | "
                      f"{_cell(res['summary']['hard_labels'])} | {res['gain']:+.4f} | "
                      f"{'yes' if res['beats_beyond_spread'] else 'NO'} | {int8_acc} | "
-                     f"{_ms(s.get('fp32_ms'))} / {_ms(s.get('int8_ms'))} | {_ms(t['fp32_ms'])} / {_ms(t['int8_ms'])} | "
-                     f"{_ms(s.get('predicted_fp32_ms'))} / {_ms(t['predicted_fp32_ms'])} |")
-    lines += ["", f"Teacher int8 test accuracy {t['int8_accuracy']:.4f} (fp32 {r['teachers_test_accuracy'][0]:.4f}). "
+                     f"{_ms(s.get('fp32_ms'))} / {_ms(s.get('int8_ms'))} | {_ms(t.get('fp32_ms'))} / "
+                     f"{_ms(t.get('int8_ms'))} | {_ms(s.get('predicted_fp32_ms'))} / {_ms(t.get('predicted_fp32_ms'))} |")
+    if t:
+        lines += ["", f"Teacher int8 test accuracy {t['int8_accuracy']:.4f} (fp32 {r['teachers_test_accuracy'][0]:.4f}). "
               f"Latency: median of {r['speed_setup']['repeats']} passes over {r['speed_setup']['batches']} test "
               f"batches of {r['speed_setup']['batch_size']} (mean padded length {r['speed_setup']['mean_padded_length']}); "
-              f"predicted: the profiler's roofline on the '{r['speed_setup']['profiler_hardware']}' table.", ""]
+              f"predicted: the profiler's roofline on the '{r['speed_setup']['profiler_hardware']}' table."]
+    lines.append("")
     for name, res in r["recipes"].items():
         note = res["recipe"].get("note")
         bilstm = sp.get(name, {}).get("int8_note", "")
@@ -76,9 +85,10 @@ def plot(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write(r: dict, out: Path) -> None:
+def write(r: dict, out: Path, quiet: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipes.json").write_text(json.dumps(r, indent=1, default=str))
     (out / "recipes.md").write_text(to_markdown(r) + "\n")
     plot(r, out / "recipes.png")
-    print(f"wrote {out / 'recipes.json'}, {out / 'recipes.md'}, {out / 'recipes.png'}")
+    if not quiet:
+        print(f"wrote {out / 'recipes.json'}, {out / 'recipes.md'}, {out / 'recipes.png'}")

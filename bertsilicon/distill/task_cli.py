@@ -2,7 +2,7 @@
 
     bertsilicon finetune --task docstring-module --steps 300 --out teacher/          # the real MiniLM + a head
     bertsilicon distill-task --teacher teacher/ --student bert-L2-H384 --init uniform \\
-        --losses label_ce=0.5,soft_target=0.5 --temperature 2 --steps 200
+        --losses label_ce=0.5,soft_target=0.5 --temperature 2 --steps 200 --out student/
     bertsilicon distill-task --teacher teacher/ --teacher teacher2/ --student bilstm --losses label_ce,logit_mse \
         --augment 4                                                                  # Tang et al.'s augmentation
     bertsilicon design --latency-budget 2 --json front.json
@@ -57,6 +57,8 @@ def register(subparsers) -> None:
                    help="name=weight,... (label_ce, soft_target, logit_mse, hidden_mse, attention_kl, ...)")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft targets")
     p.add_argument("--no-t2", action="store_true", help="soft targets without the T^2 factor")
+    p.add_argument("--out", default=None, help="folder for the final student (Hugging Face from_pretrained; "
+                   "a BiLSTM: bertsilicon.distill.load_bilstm)")
     p.add_argument("--augment", type=int, default=0, help="add N augmented variants per training text (masking, "
                    "teacher word-embedding neighbours, n-grams: bertsilicon.distill.augment)")
     p.set_defaults(func=distill_main)
@@ -142,6 +144,14 @@ def distill_main(args) -> int:
         texts, labels = augment(texts, labels, tok, n=args.augment, word_embeddings=table, seed=args.seed)
         print(f"augmented: {len(t.train)} -> {len(texts)} training texts", flush=True)
     Distiller(teachers or None, student, tok, cfg).fit(texts, labels)
+    if args.out:
+        from .export import save_student
+
+        if hasattr(student, "config") and hasattr(student.config, "id2label"):
+            student.config.id2label = dict(enumerate(t.label_names))
+            student.config.label2id = {n: i for i, n in enumerate(t.label_names)}
+        save_student(student.eval(), tok, args.out)
+        print(f"student: {args.out}")
     return _report(tok, student.eval(), t, args, {"task": t.name, "student": spec, "losses": args.losses,
                                                   "teachers": args.teacher, "steps": args.steps})
 

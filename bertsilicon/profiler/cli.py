@@ -96,7 +96,7 @@ def run_design(args) -> int:
         kw["ffn_ratios"] = _floats(args.ffn_ratios)
     res = design.explore(hardware=args.hardware, seq_len=args.seq_len, latency_budget=args.latency_budget,
                          energy_budget=args.energy_budget, batch_size=args.batch_size, precision=args.precision,
-                         fused=args.fused, **kw)
+                         fused=args.fused, max_aspect=args.max_aspect or None, **kw)
     print(res.to_markdown())
     for flag, fn in ((args.json, res.to_json), (args.markdown, res.to_markdown), (args.plot, res.plot)):
         if flag:
@@ -133,6 +133,8 @@ def register(subparsers) -> None:
     p.add_argument("--list-hardware", action="store_true", help="print the hardware table with sources")
     p.set_defaults(func=run_profile)
 
+    from .design import MAX_ASPECT
+
     d = subparsers.add_parser("design", help="sweep student shapes; Pareto front of capacity vs latency/energy")
     d.add_argument("--hardware", default="h100", help="device name (profile --list-hardware) or 'local'")
     d.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | int8")
@@ -145,6 +147,8 @@ def register(subparsers) -> None:
     d.add_argument("--heads", help="comma-separated, e.g. 4,8,12")
     d.add_argument("--ffn-ratios", help="FFN width / hidden, comma-separated, e.g. 2,4")
     d.add_argument("--fused", action="store_true", help="price the fused kernels of bertsilicon.optimize")
+    d.add_argument("--max-aspect", type=float, default=MAX_ASPECT, help="the front keeps shapes with hidden / layers at "
+                   "most this (0: no limit); shallower-for-their-width shapes are flagged")
     d.add_argument("--json", help="write the Pareto front as JSON")
     d.add_argument("--markdown", help="write the Pareto front as Markdown")
     d.add_argument("--plot", help="write the Pareto front as a PNG")

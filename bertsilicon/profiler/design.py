@@ -13,6 +13,14 @@ shapes within the budget, and returns the Pareto front of
 (parameters and FLOPs are reported alongside). Minimising cost alone would make the smallest shape win
 everything; capacity is what a student buys with its budget.
 
+Shape band: the parameter proxy holds only for shapes that are not too shallow for their width (Kaplan et
+al.'s near-shape-independence is measured over a band of aspect ratios; Turc et al.'s compact BERTs show
+depth should be prioritised over width at a fixed size). Without a band, a weight-bandwidth-bound device
+(latency ~ parameters, plus a cost per layer) makes the fewest, widest layers win every budget: the pick
+was always the grid's widest hidden size. The front therefore keeps shapes with ``hidden / layers <=
+max_aspect`` (default 128: DistilBERT's, BERT-PKD-6's and TinyBERT-6's 768 / 6, the widest of the
+published 6-layer students); shapes beyond it stay in the candidates, flagged.
+
 Flags: head dims that tensor cores dislike (not a multiple of 8 for fp16/bf16/fp32-TF32 MMA tiles, of 16
 for int8) and embedding-dominated students (embedding tables > 50% of parameters: parameters that cost
 memory but no compute, and little accuracy).
@@ -40,6 +48,7 @@ FFN_RATIOS = (2, 4)
 # Heads change cost (the score matrices are heads x S^2) but not the capacity proxy, so an unbounded sweep
 # would always pick the fewest heads; the sweep keeps the head dims published students use.
 HEAD_DIMS = (32, 64)
+MAX_ASPECT = 128.0  # hidden / layers of the front's shapes at most (see the module docstring)
 
 
 @dataclass
@@ -133,6 +142,7 @@ class DesignResult:
     energy_budget_mj: Optional[float]
     candidates: List[Candidate]
     front: List[Candidate]
+    max_aspect: Optional[float] = MAX_ASPECT
 
     @property
     def best(self) -> Optional[Candidate]:
@@ -142,8 +152,8 @@ class DesignResult:
     def to_dict(self) -> Dict:
         return {"hardware": self.hardware, "precision": self.precision, "batch_size": self.batch_size,
                 "seq_len": self.seq_len, "latency_budget_ms": self.latency_budget_ms,
-                "energy_budget_mj": self.energy_budget_mj, "objectives": "max non-embedding params, min latency, "
-                "min energy", "best": self.best.to_dict() if self.best else None,
+                "energy_budget_mj": self.energy_budget_mj, "max_aspect": self.max_aspect,
+                "objectives": "max non-embedding params, min latency, min energy", "best": self.best.to_dict() if self.best else None,
                 "front": [c.to_dict() for c in self.front], "candidates": [c.to_dict() for c in self.candidates]}
 
     def to_json(self, path=None) -> str:
@@ -161,7 +171,8 @@ class DesignResult:
         lines = [f"# Student design on {self.hardware} ({self.precision}, batch {self.batch_size} x seq {self.seq_len})",
                  "", f"{len(self.candidates)} shapes, {len(self.front)} on the Pareto front "
                  "(max non-embedding params, min latency, min energy)"
-                 + (f"; budget: {', '.join(budget)}" if budget else "; no budget") + ".", "",
+                 + (f"; budget: {', '.join(budget)}" if budget else "; no budget")
+                 + (f"; shapes with hidden / layers <= {self.max_aspect:g}" if self.max_aspect else "") + ".", "",
                  "| shape | L | H | A | F | head dim | params (M) | non-emb (M) | GFLOPs | latency (ms) | energy (mJ) | flags |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in self.front:
@@ -183,6 +194,10 @@ class DesignResult:
         if path is not None:
             Path(path).write_text(s)
         return s
+
+    def in_band(self, c: Candidate) -> bool:
+        """Not too shallow for its width: ``hidden / layers <= max_aspect`` (always, with no band)."""
+        return self.max_aspect is None or c.hidden / c.layers <= self.max_aspect
 
     def _in_budget(self, c: Candidate) -> bool:
         return ((self.latency_budget_ms is None or c.latency_s * 1e3 <= self.latency_budget_ms)
@@ -237,7 +252,8 @@ def explore(hardware="h100", seq_len: int = 128, latency_budget: Optional[float]
             energy_budget: Optional[float] = None, batch_size: int = 1, precision: str = "fp32",
             layers: Iterable[int] = LAYERS, hidden: Iterable[int] = HIDDEN, heads: Iterable[int] = HEADS,
             ffn_ratios: Iterable[float] = FFN_RATIOS, head_dims: tuple = HEAD_DIMS,
-            include_named: bool = True, attn_implementation: str = "sdpa", fused: bool = False) -> DesignResult:
+            include_named: bool = True, attn_implementation: str = "sdpa", fused: bool = False,
+            max_aspect: Optional[float] = MAX_ASPECT) -> DesignResult:
     """Sweep student shapes on ``hardware`` and return the Pareto front within the budget.
 
     ``latency_budget``: milliseconds per batch; ``energy_budget``: millijoules per batch (either, both or
@@ -245,13 +261,15 @@ def explore(hardware="h100", seq_len: int = 128, latency_budget: Optional[float]
     hidden with ``head_dims[0] <= head dim <= head_dims[1]``), plus every published student when
     ``include_named``. Heads change cost (score matrices: heads x S^2) but not the capacity proxy.
     ``attn_implementation`` / ``fused``: the kernels priced, as in :func:`bertsilicon.profile` (``fused=True``:
-    the student will run under ``bertsilicon.optimize``).
+    the student will run under ``bertsilicon.optimize``). ``max_aspect``: the front keeps shapes with
+    ``hidden / layers <= max_aspect`` (None: every shape; see the module docstring).
     """
     hw = get_hardware(hardware)
     precision = check_precision(hw, precision)
     _positive_int("seq_len", seq_len)
     _positive_int("batch_size", batch_size)
     lb, eb = _budget("latency_budget", latency_budget), _budget("energy_budget", energy_budget)
+    max_aspect = _budget("max_aspect", max_aspect)
     shapes: Dict[tuple, Arch] = {}
     labels: Dict[tuple, List[str]] = {}
     named_keys = set()
@@ -274,8 +292,12 @@ def explore(hardware="h100", seq_len: int = 128, latency_budget: Optional[float]
         c.name = " / ".join(labels[k])
         c.named = k in named_keys
         cands.append(c)
-    res = DesignResult(hw.name, precision, batch_size, seq_len, lb, eb, cands, [])
-    res.front = pareto_front([c for c in cands if res._in_budget(c)])
+    res = DesignResult(hw.name, precision, batch_size, seq_len, lb, eb, cands, [], max_aspect)
+    for c in cands:
+        if not res.in_band(c):
+            c.flags.append(f"shallow for its width (hidden / layers = {c.hidden / c.layers:g} > {max_aspect:g}): "
+                           "not on the front")
+    res.front = pareto_front([c for c in cands if res._in_budget(c) and res.in_band(c)])
     for c in res.front:
         c.pareto = True
     return res

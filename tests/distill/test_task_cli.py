@@ -46,10 +46,24 @@ def test_finetune_then_distill_task(tmp_path, capsys):
     t = json.loads((tmp_path / "t.json").read_text())
     assert set(t["accuracy"]) == {"dev", "test"} and 0 <= t["accuracy"]["test"] <= 1
     assert main(["distill-task", *common, "--teacher", str(tmp_path / "teacher"), "--student", "L1-H64-A2-F128",
-                 "--losses", "label_ce=0.5,soft_target=0.5", "--json", str(tmp_path / "s.json")]) == 0
+                 "--losses", "label_ce=0.5,soft_target=0.5", "--json", str(tmp_path / "s.json"),
+                 "--out", str(tmp_path / "student")]) == 0
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["student"] == "L1-H64-A2-F128" and 0 <= s["accuracy"]["test"] <= 1
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "student"))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "student"))
+    acc = bs.distill.task.accuracy(loaded, tok, bs.tasks.task("docstring-module").test, max_length=12)
+    assert acc == pytest.approx(s["accuracy"]["test"], abs=1e-12)  # the same weights the run evaluated
+    assert loaded.config.id2label[0] == bs.tasks.task("docstring-module").label_names[0]
     assert "accuracy: dev" in capsys.readouterr().out
+    small = tmp_path / "front.json"  # design -> distill end to end: the explorer's entry 0 trained and evaluated
+    res = bs.design.explore(hardware="avx512", seq_len=16, layers=(1, 2), hidden=(64, 128), include_named=False)
+    res.to_json(small)
+    assert main(["distill-task", *common, "--teacher", str(tmp_path / "teacher"), "--from-design", str(small),
+                 "--pick", "0", "--json", str(tmp_path / "d.json")]) == 0
+    assert json.loads((tmp_path / "d.json").read_text())["student"] == res.front[0].name
     assert main(["distill-task", *common, "--losses", "soft_target"]) == 2  # a user's mistake: one line, status 2
     assert "need --teacher" in capsys.readouterr().err
     with pytest.raises(ValueError, match="need --teacher"):

@@ -22,12 +22,14 @@ def t4_fp16():
 
 def test_front_is_pareto_within_budget(t4_fp16):
     res = t4_fp16
-    in_budget = [c for c in res.candidates if c.latency_s * 1e3 <= 2.0]
+    in_budget = [c for c in res.candidates if c.latency_s * 1e3 <= 2.0 and c.hidden / c.layers <= 128]
     assert res.front and set(id(c) for c in res.front) <= set(id(c) for c in in_budget)
-    for c in in_budget:  # on the front <=> nobody in budget dominates it
+    for c in in_budget:  # on the front <=> nobody in budget (and in the shape band) dominates it
         dominated = any(_dominates(o, c) for o in in_budget if o is not c)
         assert c.pareto == (not dominated), c.name
-    assert all(not c.pareto for c in res.candidates if c.latency_s * 1e3 > 2.0)
+    assert all(not c.pareto for c in res.candidates if c.latency_s * 1e3 > 2.0 or c.hidden / c.layers > 128)
+    shallow = next(c for c in res.candidates if (c.layers, c.hidden) == (2, 512))
+    assert any(f.startswith("shallow for its width") for f in shallow.flags)
     assert res.best is max(res.front, key=lambda c: c.non_embedding_params)
 
 
@@ -46,6 +48,20 @@ def test_candidates_match_the_profiler_and_cover_published_students(t4_fp16):
     grid = [c for c in t4_fp16.candidates if not c.named]
     assert {(c.layers, c.hidden) for c in grid} == {(L, H) for L in (2, 4, 6) for H in (256, 384, 512)}
     assert all(32 <= c.head_dim <= 64 and c.hidden % c.heads == 0 for c in grid)
+
+
+@pytest.mark.parametrize("hardware", ["avx512", "t4"])
+def test_picks_vary_width_heads_ffn_and_are_not_always_the_widest(hardware):
+    picks = [bs.design.explore(hardware=hardware, seq_len=128, latency_budget=b) for b in (1.0, 3.0)]
+    for res in picks:  # the front varies width, heads and FFN size, not depth alone
+        assert len({c.hidden for c in res.front}) >= 4 and len({c.heads for c in res.front}) >= 3
+        assert len({c.intermediate / c.hidden for c in res.front}) >= 2
+        assert res.best.hidden / res.best.layers <= 128
+    assert min(r.best.hidden for r in picks) < 768
+    # without the shape band the weight-bound device picks the fewest, widest layers at every budget
+    unbanded = [bs.design.explore(hardware=hardware, seq_len=128, latency_budget=b, max_aspect=None).best
+                for b in (1.0, 3.0)]
+    assert all(p.hidden == 768 for p in unbanded)
 
 
 def test_energy_budget_and_outputs(tmp_path):
@@ -68,6 +84,8 @@ def test_bad_input():
         bs.design.explore(latency_budget=-1)
     with pytest.raises(ValueError, match="seq_len"):
         bs.design.explore(seq_len=0)
+    with pytest.raises(ValueError, match="max_aspect must be a positive number"):
+        bs.design.explore(max_aspect=-3)
 
 
 def test_cli_design(tmp_path, capsys):
