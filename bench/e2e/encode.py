@@ -264,7 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--passages", type=int, default=FULL_RUN)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--providers", default=",".join(PROVIDERS), help="comma-separated subset of: " + ",".join(PROVIDERS))
-    p.add_argument("--out", default="bench/results/cpu")
+    p.add_argument("--out", default="bertsilicon-results/encode",
+                   help="output folder (the recorded run: bench/results/cpu)")
     p.add_argument("--quick", action="store_true", help="256 passages, results in OUT/encode-quick.*")
     p.add_argument("--st-peer-python", default=None,
                    help=f"the interpreter of the sentence-transformers ONNX / OpenVINO rows (default: {PEER_VENV.name}"

@@ -289,6 +289,7 @@ def load(path: Union[str, Path], device: Union[None, str, torch.device] = None) 
                                                              args["unpad"], graphs),
                           {"artifact": str(path), "originals_gone": why})
     new_encoder.originals_gone = why
+    model.requires_grad_(False)  # inference only (the meta placeholders too): a call outside no_grad runs the same path
     report.weights = weight_bytes(base, fused)
     report.notes.append("the artifact's tensors are memory-mapped: a page is resident only once read (the embedding "
                         "table's for the tokens looked up; the GEMM weights' pages are released once packed)")

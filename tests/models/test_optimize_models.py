@@ -334,18 +334,21 @@ def test_key_padding_mask_from_every_form_hf_passes(host_reads):
         key_padding_mask(real[:, :12], 5, 13)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_torch_compile_of_an_optimized_model(precision):
+@pytest.mark.parametrize("precision,smooth,tolerance", [("fp32", None, 1e-5), ("int8", None, 1e-5),
+                                                         ("int8", "auto", 1e-3)])
+def test_torch_compile_of_an_optimized_model(precision, smooth, tolerance):
     """``torch.compile(optimize(model))``: dynamo traces the fused layers through the ops' custom ops (the one
     C++ call per layer is not traceable: under tracing each layer runs per op) and breaks the graph where the
     wrapper reads the token count; the compiled model gives the eager optimized model's outputs (fp32: HF's
-    too, at real positions) on ragged padding with a fully padded row, and again on a second batch."""
+    too, at real positions) on ragged padding with a fully padded row, and again on a second batch. int8 with
+    SmoothQuant (the default): the traced per-op path is not bit-identical to the one C++ call (relative
+    difference ~4e-5, two orders below int8's own error), so it is held to 1e-3."""
     torch._dynamo.reset()
     hf = _build("BertModel", seed=3)
     inputs = _inputs("BertModel", seed=4)
     with torch.no_grad():
         reference = hf(**inputs).last_hidden_state
-    model = bertsilicon.optimize(copy.deepcopy(hf), precision)
+    model = bertsilicon.optimize(copy.deepcopy(hf), precision, smooth=smooth)
     compiled = torch.compile(model)
     mask, second = inputs["attention_mask"], _inputs("BertModel", seed=5)
     with torch.no_grad():
@@ -353,11 +356,11 @@ def test_torch_compile_of_an_optimized_model(precision):
         out = compiled(**inputs).last_hidden_state
         again = compiled(**second).last_hidden_state
     assert out.shape == eager.shape and not torch.isnan(out[mask.bool()]).any()
-    assert _compare(out, eager, mask, False) <= 1e-5
+    assert _compare(out, eager, mask, False) <= tolerance
     if precision == "fp32":
         assert _compare(out, reference, mask, False) <= 1e-5
     with torch.no_grad():
-        assert _compare(again, model(**second).last_hidden_state, second["attention_mask"], False) <= 1e-5
+        assert _compare(again, model(**second).last_hidden_state, second["attention_mask"], False) <= tolerance
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
@@ -392,14 +395,15 @@ def test_new_storage_after_optimize_is_followed(precision):
     model), so neither the one-call snapshots nor the packs kept reading the old storage."""
     inputs = _inputs("BertModel", seed=7)
     base = _build("BertModel", seed=4)
-    model = bertsilicon.optimize(copy.deepcopy(base), precision)
+    # int8 without SmoothQuant: optimizing the changed model re-calibrates its factors, following a change keeps them
+    model = bertsilicon.optimize(copy.deepcopy(base), precision, smooth=None)
     with torch.no_grad():
         before = model(**inputs).last_hidden_state
         model._apply(lambda t: t.clone())
         assert torch.equal(model(**inputs).last_hidden_state, before)
         model.encoder.layer[0].intermediate.dense.weight.mul_(2)
         base.encoder.layer[0].intermediate.dense.weight.mul_(2)
-        want = bertsilicon.optimize(base, precision)(**inputs).last_hidden_state
+        want = bertsilicon.optimize(base, precision, smooth=None)(**inputs).last_hidden_state
         assert torch.equal(model(**inputs).last_hidden_state, want)
 
 
