@@ -45,6 +45,18 @@ def save(ee: EarlyExitModel, path: Union[str, Path], tokenizer=None) -> Path:
     return path
 
 
+def _branch_manifest(file: Path) -> dict:
+    """``early_exit.json`` as a dict of the format this version writes, else a ``ValueError`` naming the file."""
+    try:
+        meta = json.loads(file.read_text())
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"load: {file} is not valid JSON ({exc})") from exc
+    if found != FORMAT:
+        raise ValueError(f"load: {file} has format {found!r}; expected an early-exit manifest of format {FORMAT}")
+    return meta
+
+
 def load(path: Union[str, Path], device: Union[None, str, torch.device] = None) -> EarlyExitModel:
     """The early-exit model saved by :func:`save` at ``path`` (eval mode). ``device``: as :func:`bertsilicon.load`."""
     from safetensors.torch import load_file
@@ -55,13 +67,7 @@ def load(path: Union[str, Path], device: Union[None, str, torch.device] = None) 
         if not f.is_file():
             raise FileNotFoundError(f"load: {f} is missing; expected an early-exit model saved by "
                                     "bertsilicon.early_exit.save")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"load: {meta_file} is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"load: {meta_file} has format {meta.get('format') if isinstance(meta, dict) else None!r}; "
-                         f"expected {FORMAT}")
+    meta = _branch_manifest(meta_file)
     if (path / MANIFEST).is_file():
         from ..models.artifact import load as load_optimized
         model = load_optimized(path, device=device)
