@@ -187,15 +187,14 @@ def _exit_loop(ee, encoder, stream, scope, B: int, out_dtype, speed: float, comp
                 continue
             pending = ~done[alive]
             out = classifiers[l](stream.first_tokens()[pending].to(out_dtype))
-            leave = torch.ones(len(out), dtype=torch.bool) if l == last else None
-            if speed > 0.0:
-                u = normalized_entropy(out)
-                leave = (u < speed) if leave is None else leave
-                uncertainty[alive[pending][leave]] = u[leave].float()
+            u = normalized_entropy(out) if speed > 0.0 else None  # speed 0: only the last layer gets here
+            leave = torch.ones(len(out), dtype=torch.bool) if l == last else u < speed
+            ids = alive[pending][leave]
             if logits is None:
                 logits = out.new_full((B, out.shape[-1]), float("nan"))
-            ids = alive[pending][leave]
             logits[ids] = out[leave]
+            if u is not None:
+                uncertainty[ids] = u[leave].float()
             exit_layer[ids] = l + 1
             done[ids] = True
             if bool(done.all()):
