@@ -43,6 +43,7 @@ def parse(argv):
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--hardware", default="epyc-7763", help="the profiler's hardware table entry for the prediction")
     p.add_argument("--label", default="", help="a note on the run (e.g. the machine's load) for the Markdown")
+    p.add_argument("--texts", type=int, default=None, help="only the test split's first N texts (default: all)")
     p.add_argument("--quick", action="store_true", help="a check: 64 test texts, 3 speeds, 2 repeats")
     return p.parse_args(argv)
 
@@ -98,8 +99,11 @@ def run(a) -> dict:
     texts, labels = list(t.test.texts), torch.tensor(t.test.labels)
     speeds = a.speeds or (QUICK_SPEEDS if a.quick else SPEEDS)
     repeats = 2 if a.quick else a.repeats
-    if a.quick:
-        texts, labels = texts[:64], labels[:64]
+    limit = 64 if a.quick else a.texts
+    if limit is not None:
+        if limit < 1:
+            raise SystemExit(f"--texts must be a positive int, got {limit}")
+        texts, labels = texts[:limit], labels[:limit]
     mean_tokens = sum(len(x) for x in tok(texts, truncation=True, max_length=a.max_length)["input_ids"]) / len(texts)
     rows = []
     for size in a.batch_sizes:
@@ -126,7 +130,7 @@ def run(a) -> dict:
                          "predicted_flops_ratio": predicted["expected_flops"] / predicted["full_flops"],
                          "predicted_ms_per_text": times[("full", None)] * 1e3 / len(texts) / predicted["latency_speedup"]})
     info["load_average_end"] = load_average()
-    return {"task": "docstring-module", "split": "test", "texts": len(texts), "precision": a.precision,
+    return {"task": "docstring-module", "split": "test", "texts": len(texts), "split_texts": len(t.test), "precision": a.precision,
             "layers": ee.num_layers, "mean_tokens": mean_tokens, "repeats": repeats, "quick": a.quick,
             "hardware_table": a.hardware, "label": a.label, "machine": info,
             "model_name": f"{ee.model.config.model_type} {ee.num_layers} layers, hidden {ee.model.config.hidden_size}",
@@ -134,7 +138,7 @@ def run(a) -> dict:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Early exit (FastBERT): {r['model_name']} on {r['task']} ({r['split']}, {r['texts']} texts), {r['precision']}",
+    lines = [f"# Early exit (FastBERT): {r['model_name']} on {r['task']} ({r['split']}, {r['texts']} of {r['split_texts']} texts), {r['precision']}",
              "", describe(r["machine"]), ""]
     if r["label"]:
         lines += [f"Run: {r['label']}", ""]
