@@ -14,8 +14,8 @@ import sys
 # Areas that add subcommands: each module has ``register(subparsers)``.
 _AREAS = ("bertsilicon.demo", "bertsilicon.profiler.cli", "bertsilicon.benchmark.cli", "bertsilicon.benchmark.peers_cli",
           "bertsilicon.precision.cli", "bertsilicon.distill.cli", "bertsilicon.distill.task_cli",
-          "bertsilicon.distill.mlm_cli", "bertsilicon.encode.cli",
-          "bertsilicon.models.artifact_cli")
+          "bertsilicon.distill.mlm_cli", "bertsilicon.encode.cli", "bertsilicon.models.artifact_cli",
+          "bertsilicon.early_exit.cli")
 # What a user's mistake raises (a bad argument, a missing or unreadable file): reported in one line.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                NotImplementedError, KeyError, OSError)

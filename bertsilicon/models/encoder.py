@@ -352,6 +352,11 @@ class FusedEncoder(nn.Module):
             out = out * key_mask.unsqueeze(-1).to(out.dtype)
         return out.to(hidden_states.dtype)
 
+    def layers_scope(self, device: torch.device):
+        """The context every layer loop of this encoder runs in (one shared C++ scratch block on a CPU); for a
+        caller driving ``self.layer[i].forward_packed`` / ``forward_padded`` itself."""
+        return _layer_scratch_held(device)
+
     # -- the layer loop: eager, and the body a CUDA graph records ---------------------------------- #
     def _layers_packed(self, x, cu_seqlens, max_seqlen, on_layer=None):
         """Every layer on packed tokens ``x [T, H]`` (``cu_seqlens`` built from the key mask: checked)."""
