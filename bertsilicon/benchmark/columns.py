@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..models.eval import mean_pool
+from ..models.eval import knn_vote, mean_pool
 from .providers import Batch, tokenize
 
 COLUMNS = ("quality", "invariance", "cold-start")
@@ -49,9 +49,7 @@ def knn_accuracy(train: torch.Tensor, train_labels: Sequence[int], test: torch.T
     y_train, y_test = torch.tensor(list(train_labels)), torch.tensor(list(test_labels))
     sims, idx = (_normalized(test) @ _normalized(train).t()).topk(k, dim=1)
     classes = int(max(y_train.max(), y_test.max())) + 1
-    votes = torch.zeros(test.shape[0], classes, dtype=torch.float64)
-    votes.scatter_add_(1, y_train[idx], 1.0 + 1e-6 * sims)
-    return float((votes.argmax(1) == y_test).double().mean())
+    return float((knn_vote(sims, y_train[idx], classes) == y_test).double().mean())
 
 
 def retrieval_scores(queries: torch.Tensor, docs: torch.Tensor, at: int = RECALL_AT) -> dict:

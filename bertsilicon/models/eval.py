@@ -81,6 +81,14 @@ def cosine_neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
     return sims.topk(k, dim=1)
 
 
+def knn_vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per row, the label its ``k`` neighbours vote: the majority, ties broken by summed similarity.
+    ``sims [N, k]`` their cosines, ``neighbour_labels [N, k]`` their integer labels in ``[0, classes)``. -> ``[N]``."""
+    votes = torch.zeros(sims.shape[0], classes, dtype=torch.float64)
+    votes.scatter_add_(1, neighbour_labels, 1.0 + 1e-6 * sims.double())
+    return votes.argmax(1)
+
+
 def knn_correct(emb: torch.Tensor, labels: Sequence, k: int = 5) -> torch.Tensor:
     """Per item: leave-one-out kNN (cosine) predicts its label — majority of the k most similar other
     items, ties broken by summed similarity (:func:`knn_accuracy` is its mean; precision experiments bootstrap it). -> ``[N]`` bool."""
@@ -92,9 +100,7 @@ def knn_correct(emb: torch.Tensor, labels: Sequence, k: int = 5) -> torch.Tensor
     classes = {c: i for i, c in enumerate(sorted(set(labels), key=str))}
     y = torch.tensor([classes[c] for c in labels])
     top_sims, top_idx = cosine_neighbours(emb, k)
-    votes = torch.zeros(n, len(classes), dtype=torch.float64)
-    votes.scatter_add_(1, y[top_idx], 1.0 + 1e-6 * top_sims)
-    return votes.argmax(1) == y
+    return knn_vote(top_sims, y[top_idx], len(classes)) == y
 
 
 def knn_accuracy(embeddings: torch.Tensor, labels: Sequence, k: int = 5) -> float:
