@@ -13,8 +13,9 @@ Two sets of kernels are measured (``torch.get_num_threads()`` threads, medians o
 * what a model returned by ``bertsilicon.optimize`` runs, on this CPU's kernel path: our fp32 / bf16 / int8
   GEMMs, padding-free attention, add+LayerNorm and the per-layer-call overhead (:mod:`.kernel_rates`).
 
-GEMM shapes are those of BERT students (K, N in 128..3072; M = tokens in 64..1024); a size whose single call
-would take over a second (an emulated precision) is skipped and the curve is clamped at the last one.
+GEMM shapes are those of BERT students (K, N in 128..3072; M = tokens in 64..1024), each timed round-robin over
+distinct weights filling 64 MiB (a forward reads every weight once, from beyond the caches); a size whose single
+call would take over a second (an emulated precision) is skipped and the curve is clamped at the last one.
 
 The record is stored as JSON in ``$BERTSILICON_CALIBRATION`` or ``~/.cache/bertsilicon/calibration.json``
 (``$XDG_CACHE_HOME`` respected), keyed by ``cpu:<threads>:<kernel path>``.
@@ -36,7 +37,8 @@ from .hardware import Hardware
 
 
 ENV = "BERTSILICON_CALIBRATION"
-VERSION = 3  # records of another version are measured again (3: our kernels' rates, per kernel path)
+VERSION = 4  # records of another version are measured again (3: our kernels' rates, per kernel path;
+#              4: GEMMs timed over distinct weights, as in a forward)
 
 _GEMMS_FULL = [(64, 128, 128), (128, 312, 312), (128, 384, 384), (128, 384, 1536), (128, 768, 768),
                (512, 768, 768), (1024, 384, 1536), (1024, 768, 3072)]
@@ -103,10 +105,13 @@ def _cpu_name() -> str:
 
 
 def _torch_gemm_curves(gemms, timer, gen, tick) -> dict:
-    """``F.linear`` FLOP/s per size at fp32 and bf16; a size predicted (from the last rate) to take over
+    """``F.linear`` FLOP/s per size at fp32 and bf16, round-robin over distinct weights
+    (:func:`.kernel_rates.weight_copies`); a size predicted (from the last rate) to take over
     :data:`_SLOW_CALL_S` per call ends that precision's curve."""
     import torch
     import torch.nn.functional as F
+
+    from .kernel_rates import round_robin, weight_copies
 
     curves = {"fp32": [], "bf16": []}
     for M, K, N in gemms:
@@ -115,8 +120,11 @@ def _torch_gemm_curves(gemms, timer, gen, tick) -> dict:
         for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             curve = curves[prec]
             if not curve or flops / curve[-1][1] <= _SLOW_CALL_S:
-                xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
-                curve.append((flops, flops / timer(lambda: F.linear(xd, wd, bd))))
+                xd, bd = x.to(dtype), b.to(dtype)
+                weights = [w.to(dtype, copy=True) for _ in range(weight_copies(w.nbytes))]
+                call = round_robin([lambda wd=wd: F.linear(xd, wd, bd) for wd in weights])
+                curve.append((flops, flops / timer(call)))
+                del weights, call
             tick()
     return curves
 

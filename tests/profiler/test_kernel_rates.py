@@ -57,8 +57,24 @@ def record(tmp_path, monkeypatch):
     return calibration.calibrate(quick=True, progress=False)
 
 
+def test_gemms_are_timed_over_weights_beyond_the_caches():
+    """A forward reads each weight once: a GEMM is timed round-robin over distinct weights filling
+    COLD_WEIGHT_BYTES (bounded), each called in turn."""
+    from bertsilicon.profiler.kernel_rates import COLD_WEIGHT_BYTES, MAX_WEIGHT_COPIES, round_robin, weight_copies
+
+    for n_bytes in (4 * 1536 * 384, 4 * 3072 * 768, 7 * 1000 * 1000 + 1):
+        n = weight_copies(n_bytes)
+        assert n * n_bytes >= COLD_WEIGHT_BYTES and (n - 1) * n_bytes < COLD_WEIGHT_BYTES
+    assert weight_copies(COLD_WEIGHT_BYTES * 3) == 2 and weight_copies(64) == MAX_WEIGHT_COPIES
+    seen = []
+    call = round_robin([lambda i=i: seen.append(i) for i in range(3)])
+    for _ in range(7):
+        call()
+    assert seen == [0, 1, 2, 0, 1, 2, 0]
+
+
 def test_record_holds_our_kernels(record):
-    assert record["version"] == calibration.VERSION == 3 and record["kernel_path"] == calibration._kernel_path()
+    assert record["version"] == calibration.VERSION == 4 and record["kernel_path"] == calibration._kernel_path()
     kernels = record["kernels"]
     assert set(kernels["curves"]) == set(KERNEL_RATES)
     for name, curve in kernels["curves"].items():
