@@ -11,7 +11,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-DEFAULT_MAX_BATCH_TOKENS = 8192
+# A batch's per-layer working set (qkv, context, FFN intermediate: ~11 KB per token at int8) then stays near a
+# last-level cache; twice the budget ran ~10 % slower (bench/results/cpu/encode.md, "token budget")
+DEFAULT_MAX_BATCH_TOKENS = 4096
 
 
 @dataclass
