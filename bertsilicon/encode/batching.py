@@ -11,9 +11,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-# A batch's per-layer working set (qkv, context, FFN intermediate: ~11 KB per token at int8) then stays near a
-# last-level cache; twice the budget ran ~10 % slower (bench/results/cpu/encode.md, "token budget")
-DEFAULT_MAX_BATCH_TOKENS = 4096
+# A batch's per-layer working set (qkv, context, FFN intermediate: ~11 KB per token of MiniLM at int8) then
+# stays near a last-level cache: 8192 ran 12 % slower, 1024 8 % (bench/results/cpu/encode-budget.md)
+DEFAULT_MAX_BATCH_TOKENS = 3072
 
 
 @dataclass
