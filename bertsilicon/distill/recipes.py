@@ -314,7 +314,7 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
     teacher_acc = [accuracy(m, tok, evaluation, max_length=s.max_length) for m in teachers]
     pretrained = teacher_classifier(t.num_labels, seed=0).eval()  # the students' init: MiniLM before fine-tuning
     labelled, transfer = labelled_subset(t.train, s.label_fraction), transfer_set(t.train, s.label_fraction)
-    data: dict = {}  # (transfer set?, variants per text) -> (split, the teachers' logits of its texts)
+    data: dict = {}  # (transfer set?, variants per text) -> (split, the teachers' logits of its texts or None)
 
     def data_for(with_teacher: bool, n: int):
         if (with_teacher, n) not in data:
@@ -323,15 +323,17 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
             if n:
                 texts, labels = augment(texts, labels, tok, n=n, seed=0,
                                         word_embeddings=pretrained.get_input_embeddings().weight)
-            path = Path(s.cache) / (f"logits-{'transfer' if with_teacher else 'labelled'}{s.label_fraction:g}-aug{n}-"
-                                    f"teachers{len(teachers)}x{s.teacher_steps}x{s.teacher_batch_size}-len{s.max_length}"
-                                    ".safetensors")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.is_file():
-                logits = load_file(str(path))["logits"]
-            else:
-                logits = teacher_logits(teachers, tok, texts, s.max_length, progress=s.progress)
-                save_file({"logits": logits.contiguous()}, str(path))
+            per_teacher = []  # (no teacher for the hard-label runs)
+            for k, teacher in enumerate(teachers if with_teacher else []):  # cached per teacher: a run with more teachers reuses them
+                path = Path(s.cache) / (f"logits-{'transfer' if with_teacher else 'labelled'}{s.label_fraction:g}"
+                                        f"-aug{n}-teacher{k}-{s.teacher_steps}x{s.teacher_batch_size}-len{s.max_length}"
+                                        ".safetensors")
+                if not path.is_file():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    save_file({"logits": teacher_logits([teacher], tok, texts, s.max_length,
+                                                        progress=s.progress)[0].contiguous()}, str(path))
+                per_teacher.append(load_file(str(path))["logits"])
+            logits = torch.stack(per_teacher) if per_teacher else None
             data[with_teacher, n] = (Split(tuple(texts), tuple(labels)), logits)
         return data[with_teacher, n]
 
