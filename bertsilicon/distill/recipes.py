@@ -96,7 +96,7 @@ RECIPES = {
     "pkd": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5, "patient": 1.0},), init="first",
                   layer_map="skip"),
     "tang-bilstm": Recipe("bilstm", ({"label_ce": 0.5, "logit_mse": 0.5},), lr=2e-3, augment=4,
-                          note="4 augmented variants per text (masking, embedding neighbours, n-grams)"),
+                          note="4 augmented variants per transfer-set text (masking, embedding neighbours, n-grams)"),
     "two-teachers": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5},), init="uniform", teachers=2),
     # a control, not a recipe: hinton's hard-label term alone at its weight (0.5), no teacher. Against it, the
     # gain is the soft targets' own (the weight changes the step size through gradient clipping)
