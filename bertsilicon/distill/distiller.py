@@ -49,6 +49,7 @@ import torch
 from ..models.eval import mean_pool
 from . import losses as L
 from .checkpoint import load_checkpoint, save_checkpoint
+from .labels import MISSING, label_cross_entropy, label_tensor
 from .attention import common_heads, heads
 from .layer_maps import bert_body, init_student_from_teacher, layer_map, transformer_layers
 
@@ -161,17 +162,6 @@ def teacher_logits(teachers: Sequence, tokenizer, texts: Sequence[str], max_leng
             out = torch.empty(len(teachers), len(texts), *logits.shape[2:])
         out[:, idx] = logits
     return out
-
-
-def _check_labels(labels, n: int) -> Optional[torch.Tensor]:
-    if labels is None:
-        return None
-    labels = list(labels)
-    if len(labels) != n:
-        raise ValueError(f"labels has {len(labels)} entries; expected one per text ({n})")
-    if not all(isinstance(y, int) and not isinstance(y, bool) and y >= 0 for y in labels):
-        raise ValueError("labels must be class indices (int >= 0), one per text")
-    return torch.tensor(labels, dtype=torch.long)
 
 
 class Distiller:
@@ -310,7 +300,7 @@ class Distiller:
     def compute_loss(self, batch: dict, teacher_sentences: Optional[torch.Tensor] = None,
                      labels: Optional[torch.Tensor] = None, teacher_logits: Optional[torch.Tensor] = None):
         """(total loss, {name: unweighted value}) for one tokenized batch; ``labels`` [B] (or [B, S] for
-        token-level heads, -100 = ignored) for ``label_ce``; ``teacher_logits`` [teachers, B, C]: cached
+        token-level heads; -100 = no label there) for ``label_ce``; ``teacher_logits`` [teachers, B, C]: cached
         teacher logits (no teacher pass)."""
         cfg = self.config
         mask = batch["attention_mask"]
@@ -393,9 +383,7 @@ class Distiller:
         if "label_ce" in cfg.losses:
             if labels is None:
                 raise ValueError("the 'label_ce' loss needs labels: fit(texts, labels=...)")
-            logits = s_out.logits
-            parts["label_ce"] = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                                  labels.reshape(-1), ignore_index=-100)
+            parts["label_ce"] = label_cross_entropy(s_out.logits, labels)
         total = sum(cfg.losses[k] * v for k, v in parts.items())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -446,14 +434,16 @@ class Distiller:
     def fit(self, texts: Sequence[str], labels: Optional[Sequence[int]] = None,
             resume_from: Optional[Union[str, os.PathLike]] = None, stop_at: Optional[int] = None) -> dict:
         """Train until ``config.steps`` (or ``stop_at`` steps, for a partial run); returns the history.
-        ``labels``: one class index per text, for the ``label_ce`` loss (hard labels)."""
+        ``labels``: one class index per text for the ``label_ce`` loss (hard labels), None (or -100) for a
+        text without one: the other losses train on every text, ``label_ce`` on the labelled ones (:mod:`.labels`)."""
         cfg = self.config
         texts = list(texts)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a non-empty sequence of str")
-        label_tensor = _check_labels(labels, len(texts))
-        if "label_ce" in cfg.losses and label_tensor is None:
-            raise ValueError("the 'label_ce' loss needs labels: fit(texts, labels=...)")
+        labels = label_tensor(labels, len(texts))
+        if "label_ce" in cfg.losses and (labels is None or bool((labels == MISSING).all())):
+            raise ValueError("the 'label_ce' loss needs labels: fit(texts, labels=...) with at least one text "
+                             "labelled (entries None / -100 mark texts without one)")
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
@@ -465,7 +455,7 @@ class Distiller:
         for _ in bar:
             idx = self.batch_indices(self.step, len(texts))
             batch = self._tokenize([texts[i] for i in idx])
-            labels_now = label_tensor[idx] if label_tensor is not None else None
+            labels_now = labels[idx] if labels is not None else None
             if cfg.logit_only and self.teacher_cache is not None:
                 loss = self.train_step(batch, None, labels_now, self.teacher_cache[:, idx])
             else:

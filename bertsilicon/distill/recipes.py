@@ -2,20 +2,28 @@
 
     python bench/studies/distill_recipes.py [--steps 100] [--seeds 0 1 2] [--recipes hinton pkd ...]
 
-Task: ``bertsilicon.tasks.task("docstring-module")`` (41 classes; train / test splits). Teachers: the real
-all-MiniLM-L6-v2 with a classification head, fine-tuned on the WHOLE train split (teacher 0 with seed 0, teacher 1
-with seed 1, for the two-teacher recipe). Students learn from LIMITED labels: ``label_fraction`` of each class's
-train texts (the first ones in the split's fixed order), the regime where soft targets help most (Hinton et al.'s
-3%-of-the-data experiment). For each recipe and seed, two runs from the SAME student initialisation, data order,
-steps, batch and learning rate: the recipe's losses (``distilled``) and the hard-label cross-entropy alone
-(``hard_labels``, on the same labelled subset); accuracy on the test split. Students of the teacher's width start
-from the PRE-TRAINED MiniLM's layers (as DistilBERT and BERT-PKD start from the pre-trained teacher), not from the
-fine-tuned teacher's, so the baseline does not inherit what the teacher learnt from the labels it does not see.
-Recipes with augmentation (TinyBERT, Tang et al.) train the distilled student on the subset plus ``augment``
-variants of each text (:mod:`.augment`; the teacher labels them); their hard-label twin sees the subset only, the
-data a student without a teacher has. Beside each recipe: its last distilled student after
-``bertsilicon.optimize(..., "int8")`` (accuracy, measured latency) against the teacher (fp32 and int8), and the
-profiler's roofline latency of student and teacher. Partial results are written after every run.
+Task: ``bertsilicon.tasks.task("docstring-module")`` (41 classes; fixed train / dev / test splits). Teachers: the
+real all-MiniLM-L6-v2 with a classification head, fine-tuned on the WHOLE train split (teacher 0 with seed 0,
+teacher 1 with seed 1, for the two-teacher recipe). Hard labels are LIMITED: ``label_fraction`` of each class's
+train texts (the first ones in the split's fixed order, :func:`labelled_subset`). For each recipe and seed, two
+runs from the SAME student initialisation, steps, batch, learning rate and seed:
+
+* ``distilled`` trains on the TRANSFER SET (:func:`transfer_set`): every train text, which the teacher labels
+  (its soft targets / logits / layers on all of them), with the hard-label cross-entropy on the labelled texts
+  only (the others carry no label: :mod:`.labels`). This is what distillation is for in the papers: Hinton et
+  al.'s transfer set, Tang et al.'s augmented transfer set, DistilBERT's and TinyBERT's unlabelled corpora: the
+  teacher labels text the student has no labels for. Recipes with augmentation (TinyBERT, Tang et al.) add
+  ``augment`` variants of every transfer-set text (:mod:`.augment`; the teacher labels them too).
+* ``hard_labels`` trains on the labelled texts alone with the cross-entropy: the data a student without a
+  teacher has.
+
+Students of the teacher's width start from the PRE-TRAINED MiniLM's layers (as DistilBERT and BERT-PKD start from
+the pre-trained teacher), not from the fine-tuned teacher's, so the baseline does not inherit what the teacher
+learnt from the labels it does not see. Settings are tuned on the dev split (``eval_split="dev"``: the soft-target
+temperature, the BiLSTM's learning rate and steps) and the recorded figures are on the test split. Beside each
+recipe: its last distilled student after ``bertsilicon.optimize(..., "int8")`` (accuracy, measured latency)
+against the teacher (fp32 and int8), and the profiler's roofline latency of student and teacher. Partial results
+are written after every run.
 
 =============  =================================================================  ==================================
 recipe          student                                                            distilled losses
@@ -66,7 +74,13 @@ class Recipe:
     t2_scale: bool = True
     lr: float = 3e-4
     augment: int = 0                    # variants per training text for the distilled student (0: none)
+    step_factor: int = 1                # the pair trains step_factor x Settings.steps (a cheap student)
     note: str = ""
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the distilled run learns from a teacher (then it trains on the transfer set)."""
+        return any(k not in HARD_LABELS for losses in self.stages for k in losses)
 
 
 RECIPES = {
@@ -82,7 +96,7 @@ RECIPES = {
     "pkd": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5, "patient": 1.0},), init="first",
                   layer_map="skip"),
     "tang-bilstm": Recipe("bilstm", ({"label_ce": 0.5, "logit_mse": 0.5},), lr=2e-3, augment=4,
-                          note="4 augmented variants per text (masking, embedding neighbours, n-grams)"),
+                          note="4 augmented variants per transfer-set text (masking, embedding neighbours, n-grams)"),
     "two-teachers": Recipe("bert-L2-H384", ({"label_ce": 0.5, "soft_target": 0.5},), init="uniform", teachers=2),
     # a control, not a recipe: hinton's hard-label term alone at its weight (0.5), no teacher. Against it, the
     # gain is the soft targets' own (the weight changes the step size through gradient clipping)
@@ -103,6 +117,9 @@ class Settings:
     max_length: int = 48
     threads: int = 2
     recipes: tuple = tuple(RECIPES)
+    eval_split: str = "test"            # "dev" to tune (temperature, lr), "test" for the recorded figures
+    overrides: dict = field(default_factory=dict)  # Recipe fields for every selected recipe, e.g. temperature
+    speed: bool = True                  # measure int8 accuracy and latency at the end (tuning runs: False)
     cache: str = "build/distill-recipes"
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -120,17 +137,32 @@ def _student(recipe: Recipe, pretrained, num_labels: int, seed: int):
     return student
 
 
-def labelled_subset(split, fraction: float):
-    """The first ``ceil(fraction * n_c)`` texts of each class ``c`` in ``split``'s fixed order (at least one)."""
-    from ..tasks import Split
-
+def _labelled_indices(split, fraction: float) -> list:
+    """Indices of the first ``ceil(fraction * n_c)`` texts of each class ``c`` in ``split``'s fixed order."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label_fraction must be in (0, 1], got {fraction!r}")
     by_class: dict = {}
     for i, y in enumerate(split.labels):
         by_class.setdefault(y, []).append(i)
-    keep = sorted(i for idx in by_class.values() for i in idx[:max(1, math.ceil(fraction * len(idx)))])
+    return sorted(i for idx in by_class.values() for i in idx[:max(1, math.ceil(fraction * len(idx)))])
+
+
+def labelled_subset(split, fraction: float):
+    """The texts a student without a teacher has: the first ``ceil(fraction * n_c)`` texts of each class ``c``
+    in ``split``'s fixed order (at least one), with their labels."""
+    from ..tasks import Split
+
+    keep = _labelled_indices(split, fraction)
     return Split(tuple(split.texts[i] for i in keep), tuple(split.labels[i] for i in keep))
+
+
+def transfer_set(split, fraction: float):
+    """Every text of ``split`` (the teacher labels them all), the hard label kept on :func:`labelled_subset`'s
+    texts only and None on the others."""
+    from ..tasks import Split
+
+    keep = set(_labelled_indices(split, fraction))
+    return Split(tuple(split.texts), tuple(y if i in keep else None for i, y in enumerate(split.labels)))
 
 
 def _train(teachers, student, tok, split, stages, recipe: Recipe, s: Settings, seed: int,
@@ -138,7 +170,7 @@ def _train(teachers, student, tok, split, stages, recipe: Recipe, s: Settings, s
     """Run the stages in order on one student; a later stage keeps the earlier one's projections.
     ``teacher_logits`` [teachers, N, C]: the teachers' logits of ``split``'s texts, computed once for every run."""
     projections = None
-    per_stage = max(1, s.steps // len(stages))
+    per_stage = max(1, s.steps * recipe.step_factor // len(stages))
     for losses in stages:
         teacher_free = all(k == "label_ce" for k in losses)
         cfg = DistillConfig(losses=dict(losses), layer_map=recipe.layer_map, init_from_teacher=False,
@@ -152,6 +184,22 @@ def _train(teachers, student, tok, split, stages, recipe: Recipe, s: Settings, s
         d.fit(list(split.texts), list(split.labels) if "label_ce" in losses else None)
         projections = d.projections
     student.eval()
+
+
+def selected_recipes(s: Settings) -> dict:
+    """The recipes ``s`` runs, name -> :class:`Recipe` with ``s.overrides`` applied."""
+    import dataclasses
+
+    unknown = [r for r in s.recipes if r not in RECIPES]
+    if unknown:
+        raise ValueError(f"recipes {unknown} are unknown; expected some of {tuple(RECIPES)}")
+    fields = {f.name for f in dataclasses.fields(Recipe)} - {"student", "stages", "note"}
+    bad = sorted(set(s.overrides) - fields)
+    if bad:
+        raise ValueError(f"overrides {bad} are not recipe settings; expected some of {sorted(fields)}")
+    if s.eval_split not in ("dev", "test"):
+        raise ValueError(f"eval_split must be 'dev' or 'test', got {s.eval_split!r}")
+    return {name: dataclasses.replace(RECIPES[name], **s.overrides) for name in s.recipes}
 
 
 def _teacher(k: int, tok, t, s: Settings):
@@ -197,21 +245,39 @@ def _predicted_ms(model, batch_size: int, seq_len: int, hardware: str) -> float:
                    hardware=hardware).totals["latency_s"] * 1e3
 
 
+def soft_target_summary(logits: torch.Tensor, labels, temperatures=(1.0, 2.0)) -> dict:
+    """How much a teacher's soft targets say, from its logits ``[N, C]`` of texts with ``labels``: per T,
+    the mean probability of the true label, the mean largest probability and the mean entropy (nats; a
+    uniform distribution over C classes has ln C)."""
+    y = torch.tensor(list(labels))
+    out = {"texts": len(y), "uniform_entropy_nats": math.log(logits.shape[-1]),
+           "accuracy": float((logits.argmax(-1) == y).double().mean())}
+    for temperature in temperatures:
+        p = torch.softmax(logits.double() / temperature, -1)
+        out[f"T={temperature:g}"] = {"mean_prob_of_label": float(p[torch.arange(len(y)), y].mean()),
+                                     "mean_max_prob": float(p.max(-1).values.mean()),
+                                     "mean_entropy_nats": float(-(p * p.clamp_min(1e-300).log()).sum(-1).mean())}
+    return out
+
+
 def _spread(values) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
             "spread": max(values) - min(values), "values": list(values)}
 
 
 def _run_name(name: str, recipe: Recipe, kind: str, seed: int, s: Settings) -> str:
-    """Cache name of one run. A hard-label run depends on the student, its init and learning rate only, so
-    recipes that share them (hinton, two-teachers, alpha-control) share their hard-label twins."""
-    data = f"steps{s.steps}-len{s.max_length}-bs{s.batch_size}-labels{s.label_fraction:g}"
+    """Cache name of one run. A hard-label run depends on the student, its init, learning rate and steps only,
+    so recipes that share them (hinton, two-teachers, alpha-control) share their hard-label twins."""
+    data = (f"steps{s.steps * recipe.step_factor}-len{s.max_length}-bs{s.batch_size}-labels{s.label_fraction:g}"
+            f"-{s.eval_split}")
     if kind == "hard_labels":
         return f"hard-{recipe.student}-{recipe.init}-lr{recipe.lr:g}-seed{seed}-{data}"
-    return f"{name}-distilled-seed{seed}-{data}-teacher{s.teacher_steps}x{s.teacher_batch_size}"
+    data += "-transfer" if recipe.uses_teacher else ""
+    return (f"{name}-distilled-T{recipe.temperature:g}-lr{recipe.lr:g}-aug{recipe.augment}-seed{seed}-{data}"
+            f"-teacher{s.teacher_steps}x{s.teacher_batch_size}")
 
 
-def _summarise(rows: dict) -> dict:
+def _summarise(rows: dict, recipes: dict) -> dict:
     """Per recipe: mean / min / max / spread of each kind, the gain and whether it beats both spreads."""
     out = {}
     for name, r in rows.items():
@@ -220,7 +286,7 @@ def _summarise(rows: dict) -> dict:
         summary = {k: _spread([x["accuracy"] for x in v]) for k, v in r.items()}
         gain = summary["distilled"]["mean"] - summary["hard_labels"]["mean"]
         seeds = min(len(v) for v in r.values())
-        out[name] = {"recipe": {**RECIPES[name].__dict__, "stages": list(RECIPES[name].stages)}, "runs": r,
+        out[name] = {"recipe": {**recipes[name].__dict__, "stages": list(recipes[name].stages)}, "runs": r,
                      "summary": summary, "gain": gain, "seeds": seeds,
                      "beats_beyond_spread": seeds >= 2 and gain > max(summary["distilled"]["spread"],
                                                                       summary["hard_labels"]["spread"])}
@@ -237,40 +303,52 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
     from ..tasks import Split, task
     from .augment import augment
 
-    unknown = [r for r in s.recipes if r not in RECIPES]
-    if unknown:
-        raise ValueError(f"recipes {unknown} are unknown; expected some of {tuple(RECIPES)}")
+    recipes = selected_recipes(s)
     torch.set_num_threads(s.threads)
     t_start = time.perf_counter()
     info = machine_info(s.threads)
     tok, t = bs.load_tokenizer(), task("docstring-module")
-    n_teachers = max(RECIPES[r].teachers for r in s.recipes)
+    evaluation = t.split(s.eval_split)
+    n_teachers = max(r.teachers for r in recipes.values())
     teachers = [_teacher(k, tok, t, s) for k in range(n_teachers)]
-    teacher_acc = [accuracy(m, tok, t.test, max_length=s.max_length) for m in teachers]
+    teacher_acc = [accuracy(m, tok, evaluation, max_length=s.max_length) for m in teachers]
     pretrained = teacher_classifier(t.num_labels, seed=0).eval()  # the students' init: MiniLM before fine-tuning
-    labelled = labelled_subset(t.train, s.label_fraction)
-    data: dict = {}  # variants per text -> (split, the teachers' logits of its texts)
+    labelled, transfer = labelled_subset(t.train, s.label_fraction), transfer_set(t.train, s.label_fraction)
+    data: dict = {}  # (transfer set?, variants per text) -> (split, the teachers' logits of its texts or None)
 
-    def data_for(n: int):
-        if n not in data:
-            texts, labels = list(labelled.texts), list(labelled.labels)
+    def data_for(with_teacher: bool, n: int):
+        if (with_teacher, n) not in data:
+            base = transfer if with_teacher else labelled
+            texts, labels = list(base.texts), list(base.labels)
             if n:
                 texts, labels = augment(texts, labels, tok, n=n, seed=0,
                                         word_embeddings=pretrained.get_input_embeddings().weight)
-            data[n] = (Split(tuple(texts), tuple(labels)),
-                       teacher_logits(teachers, tok, texts, s.max_length, progress=s.progress))
-        return data[n]
+            per_teacher = []  # (no teacher for the hard-label runs)
+            for k, teacher in enumerate(teachers if with_teacher else []):  # cached per teacher: a run with more teachers reuses them
+                path = Path(s.cache) / (f"logits-{'transfer' if with_teacher else 'labelled'}{s.label_fraction:g}"
+                                        f"-aug{n}-teacher{k}-{s.teacher_steps}x{s.teacher_batch_size}-len{s.max_length}"
+                                        ".safetensors")
+                if not path.is_file():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    save_file({"logits": teacher_logits([teacher], tok, texts, s.max_length,
+                                                        progress=s.progress)[0].contiguous()}, str(path))
+                per_teacher.append(load_file(str(path))["logits"])
+            logits = torch.stack(per_teacher) if per_teacher else None
+            data[with_teacher, n] = (Split(tuple(texts), tuple(labels)), logits)
+        return data[with_teacher, n]
 
     runs_dir = Path(s.cache) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     rows = {name: {"distilled": [], "hard_labels": []} for name in s.recipes}
     last = {}
     head = {"task": {"name": t.name, "classes": t.num_labels, "train": len(t.train), "test": len(t.test),
-                     "student_labelled_train": len(labelled)},
-            "teachers_test_accuracy": teacher_acc}
+                     "dev": len(t.dev), "eval_split": s.eval_split, "student_labelled_train": len(labelled),
+                     "transfer_set": len(transfer)},
+            "teachers_test_accuracy": teacher_acc,
+            "teacher_soft_targets": soft_target_summary(data_for(True, 0)[1][0], t.train.labels)}
     for seed in s.seeds:
         for name in s.recipes:
-            recipe = RECIPES[name]
+            recipe = recipes[name]
             for kind, stages in (("distilled", recipe.stages), ("hard_labels", (HARD_LABELS,))):
                 key = runs_dir / f"{_run_name(name, recipe, kind, seed, s)}.json"
                 weights = key.with_suffix(".safetensors")
@@ -282,11 +360,12 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
                         last[name].load_state_dict(load_file(str(weights)))
                         last[name].eval()
                     continue
-                split, logits = data_for(recipe.augment if kind == "distilled" else 0)
+                distilled = kind == "distilled" and recipe.uses_teacher
+                split, logits = data_for(distilled, recipe.augment if distilled else 0)
                 student = _student(recipe, pretrained, t.num_labels, seed)  # same init for both kinds
                 t0 = time.perf_counter()
                 _train(teachers[:recipe.teachers], student, tok, split, stages, recipe, s, seed, logits)
-                row = {"seed": seed, "accuracy": accuracy(student, tok, t.test, max_length=s.max_length),
+                row = {"seed": seed, "accuracy": accuracy(student, tok, evaluation, max_length=s.max_length),
                        "train_s": time.perf_counter() - t0, "train_texts": len(split)}
                 if keep:
                     save_file({n: v.detach().clone().contiguous() for n, v in student.state_dict().items()},
@@ -294,37 +373,39 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
                     last[name] = student
                 key.write_text(json.dumps(row))
                 rows[name][kind].append(row)
-                print(f"{name:>13} seed {seed} {kind:<11}: test accuracy {row['accuracy']:.4f} "
+                print(f"{name:>13} seed {seed} {kind:<11}: {s.eval_split} accuracy {row['accuracy']:.4f} "
                       f"({row['train_s']:.0f} s)", flush=True)
                 if out is not None:
                     _write_partial(info, s, head, rows, t_start, Path(out))
-    results = _summarise(rows)
+    results = _summarise(rows, recipes)
 
-    # speed and int8: the last seed's distilled students against teacher 0, on the test split's batches
-    order = sorted(range(len(t.test)), key=lambda i: len(t.test.texts[i]))
-    batches = [dict(tok([t.test.texts[i] for i in order[c:c + 32]], padding=True, truncation=True,
-                        max_length=s.max_length, return_tensors="pt")) for c in range(0, len(order), 32)][::3]
-    teacher_int8, _ = _int8(teachers[0])
-    hardware = "avx512" if "avx512f" in info["cpu"]["flags"] else "avx2"
-    seq = round(statistics.fmean(b["input_ids"].shape[1] for b in batches))
-    speed = {"teacher": {"fp32_ms": _ms_per_batch(teachers[0], batches), "int8_ms": _ms_per_batch(teacher_int8, batches),
-                         "int8_accuracy": accuracy(teacher_int8, tok, t.test, max_length=s.max_length),
-                         "predicted_fp32_ms": _predicted_ms(teachers[0], 32, seq, hardware)}}
-    for name, student in last.items():
-        q, note = _int8(student)
-        speed[name] = {"fp32_ms": _ms_per_batch(student, batches), "int8_ms": _ms_per_batch(q, batches) if q else None,
-                       "int8_accuracy": accuracy(q, tok, t.test, max_length=s.max_length) if q else None,
-                       "predicted_fp32_ms": _predicted_ms(student, 32, seq, hardware), "int8_note": note}
+    speed, speed_setup = _speed(teachers[0], last, tok, evaluation, s, info) if s.speed else ({}, {})
     info["load_average_end"] = list(os.getloadavg())
     result = {"machine": info, "settings": _settings(s), **head, "recipes": results, "speed": speed,
-              "speed_setup": {"batches": len(batches), "batch_size": 32, "mean_padded_length": seq,
-                              "profiler_hardware": hardware, "repeats": 5},
-              "wall_s": time.perf_counter() - t_start}
+              "speed_setup": speed_setup, "wall_s": time.perf_counter() - t_start}
     if out is not None:
         from .recipes_report import write
 
         write(result, Path(out))
     return result
+
+
+def _speed(teacher, students: dict, tok, split, s: Settings, info: dict):
+    """(speed, setup): int8 accuracy on ``split`` and measured / predicted latency of the teacher and of each
+    recipe's last distilled student, on every third batch of 32 of ``split`` sorted by length."""
+    order = sorted(range(len(split)), key=lambda i: len(split.texts[i]))
+    batches = [dict(tok([split.texts[i] for i in order[c:c + 32]], padding=True, truncation=True,
+                        max_length=s.max_length, return_tensors="pt")) for c in range(0, len(order), 32)][::3]
+    hardware = "avx512" if "avx512f" in info["cpu"]["flags"] else "avx2"
+    seq = round(statistics.fmean(b["input_ids"].shape[1] for b in batches))
+    speed = {}
+    for name, model in {"teacher": teacher, **students}.items():
+        q, note = _int8(model)
+        speed[name] = {"fp32_ms": _ms_per_batch(model, batches), "int8_ms": _ms_per_batch(q, batches) if q else None,
+                       "int8_accuracy": accuracy(q, tok, split, max_length=s.max_length) if q else None,
+                       "predicted_fp32_ms": _predicted_ms(model, 32, seq, hardware), "int8_note": note}
+    return speed, {"batches": len(batches), "batch_size": 32, "mean_padded_length": seq,
+                   "profiler_hardware": hardware, "repeats": 5}
 
 
 def _settings(s: Settings) -> dict:
@@ -336,8 +417,9 @@ def _write_partial(info: dict, s: Settings, head: dict, rows: dict, t_start: flo
     from .recipes_report import write
 
     info = {**info, "load_average_end": list(os.getloadavg())}
-    write({"machine": info, "settings": _settings(s), **head, "recipes": _summarise(rows), "speed": {},
+    write({"machine": info, "settings": _settings(s), **head, "recipes": _summarise(rows, selected_recipes(s)),
+           "speed": {},
            "partial": True, "wall_s": time.perf_counter() - t_start}, out, quiet=True)
 
 
-__all__ = ["RECIPES", "Recipe", "Settings", "run", "HARD_LABELS"]
+__all__ = ["RECIPES", "Recipe", "Settings", "run", "HARD_LABELS", "labelled_subset", "transfer_set", "selected_recipes"]

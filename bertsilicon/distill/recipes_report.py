@@ -13,10 +13,30 @@ def _ms(v) -> str:
     return "—" if v is None else f"{v:.1f}"
 
 
+def _transfer(r: dict) -> str:
+    if "transfer_set" not in r["task"]:
+        return "Every student trains on the labelled texts only. "
+    return (f"The distilled students train on the TRANSFER SET, all {r['task']['transfer_set']} train texts: the "
+            "teacher's soft targets / logits on every one (and on their augmented variants where the recipe has "
+            "them), the hard-label loss on the labelled ones only; the hard-label twin trains on the labelled "
+            "texts alone, the data a student without a teacher has. ")
+
+
+def _soft_targets(r: dict) -> list:
+    st = r.get("teacher_soft_targets")
+    if not st:
+        return []
+    temps = ", ".join(f"{k}: true label {v['mean_prob_of_label']:.3f}, largest {v['mean_max_prob']:.3f}, entropy "
+                      f"{v['mean_entropy_nats']:.2f} nats" for k, v in st.items() if k.startswith("T="))
+    return [f"Teacher 0's soft targets on the transfer set ({st['texts']} texts, its accuracy there "
+            f"{st['accuracy']:.3f}; uniform over the classes: {st['uniform_entropy_nats']:.2f} nats): {temps}.", ""]
+
+
 def to_markdown(r: dict) -> str:
     from ..benchmark.machine import describe
 
     st, sp = r["settings"], r["speed"]
+    split = r["task"].get("eval_split", "test")
     lines = [
         "# Task distillation: each paper's recipe against the same student on hard labels alone",
         "",
@@ -26,14 +46,16 @@ def to_markdown(r: dict) -> str:
           if r.get("partial") else []),
         f"Task {r['task']['name']} ({r['task']['classes']} classes, train {r['task']['train']}, test "
         f"{r['task']['test']}). Teachers: all-MiniLM-L6-v2 + classification head fine-tuned on the whole train split, "
-        f"{st['teacher_steps']} steps x batch {st.get('teacher_batch_size', st['batch_size'])}; test accuracy "
+        f"{st['teacher_steps']} steps x batch {st.get('teacher_batch_size', st['batch_size'])}; {split} accuracy "
         f"{', '.join(f'{a:.4f}' for a in r['teachers_test_accuracy'])}. Students: "
         f"{st['steps']} steps x batch {st['batch_size']}, max length {st['max_length']}, seeds {st['seeds']}, "
-        f"labelled train texts: {r['task'].get('student_labelled_train', r['task']['train'])} "
-        f"({st.get('label_fraction', 1.0):g} of each class; the teachers saw all {r['task']['train']}); "
-        "each pair has the same init, data order and steps. Test accuracy, mean [min, max] over seeds "
-        "(`beyond spread`: the gain exceeds both conditions' min-max spread; needs 2 seeds or more).",
+        f"hard labels for {r['task'].get('student_labelled_train', r['task']['train'])} train texts "
+        f"({st.get('label_fraction', 1.0):g} of each class; the teachers saw all {r['task']['train']}). "
+        f"{_transfer(r)}Each pair has the same init, steps, batch, learning rate and seed. {split.capitalize()} "
+        "accuracy, mean [min, max] over seeds (`beyond spread`: the gain exceeds both conditions' min-max spread; "
+        "needs 2 seeds or more).",
         "",
+        *_soft_targets(r),
         "| recipe | student | seeds | distilled | hard labels only | gain | beyond spread | student int8 acc | "
         "student fp32 / int8 ms | teacher fp32 / int8 ms | predicted fp32 ms (student / teacher) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

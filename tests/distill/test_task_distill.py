@@ -12,6 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 import bertsilicon as bs
 from bertsilicon.distill import DistillConfig, Distiller, student_from_spec
 from bertsilicon.distill.bilstm import BiLSTMClassifier, BiLSTMConfig
+from bertsilicon.distill.labels import label_tensor
 from bertsilicon.distill.task import accuracy, finetune, predict_logits, student_classifier
 from bertsilicon.models.students import student_config
 from bertsilicon.precision.metrics import topk_overlap
@@ -82,6 +83,32 @@ def test_fit_with_labels_lowers_the_label_loss_and_checks_them(tok):
         d.fit(TEXTS[:2], [0, -1])
     with pytest.raises(ValueError, match="needs labels"):
         d.fit(TEXTS[:4])
+
+
+def test_missing_labels_count_in_no_label_loss(tok):
+    """A transfer set: soft targets on every text, the hard-label CE over the labelled ones only (None and -100
+    mark the others); equal to a float64 hand computation; no labelled text at all is a clear error."""
+    teacher, student = classifier(2, seed=7), classifier(1, seed=8)
+    d = Distiller(teacher, student, tok, _cfg(losses={"label_ce": 0.4, "soft_target": 0.6}, temperature=2.0))
+    batch = d._tokenize(TEXTS[:6])
+    labels = _labels(6, 4)
+    given = [labels[0], None, labels[2], -100, None, labels[5]]
+    total, parts = d.compute_loss(batch, labels=label_tensor(given, 6))
+    with torch.no_grad():
+        zs, zt = student(**batch).logits.double(), teacher(**batch).logits.double()
+    kept = [0, 2, 5]
+    ce = -(zs.log_softmax(-1)[kept, [labels[i] for i in kept]]).mean()
+    kl = 4.0 * (zt.div(2).softmax(-1) * (zt.div(2).log_softmax(-1) - zs.div(2).log_softmax(-1))).sum(-1).mean()
+    assert abs(parts["label_ce"] - ce.item()) < 1e-5 and abs(parts["soft_target"] - kl.item()) < 1e-5
+    assert abs(total.item() - (0.4 * ce + 0.6 * kl).item()) < 1e-5
+    none = d.compute_loss(batch, labels=label_tensor([None] * 6, 6))[1]  # a batch with no label: CE adds 0
+    assert none["label_ce"] == 0.0 and abs(none["soft_target"] - kl.item()) < 1e-5
+    with pytest.raises(ValueError, match="at least one text labelled"):
+        d.fit(TEXTS[:6], [None, -100] * 3)
+    with pytest.raises(ValueError, match="None / -100 for a text without a label.*got -1"):
+        d.fit(TEXTS[:6], [0, None, -1, 1, 2, 3])
+    with pytest.raises(ValueError, match="got 'a'"):
+        d.fit(TEXTS[:2], ["a", 0])
 
 
 def test_two_teachers_average_their_soft_targets(tok):
