@@ -37,7 +37,7 @@ from bertsilicon.early_exit.overhead import exit_overhead_fit
 from bertsilicon.profiler.early_exit import early_exit_cost
 from bertsilicon.tasks import task
 
-GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 TIMED_BUDGETS = (0.5, 1.0, 3.0, 10.0)  # points of dev accuracy lost
 
 

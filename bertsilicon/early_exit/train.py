@@ -15,8 +15,10 @@ from typing import Union
 from .artifact import BRANCH_MANIFEST, load, save
 from .branches import EarlyExitModel, attach_branches, train_branches
 
-# The recipe on docstring-module (41 classes, 1174 training texts), steps chosen on the dev split: the backbone
-# at the distillation teachers' settings, the branches until each is at least as accurate as the one before it.
+# The recipe on docstring-module (41 classes, 1174 training texts), steps chosen on the dev split: the backbone at
+# the distillation teachers' settings (dev accuracy 0.48 / 0.61 / 0.65 after 80 / 160 / 240 steps); the branches
+# (features computed once, so a step is cheap) 6000 steps, where every branch's dev accuracy was still rising
+# from 400, 1000 and 2500 steps (layer 3's branch stays a little below layer 2's).
 STEPS, BATCH_SIZE, LR = 240, 32, 2e-4
 BRANCH_STEPS = 6000
 
