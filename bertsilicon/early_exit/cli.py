@@ -21,9 +21,11 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="fine-tune MiniLM on the task, then train the branches by self-distillation")
     t.add_argument("--out", required=True, help="output folder (backbone/, model/); a rerun resumes from it")
     t.add_argument("--task", default="docstring-module", help="a task of bertsilicon.tasks")
-    t.add_argument("--steps", type=int, default=150, help="fine-tuning steps of the backbone and final classifier")
-    t.add_argument("--batch-size", type=int, default=16, help="texts per fine-tuning step")
-    t.add_argument("--branch-steps", type=int, default=400, help="self-distillation steps of the branches")
+    t.add_argument("--steps", type=int, default=None,
+                   help="fine-tuning steps of the backbone and final classifier (default: early_exit.train.STEPS)")
+    t.add_argument("--batch-size", type=int, default=None, help="texts per fine-tuning step (default: early_exit.train.BATCH_SIZE)")
+    t.add_argument("--branch-steps", type=int, default=None,
+                   help="self-distillation steps of the branches (default: early_exit.train.BRANCH_STEPS)")
     t.add_argument("--max-length", type=int, default=48, help="tokens per text at most")
     t.add_argument("--threads", type=int, default=2, help="torch threads")
     t.set_defaults(func=train_main)
@@ -64,8 +66,8 @@ def train_main(args) -> int:
     from .train import train_task_model
 
     torch.set_num_threads(args.threads)
-    train_task_model(args.out, args.task, steps=args.steps, branch_steps=args.branch_steps,
-                     batch_size=args.batch_size, max_length=args.max_length)
+    given = {k: getattr(args, k) for k in ("steps", "branch_steps", "batch_size") if getattr(args, k) is not None}
+    train_task_model(args.out, args.task, max_length=args.max_length, **given)
     print(f"wrote {Path(args.out) / 'model'}")
     return 0
 

@@ -15,10 +15,17 @@ from typing import Union
 from .artifact import BRANCH_MANIFEST, load, save
 from .branches import EarlyExitModel, attach_branches, train_branches
 
+# The recipe on docstring-module (41 classes, 1174 training texts), steps chosen on the dev split: the backbone at
+# the distillation teachers' settings (dev accuracy 0.48 / 0.61 / 0.65 after 80 / 160 / 240 steps); the branches
+# (features computed once, so a step is cheap) 6000 steps, where every branch's dev accuracy was still rising
+# from 400, 1000 and 2500 steps (layer 3's branch stays a little below layer 2's).
+STEPS, BATCH_SIZE, LR = 240, 32, 2e-4
+BRANCH_STEPS = 6000
 
-def train_task_model(out: Union[str, Path], task_name: str = "docstring-module", steps: int = 150,
-                     branch_steps: int = 400, lr: float = 2e-4, batch_size: int = 16, max_length: int = 48,
-                     seed: int = 0, progress: bool = True) -> EarlyExitModel:
+
+def train_task_model(out: Union[str, Path], task_name: str = "docstring-module", steps: int = STEPS,
+                     branch_steps: int = BRANCH_STEPS, lr: float = LR, batch_size: int = BATCH_SIZE,
+                     max_length: int = 48, seed: int = 0, progress: bool = True) -> EarlyExitModel:
     """The early-exit MiniLM of ``task_name``, trained into ``out`` (see the module docstring)."""
     import bertsilicon as bs
     from transformers import AutoModelForSequenceClassification

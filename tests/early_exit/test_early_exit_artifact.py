@@ -96,3 +96,55 @@ def test_cli_optimize_and_eval(tmp_path, capsys):
     rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [r["speed"] for r in rows] == [0.0, 0.5] and rows[0]["mean_exit_layer"] == 2.0
     assert rows[0]["layers_run_fraction"] == 1.0 and rows[1]["layers_run_fraction"] <= 1.0
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_expected_latency_with_the_measured_overhead(batch_size):
+    """Every sample leaving after layer 1 against every sample running to the last: the roofline's layers and
+    classifiers plus the per-batch setup and a check at every layer the samples pass before the last."""
+    cfg = BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=96, num_labels=4)
+    model = BertForSequenceClassification(cfg)
+    parts = bertsilicon.profile(model, batch_size=batch_size, seq_len=17, hardware="xeon-8380").per_layer()
+    lat = {k: v["latency_s"] for k, v in parts.items()}
+    head = lat["pooler"] + lat["head"]
+    overhead = {"setup": (3e-5, 2e-6), "check": (1.1e-5, 7e-7)}
+    setup, check = 3e-5 + 2e-6 * batch_size, 1.1e-5 + 7e-7 * batch_size
+
+    def cost(counts, over=overhead):
+        return early_exit_cost(model, counts, batch_size=batch_size, seq_len=17, hardware="xeon-8380", overhead=over)
+
+    first = cost([batch_size, 0, 0, 0])
+    assert first["expected_latency_s"] == pytest.approx(lat["embeddings"] + lat["layer 0"] + head + setup + check,
+                                                        rel=1e-12)
+    assert first["expected_flops"] == pytest.approx(sum(parts[k]["flops"] for k in ("embeddings", "layer 0", "pooler",
+                                                                                     "head")), rel=1e-12)
+    last = cost([0, 0, 0, batch_size])
+    assert last["full_latency_s"] == pytest.approx(sum(lat.values()), rel=1e-12)
+    assert last["expected_latency_s"] == pytest.approx(sum(lat.values()) + 3 * head + setup + 3 * check, rel=1e-12)
+    assert [row.get("check_s") for row in last["per_layer"]] == pytest.approx([check] * 3 + [None])
+    roofline_only = cost([0, 0, 0, batch_size], over=None)
+    assert roofline_only["expected_latency_s"] == pytest.approx(sum(lat.values()) + 3 * head, rel=1e-12)
+    assert first["latency_speedup"] > 1 > last["latency_speedup"]
+    for bad in ({"setup": (1e-5, 0.0)}, {"setup": (1e-5,), "check": (0, 0)}, {"setup": (-1, 0), "check": (0, 0)}, 3):
+        with pytest.raises(ValueError, match="overhead must be"):
+            cost([0, 0, 0, batch_size], over=bad)
+
+
+def test_overhead_fit_shape_and_arguments():
+    from bertsilicon.early_exit.overhead import exit_overhead_fit
+
+    ee = ee_mod.attach_branches(bert(layers=2)).eval()  # branches copy the untrained head: no sample leaves
+    tok = bertsilicon.load_tokenizer()
+
+    def small_vocab(texts, **kw):  # the test model's 211-token vocabulary
+        enc = tok(texts, **kw)
+        return {"input_ids": enc["input_ids"] % 211, "attention_mask": enc["attention_mask"]}
+
+    texts = list(task().dev.texts[:4])
+    fit = exit_overhead_fit(ee, small_vocab, texts, batch_sizes=(1, 4), max_length=24, calls=2)
+    assert sorted(fit["seconds"]) == [1, 4]
+    assert all(len(fit[p]) == 2 and min(fit[p]) >= 0 for p in ("setup", "check"))
+    with pytest.raises(ValueError, match="batch_sizes"):
+        exit_overhead_fit(ee, small_vocab, texts, batch_sizes=(4, 1))
+    with pytest.raises(ValueError, match="batch_sizes"):
+        exit_overhead_fit(ee, small_vocab, texts, batch_sizes=(1, 5))
