@@ -5,13 +5,16 @@ timed rounds x providers). Before the first starts, :meth:`RunClock.start` print
 unit of weight (a rough rate, stated as such); after the first configuration, :meth:`RunClock.finished` prints
 the estimate from its measured seconds per unit of weight, applied to the weight still to run.
 
-Lines go to stderr, one each, so they never mix with a command's table on stdout.
+Lines go to stderr, one each, so they never mix with a command's table on stdout. A file a run resumes from is
+written with :func:`atomic_write`, so a kill leaves the old file or the new one, never a part.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 
 def duration(seconds: float) -> str:
@@ -62,3 +65,20 @@ class RunClock:
             rate = elapsed / self.weights[0]
             self._say(f"{self.label}: the first {self.unit} took {duration(elapsed)}; about "
                       f"{duration(self.estimate_s(rate))} more for the other {len(self.weights) - 1}")
+
+
+def atomic_write(target, write: Callable) -> None:
+    """``write(file)`` (a binary file object) into a temporary sibling of ``target``, fsync, rename over it, fsync
+    the folder: ``target`` is then either its old content or the whole new one."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

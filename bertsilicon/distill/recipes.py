@@ -54,6 +54,7 @@ from typing import Optional
 
 import torch
 
+from ..runlog import atomic_write
 from .bilstm import BiLSTMClassifier, BiLSTMConfig
 from .distiller import DistillConfig, Distiller, teacher_logits
 from .layer_maps import init_student_from_teacher, layer_map
@@ -202,9 +203,17 @@ def selected_recipes(s: Settings) -> dict:
     return {name: dataclasses.replace(RECIPES[name], **s.overrides) for name in s.recipes}
 
 
+def _save_tensors(tensors: dict, path: Path) -> None:
+    """A cache file of the study as safetensors, whole or not at all (a killed run resumes from it)."""
+    from safetensors.torch import save
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(save(tensors)))
+
+
 def _teacher(k: int, tok, t, s: Settings):
     """Teacher ``k``: the real MiniLM fine-tuned on the train split with seed ``k`` (cached on disk)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     path = Path(s.cache) / f"teacher-{k}-steps{s.teacher_steps}-len{s.max_length}-bs{s.teacher_batch_size}.safetensors"
     model = teacher_classifier(t.num_labels, seed=k)
@@ -213,8 +222,7 @@ def _teacher(k: int, tok, t, s: Settings):
         return model.eval()
     finetune(model, tok, t.train, steps=s.teacher_steps, lr=TEACHER_LR, batch_size=s.teacher_batch_size,
              max_length=s.max_length, seed=k, progress=s.progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({n: p.detach().contiguous() for n, p in model.state_dict().items()}, str(path))
+    _save_tensors({n: p.detach().contiguous() for n, p in model.state_dict().items()}, path)
     return model.eval()
 
 
@@ -297,7 +305,7 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
     """Every seed x recipe x {distilled, hard_labels} (seeds outermost, so a partial run covers every recipe);
     runs already in the cache are not trained again; with ``out``, partial results are written after each run."""
     import bertsilicon as bs
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from ..benchmark.machine import machine_info
     from ..tasks import Split, task
@@ -325,13 +333,11 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
                                         word_embeddings=pretrained.get_input_embeddings().weight)
             per_teacher = []  # (no teacher for the hard-label runs)
             for k, teacher in enumerate(teachers if with_teacher else []):  # cached per teacher: a run with more teachers reuses them
-                path = Path(s.cache) / (f"logits-{'transfer' if with_teacher else 'labelled'}{s.label_fraction:g}"
-                                        f"-aug{n}-teacher{k}-{s.teacher_steps}x{s.teacher_batch_size}-len{s.max_length}"
-                                        ".safetensors")
+                path = Path(s.cache) / (f"logits-transfer{s.label_fraction:g}-aug{n}-teacher{k}-{s.teacher_steps}x"
+                                        f"{s.teacher_batch_size}-len{s.max_length}.safetensors")
                 if not path.is_file():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    save_file({"logits": teacher_logits([teacher], tok, texts, s.max_length,
-                                                        progress=s.progress)[0].contiguous()}, str(path))
+                    _save_tensors({"logits": teacher_logits([teacher], tok, texts, s.max_length,
+                                                            progress=s.progress)[0].contiguous()}, path)
                 per_teacher.append(load_file(str(path))["logits"])
             logits = torch.stack(per_teacher) if per_teacher else None
             data[with_teacher, n] = (Split(tuple(texts), tuple(labels)), logits)
@@ -368,10 +374,10 @@ def run(s: Settings, out: Optional[Path] = None) -> dict:
                 row = {"seed": seed, "accuracy": accuracy(student, tok, evaluation, max_length=s.max_length),
                        "train_s": time.perf_counter() - t0, "train_texts": len(split)}
                 if keep:
-                    save_file({n: v.detach().clone().contiguous() for n, v in student.state_dict().items()},
-                              str(weights))
+                    _save_tensors({n: v.detach().clone().contiguous() for n, v in student.state_dict().items()},
+                                  weights)
                     last[name] = student
-                key.write_text(json.dumps(row))
+                atomic_write(key, lambda f: f.write(json.dumps(row).encode()))
                 rows[name][kind].append(row)
                 print(f"{name:>13} seed {seed} {kind:<11}: {s.eval_split} accuracy {row['accuracy']:.4f} "
                       f"({row['train_s']:.0f} s)", flush=True)

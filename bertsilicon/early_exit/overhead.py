@@ -23,7 +23,7 @@ from typing import Sequence, Tuple
 
 import torch
 
-from ..profiler.kernel_rates import _fastest_calls
+from ..profiler.kernel_rates import fastest_calls
 from .branches import EarlyExitModel
 from .inference import classify
 
@@ -41,7 +41,7 @@ def exit_overhead_seconds(ee: EarlyExitModel, input_ids: torch.Tensor, attention
         raise ValueError("input_ids: some sample's classifier is certain (normalized entropy 0) before the last "
                          "layer, so it leaves at any speed; measure on other texts")
     first = torch.randn(len(input_ids), ee.head.dense.in_features, generator=torch.Generator().manual_seed(0))
-    plain, speed0, checked, branch = _fastest_calls(
+    plain, speed0, checked, branch = fastest_calls(
         lambda: ee.model(input_ids=input_ids, attention_mask=attention_mask),
         lambda: classify(ee, input_ids, attention_mask, speed=0.0),
         lambda: classify(ee, input_ids, attention_mask, speed=NO_EXIT_SPEED),

@@ -14,12 +14,12 @@ that lists only complete shards; the same command continues after them, and ever
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from ..runlog import atomic_write
 from .inputs import require_pyarrow
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".npy": "npy"}
@@ -39,25 +39,6 @@ def output_format(path) -> str:
         raise OutputError(f"output {path}: expected a path ending in {' or '.join(OUTPUT_FORMATS)} (a directory of "
                           "shards in that format is written there)")
     return fmt
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(target: Path, write) -> None:
-    """``write(file)`` into a temporary sibling, fsync, rename over ``target``."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
 
 
 class ShardStore:
@@ -127,7 +108,7 @@ class ShardStore:
     # -- writing ---------------------------------------------------------------------------------- #
     def _save(self) -> None:
         text = json.dumps(self.manifest, indent=1, sort_keys=True).encode()
-        _atomic_write(self.path / MANIFEST, lambda f: f.write(text))
+        atomic_write(self.path / MANIFEST, lambda f: f.write(text))
 
     def write(self, k: int, ids: list, vectors: np.ndarray, counts: dict) -> None:
         """Shard ``k``: its ``ids`` and ``[rows, H]`` float32 ``vectors``; ``counts`` go into the manifest."""
@@ -139,10 +120,10 @@ class ShardStore:
                              f"{vectors.dtype} {tuple(vectors.shape)}")
         name = f"part-{k:05d}"
         if self.format == "parquet":
-            _atomic_write(self.path / f"{name}.parquet", lambda f: _write_parquet(f, ids, vectors))
+            atomic_write(self.path / f"{name}.parquet", lambda f: _write_parquet(f, ids, vectors))
         else:
-            _atomic_write(self.path / f"{name}.ids.npy", lambda f: np.save(f, np.asarray(ids)))
-            _atomic_write(self.path / f"{name}.npy", lambda f: np.save(f, vectors))
+            atomic_write(self.path / f"{name}.ids.npy", lambda f: np.save(f, np.asarray(ids)))
+            atomic_write(self.path / f"{name}.npy", lambda f: np.save(f, vectors))
         self.manifest["shards"][str(k)] = {"start": start, "rows": stop - start, "dim": int(vectors.shape[1]),
                                            **counts}
         self._save()

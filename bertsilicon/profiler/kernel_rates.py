@@ -115,7 +115,7 @@ def _tiny_forward(layers: int) -> Callable[[], object]:
     return lambda: model(input_ids=ids, attention_mask=mask)
 
 
-def _fastest_calls(*fns: Callable[[], object], calls: int = 30) -> List[float]:
+def fastest_calls(*fns: Callable[[], object], calls: int = 30) -> List[float]:
     """The fastest of ``calls`` interleaved single calls of each function, in seconds: overheads are a floor,
     which other work on a shared machine can only raise (a median of a difference of two noisy times is
     not robust; the floors are)."""
@@ -160,7 +160,7 @@ def measure_kernels(timer: Timer, quick: bool, gen, tick: Callable[[], object]) 
             flops = float(ADD_LAYERNORM_FLOPS * T * W)
             curves["add_layernorm"].append((flops, flops / timer(_add_layernorm_call(T, W, gen))))
             tick()
-        one, three = _fastest_calls(_tiny_forward(1), _tiny_forward(3))
+        one, three = fastest_calls(_tiny_forward(1), _tiny_forward(3))
         tick()
         tick()
     layer_call = max((three - one) / 2, 0.0)
